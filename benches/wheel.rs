@@ -1,0 +1,2 @@
+//! Placeholder; the criterion benches arrive in the next commit.
+fn main() {}

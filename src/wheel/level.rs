@@ -1,0 +1,72 @@
+//! One level of the hierarchical wheel: 64 slots and an occupancy bitmap.
+//!
+//! Level `L` has slots of `64^L` ticks, so the level spans `64^(L+1)` ticks.
+//! A timer with deadline `when` sits in slot `(when >> 6L) & 63`.
+//!
+//! Invariant: bit `s` of `occupied` is set if and only if slot `s` holds at
+//! least one timer. Finding the next slot with work is then one rotate and one
+//! `trailing_zeros`, which is what lets an idle wheel jump straight to its next
+//! deadline instead of visiting empty slots.
+
+use super::slab::{NIL, Slab};
+
+/// Slots per level. 64 so that the occupancy of a level is one `u64`.
+pub(crate) const SLOTS: usize = 64;
+/// Bits of a deadline consumed by one level.
+pub(crate) const SLOT_BITS: u32 = 6;
+
+pub(crate) struct Level {
+    occupied: u64,
+    heads: [u32; SLOTS],
+}
+
+impl Level {
+    pub(crate) const fn new() -> Self {
+        Self {
+            occupied: 0,
+            heads: [NIL; SLOTS],
+        }
+    }
+
+    /// The slot of `when` on level `level`.
+    pub(crate) const fn slot_for(level: usize, when: u64) -> usize {
+        ((when >> (level as u32 * SLOT_BITS)) as usize) & (SLOTS - 1)
+    }
+
+    pub(crate) const fn is_empty(&self) -> bool {
+        self.occupied == 0
+    }
+
+    pub(crate) fn push<T>(&mut self, slab: &mut Slab<T>, slot: usize, index: u32) {
+        slab.push_back(&mut self.heads[slot], index);
+        self.occupied |= 1 << slot;
+    }
+
+    pub(crate) fn unlink<T>(&mut self, slab: &mut Slab<T>, slot: usize, index: u32) {
+        slab.unlink(&mut self.heads[slot], index);
+        if self.heads[slot] == NIL {
+            self.occupied &= !(1 << slot);
+        }
+    }
+
+    /// Empties `slot` and returns its former head.
+    pub(crate) fn take(&mut self, slot: usize) -> &mut u32 {
+        self.occupied &= !(1 << slot);
+        &mut self.heads[slot]
+    }
+
+    /// The first occupied slot at or after `from`, going round the level.
+    pub(crate) const fn next_occupied(&self, from: usize) -> Option<usize> {
+        if self.occupied == 0 {
+            return None;
+        }
+        let offset = self.occupied.rotate_right(from as u32).trailing_zeros() as usize;
+        Some((from + offset) % SLOTS)
+    }
+
+    /// Forgets every list (after the slab was drained).
+    pub(crate) fn clear(&mut self) {
+        self.occupied = 0;
+        self.heads = [NIL; SLOTS];
+    }
+}
