@@ -8,7 +8,7 @@ use duewheel::wheel::Wheel;
 const ORDERS: u64 = 5_000;
 const WINDOW_TICKS: u64 = 30 * 60 * 1_000; // 30 minutes at 1 ms per tick
 
-fn main() -> Result<(), duewheel::InsertError<u64>> {
+fn main() -> Result<(), duewheel::wheel::InsertError<u64>> {
     // A small deterministic generator keeps the run repeatable without a dependency.
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut random = move || {
@@ -34,7 +34,10 @@ fn main() -> Result<(), duewheel::InsertError<u64>> {
         }
     }
     // A paid order cannot be cancelled twice: its key is stale now.
-    let stale_hits = paid.iter().filter(|&&key| wheel.cancel(key).is_some()).count();
+    let stale_hits = paid
+        .iter()
+        .filter(|&&key| wheel.cancel(key).is_some())
+        .count();
 
     let mut expired = 0;
     let mut late = 0;
@@ -56,7 +59,10 @@ fn main() -> Result<(), duewheel::InsertError<u64>> {
     println!("paid (cancelled)   {}", paid.len());
     println!("expired (fired)    {expired}");
     println!("second cancels     {stale_hits} hit (stale keys reach nothing)");
-    println!("lost               {}", ORDERS - paid.len() as u64 - expired);
+    println!(
+        "lost               {}",
+        ORDERS - paid.len() as u64 - expired
+    );
     println!(
         "mean lateness      {:.1} s (time advanced in 1-minute steps)",
         late as f64 / expired.max(1) as f64 / 1000.0

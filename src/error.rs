@@ -1,65 +1,143 @@
-//! Error types, one per operation.
+//! The engine's errors and outcomes, one type per operation.
 //!
-//! An error that refuses a value hands the value back (as crossbeam-channel's
+//! Every refusal of a schedule hands the payload back (as crossbeam-channel's
 //! `SendError<T>` does): nothing the caller passed in is ever lost.
 
 use std::fmt;
 
-/// Why [`Wheel::insert`](crate::wheel::Wheel::insert) refused a timer. Either
-/// way the payload comes back.
+/// Why [`Scheduler::schedule`](crate::Scheduler::schedule) refused a timer.
+/// Every variant carries the caller's payload.
 #[derive(Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InsertError<T> {
-    /// The deadline is further ahead than the wheel can hold.
-    #[error("deadline {deadline} is beyond the wheel's range (latest accepted: {max})")]
-    DeadlineTooFar {
-        /// The refused deadline, in ticks.
-        deadline: u64,
-        /// The latest deadline the wheel accepted at the time of the call.
-        max: u64,
+pub enum ScheduleError<P> {
+    /// A timer with this id is already pending; cancel or reschedule it.
+    #[error("a timer with this id is already pending")]
+    AlreadyScheduled(P),
+    /// The engine holds `max_pending` timers (admission control).
+    #[error("the engine is full ({max_pending} timers pending)")]
+    Full {
+        /// The configured cap.
+        max_pending: usize,
         /// The caller's payload, returned untouched.
-        payload: T,
+        payload: P,
     },
-    /// The wheel holds `u32::MAX - 1` timers, the most its keys can address.
-    #[error("the wheel is full")]
-    Full(T),
+    /// The deadline is further ahead than the wheel reaches.
+    #[error("deadline {deadline_ms} ms is beyond the engine's reach (latest: {max_ms} ms)")]
+    DeadlineTooFar {
+        /// The refused deadline (UTC milliseconds).
+        deadline_ms: u64,
+        /// The latest deadline accepted at the time of the call.
+        max_ms: u64,
+        /// The caller's payload, returned untouched.
+        payload: P,
+    },
+    /// More reminders than [`MAX_REMINDERS`](crate::MAX_REMINDERS).
+    #[error("at most {max} reminders per timer", max = crate::MAX_REMINDERS)]
+    TooManyReminders(P),
+    /// The engine is shutting down or was dropped.
+    #[error("the engine is shutting down")]
+    ShuttingDown(P),
 }
 
-impl<T> InsertError<T> {
-    /// Returns the payload the caller tried to insert.
-    pub fn into_payload(self) -> T {
+impl<P> ScheduleError<P> {
+    /// Returns the payload the caller tried to schedule.
+    pub fn into_payload(self) -> P {
         match self {
-            Self::DeadlineTooFar { payload, .. } | Self::Full(payload) => payload,
+            Self::AlreadyScheduled(p)
+            | Self::TooManyReminders(p)
+            | Self::ShuttingDown(p)
+            | Self::Full { payload: p, .. }
+            | Self::DeadlineTooFar { payload: p, .. } => p,
         }
     }
 }
 
-// Manual so that `T` need not be `Debug` (crossbeam-channel does the same).
-impl<T> fmt::Debug for InsertError<T> {
+// Manual so that `P` need not be `Debug`.
+impl<P> fmt::Debug for ScheduleError<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::DeadlineTooFar { deadline, max, .. } => f
-                .debug_struct("DeadlineTooFar")
-                .field("deadline", deadline)
-                .field("max", max)
+            Self::AlreadyScheduled(_) => f.write_str("AlreadyScheduled(..)"),
+            Self::Full { max_pending, .. } => f
+                .debug_struct("Full")
+                .field("max_pending", max_pending)
                 .finish_non_exhaustive(),
-            Self::Full(_) => f.write_str("Full(..)"),
+            Self::DeadlineTooFar {
+                deadline_ms,
+                max_ms,
+                ..
+            } => f
+                .debug_struct("DeadlineTooFar")
+                .field("deadline_ms", deadline_ms)
+                .field("max_ms", max_ms)
+                .finish_non_exhaustive(),
+            Self::TooManyReminders(_) => f.write_str("TooManyReminders(..)"),
+            Self::ShuttingDown(_) => f.write_str("ShuttingDown(..)"),
         }
     }
 }
 
-/// Why [`Wheel::reschedule`](crate::wheel::Wheel::reschedule) failed. The
-/// timer, if it exists, keeps its old deadline.
+/// What [`Scheduler::cancel`](crate::Scheduler::cancel) found. Cancel and
+/// fire are decided under the same lock: exactly one of them wins.
+#[must_use = "the outcome says whether the cancel beat the expiry"]
+#[derive(Clone, PartialEq, Eq)]
+pub enum Cancel<P> {
+    /// The timer was pending and is now gone; no `Expired` event will be
+    /// emitted for it. Its payload comes back.
+    Cancelled(P),
+    /// The expiry won: the `Expired` event was emitted (or is being handed to
+    /// the consumer groups) before this call.
+    AlreadyFired,
+    /// No timer with this id is pending, and none fired within the engine's
+    /// fired-id memory (see [`Builder::fired_memory`](crate::Builder::fired_memory)).
+    NotFound,
+}
+
+impl<P> Cancel<P> {
+    /// `true` if the cancel removed the timer.
+    pub const fn is_cancelled(&self) -> bool {
+        matches!(self, Self::Cancelled(_))
+    }
+}
+
+impl<P> fmt::Debug for Cancel<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Cancelled(_) => "Cancelled(..)",
+            Self::AlreadyFired => "AlreadyFired",
+            Self::NotFound => "NotFound",
+        })
+    }
+}
+
+/// Why [`Scheduler::reschedule`](crate::Scheduler::reschedule) failed. The
+/// timer, if pending, keeps its old deadline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RescheduleError {
-    /// The key names no pending timer: it fired, was cancelled, or never existed.
-    #[error("no pending timer has this key")]
+    /// No timer with this id is pending.
+    #[error("no pending timer has this id")]
     NotFound,
-    /// The new deadline is further ahead than the wheel can hold.
-    #[error("deadline {deadline} is beyond the wheel's range (latest accepted: {max})")]
+    /// The timer already expired.
+    #[error("the timer already fired")]
+    AlreadyFired,
+    /// The new deadline is further ahead than the wheel reaches.
+    #[error("deadline {deadline_ms} ms is beyond the engine's reach (latest: {max_ms} ms)")]
     DeadlineTooFar {
-        /// The refused deadline, in ticks.
-        deadline: u64,
-        /// The latest deadline the wheel accepted at the time of the call.
-        max: u64,
+        /// The refused deadline (UTC milliseconds).
+        deadline_ms: u64,
+        /// The latest deadline accepted at the time of the call.
+        max_ms: u64,
     },
+    /// The engine is shutting down or was dropped.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+/// Why [`Builder::build`](crate::Builder::build) refused a configuration.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// A setting is out of range; the message names it.
+    #[error("invalid configuration: {0}")]
+    Invalid(&'static str),
+    /// The dispatcher thread could not be started.
+    #[error("could not start the dispatcher thread: {0}")]
+    Spawn(String),
 }

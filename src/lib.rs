@@ -19,12 +19,20 @@
 //! let mut expired = Vec::new();
 //! wheel.advance_to(1_800_000, |timer| expired.push(timer.payload));
 //! assert_eq!(expired, ["order 2: cancel if unpaid"]);
-//! # Ok::<(), duewheel::InsertError<&str>>(())
+//! # Ok::<(), duewheel::wheel::InsertError<&str>>(())
 //! ```
 
+mod clock;
+mod engine;
 mod error;
 mod key;
 pub mod wheel;
 
-pub use error::{InsertError, RescheduleError};
+pub use clock::{Clock, Deadline, ManualClock, SystemClock};
+pub use engine::{
+    Builder, Consumer, Engine, Event, EventKind, GroupStats, Lateness, MAX_REMINDERS, PendingTimer,
+    Scheduler, Shutdown, Stats, SubscribeError,
+};
+pub use error::{BuildError, Cancel, RescheduleError, ScheduleError};
+
 pub use key::TimerKey;

@@ -183,7 +183,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let deadline = resolve(model.now, &t);
                 let result = wheel.reschedule(key, deadline);
                 match model.pending.get_mut(&key) {
-                    None => prop_assert_eq!(result, Err(duewheel::RescheduleError::NotFound)),
+                    None => {
+                        prop_assert_eq!(result, Err(duewheel::wheel::RescheduleError::NotFound))
+                    }
                     Some(entry) if deadline > model.now.saturating_add(MAX_DELAY_TICKS) => {
                         prop_assert!(result.is_err());
                         prop_assert_eq!(wheel.deadline(key), Some(entry.0));

@@ -35,12 +35,15 @@
 //! they were inserted (or last rescheduled). The due list is sorted (stable,
 //! in place) before it fires.
 
+mod error;
 mod level;
 mod slab;
 
+pub use self::error::{InsertError, RescheduleError};
+
 use self::level::{Level, SLOT_BITS, SLOTS};
 use self::slab::{NIL, Slab};
-use crate::{InsertError, RescheduleError, TimerKey};
+use crate::TimerKey;
 use std::fmt;
 
 /// Number of levels. `64^LEVELS` ticks is the wheel's reach.
@@ -96,7 +99,7 @@ pub struct Advanced {
 /// wheel.advance_to(40 * 60_000, |timer| fired.push(timer.payload));
 /// assert_eq!(fired, ["cancel order 43"]);
 /// assert!(wheel.is_empty());
-/// # Ok::<(), duewheel::InsertError<&str>>(())
+/// # Ok::<(), duewheel::wheel::InsertError<&str>>(())
 /// ```
 pub struct Wheel<T> {
     now: u64,
@@ -124,6 +127,15 @@ impl<T> Wheel<T> {
     /// allocates.
     pub fn with_capacity(capacity: usize) -> Self {
         Self::with_slab(Slab::with_capacity(capacity))
+    }
+
+    /// An empty wheel whose time starts at tick `now`, with room for
+    /// `capacity` timers. Use it when ticks count from an epoch, so that
+    /// deadlines near `now` are in range from the first insert.
+    pub fn with_capacity_at(capacity: usize, now: u64) -> Self {
+        let mut wheel = Self::with_capacity(capacity);
+        wheel.now = now;
+        wheel
     }
 
     const fn with_slab(slab: Slab<T>) -> Self {

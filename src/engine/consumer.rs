@@ -1,0 +1,277 @@
+//! Consumer groups and bounded delivery.
+//!
+//! Every group receives every event; the consumers inside one group share its
+//! events, each event going to exactly one of them. A group is one bounded
+//! `crossbeam-channel` of event batches.
+//!
+//! Invariants:
+//! - an event handed to a group is never dropped: the registry keeps a
+//!   receiver of every group, so the channel stays open (and buffers, up to
+//!   its capacity) even while no consumer is attached;
+//! - when a group's channel is full the dispatcher waits: lateness grows,
+//!   memory does not (at most `capacity` events per group);
+//! - `queued` counts the events in the channel, so lag is visible.
+
+use super::event::Event;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub(crate) type Batch<K, P> = Vec<Event<K, P>>;
+
+/// One group, as the dispatcher sees it.
+pub(crate) struct Group<K, P> {
+    pub(crate) name: Arc<str>,
+    pub(crate) tx: Sender<Batch<K, P>>,
+    rx: Receiver<Batch<K, P>>,
+    pub(crate) shared: Arc<GroupShared<K, P>>,
+}
+
+/// State shared by a group's consumers and the dispatcher.
+pub(crate) struct GroupShared<K, P> {
+    /// Events in the channel or handed back, not yet taken by a consumer.
+    pub(crate) queued: AtomicU64,
+    pub(crate) consumers: AtomicUsize,
+    /// Lets a dropped consumer put its unread events back; `None` once the
+    /// engine shut down (so the channel can disconnect).
+    requeue: Mutex<Option<Sender<Batch<K, P>>>>,
+    /// Handed-back batches that did not fit in the channel; read first.
+    handed_back: Mutex<Vec<Batch<K, P>>>,
+    handed_back_len: AtomicUsize,
+}
+
+impl<K, P> GroupShared<K, P> {
+    fn new(tx: Sender<Batch<K, P>>) -> Self {
+        Self {
+            queued: AtomicU64::new(0),
+            consumers: AtomicUsize::new(0),
+            requeue: Mutex::new(Some(tx)),
+            handed_back: Mutex::new(Vec::new()),
+            handed_back_len: AtomicUsize::new(0),
+        }
+    }
+
+    fn hand_back(&self, batch: Batch<K, P>) {
+        self.queued.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let batch = match self.requeue.lock().as_ref() {
+            Some(tx) => match tx.try_send(batch) {
+                Ok(()) => return,
+                Err(full_or_closed) => full_or_closed.into_inner(),
+            },
+            None => batch,
+        };
+        self.handed_back.lock().push(batch);
+        self.handed_back_len.fetch_add(1, Ordering::Release);
+    }
+
+    fn take_handed_back(&self) -> Option<Batch<K, P>> {
+        if self.handed_back_len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let batch = self.handed_back.lock().pop()?;
+        self.handed_back_len.fetch_sub(1, Ordering::Release);
+        Some(batch)
+    }
+}
+
+/// A snapshot of the groups; `None` in the registry once closed.
+pub(crate) type Groups<K, P> = Arc<Vec<Group<K, P>>>;
+
+/// The set of groups. The dispatcher takes a snapshot (one `Arc` clone) per
+/// round, so subscribing never waits for a blocked delivery.
+pub(crate) struct Registry<K, P> {
+    groups: Mutex<Option<Groups<K, P>>>,
+    capacity_batches: usize,
+}
+
+impl<K, P> Registry<K, P> {
+    pub(crate) fn new(capacity_batches: usize) -> Self {
+        Self {
+            groups: Mutex::new(Some(Arc::new(Vec::new()))),
+            capacity_batches,
+        }
+    }
+
+    /// The current groups, or `None` once closed.
+    pub(crate) fn snapshot(&self) -> Option<Groups<K, P>> {
+        self.groups.lock().clone()
+    }
+
+    /// Drops the registry's senders: once the dispatcher's snapshot is gone,
+    /// consumers see `Disconnected` after draining what is queued.
+    pub(crate) fn close(&self) {
+        if let Some(groups) = self.groups.lock().take() {
+            for group in groups.iter() {
+                group.shared.requeue.lock().take();
+            }
+        }
+    }
+
+    /// A consumer of `name`, creating the group if needed. `None` once closed.
+    pub(crate) fn subscribe(&self, name: &str) -> Option<Consumer<K, P>> {
+        let mut guard = self.groups.lock();
+        let groups = guard.as_mut()?;
+        let group = match groups.iter().find(|g| &*g.name == name) {
+            Some(g) => g,
+            None => {
+                let (tx, rx) = crossbeam_channel::bounded(self.capacity_batches);
+                let mut next: Vec<Group<K, P>> = groups
+                    .iter()
+                    .map(|g| Group {
+                        name: g.name.clone(),
+                        tx: g.tx.clone(),
+                        rx: g.rx.clone(),
+                        shared: g.shared.clone(),
+                    })
+                    .collect();
+                next.push(Group {
+                    name: name.into(),
+                    shared: Arc::new(GroupShared::new(tx.clone())),
+                    tx,
+                    rx,
+                });
+                *groups = Arc::new(next);
+                groups.last().expect("just pushed")
+            }
+        };
+        group.shared.consumers.fetch_add(1, Ordering::Relaxed);
+        Some(Consumer {
+            group: group.name.clone(),
+            rx: group.rx.clone(),
+            shared: group.shared.clone(),
+            buffer: Vec::new().into_iter(),
+        })
+    }
+}
+
+/// Receives the events of one consumer group.
+///
+/// Built on a bounded `crossbeam-channel`; the verbs read like its own:
+/// [`recv`](Self::recv), [`try_recv`](Self::try_recv),
+/// [`recv_timeout`](Self::recv_timeout), and [`iter`](Self::iter). Events
+/// arrive in batches; a consumer takes a whole batch at a time, so the other
+/// consumers of its group get the next batches.
+///
+/// ```
+/// use duewheel::{Engine, EventKind, ManualClock};
+/// use std::time::Duration;
+///
+/// let clock = ManualClock::new(0);
+/// let engine = Engine::<u64, &str>::builder().clock(clock.clone()).build()?;
+/// let mut orders = engine.subscribe("orders");
+/// engine.scheduler().schedule(7, Duration::from_secs(60), "order 7").unwrap();
+///
+/// clock.advance(Duration::from_secs(60));
+/// let event = orders.recv_timeout(Duration::from_secs(5))?;
+/// assert_eq!((event.id, event.kind), (7, EventKind::Expired));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Consumer<K, P> {
+    group: Arc<str>,
+    rx: Receiver<Batch<K, P>>,
+    shared: Arc<GroupShared<K, P>>,
+    buffer: std::vec::IntoIter<Event<K, P>>,
+}
+
+impl<K, P> Consumer<K, P> {
+    /// The group this consumer belongs to.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The next buffered or handed-back event, without touching the channel.
+    fn next_local(&mut self) -> Option<Event<K, P>> {
+        if let Some(event) = self.buffer.next() {
+            return Some(event);
+        }
+        let batch = self.shared.take_handed_back()?;
+        self.take(batch)
+    }
+
+    fn take(&mut self, batch: Batch<K, P>) -> Option<Event<K, P>> {
+        self.shared
+            .queued
+            .fetch_sub(batch.len() as u64, Ordering::Relaxed);
+        self.buffer = batch.into_iter();
+        self.buffer.next()
+    }
+
+    /// Blocks until an event arrives. Fails only after the engine shut down
+    /// and every queued event was received.
+    pub fn recv(&mut self) -> Result<Event<K, P>, crossbeam_channel::RecvError> {
+        loop {
+            if let Some(event) = self.next_local() {
+                return Ok(event);
+            }
+            let batch = self.rx.recv()?;
+            if let Some(event) = self.take(batch) {
+                return Ok(event);
+            }
+        }
+    }
+
+    /// Takes an event if one is ready.
+    pub fn try_recv(&mut self) -> Result<Event<K, P>, TryRecvError> {
+        loop {
+            if let Some(event) = self.next_local() {
+                return Ok(event);
+            }
+            let batch = self.rx.try_recv()?;
+            if let Some(event) = self.take(batch) {
+                return Ok(event);
+            }
+        }
+    }
+
+    /// Waits at most `timeout` for an event.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Event<K, P>, RecvTimeoutError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(event) = self.next_local() {
+                return Ok(event);
+            }
+            let batch = self.rx.recv_deadline(deadline)?;
+            if let Some(event) = self.take(batch) {
+                return Ok(event);
+            }
+        }
+    }
+
+    /// Every event ready now, buffered ones first, without waiting.
+    pub fn drain_ready(&mut self) -> Vec<Event<K, P>> {
+        let mut out: Vec<_> = self.buffer.by_ref().collect();
+        while let Some(batch) = self.shared.take_handed_back() {
+            self.shared
+                .queued
+                .fetch_sub(batch.len() as u64, Ordering::Relaxed);
+            out.extend(batch);
+        }
+        while let Ok(batch) = self.rx.try_recv() {
+            self.shared
+                .queued
+                .fetch_sub(batch.len() as u64, Ordering::Relaxed);
+            out.extend(batch);
+        }
+        out
+    }
+
+    /// A blocking iterator over events; it ends after shutdown, once every
+    /// queued event was received.
+    pub fn iter(&mut self) -> impl Iterator<Item = Event<K, P>> + '_ {
+        std::iter::from_fn(move || self.recv().ok())
+    }
+}
+
+impl<K, P> Drop for Consumer<K, P> {
+    fn drop(&mut self) {
+        self.shared.consumers.fetch_sub(1, Ordering::Relaxed);
+        // Events this consumer took out of the channel but never returned go
+        // back to its group: dropping a consumer loses nothing.
+        let rest: Batch<K, P> = self.buffer.by_ref().collect();
+        if !rest.is_empty() {
+            self.shared.hand_back(rest);
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The dispatcher thread: advances every shard's wheel with the clock and
+//! hands the events to the consumer groups.
+//!
+//! # Rounds
+//!
+//! Each round finds the earliest tick with work across all shards and fires,
+//! in every shard, what is due at or before it (at most `batch` events per
+//! shard per round, so a burst is taken in pieces and schedules and cancels
+//! keep getting the locks in between). Events therefore reach the groups in
+//! deadline order across shards, not only within one. Delivery happens with
+//! no lock held.
+//!
+//! # Waking (tokio #6682)
+//!
+//! The engine-wide next deadline is computed with no global lock, so the
+//! protocol must not lose an insert that races the computation:
+//!
+//! 1. the dispatcher stores `next_wake = MAX` *before* it scans the shards;
+//! 2. a scheduler inserts under the shard lock and *then* does
+//!    `next_wake.fetch_min(tick)`, unparking the dispatcher if it lowered it;
+//! 3. after the scan the dispatcher does `fetch_min(earliest)` and sleeps
+//!    until the minimum of the two.
+//!
+//! An insert that finished before step 1 is seen by the scan. One after it
+//! lowers `next_wake` from `MAX` or from the dispatcher's own value, and either
+//! the dispatcher reads the lowered value in step 3, or the scheduler sees a
+//! value above its tick and unparks it (park/unpark keeps a token, so an
+//! unpark before the park is not lost). A bounded park (`max_idle`, one
+//! second by default) is a second line of defence, not the mechanism; a test
+//! sets it to an hour to prove that.
+
+use super::Inner;
+use super::consumer::{Batch, Group};
+use super::event::{Event, EventKind};
+use crossbeam_channel::SendTimeoutError;
+use hdrhistogram::Histogram;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How often a blocked delivery checks for shutdown.
+const SEND_POLL: Duration = Duration::from_millis(50);
+
+pub(crate) fn run<K, P>(inner: Arc<Inner<K, P>>)
+where
+    K: Hash + Eq + Clone + Send + 'static,
+    P: Clone + Send + 'static,
+{
+    let _ = inner.dispatcher.set(thread::current());
+    let mut fired: Vec<(u64, Event<K, P>)> = Vec::new();
+    let mut lateness = Histogram::<u64>::new(3).expect("3 significant figures is valid");
+    let mut last_publish = Instant::now();
+    loop {
+        if inner.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        inner.next_wake.store(u64::MAX, Ordering::SeqCst);
+        let settle_requests = inner.settle_requests.load(Ordering::SeqCst);
+        let now_ms = inner.clock.now_ms();
+        let now_tick = inner.ticks.now_tick(now_ms);
+        let Some(groups) = inner.registry.snapshot() else {
+            return;
+        };
+        let earliest = inner.shards().filter_map(|s| s.lock().next_tick()).min();
+
+        if groups.is_empty() {
+            // Nobody to deliver to: hold every timer pending (visible as
+            // overdue in stats) until a group subscribes and unparks us.
+            park(&inner, None);
+            continue;
+        }
+        if let Some(tick) = earliest.filter(|&t| t <= now_tick) {
+            for shard in inner.shards() {
+                shard.lock().fire(tick, inner.batch, now_ms, &mut fired);
+                if fired.is_empty() {
+                    continue;
+                }
+                let expired = fired.iter().filter(|(_, e)| e.kind == EventKind::Expired);
+                inner.release(expired.count());
+                let mut oldest_ms = u64::MAX;
+                for (due_tick, event) in &fired {
+                    let _ = lateness.record(now_tick.saturating_sub(*due_tick));
+                    oldest_ms = oldest_ms.min(event.due_ms);
+                }
+                inner.delivering_since_ms.store(oldest_ms, Ordering::SeqCst);
+                let batch: Batch<K, P> = fired.drain(..).map(|(_, e)| e).collect();
+                let delivered = deliver(&inner, &groups, batch);
+                inner.delivering_since_ms.store(u64::MAX, Ordering::SeqCst);
+                if !delivered {
+                    return;
+                }
+            }
+            inner.lateness.lock().add(&lateness).ok();
+            lateness.reset();
+            continue;
+        }
+        inner.mark_settled(now_ms, settle_requests);
+
+        #[cfg(feature = "metrics")]
+        if last_publish.elapsed() >= Duration::from_secs(1) {
+            super::Scheduler::from_inner(inner.clone())
+                .stats()
+                .publish();
+            last_publish = Instant::now();
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = &mut last_publish;
+
+        let wake = earliest.unwrap_or(u64::MAX);
+        let planned = inner.next_wake.fetch_min(wake, Ordering::SeqCst).min(wake);
+        if planned <= now_tick {
+            continue;
+        }
+        let sleep = (planned != u64::MAX)
+            .then(|| inner.clock.time_until(inner.ticks.start_ms(planned)))
+            .flatten();
+        park(&inner, sleep);
+    }
+}
+
+fn park<K, P>(inner: &Inner<K, P>, sleep: Option<Duration>) {
+    if inner.stopping.load(Ordering::SeqCst) {
+        return;
+    }
+    thread::park_timeout(sleep.map_or(inner.max_idle, |d| d.min(inner.max_idle)));
+}
+
+/// Hands `batch` to every group, waiting while a group is full. Returns
+/// `false` if shutdown began first; what was not delivered is kept for
+/// [`Engine::shutdown`](crate::Engine::shutdown) to return.
+fn deliver<K: Clone, P: Clone>(
+    inner: &Inner<K, P>,
+    groups: &[Group<K, P>],
+    batch: Batch<K, P>,
+) -> bool {
+    let mut batch = Some(batch);
+    for (i, group) in groups.iter().enumerate() {
+        let mut copy = if i + 1 == groups.len() {
+            batch.take().expect("the last group takes the original")
+        } else {
+            batch.clone().expect("still held for the later groups")
+        };
+        let len = copy.len() as u64;
+        group.shared.queued.fetch_add(len, Ordering::Relaxed);
+        loop {
+            match group.tx.send_timeout(copy, SEND_POLL) {
+                Ok(()) => break,
+                Err(SendTimeoutError::Timeout(back) | SendTimeoutError::Disconnected(back)) => {
+                    if !inner.stopping.load(Ordering::SeqCst) {
+                        copy = back;
+                        continue;
+                    }
+                    group.shared.queued.fetch_sub(len, Ordering::Relaxed);
+                    let mut undelivered = inner.undelivered.lock();
+                    undelivered.extend(back.into_iter().map(|e| (group.name.clone(), e)));
+                    for later in &groups[i + 1..] {
+                        let events = batch.clone().unwrap_or_default();
+                        undelivered.extend(events.into_iter().map(|e| (later.name.clone(), e)));
+                    }
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}

@@ -1,0 +1,40 @@
+//! What consumers receive.
+
+/// Which stage of a timer an [`Event`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// The `n`-th reminder (1-based, in firing order) before the deadline.
+    Reminder(u8),
+    /// The deadline passed: the timer is gone. Emitted exactly once per timer
+    /// that was not cancelled, after all of its reminders.
+    Expired,
+}
+
+/// One expiry or reminder, as handed to every consumer group.
+///
+/// A consumer acting on `Expired` should change the order only if it is
+/// still unpaid (a conditional update on id and version), since a payment may
+/// race the expiry: the engine guarantees that a [`Cancel::Cancelled`]
+/// answer means no `Expired` event, and [`Cancel::AlreadyFired`] means one.
+///
+/// [`Cancel::Cancelled`]: crate::Cancel::Cancelled
+/// [`Cancel::AlreadyFired`]: crate::Cancel::AlreadyFired
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event<K, P> {
+    /// The caller's id (an order id).
+    pub id: K,
+    /// Reminder or expiry.
+    pub kind: EventKind,
+    /// The timer's deadline (UTC milliseconds).
+    pub deadline_ms: u64,
+    /// When this stage was due (UTC milliseconds): the reminder time, or the
+    /// deadline for `Expired`.
+    pub due_ms: u64,
+    /// When the dispatcher took it out of the wheel (UTC milliseconds, engine
+    /// clock). Never earlier than `due_ms`.
+    pub fired_at_ms: u64,
+    /// Delivery attempt, starting at 1.
+    pub attempt: u32,
+    /// The payload given at schedule (cloned for reminders and for each group).
+    pub payload: P,
+}

@@ -1,0 +1,671 @@
+//! The engine: sharded wheels keyed by the caller's id, one dispatcher
+//! thread, and consumer groups.
+//!
+//! # Structure
+//!
+//! An id hashes to one of N shards; each shard is a `parking_lot::Mutex`
+//! around a [`Wheel`](crate::wheel::Wheel) and its id index
+//! ([`shard`]). Schedule, cancel and reschedule lock one shard for O(1) work;
+//! there is no global lock on those paths. The dispatcher ([`dispatcher`])
+//! fires due timers in bounded batches and hands them to the consumer groups
+//! ([`consumer`]) with no lock held.
+//!
+//! # Invariants
+//!
+//! - cancel and fire of one id are decided under that id's shard lock, so
+//!   exactly one wins and the caller of `cancel` is told which;
+//! - the number of pending timers never exceeds `max_pending`: a schedule
+//!   reserves a place under its shard lock once every other check passed,
+//!   just before it inserts, and a place is released exactly once, by the cancel or the expiry that removes
+//!   the timer;
+//! - nothing accepted is lost: a pending timer fires, is cancelled, or is
+//!   handed back by [`Engine::shutdown`]; a fired event reaches every group or
+//!   is handed back by `shutdown`.
+
+mod consumer;
+mod dispatcher;
+mod event;
+mod shard;
+mod stats;
+
+pub use self::consumer::Consumer;
+pub use self::event::{Event, EventKind};
+pub use self::shard::PendingTimer;
+pub use self::stats::{GroupStats, Lateness, Stats};
+
+use self::consumer::Registry;
+use self::shard::{FiredMemory, Reminders, Shard};
+use crate::clock::{Clock, Deadline, SystemClock, Ticks};
+use crate::error::{BuildError, Cancel, RescheduleError, ScheduleError};
+use hdrhistogram::Histogram;
+use parking_lot::{Condvar, Mutex};
+use std::hash::{BuildHasher, Hash};
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::thread::{self, JoinHandle, Thread};
+use std::time::{Duration, Instant};
+
+/// The most reminders one timer may carry.
+pub const MAX_REMINDERS: usize = 4;
+
+/// Keeps each shard's lock on its own cache lines, so two cores working on
+/// two shards do not share a line.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+type ShardLock<K, P> = Padded<Mutex<Shard<K, P>>>;
+
+/// An event with the name of the group it did not reach.
+type Undelivered<K, P> = (Arc<str>, Event<K, P>);
+
+/// What the scheduler handles, the dispatcher and the engine share.
+pub(crate) struct Inner<K, P> {
+    shards: Box<[ShardLock<K, P>]>,
+    clock: Arc<dyn Clock>,
+    ticks: Ticks,
+    max_pending: usize,
+    /// Places taken under `max_pending` (see the module invariants).
+    reserved: AtomicUsize,
+    rejected_full: AtomicU64,
+    batch: usize,
+    max_idle: Duration,
+    registry: Registry<K, P>,
+    /// The tick the dispatcher will look again by (see `dispatcher`).
+    next_wake: AtomicU64,
+    dispatcher: OnceLock<Thread>,
+    stopping: AtomicBool,
+    lateness: Mutex<Histogram<u64>>,
+    /// Settle requests made so far (see [`Scheduler::settle`]).
+    settle_requests: AtomicU64,
+    /// The latest dispatcher pass that caught up: the clock time it caught up
+    /// to, and the settle requests made before that pass began.
+    settled: Mutex<Settled>,
+    settled_cv: Condvar,
+    /// `due_ms` of the oldest event in a delivery under way, or `u64::MAX`.
+    delivering_since_ms: AtomicU64,
+    /// Events that shutdown interrupted before every group had them.
+    undelivered: Mutex<Vec<Undelivered<K, P>>>,
+}
+
+impl<K, P> Inner<K, P> {
+    fn shards(&self) -> impl Iterator<Item = &Mutex<Shard<K, P>>> {
+        self.shards.iter().map(|s| &s.0)
+    }
+
+    fn unpark(&self) {
+        if let Some(thread) = self.dispatcher.get() {
+            thread.unpark();
+        }
+    }
+
+    /// Tells the dispatcher a timer is due at `tick` (after the insert).
+    fn note_due(&self, tick: u64) {
+        if self.next_wake.fetch_min(tick, Ordering::SeqCst) > tick {
+            self.unpark();
+        }
+    }
+
+    /// Takes a place under `max_pending`, or says the cap.
+    fn reserve(&self) -> Result<(), usize> {
+        if self.reserved.fetch_add(1, Ordering::SeqCst) >= self.max_pending {
+            self.reserved.fetch_sub(1, Ordering::SeqCst);
+            self.rejected_full.fetch_add(1, Ordering::Relaxed);
+            return Err(self.max_pending);
+        }
+        Ok(())
+    }
+
+    fn release(&self, n: usize) {
+        if n > 0 {
+            let before = self.reserved.fetch_sub(n, Ordering::SeqCst);
+            debug_assert!(before >= n, "released more places than reserved");
+        }
+    }
+
+    /// Records that a pass which began after `requests` settle requests has
+    /// handed over everything due at `now_ms`.
+    fn mark_settled(&self, now_ms: u64, requests: u64) {
+        let mut settled = self.settled.lock();
+        if settled.requests < requests || settled.now_ms < now_ms {
+            *settled = Settled {
+                now_ms: now_ms.max(settled.now_ms),
+                requests: requests.max(settled.requests),
+            };
+            self.settled_cv.notify_all();
+        }
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct Settled {
+    now_ms: u64,
+    requests: u64,
+}
+
+/// Configures an [`Engine`]. From [`Engine::builder`].
+pub struct Builder<K, P> {
+    tick: Duration,
+    shards: usize,
+    max_pending: usize,
+    channel_capacity: usize,
+    batch: usize,
+    clock: Option<Arc<dyn Clock>>,
+    fired_memory: FiredMemory,
+    max_idle: Duration,
+    groups: Vec<String>,
+    _types: PhantomData<fn(K, P)>,
+}
+
+impl<K, P> Builder<K, P>
+where
+    K: Hash + Eq + Clone + Send + 'static,
+    P: Clone + Send + 'static,
+{
+    fn new() -> Self {
+        Self {
+            tick: Duration::from_millis(1),
+            shards: thread::available_parallelism().map_or(1, |n| n.get()),
+            max_pending: 50_000_000,
+            channel_capacity: 65_536,
+            batch: 1_024,
+            clock: None,
+            fired_memory: FiredMemory {
+                max_ids: 1 << 20,
+                max_age_ms: 10 * 60 * 1_000,
+            },
+            max_idle: Duration::from_secs(1),
+            groups: Vec::new(),
+            _types: PhantomData,
+        }
+    }
+
+    /// Tick length, a whole number of milliseconds (default 1 ms). Deadlines
+    /// round up to a tick, so events may be up to one tick late, never early.
+    pub fn tick(mut self, tick: Duration) -> Self {
+        self.tick = tick;
+        self
+    }
+
+    /// Number of shards (default: available parallelism).
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = shards;
+        self
+    }
+
+    /// Admission cap: schedules beyond it get [`ScheduleError::Full`]
+    /// (default 50 million).
+    pub fn max_pending(mut self, max_pending: usize) -> Self {
+        self.max_pending = max_pending;
+        self
+    }
+
+    /// Events each consumer group may hold before the dispatcher waits
+    /// (default 65,536).
+    pub fn channel_capacity(mut self, events: usize) -> Self {
+        self.channel_capacity = events;
+        self
+    }
+
+    /// Most events taken from one shard per dispatcher round, and so the
+    /// delivery batch size (default 1,024).
+    pub fn batch_size(mut self, events: usize) -> Self {
+        self.batch = events;
+        self
+    }
+
+    /// The clock (default [`SystemClock`]).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// How many fired ids to remember, and for how long, so that a cancel
+    /// arriving after the expiry hears [`Cancel::AlreadyFired`] rather than
+    /// [`Cancel::NotFound`] (default: the last 2^20 ids, up to 10 minutes).
+    pub fn fired_memory(mut self, max_ids: usize, max_age: Duration) -> Self {
+        self.fired_memory = FiredMemory {
+            max_ids,
+            max_age_ms: u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX),
+        };
+        self
+    }
+
+    /// The longest the dispatcher sleeps without looking at the shards
+    /// (default 1 s). A safety net only: wake-ups do not depend on it. Tests
+    /// raise it to prove that.
+    #[doc(hidden)]
+    pub fn max_idle(mut self, max_idle: Duration) -> Self {
+        self.max_idle = max_idle;
+        self
+    }
+
+    /// Declares a consumer group up front, so that events buffer for it from
+    /// the start even before its first consumer subscribes.
+    pub fn group(mut self, name: impl Into<String>) -> Self {
+        self.groups.push(name.into());
+        self
+    }
+
+    /// Starts the engine and its dispatcher thread.
+    pub fn build(self) -> Result<Engine<K, P>, BuildError> {
+        let tick_ms = u64::try_from(self.tick.as_millis()).unwrap_or(u64::MAX);
+        if tick_ms == 0 || self.tick.subsec_nanos() % 1_000_000 != 0 {
+            return Err(BuildError::Invalid(
+                "tick must be a whole number of milliseconds, at least 1",
+            ));
+        }
+        if self.shards == 0 || self.shards > 4096 {
+            return Err(BuildError::Invalid("shards must be between 1 and 4096"));
+        }
+        if self.max_pending == 0 || self.max_pending >= u32::MAX as usize {
+            return Err(BuildError::Invalid(
+                "max_pending must be between 1 and 2^32 - 2",
+            ));
+        }
+        if self.channel_capacity == 0 {
+            return Err(BuildError::Invalid("channel_capacity must be at least 1"));
+        }
+        if self.batch == 0 || self.batch > 1 << 20 {
+            return Err(BuildError::Invalid("batch_size must be between 1 and 2^20"));
+        }
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock::new()));
+        let ticks = Ticks::new(tick_ms);
+        let now_ms = clock.now_ms();
+        let shards = (0..self.shards)
+            .map(|_| Padded(Mutex::new(Shard::new(ticks, now_ms, self.fired_memory))))
+            .collect();
+        let inner = Arc::new(Inner {
+            shards,
+            clock: clock.clone(),
+            ticks,
+            max_pending: self.max_pending,
+            reserved: AtomicUsize::new(0),
+            rejected_full: AtomicU64::new(0),
+            batch: self.batch,
+            max_idle: self.max_idle,
+            registry: Registry::new(self.channel_capacity.div_ceil(self.batch)),
+            next_wake: AtomicU64::new(u64::MAX),
+            dispatcher: OnceLock::new(),
+            stopping: AtomicBool::new(false),
+            lateness: Mutex::new(Histogram::new(3).expect("3 significant figures is valid")),
+            settle_requests: AtomicU64::new(0),
+            settled: Mutex::new(Settled::default()),
+            settled_cv: Condvar::new(),
+            delivering_since_ms: AtomicU64::new(u64::MAX),
+            undelivered: Mutex::new(Vec::new()),
+        });
+        // Consumers declared up front exist before the first event; the
+        // registry keeps their channels open.
+        for group in &self.groups {
+            drop(inner.registry.subscribe(group));
+        }
+        let weak: Weak<Inner<K, P>> = Arc::downgrade(&inner);
+        clock.on_advance(Box::new(move || {
+            if let Some(inner) = weak.upgrade() {
+                inner.unpark();
+            }
+        }));
+        let for_thread = inner.clone();
+        let thread = thread::Builder::new()
+            .name("duewheel-dispatcher".into())
+            .spawn(move || dispatcher::run(for_thread))
+            .map_err(|e| BuildError::Spawn(e.to_string()))?;
+        Ok(Engine {
+            scheduler: Scheduler { inner },
+            thread: Some(thread),
+        })
+    }
+}
+
+/// The timer engine: owns the dispatcher thread. Schedule and cancel through
+/// its [`Scheduler`] handles; receive through [`Consumer`]s.
+///
+/// ```
+/// use duewheel::{Cancel, Engine, EventKind, ManualClock};
+/// use std::time::Duration;
+///
+/// let clock = ManualClock::new(1_700_000_000_000);
+/// let engine = Engine::<u64, String>::builder().clock(clock.clone()).build()?;
+/// let mut orders = engine.subscribe("order-cancel");
+/// let payments = engine.scheduler();
+///
+/// // Two unpaid orders with a 30-minute window and a reminder 5 minutes before.
+/// let window = Duration::from_secs(30 * 60);
+/// let remind = [Duration::from_secs(5 * 60)];
+/// payments.schedule_with_reminders(1, window, &remind, "order 1".into()).unwrap();
+/// payments.schedule_with_reminders(2, window, &remind, "order 2".into()).unwrap();
+///
+/// // Order 1 is paid; order 2 is not.
+/// assert!(matches!(payments.cancel(&1), Cancel::Cancelled(_)));
+/// clock.advance(window);
+/// let reminder = orders.recv_timeout(Duration::from_secs(5))?;
+/// let expiry = orders.recv_timeout(Duration::from_secs(5))?;
+/// assert_eq!((reminder.id, reminder.kind), (2, EventKind::Reminder(1)));
+/// assert_eq!((expiry.id, expiry.kind), (2, EventKind::Expired));
+///
+/// // A payment arriving now learns that the expiry won.
+/// assert!(matches!(payments.cancel(&2), Cancel::AlreadyFired));
+/// let shutdown = engine.shutdown();
+/// assert!(shutdown.pending.is_empty());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Engine<K, P>
+where
+    K: Hash + Eq + Clone + Send + 'static,
+    P: Clone + Send + 'static,
+{
+    scheduler: Scheduler<K, P>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What [`Engine::shutdown`] hands back: nothing accepted is lost.
+#[derive(Debug)]
+pub struct Shutdown<K, P> {
+    /// Timers that were still pending, with their remaining reminders.
+    pub pending: Vec<PendingTimer<K, P>>,
+    /// Fired events that shutdown interrupted before they reached a group,
+    /// with the group's name. Events already queued in a group stay there:
+    /// its consumers can still receive them.
+    pub undelivered: Vec<(String, Event<K, P>)>,
+}
+
+impl<K, P> Engine<K, P>
+where
+    K: Hash + Eq + Clone + Send + 'static,
+    P: Clone + Send + 'static,
+{
+    /// A builder with the defaults: 1 ms ticks, a shard per core, the system
+    /// clock.
+    pub fn builder() -> Builder<K, P> {
+        Builder::new()
+    }
+
+    /// A handle to schedule and cancel with; `Clone + Send + Sync`.
+    pub fn scheduler(&self) -> Scheduler<K, P> {
+        self.scheduler.clone()
+    }
+
+    /// A consumer of group `group`, creating the group if needed. A group
+    /// created now receives the events fired from now on.
+    pub fn subscribe(&self, group: &str) -> Consumer<K, P> {
+        self.scheduler
+            .subscribe(group)
+            .expect("the registry is open while the engine lives")
+    }
+
+    /// A snapshot of the engine's statistics.
+    pub fn stats(&self) -> Stats {
+        self.scheduler.stats()
+    }
+
+    /// Stops the dispatcher and hands back every timer still pending and
+    /// every fired event that had not reached all groups. Schedules after
+    /// this get `ShuttingDown` with their payload; consumers can still drain
+    /// what their groups hold, then see the channel disconnect.
+    pub fn shutdown(mut self) -> Shutdown<K, P> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Shutdown<K, P> {
+        let inner = &self.scheduler.inner;
+        inner.stopping.store(true, Ordering::SeqCst);
+        inner.unpark();
+        if let Some(thread) = self.thread.take() {
+            // The dispatcher never panics on input; if it did, the timers are
+            // still in the shards and are handed back below.
+            let _ = thread.join();
+        }
+        let mut pending = Vec::new();
+        for shard in inner.shards() {
+            shard.lock().close(&mut pending);
+        }
+        inner.reserved.store(0, Ordering::SeqCst);
+        inner.registry.close();
+        let undelivered = std::mem::take(&mut *inner.undelivered.lock())
+            .into_iter()
+            .map(|(group, event)| (group.to_string(), event))
+            .collect();
+        Shutdown {
+            pending,
+            undelivered,
+        }
+    }
+}
+
+impl<K, P> Drop for Engine<K, P>
+where
+    K: Hash + Eq + Clone + Send + 'static,
+    P: Clone + Send + 'static,
+{
+    /// Dropping without [`shutdown`](Engine::shutdown) stops the dispatcher
+    /// and refuses further schedules; pending timers are dropped with it.
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            drop(self.stop());
+        }
+    }
+}
+
+impl<K, P> std::fmt::Debug for Engine<K, P>
+where
+    K: Hash + Eq + Clone + Send + 'static,
+    P: Clone + Send + 'static,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+/// A cheap, cloneable handle to an [`Engine`]: schedule, cancel and
+/// reschedule by the caller's id from any thread.
+///
+/// ```
+/// use duewheel::{Cancel, Engine, ManualClock, ScheduleError};
+/// use std::time::Duration;
+///
+/// let engine = Engine::<u64, u32>::builder().clock(ManualClock::new(0)).build()?;
+/// let scheduler = engine.scheduler();
+/// scheduler.schedule(42, Duration::from_secs(1800), 7).unwrap();
+///
+/// // Scheduling the same order twice is refused, and the payload comes back.
+/// let err = scheduler.schedule(42, Duration::from_secs(60), 8).unwrap_err();
+/// assert!(matches!(err, ScheduleError::AlreadyScheduled(8)));
+///
+/// scheduler.reschedule(&42, Duration::from_secs(3600))?;
+/// assert!(matches!(scheduler.cancel(&42), Cancel::Cancelled(7)));
+/// assert!(matches!(scheduler.cancel(&42), Cancel::NotFound));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Scheduler<K, P> {
+    inner: Arc<Inner<K, P>>,
+}
+
+impl<K, P> Clone for Scheduler<K, P> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<K, P> std::fmt::Debug for Scheduler<K, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler").finish_non_exhaustive()
+    }
+}
+
+/// Why [`Scheduler::subscribe`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the engine is shutting down")]
+pub struct SubscribeError;
+
+impl<K, P> Scheduler<K, P>
+where
+    K: Hash + Eq + Clone + Send + 'static,
+    P: Clone + Send + 'static,
+{
+    #[cfg(feature = "metrics")]
+    pub(crate) fn from_inner(inner: Arc<Inner<K, P>>) -> Self {
+        Self { inner }
+    }
+
+    fn shard(&self, id: &K) -> &Mutex<Shard<K, P>> {
+        let n = self.inner.shards.len() as u64;
+        // Mix before reducing, so shard choice and the shard's own hash map
+        // do not use the same bits.
+        let hash = rustc_hash::FxBuildHasher.hash_one(id);
+        let mixed = hash.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(32);
+        &self.inner.shards[usize::try_from(mixed % n).unwrap_or(0)].0
+    }
+
+    /// The engine clock's time, UTC milliseconds.
+    pub fn now_ms(&self) -> u64 {
+        self.inner.clock.now_ms()
+    }
+
+    /// Schedules `payload` for `id`, due at `deadline` (an absolute UTC time
+    /// or a delay from now; see [`Deadline`]).
+    pub fn schedule(
+        &self,
+        id: K,
+        deadline: impl Into<Deadline>,
+        payload: P,
+    ) -> Result<(), ScheduleError<P>> {
+        self.schedule_with_reminders(id, deadline, &[], payload)
+    }
+
+    /// Like [`schedule`](Self::schedule), with reminders: each offset asks
+    /// for a [`EventKind::Reminder`] that long before the deadline (at most
+    /// [`MAX_REMINDERS`]). Reminders come in time order, then `Expired`; a
+    /// reminder whose time has already passed fires at once.
+    pub fn schedule_with_reminders(
+        &self,
+        id: K,
+        deadline: impl Into<Deadline>,
+        reminders_before: &[Duration],
+        payload: P,
+    ) -> Result<(), ScheduleError<P>> {
+        let Some(reminders) = Reminders::new(
+            reminders_before
+                .iter()
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        ) else {
+            return Err(ScheduleError::TooManyReminders(payload));
+        };
+        let deadline_ms = deadline.into().to_unix_ms(self.now_ms());
+        let tick = self
+            .shard(&id)
+            .lock()
+            .schedule(id, deadline_ms, reminders, payload, || self.inner.reserve())?;
+        self.inner.note_due(tick);
+        Ok(())
+    }
+
+    /// Cancels `id`'s timer and every remaining reminder. Exactly one of
+    /// cancel and expiry wins, and the answer says which.
+    pub fn cancel(&self, id: &K) -> Cancel<P> {
+        let outcome = self.shard(id).lock().cancel(id);
+        if outcome.is_cancelled() {
+            self.inner.release(1);
+        }
+        outcome
+    }
+
+    /// Moves `id`'s deadline, earlier or later. Reminders already sent stay
+    /// sent; the remaining ones follow the new deadline.
+    pub fn reschedule(&self, id: &K, deadline: impl Into<Deadline>) -> Result<(), RescheduleError> {
+        let deadline_ms = deadline.into().to_unix_ms(self.now_ms());
+        let tick = self.shard(id).lock().reschedule(id, deadline_ms)?;
+        self.inner.note_due(tick);
+        Ok(())
+    }
+
+    /// A consumer of group `group`, creating the group if needed.
+    pub fn subscribe(&self, group: &str) -> Result<Consumer<K, P>, SubscribeError> {
+        let consumer = self.inner.registry.subscribe(group).ok_or(SubscribeError)?;
+        // The dispatcher holds timers while no group exists: wake it.
+        self.inner.unpark();
+        Ok(consumer)
+    }
+
+    /// Blocks until every event due at the clock's present has been handed
+    /// to the consumer groups, or `timeout` passes (then `false`). With a
+    /// [`ManualClock`](crate::ManualClock) this makes tests deterministic:
+    /// advance, settle, then look at what the groups hold. It waits for
+    /// room in full groups, so drain them from another thread if needed.
+    pub fn settle(&self, timeout: Duration) -> bool {
+        // Everything scheduled before this call is seen by any pass that
+        // starts after the request is counted.
+        let request = self.inner.settle_requests.fetch_add(1, Ordering::SeqCst) + 1;
+        let target = self.now_ms();
+        let deadline = Instant::now() + timeout;
+        self.inner.unpark();
+        let mut settled = self.inner.settled.lock();
+        let done = |s: &Settled| s.requests >= request && s.now_ms >= target;
+        while !done(&settled) {
+            if self
+                .inner
+                .settled_cv
+                .wait_until(&mut settled, deadline)
+                .timed_out()
+            {
+                return done(&settled);
+            }
+        }
+        true
+    }
+
+    /// A snapshot of the engine's statistics.
+    pub fn stats(&self) -> Stats {
+        let inner = &*self.inner;
+        let now_ms = inner.clock.now_ms();
+        let now_tick = inner.ticks.now_tick(now_ms);
+        let mut counters = shard::Counters::default();
+        let mut pending = 0;
+        let mut oldest_tick: Option<u64> = None;
+        for shard in inner.shards() {
+            let shard = shard.lock();
+            counters.add(&shard.counters);
+            pending += shard.len();
+            if let Some(next) = shard.next_tick().filter(|&t| t <= now_tick) {
+                oldest_tick = Some(oldest_tick.map_or(next, |o| o.min(next)));
+            }
+        }
+        let delivering = inner.delivering_since_ms.load(Ordering::SeqCst);
+        let oldest_overdue_ms = oldest_tick
+            .map(|t| inner.ticks.start_ms(t))
+            .into_iter()
+            .chain((delivering != u64::MAX).then_some(delivering))
+            .min();
+        let groups = inner
+            .registry
+            .snapshot()
+            .map(|groups| {
+                groups
+                    .iter()
+                    .map(|g| GroupStats {
+                        name: g.name.to_string(),
+                        consumers: g.shared.consumers.load(Ordering::Relaxed),
+                        lag: g.shared.queued.load(Ordering::Relaxed),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Stats {
+            now_ms,
+            pending,
+            max_pending: inner.max_pending,
+            scheduled_total: counters.scheduled,
+            cancelled_total: counters.cancelled,
+            rescheduled_total: counters.rescheduled,
+            expired_total: counters.expired,
+            reminders_total: counters.reminders,
+            rejected_full_total: inner.rejected_full.load(Ordering::Relaxed),
+            tick_ms: inner.ticks.tick_ms(),
+            lateness: Lateness::from_histogram(&inner.lateness.lock()),
+            groups,
+            oldest_overdue_ms,
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! A snapshot of the engine's counters, lateness and lag.
+//!
+//! Counters are summed from the shards, where each changes on its transition
+//! under the shard lock; a snapshot locks one shard at a time, so totals from
+//! different shards may be a few operations apart, but each shard's own
+//! numbers are exact (`scheduled = pending + cancelled + expired` per shard).
+
+/// Engine statistics, from [`Scheduler::stats`](crate::Scheduler::stats).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// The engine clock's time (UTC milliseconds) when the snapshot was taken.
+    pub now_ms: u64,
+    /// Timers pending (each counts once, however many reminders it has).
+    pub pending: usize,
+    /// The admission cap.
+    pub max_pending: usize,
+    /// Timers accepted.
+    pub scheduled_total: u64,
+    /// Timers removed by `cancel`.
+    pub cancelled_total: u64,
+    /// Successful reschedules.
+    pub rescheduled_total: u64,
+    /// `Expired` events emitted.
+    pub expired_total: u64,
+    /// `Reminder` events emitted.
+    pub reminders_total: u64,
+    /// Schedules refused with `Full`.
+    pub rejected_full_total: u64,
+    /// Tick length in milliseconds.
+    pub tick_ms: u64,
+    /// How late events left the wheel, in ticks.
+    pub lateness: Lateness,
+    /// Per consumer group: consumers and lag.
+    pub groups: Vec<GroupStats>,
+    /// When the oldest timer that is due but not yet handed to the consumer
+    /// groups became due (UTC milliseconds, to a tick); `None` if nothing is
+    /// overdue. A value far behind `now_ms` means a stalled dispatcher or a
+    /// full group.
+    pub oldest_overdue_ms: Option<u64>,
+}
+
+impl Stats {
+    /// How long the oldest overdue timer has been waiting, in milliseconds.
+    pub fn oldest_overdue_age_ms(&self) -> u64 {
+        self.oldest_overdue_ms
+            .map_or(0, |at| self.now_ms.saturating_sub(at))
+    }
+
+    /// Publishes the snapshot through the `metrics` facade (feature
+    /// `metrics`). The dispatcher does this once a second.
+    #[cfg(feature = "metrics")]
+    pub fn publish(&self) {
+        use metrics::{counter, gauge};
+        gauge!("duewheel_pending_timers").set(self.pending as f64);
+        counter!("duewheel_scheduled_total").absolute(self.scheduled_total);
+        counter!("duewheel_cancelled_total").absolute(self.cancelled_total);
+        counter!("duewheel_rescheduled_total").absolute(self.rescheduled_total);
+        counter!("duewheel_fired_total", "kind" => "expired").absolute(self.expired_total);
+        counter!("duewheel_fired_total", "kind" => "reminder").absolute(self.reminders_total);
+        counter!("duewheel_rejected_full_total").absolute(self.rejected_full_total);
+        gauge!("duewheel_lateness_p99_ticks").set(self.lateness.p99_ticks as f64);
+        gauge!("duewheel_lateness_max_ticks").set(self.lateness.max_ticks as f64);
+        gauge!("duewheel_oldest_overdue_seconds").set(self.oldest_overdue_age_ms() as f64 / 1e3);
+        for group in &self.groups {
+            gauge!("duewheel_consumer_lag", "group" => group.name.clone()).set(group.lag as f64);
+            gauge!("duewheel_consumers", "group" => group.name.clone()).set(group.consumers as f64);
+        }
+    }
+}
+
+/// A summary of the lateness histogram (`hdrhistogram`, 3 significant
+/// digits): how many ticks after its due tick each event left the wheel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lateness {
+    /// Events recorded.
+    pub count: u64,
+    /// Median lateness in ticks.
+    pub p50_ticks: u64,
+    /// 99th percentile in ticks.
+    pub p99_ticks: u64,
+    /// Largest lateness in ticks.
+    pub max_ticks: u64,
+}
+
+impl Lateness {
+    pub(crate) fn from_histogram(h: &hdrhistogram::Histogram<u64>) -> Self {
+        Self {
+            count: h.len(),
+            p50_ticks: h.value_at_quantile(0.5),
+            p99_ticks: h.value_at_quantile(0.99),
+            max_ticks: h.max(),
+        }
+    }
+}
+
+/// One consumer group's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStats {
+    /// The group's name.
+    pub name: String,
+    /// Consumers attached now.
+    pub consumers: usize,
+    /// Events handed to the group and not yet taken by a consumer.
+    pub lag: u64,
+}
