@@ -36,6 +36,10 @@ pub enum ScheduleError<P> {
     /// The engine is shutting down or was dropped.
     #[error("the engine is shutting down")]
     ShuttingDown(P),
+    /// The write-ahead log failed; the engine has stopped accepting changes
+    /// (fail-stop). Nothing about this timer was made durable.
+    #[error("the write-ahead log failed; the engine accepts no more changes")]
+    Storage(P),
 }
 
 impl<P> ScheduleError<P> {
@@ -45,6 +49,7 @@ impl<P> ScheduleError<P> {
             Self::AlreadyScheduled(p)
             | Self::TooManyReminders(p)
             | Self::ShuttingDown(p)
+            | Self::Storage(p)
             | Self::Full { payload: p, .. }
             | Self::DeadlineTooFar { payload: p, .. } => p,
         }
@@ -71,6 +76,7 @@ impl<P> fmt::Debug for ScheduleError<P> {
                 .finish_non_exhaustive(),
             Self::TooManyReminders(_) => f.write_str("TooManyReminders(..)"),
             Self::ShuttingDown(_) => f.write_str("ShuttingDown(..)"),
+            Self::Storage(_) => f.write_str("Storage(..)"),
         }
     }
 }
@@ -129,7 +135,59 @@ pub enum RescheduleError {
     /// The engine is shutting down or was dropped.
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// The write-ahead log failed (fail-stop); the deadline may not have moved.
+    #[error("the write-ahead log failed; the engine accepts no more changes")]
+    Storage,
 }
+
+/// Why [`Scheduler::cancel`](crate::Scheduler::cancel) could not decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CancelError {
+    /// The engine is shutting down or was dropped; pending timers were
+    /// handed back by `shutdown`.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    /// The write-ahead log failed (fail-stop); the cancel is not durable and
+    /// the timer may fire after a restart.
+    #[error("the write-ahead log failed; the cancel is not durable")]
+    Storage,
+}
+
+/// Why [`Consumer::ack`](crate::Consumer::ack) was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AckError {
+    /// The event is not awaiting acks: already acked, snoozed, cancelled, a
+    /// reminder, or acknowledgements are off.
+    #[error("the event is not in flight")]
+    NotInFlight,
+    /// The write-ahead log failed (fail-stop); the ack is not durable and the
+    /// event will come again after a restart.
+    #[error("the write-ahead log failed; the ack is not durable")]
+    Storage,
+}
+
+/// Why [`Consumer::snooze`](crate::Consumer::snooze) was refused. The event
+/// stays in flight: ack it, or it is redelivered after the ack timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SnoozeError {
+    /// The event is not awaiting acks.
+    #[error("the event is not in flight")]
+    NotInFlight,
+    /// The timer was snoozed as often as the engine allows.
+    #[error("the timer was already snoozed {snoozes} times, the limit")]
+    LimitReached {
+        /// Snoozes taken.
+        snoozes: u8,
+    },
+    /// The write-ahead log failed (fail-stop).
+    #[error("the write-ahead log failed; the snooze is not durable")]
+    Storage,
+}
+
+/// The write-ahead log failed: the engine is fail-stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the write-ahead log failed; the engine accepts no more changes")]
+pub struct StorageError;
 
 /// Why [`Builder::build`](crate::Builder::build) refused a configuration.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -33,6 +33,9 @@ pub use engine::{
     Builder, Consumer, Engine, Event, EventKind, GroupStats, Lateness, MAX_REMINDERS, PendingTimer,
     Scheduler, Shutdown, Stats, SubscribeError,
 };
-pub use error::{BuildError, Cancel, RescheduleError, ScheduleError};
+pub use error::{
+    AckError, BuildError, Cancel, CancelError, RescheduleError, ScheduleError, SnoozeError,
+    StorageError,
+};
 
 pub use key::TimerKey;

@@ -67,7 +67,7 @@ fn race(ids: u64) {
                 start.wait();
                 for i in 0..n {
                     let id = mine[((i * stride.max(1)) % n) as usize];
-                    let outcome = match s.cancel(&id) {
+                    let outcome = match s.cancel(&id).unwrap() {
                         Cancel::Cancelled(payload) => {
                             assert_eq!(payload, id);
                             Outcome::Cancelled

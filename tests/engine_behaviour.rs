@@ -83,7 +83,7 @@ fn deadline_in_the_past_fires_on_the_next_round_not_inside_schedule() {
     let event = orders.recv_timeout(WAIT).unwrap();
     assert_eq!((event.id, event.kind), (1, EventKind::Expired));
     assert_eq!(event.deadline_ms, T0 - 5_000);
-    assert!(matches!(s.cancel(&1), Cancel::AlreadyFired));
+    assert!(matches!(s.cancel(&1).unwrap(), Cancel::AlreadyFired));
 }
 
 #[test]
@@ -109,7 +109,7 @@ fn every_error_hands_the_payload_back() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(s.cancel(&1).is_cancelled());
+    assert!(s.cancel(&1).unwrap().is_cancelled());
     match s.schedule(3, Duration::from_secs(10 * 365 * 86_400), "far".into()) {
         Err(ScheduleError::DeadlineTooFar { payload, .. }) => assert_eq!(payload, "far"),
         other => panic!("{other:?}"),
@@ -155,7 +155,7 @@ fn pending_cap_holds_and_counters_never_drift() {
             assert!(engine.stats().pending <= 100);
         }
         for i in (0..150u64).step_by(3) {
-            let _ = s.cancel(&(round * 1_000 + i));
+            let _ = s.cancel(&(round * 1_000 + i)).unwrap();
         }
         clock.advance(ms(10));
         assert!(s.settle(WAIT));
@@ -197,7 +197,7 @@ fn reminders_come_in_order_before_the_expiry() {
     assert!(first.iter().all(|e| e.due_ms == T0 + 25 * 60_000));
     // Cancel half between the reminders: they get no more events.
     for id in (0..100u64).step_by(2) {
-        assert!(s.cancel(&id).is_cancelled());
+        assert!(s.cancel(&id).unwrap().is_cancelled());
     }
     clock.advance(window);
     let mut seen: HashMap<u64, Vec<EventKind>> = HashMap::new();
@@ -377,7 +377,7 @@ fn shutdown_returns_every_pending_timer_with_its_reminders() {
             .unwrap();
     }
     for id in 0..5_000u64 {
-        assert!(s.cancel(&id).is_cancelled());
+        assert!(s.cancel(&id).unwrap().is_cancelled());
     }
     let shutdown = engine.shutdown();
     let mut ids: Vec<u64> = shutdown.pending.iter().map(|p| p.id).collect();
@@ -388,7 +388,7 @@ fn shutdown_returns_every_pending_timer_with_its_reminders() {
         assert_eq!(p.deadline_ms, T0 + (60 + p.id) * 1_000);
         assert_eq!(p.reminders_ms, [p.deadline_ms - 30_000]);
     }
-    assert!(matches!(s.cancel(&7_000), Cancel::NotFound));
+    assert!(matches!(s.cancel(&7_000).unwrap(), Cancel::NotFound));
 }
 
 #[test]

@@ -115,7 +115,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Cancel(id) => {
-                let outcome = s.cancel(&id);
+                let outcome = s.cancel(&id).unwrap();
                 if pending.remove(&id).is_some() {
                     prop_assert!(outcome.is_cancelled(), "{outcome:?}");
                 } else if fired.contains_key(&id) {

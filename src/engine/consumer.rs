@@ -12,11 +12,14 @@
 //!   memory does not (at most `capacity` events per group);
 //! - `queued` counts the events in the channel, so lag is visible.
 
-use super::event::Event;
+use super::event::{Event, EventKind};
+use super::{Scheduler, SubscribeError};
+use crate::error::{AckError, SnoozeError};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use parking_lot::Mutex;
+use std::hash::Hash;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub(crate) type Batch<K, P> = Vec<Event<K, P>>;
@@ -84,6 +87,9 @@ pub(crate) type Groups<K, P> = Arc<Vec<Group<K, P>>>;
 pub(crate) struct Registry<K, P> {
     groups: Mutex<Option<Groups<K, P>>>,
     capacity_batches: usize,
+    /// With acknowledgements on, the groups are fixed at build: a group's
+    /// position is its bit in the ack mask.
+    frozen: AtomicBool,
 }
 
 impl<K, P> Registry<K, P> {
@@ -91,6 +97,7 @@ impl<K, P> Registry<K, P> {
         Self {
             groups: Mutex::new(Some(Arc::new(Vec::new()))),
             capacity_batches,
+            frozen: AtomicBool::new(false),
         }
     }
 
@@ -109,12 +116,22 @@ impl<K, P> Registry<K, P> {
         }
     }
 
-    /// A consumer of `name`, creating the group if needed. `None` once closed.
-    pub(crate) fn subscribe(&self, name: &str) -> Option<Consumer<K, P>> {
+    /// No group can be added from now on.
+    pub(crate) fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    /// A consumer of `name`, creating the group if needed, and the group's
+    /// position.
+    pub(crate) fn subscribe(&self, name: &str) -> Result<(Consumer<K, P>, u32), SubscribeError> {
         let mut guard = self.groups.lock();
-        let groups = guard.as_mut()?;
+        let groups = guard.as_mut().ok_or(SubscribeError::ShuttingDown)?;
         let group = match groups.iter().find(|g| &*g.name == name) {
             Some(g) => g,
+            None if self.frozen.load(Ordering::SeqCst) => {
+                return Err(SubscribeError::UnknownGroup(name.to_string()));
+            }
+            None if groups.len() == 64 => return Err(SubscribeError::TooManyGroups),
             None => {
                 let (tx, rx) = crossbeam_channel::bounded(self.capacity_batches);
                 let mut next: Vec<Group<K, P>> = groups
@@ -137,12 +154,21 @@ impl<K, P> Registry<K, P> {
             }
         };
         group.shared.consumers.fetch_add(1, Ordering::Relaxed);
-        Some(Consumer {
+        let position = groups
+            .iter()
+            .position(|g| Arc::ptr_eq(&g.shared, &group.shared))
+            .expect("the group is in the list");
+        let consumer = Consumer {
             group: group.name.clone(),
             rx: group.rx.clone(),
             shared: group.shared.clone(),
             buffer: Vec::new().into_iter(),
-        })
+            acker: None,
+        };
+        Ok((
+            consumer,
+            u32::try_from(position).expect("at most 64 groups"),
+        ))
     }
 }
 
@@ -173,6 +199,13 @@ pub struct Consumer<K, P> {
     rx: Receiver<Batch<K, P>>,
     shared: Arc<GroupShared<K, P>>,
     buffer: std::vec::IntoIter<Event<K, P>>,
+    pub(crate) acker: Option<Acker<K, P>>,
+}
+
+/// Lets a consumer ack and snooze: the engine and the group's bit.
+pub(crate) struct Acker<K, P> {
+    pub(crate) scheduler: Scheduler<K, P>,
+    pub(crate) group: u32,
 }
 
 impl<K, P> Consumer<K, P> {
@@ -257,10 +290,51 @@ impl<K, P> Consumer<K, P> {
         out
     }
 
+    /// Acknowledges an `Expired` event: this group is done with it. Once
+    /// every group acked, the timer ends (durably, in durable mode: this
+    /// returns after the ack is logged). Unacked events are redelivered
+    /// after the ack timeout. Acking a reminder is accepted and does nothing.
+    pub fn ack(&self, event: &Event<K, P>) -> Result<(), AckError>
+    where
+        K: Hash + Eq + Clone + Send + 'static,
+        P: Clone + Send + 'static,
+    {
+        if let EventKind::Reminder(_) = event.kind {
+            return Ok(());
+        }
+        let acker = self.acker.as_ref().ok_or(AckError::NotInFlight)?;
+        acker.scheduler.ack(&event.id, acker.group)
+    }
+
+    /// Asks for an `Expired` event to come again after `delay` instead of
+    /// acking it: the payment gateway still says "pending", so look again
+    /// later. The timer waits again (a cancel can still win) and fires with
+    /// `attempt + 1`, to every group. Limited by
+    /// [`Builder::max_snoozes`](crate::Builder::max_snoozes).
+    pub fn snooze(&self, event: &Event<K, P>, delay: Duration) -> Result<(), SnoozeError>
+    where
+        K: Hash + Eq + Clone + Send + 'static,
+        P: Clone + Send + 'static,
+    {
+        let acker = self.acker.as_ref().ok_or(SnoozeError::NotInFlight)?;
+        if event.kind != EventKind::Expired {
+            return Err(SnoozeError::NotInFlight);
+        }
+        acker.scheduler.snooze(&event.id, delay)
+    }
+
     /// A blocking iterator over events; it ends after shutdown, once every
     /// queued event was received.
     pub fn iter(&mut self) -> impl Iterator<Item = Event<K, P>> + '_ {
         std::iter::from_fn(move || self.recv().ok())
+    }
+}
+
+impl<K, P> std::fmt::Debug for Consumer<K, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("group", &self.group)
+            .finish_non_exhaustive()
     }
 }
 

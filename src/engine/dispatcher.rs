@@ -31,7 +31,7 @@
 
 use super::Inner;
 use super::consumer::{Batch, Group};
-use super::event::{Event, EventKind};
+use super::shard::Fired;
 use crossbeam_channel::SendTimeoutError;
 use hdrhistogram::Histogram;
 use std::hash::Hash;
@@ -49,7 +49,7 @@ where
     P: Clone + Send + 'static,
 {
     let _ = inner.dispatcher.set(thread::current());
-    let mut fired: Vec<(u64, Event<K, P>)> = Vec::new();
+    let mut fired: Vec<Fired<K, P>> = Vec::new();
     let mut lateness = Histogram::<u64>::new(3).expect("3 significant figures is valid");
     let mut last_publish = Instant::now();
     loop {
@@ -73,20 +73,18 @@ where
         }
         if let Some(tick) = earliest.filter(|&t| t <= now_tick) {
             for shard in inner.shards() {
-                shard.lock().fire(tick, inner.batch, now_ms, &mut fired);
+                let (_, ended) = shard.lock().fire(tick, inner.batch, now_ms, &mut fired);
+                inner.release(ended);
                 if fired.is_empty() {
                     continue;
                 }
-                let expired = fired.iter().filter(|(_, e)| e.kind == EventKind::Expired);
-                inner.release(expired.count());
                 let mut oldest_ms = u64::MAX;
-                for (due_tick, event) in &fired {
+                for (due_tick, _, event) in &fired {
                     let _ = lateness.record(now_tick.saturating_sub(*due_tick));
                     oldest_ms = oldest_ms.min(event.due_ms);
                 }
                 inner.delivering_since_ms.store(oldest_ms, Ordering::SeqCst);
-                let batch: Batch<K, P> = fired.drain(..).map(|(_, e)| e).collect();
-                let delivered = deliver(&inner, &groups, batch);
+                let delivered = deliver(&inner, &groups, &mut fired);
                 inner.delivering_since_ms.store(u64::MAX, Ordering::SeqCst);
                 if !delivered {
                     return;
@@ -127,42 +125,76 @@ fn park<K, P>(inner: &Inner<K, P>, sleep: Option<Duration>) {
     thread::park_timeout(sleep.map_or(inner.max_idle, |d| d.min(inner.max_idle)));
 }
 
-/// Hands `batch` to every group, waiting while a group is full. Returns
-/// `false` if shutdown began first; what was not delivered is kept for
+/// Hands the fired events to the groups each must reach, waiting while a
+/// group is full, and empties `fired`. Returns `false` if shutdown began
+/// first; what was not delivered is kept for
 /// [`Engine::shutdown`](crate::Engine::shutdown) to return.
 fn deliver<K: Clone, P: Clone>(
     inner: &Inner<K, P>,
     groups: &[Group<K, P>],
-    batch: Batch<K, P>,
+    fired: &mut Vec<Fired<K, P>>,
 ) -> bool {
-    let mut batch = Some(batch);
+    let everyone = fired.iter().all(|(_, mask, _)| *mask == u64::MAX);
+    let mut result = true;
     for (i, group) in groups.iter().enumerate() {
-        let mut copy = if i + 1 == groups.len() {
-            batch.take().expect("the last group takes the original")
+        let bit = 1u64 << i;
+        let batch: Batch<K, P> = if !result {
+            Vec::new()
+        } else if everyone && i + 1 == groups.len() {
+            fired.drain(..).map(|(_, _, e)| e).collect()
         } else {
-            batch.clone().expect("still held for the later groups")
+            fired
+                .iter()
+                .filter(|(_, mask, _)| mask & bit != 0)
+                .map(|(_, _, e)| e.clone())
+                .collect()
         };
-        let len = copy.len() as u64;
-        group.shared.queued.fetch_add(len, Ordering::Relaxed);
-        loop {
-            match group.tx.send_timeout(copy, SEND_POLL) {
-                Ok(()) => break,
-                Err(SendTimeoutError::Timeout(back) | SendTimeoutError::Disconnected(back)) => {
-                    if !inner.stopping.load(Ordering::SeqCst) {
-                        copy = back;
-                        continue;
-                    }
-                    group.shared.queued.fetch_sub(len, Ordering::Relaxed);
-                    let mut undelivered = inner.undelivered.lock();
-                    undelivered.extend(back.into_iter().map(|e| (group.name.clone(), e)));
-                    for later in &groups[i + 1..] {
-                        let events = batch.clone().unwrap_or_default();
-                        undelivered.extend(events.into_iter().map(|e| (later.name.clone(), e)));
-                    }
-                    return false;
+        let pending: Batch<K, P> = if result {
+            match send(inner, group, batch) {
+                Ok(()) => continue,
+                Err(back) => {
+                    result = false;
+                    back
                 }
+            }
+        } else {
+            fired
+                .iter()
+                .filter(|(_, mask, _)| mask & bit != 0)
+                .map(|(_, _, e)| e.clone())
+                .collect()
+        };
+        let mut undelivered = inner.undelivered.lock();
+        undelivered.extend(pending.into_iter().map(|e| (group.name.clone(), e)));
+    }
+    fired.clear();
+    result
+}
+
+/// Sends one batch, waiting while the group is full; gives it back if
+/// shutdown began first.
+fn send<K, P>(
+    inner: &Inner<K, P>,
+    group: &Group<K, P>,
+    batch: Batch<K, P>,
+) -> Result<(), Batch<K, P>> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let len = batch.len() as u64;
+    group.shared.queued.fetch_add(len, Ordering::Relaxed);
+    let mut batch = batch;
+    loop {
+        match group.tx.send_timeout(batch, SEND_POLL) {
+            Ok(()) => return Ok(()),
+            Err(SendTimeoutError::Timeout(back) | SendTimeoutError::Disconnected(back)) => {
+                if !inner.stopping.load(Ordering::SeqCst) {
+                    batch = back;
+                    continue;
+                }
+                group.shared.queued.fetch_sub(len, Ordering::Relaxed);
+                return Err(back);
             }
         }
     }
-    true
 }

@@ -27,8 +27,9 @@ pub struct Event<K, P> {
     pub kind: EventKind,
     /// The timer's deadline (UTC milliseconds).
     pub deadline_ms: u64,
-    /// When this stage was due (UTC milliseconds): the reminder time, or the
-    /// deadline for `Expired`.
+    /// When this stage was due (UTC milliseconds): the reminder time, the
+    /// deadline, or for a redelivery or a snoozed expiry, when it came due
+    /// again.
     pub due_ms: u64,
     /// When the dispatcher took it out of the wheel (UTC milliseconds, engine
     /// clock). Never earlier than `due_ms`.

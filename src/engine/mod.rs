@@ -33,10 +33,14 @@ pub use self::event::{Event, EventKind};
 pub use self::shard::PendingTimer;
 pub use self::stats::{GroupStats, Lateness, Stats};
 
+use self::consumer::Acker;
 use self::consumer::Registry;
-use self::shard::{FiredMemory, Reminders, Shard};
+use self::shard::{Acks, FiredMemory, Journal, Reminders, Shard};
 use crate::clock::{Clock, Deadline, SystemClock, Ticks};
-use crate::error::{BuildError, Cancel, RescheduleError, ScheduleError};
+use crate::error::{
+    AckError, BuildError, Cancel, CancelError, RescheduleError, ScheduleError, SnoozeError,
+    StorageError,
+};
 use hdrhistogram::Histogram;
 use parking_lot::{Condvar, Mutex};
 use std::hash::{BuildHasher, Hash};
@@ -62,6 +66,8 @@ type Undelivered<K, P> = (Arc<str>, Event<K, P>);
 /// What the scheduler handles, the dispatcher and the engine share.
 pub(crate) struct Inner<K, P> {
     shards: Box<[ShardLock<K, P>]>,
+    /// The write-ahead log, in durable mode.
+    journal: Option<Arc<dyn Journal<K, P>>>,
     clock: Arc<dyn Clock>,
     ticks: Ticks,
     max_pending: usize,
@@ -153,6 +159,8 @@ pub struct Builder<K, P> {
     clock: Option<Arc<dyn Clock>>,
     fired_memory: FiredMemory,
     max_idle: Duration,
+    ack_timeout: Option<Duration>,
+    max_snoozes: u8,
     groups: Vec<String>,
     _types: PhantomData<fn(K, P)>,
 }
@@ -175,6 +183,8 @@ where
                 max_age_ms: 10 * 60 * 1_000,
             },
             max_idle: Duration::from_secs(1),
+            ack_timeout: None,
+            max_snoozes: 10,
             groups: Vec::new(),
             _types: PhantomData,
         }
@@ -240,6 +250,22 @@ where
         self
     }
 
+    /// Turns on acknowledgements: an `Expired` event stays in flight until
+    /// every group [acks](Consumer::ack) it, and is redelivered
+    /// (`attempt + 1`) to the groups that have not, every `timeout`. The
+    /// groups are then fixed: declare them with [`group`](Self::group).
+    /// Off by default in memory; always on in durable mode.
+    pub fn ack_timeout(mut self, timeout: Duration) -> Self {
+        self.ack_timeout = Some(timeout);
+        self
+    }
+
+    /// How often one timer may be [snoozed](Consumer::snooze) (default 10).
+    pub fn max_snoozes(mut self, max: u8) -> Self {
+        self.max_snoozes = max;
+        self
+    }
+
     /// Declares a consumer group up front, so that events buffer for it from
     /// the start even before its first consumer subscribes.
     pub fn group(mut self, name: impl Into<String>) -> Self {
@@ -269,14 +295,42 @@ where
         if self.batch == 0 || self.batch > 1 << 20 {
             return Err(BuildError::Invalid("batch_size must be between 1 and 2^20"));
         }
+        let acks = match self.ack_timeout {
+            None => None,
+            Some(timeout) if timeout.is_zero() => {
+                return Err(BuildError::Invalid("ack_timeout must be positive"));
+            }
+            Some(_) if self.groups.is_empty() => {
+                return Err(BuildError::Invalid(
+                    "acknowledgements need the consumer groups declared with `group`",
+                ));
+            }
+            Some(_) if self.groups.len() > 64 => {
+                return Err(BuildError::Invalid("at most 64 consumer groups"));
+            }
+            Some(timeout) => Some(Acks {
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                max_snoozes: self.max_snoozes,
+                all_groups: u64::MAX >> (64 - self.groups.len()),
+            }),
+        };
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock::new()));
         let ticks = Ticks::new(tick_ms);
         let now_ms = clock.now_ms();
         let shards = (0..self.shards)
-            .map(|_| Padded(Mutex::new(Shard::new(ticks, now_ms, self.fired_memory))))
+            .map(|_| {
+                Padded(Mutex::new(Shard::new(
+                    ticks,
+                    now_ms,
+                    self.fired_memory,
+                    acks,
+                    None,
+                )))
+            })
             .collect();
         let inner = Arc::new(Inner {
             shards,
+            journal: None,
             clock: clock.clone(),
             ticks,
             max_pending: self.max_pending,
@@ -299,6 +353,9 @@ where
         // registry keeps their channels open.
         for group in &self.groups {
             drop(inner.registry.subscribe(group));
+        }
+        if acks.is_some() {
+            inner.registry.freeze();
         }
         let weak: Weak<Inner<K, P>> = Arc::downgrade(&inner);
         clock.on_advance(Box::new(move || {
@@ -337,7 +394,7 @@ where
 /// payments.schedule_with_reminders(2, window, &remind, "order 2".into()).unwrap();
 ///
 /// // Order 1 is paid; order 2 is not.
-/// assert!(matches!(payments.cancel(&1), Cancel::Cancelled(_)));
+/// assert!(matches!(payments.cancel(&1)?, Cancel::Cancelled(_)));
 /// clock.advance(window);
 /// let reminder = orders.recv_timeout(Duration::from_secs(5))?;
 /// let expiry = orders.recv_timeout(Duration::from_secs(5))?;
@@ -345,7 +402,7 @@ where
 /// assert_eq!((expiry.id, expiry.kind), (2, EventKind::Expired));
 ///
 /// // A payment arriving now learns that the expiry won.
-/// assert!(matches!(payments.cancel(&2), Cancel::AlreadyFired));
+/// assert!(matches!(payments.cancel(&2)?, Cancel::AlreadyFired));
 /// let shutdown = engine.shutdown();
 /// assert!(shutdown.pending.is_empty());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -473,8 +530,8 @@ where
 /// assert!(matches!(err, ScheduleError::AlreadyScheduled(8)));
 ///
 /// scheduler.reschedule(&42, Duration::from_secs(3600))?;
-/// assert!(matches!(scheduler.cancel(&42), Cancel::Cancelled(7)));
-/// assert!(matches!(scheduler.cancel(&42), Cancel::NotFound));
+/// assert!(matches!(scheduler.cancel(&42)?, Cancel::Cancelled(7)));
+/// assert!(matches!(scheduler.cancel(&42)?, Cancel::NotFound));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Scheduler<K, P> {
@@ -496,9 +553,18 @@ impl<K, P> std::fmt::Debug for Scheduler<K, P> {
 }
 
 /// Why [`Scheduler::subscribe`] failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the engine is shutting down")]
-pub struct SubscribeError;
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    /// The engine is shutting down.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    /// With acknowledgements on, groups are fixed at build.
+    #[error("no consumer group {0:?} was declared (acknowledgements fix the groups at build)")]
+    UnknownGroup(String),
+    /// A 65th group.
+    #[error("at most 64 consumer groups")]
+    TooManyGroups,
+}
 
 impl<K, P> Scheduler<K, P>
 where
@@ -554,36 +620,79 @@ where
             return Err(ScheduleError::TooManyReminders(payload));
         };
         let deadline_ms = deadline.into().to_unix_ms(self.now_ms());
-        let tick = self
-            .shard(&id)
-            .lock()
-            .schedule(id, deadline_ms, reminders, payload, || self.inner.reserve())?;
-        self.inner.note_due(tick);
-        Ok(())
+        // In durable mode the payload is kept until the record is durable, so
+        // a log failure can still hand it back.
+        let backup = self.inner.journal.as_ref().map(|_| payload.clone());
+        let accepted =
+            self.shard(&id)
+                .lock()
+                .schedule(id, deadline_ms, reminders, payload, || self.inner.reserve())?;
+        self.inner.note_due(accepted.value);
+        match (self.durable(accepted.seq), backup) {
+            (Ok(()), _) => Ok(()),
+            // The engine is fail-stopped: the timer will not survive a
+            // restart, so the caller must treat it as not scheduled.
+            (Err(StorageError), Some(payload)) => Err(ScheduleError::Storage(payload)),
+            (Err(StorageError), None) => unreachable!("only a journal fails"),
+        }
+    }
+
+    /// Waits until a journaled change is durable (no-op in memory).
+    fn durable(&self, seq: Option<u64>) -> Result<(), StorageError> {
+        match (&self.inner.journal, seq) {
+            (Some(journal), Some(seq)) => journal.wait(seq),
+            (Some(_), None) => Err(StorageError),
+            (None, _) => Ok(()),
+        }
     }
 
     /// Cancels `id`'s timer and every remaining reminder. Exactly one of
-    /// cancel and expiry wins, and the answer says which.
-    pub fn cancel(&self, id: &K) -> Cancel<P> {
-        let outcome = self.shard(id).lock().cancel(id);
-        if outcome.is_cancelled() {
+    /// cancel and expiry wins, and the answer says which. In durable mode it
+    /// returns once the cancel is logged.
+    pub fn cancel(&self, id: &K) -> Result<Cancel<P>, CancelError> {
+        let accepted = self.shard(id).lock().cancel(id)?;
+        if accepted.value.is_cancelled() {
             self.inner.release(1);
+            self.durable(accepted.seq)
+                .map_err(|_| CancelError::Storage)?;
         }
-        outcome
+        Ok(accepted.value)
     }
 
     /// Moves `id`'s deadline, earlier or later. Reminders already sent stay
     /// sent; the remaining ones follow the new deadline.
     pub fn reschedule(&self, id: &K, deadline: impl Into<Deadline>) -> Result<(), RescheduleError> {
         let deadline_ms = deadline.into().to_unix_ms(self.now_ms());
-        let tick = self.shard(id).lock().reschedule(id, deadline_ms)?;
-        self.inner.note_due(tick);
+        let accepted = self.shard(id).lock().reschedule(id, deadline_ms)?;
+        self.inner.note_due(accepted.value);
+        self.durable(accepted.seq)
+            .map_err(|_| RescheduleError::Storage)
+    }
+
+    pub(crate) fn ack(&self, id: &K, group: u32) -> Result<(), AckError> {
+        let now_ms = self.now_ms();
+        let accepted = self.shard(id).lock().ack(id, group, now_ms)?;
+        if accepted.value {
+            self.inner.release(1);
+            self.durable(accepted.seq).map_err(|_| AckError::Storage)?;
+        }
         Ok(())
+    }
+
+    pub(crate) fn snooze(&self, id: &K, delay: Duration) -> Result<(), SnoozeError> {
+        let until_ms = Deadline::after(delay).to_unix_ms(self.now_ms());
+        let accepted = self.shard(id).lock().snooze(id, until_ms)?;
+        self.inner.note_due(accepted.value);
+        self.durable(accepted.seq).map_err(|_| SnoozeError::Storage)
     }
 
     /// A consumer of group `group`, creating the group if needed.
     pub fn subscribe(&self, group: &str) -> Result<Consumer<K, P>, SubscribeError> {
-        let consumer = self.inner.registry.subscribe(group).ok_or(SubscribeError)?;
+        let (mut consumer, position) = self.inner.registry.subscribe(group)?;
+        consumer.acker = Some(Acker {
+            scheduler: self.clone(),
+            group: position,
+        });
         // The dispatcher holds timers while no group exists: wake it.
         self.inner.unpark();
         Ok(consumer)
@@ -654,13 +763,17 @@ where
             .unwrap_or_default();
         Stats {
             now_ms,
-            pending,
+            pending: pending - usize::try_from(counters.in_flight).unwrap_or(pending),
             max_pending: inner.max_pending,
             scheduled_total: counters.scheduled,
             cancelled_total: counters.cancelled,
             rescheduled_total: counters.rescheduled,
             expired_total: counters.expired,
             reminders_total: counters.reminders,
+            in_flight: counters.in_flight,
+            acked_total: counters.acked,
+            redelivered_total: counters.redelivered,
+            snoozed_total: counters.snoozed,
             rejected_full_total: inner.rejected_full.load(Ordering::Relaxed),
             tick_ms: inner.ticks.tick_ms(),
             lateness: Lateness::from_histogram(&inner.lateness.lock()),

@@ -10,7 +10,8 @@
 pub struct Stats {
     /// The engine clock's time (UTC milliseconds) when the snapshot was taken.
     pub now_ms: u64,
-    /// Timers pending (each counts once, however many reminders it has).
+    /// Timers waiting to fire (each counts once, however many reminders it
+    /// has); in-flight ones are counted in `in_flight` instead.
     pub pending: usize,
     /// The admission cap.
     pub max_pending: usize,
@@ -24,6 +25,14 @@ pub struct Stats {
     pub expired_total: u64,
     /// `Reminder` events emitted.
     pub reminders_total: u64,
+    /// Timers whose `Expired` event awaits acks (with acknowledgements on).
+    pub in_flight: u64,
+    /// Timers ended by the last group's ack.
+    pub acked_total: u64,
+    /// `Expired` events sent again after the ack timeout.
+    pub redelivered_total: u64,
+    /// Snoozes granted.
+    pub snoozed_total: u64,
     /// Schedules refused with `Full`.
     pub rejected_full_total: u64,
     /// Tick length in milliseconds.
@@ -57,6 +66,10 @@ impl Stats {
         counter!("duewheel_rescheduled_total").absolute(self.rescheduled_total);
         counter!("duewheel_fired_total", "kind" => "expired").absolute(self.expired_total);
         counter!("duewheel_fired_total", "kind" => "reminder").absolute(self.reminders_total);
+        gauge!("duewheel_in_flight").set(self.in_flight as f64);
+        counter!("duewheel_acked_total").absolute(self.acked_total);
+        counter!("duewheel_redelivered_total").absolute(self.redelivered_total);
+        counter!("duewheel_snoozed_total").absolute(self.snoozed_total);
         counter!("duewheel_rejected_full_total").absolute(self.rejected_full_total);
         gauge!("duewheel_lateness_p99_ticks").set(self.lateness.p99_ticks as f64);
         gauge!("duewheel_lateness_max_ticks").set(self.lateness.max_ticks as f64);

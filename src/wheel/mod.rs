@@ -328,6 +328,14 @@ impl<T> Wheel<T> {
         }
     }
 
+    /// Calls `f(key, payload)` for every pending timer, in no particular
+    /// order, without changing anything. O(capacity).
+    pub fn for_each(&self, mut f: impl FnMut(TimerKey, &T)) {
+        self.slab.for_each(|index, generation, _, payload| {
+            f(TimerKey::new(index, generation), payload);
+        });
+    }
+
     /// Removes every pending timer without firing it, calling `f` for each
     /// (in no particular order). The wheel keeps its time and capacity.
     pub fn drain(&mut self, mut f: impl FnMut(Timer<T>)) {

@@ -373,6 +373,24 @@ impl<T> Slab<T> {
         *head = list;
     }
 
+    /// Calls `f(index, generation, deadline, payload)` for every occupied entry.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(u32, u32, u64, &T)) {
+        for (c, chunk) in self.chunks.iter().enumerate() {
+            for (s, entry) in chunk.iter().enumerate() {
+                if let Entry::Occupied {
+                    generation,
+                    deadline,
+                    payload,
+                    ..
+                } = entry
+                {
+                    let index = ((c as u32) << CHUNK_SHIFT) | s as u32;
+                    f(index, *generation, *deadline, payload);
+                }
+            }
+        }
+    }
+
     /// Frees every occupied entry, calling `f(index, generation, deadline,
     /// payload)` for each; all lists become dangling and must be reset.
     pub(crate) fn drain(&mut self, mut f: impl FnMut(u32, u32, u64, T)) {
