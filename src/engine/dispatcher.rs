@@ -10,24 +10,12 @@
 //! deadline order across shards, not only within one. Delivery happens with
 //! no lock held.
 //!
-//! # Waking (tokio #6682)
+//! # Waking
 //!
-//! The engine-wide next deadline is computed with no global lock, so the
-//! protocol must not lose an insert that races the computation:
-//!
-//! 1. the dispatcher stores `next_wake = MAX` *before* it scans the shards;
-//! 2. a scheduler inserts under the shard lock and *then* does
-//!    `next_wake.fetch_min(tick)`, unparking the dispatcher if it lowered it;
-//! 3. after the scan the dispatcher does `fetch_min(earliest)` and sleeps
-//!    until the minimum of the two.
-//!
-//! An insert that finished before step 1 is seen by the scan. One after it
-//! lowers `next_wake` from `MAX` or from the dispatcher's own value, and either
-//! the dispatcher reads the lowered value in step 3, or the scheduler sees a
-//! value above its tick and unparks it (park/unpark keeps a token, so an
-//! unpark before the park is not lost). A bounded park (`max_idle`, one
-//! second by default) is a second line of defence, not the mechanism; a test
-//! sets it to an hour to prove that.
+//! See [`super::wake`]: the protocol that cannot lose a wake-up (tokio
+//! #6682), checked with loom. A bounded park (`max_idle`, one second by
+//! default) is a second line of defence, not the mechanism; a test sets it to
+//! an hour to prove that.
 
 use super::Inner;
 use super::consumer::{Batch, Group};
@@ -56,7 +44,7 @@ where
         if inner.stopping.load(Ordering::SeqCst) {
             return;
         }
-        inner.next_wake.store(u64::MAX, Ordering::SeqCst);
+        inner.next_wake.begin_scan();
         let settle_requests = inner.settle_requests.load(Ordering::SeqCst);
         let now_ms = inner.clock.now_ms();
         let now_tick = inner.ticks.now_tick(now_ms);
@@ -107,7 +95,7 @@ where
         let _ = &mut last_publish;
 
         let wake = earliest.unwrap_or(u64::MAX);
-        let planned = inner.next_wake.fetch_min(wake, Ordering::SeqCst).min(wake);
+        let planned = inner.next_wake.plan(wake);
         if planned <= now_tick {
             continue;
         }

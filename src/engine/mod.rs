@@ -27,6 +27,7 @@ mod dispatcher;
 mod event;
 mod shard;
 mod stats;
+mod wake;
 
 pub use self::consumer::Consumer;
 pub use self::event::{Event, EventKind};
@@ -78,7 +79,7 @@ pub(crate) struct Inner<K, P> {
     max_idle: Duration,
     registry: Registry<K, P>,
     /// The tick the dispatcher will look again by (see `dispatcher`).
-    next_wake: AtomicU64,
+    next_wake: wake::WakeAt,
     dispatcher: OnceLock<Thread>,
     stopping: AtomicBool,
     lateness: Mutex<Histogram<u64>>,
@@ -107,7 +108,7 @@ impl<K, P> Inner<K, P> {
 
     /// Tells the dispatcher a timer is due at `tick` (after the insert).
     fn note_due(&self, tick: u64) {
-        if self.next_wake.fetch_min(tick, Ordering::SeqCst) > tick {
+        if self.next_wake.note_due(tick) {
             self.unpark();
         }
     }
@@ -339,7 +340,7 @@ where
             batch: self.batch,
             max_idle: self.max_idle,
             registry: Registry::new(self.channel_capacity.div_ceil(self.batch)),
-            next_wake: AtomicU64::new(u64::MAX),
+            next_wake: wake::WakeAt::new(),
             dispatcher: OnceLock::new(),
             stopping: AtomicBool::new(false),
             lateness: Mutex::new(Histogram::new(3).expect("3 significant figures is valid")),

@@ -1,0 +1,85 @@
+//! The dispatcher's wake-up time, shared with every scheduler without a
+//! global lock (the race tokio shipped as #6682).
+//!
+//! Protocol, all `SeqCst`:
+//! 1. the dispatcher calls [`WakeAt::begin_scan`] (stores `MAX`) *before* it
+//!    reads the shards' next deadlines;
+//! 2. a scheduler inserts under its shard lock and *then* calls
+//!    [`WakeAt::note_due`]; if that returns `true` it unparks the dispatcher;
+//! 3. after the scan the dispatcher calls [`WakeAt::plan`] with the earliest
+//!    deadline it saw and sleeps until the result (park/unpark keeps a token,
+//!    so an unpark that lands before the park is not lost).
+//!
+//! Invariant: when the dispatcher sleeps until `t`, every timer inserted
+//! before that has a deadline `>= t`, or its scheduler unparks the
+//! dispatcher. An insert finished before step 1 is seen by the scan; one
+//! after step 1 lowers the value from `MAX` (or below the dispatcher's plan),
+//! and either step 3 reads the lowered value, or `note_due` sees the plan above
+//! its tick and asks for an unpark. `loom` checks every interleaving below.
+
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicU64, Ordering};
+#[cfg(not(loom))]
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The tick the dispatcher will look at the shards again by.
+pub(crate) struct WakeAt(AtomicU64);
+
+impl WakeAt {
+    pub(crate) fn new() -> Self {
+        Self(AtomicU64::new(u64::MAX))
+    }
+
+    /// Step 1: the dispatcher is about to scan.
+    pub(crate) fn begin_scan(&self) {
+        self.0.store(u64::MAX, Ordering::SeqCst);
+    }
+
+    /// Step 2: a timer due at `tick` was inserted. Returns `true` if the
+    /// dispatcher must be unparked.
+    pub(crate) fn note_due(&self, tick: u64) -> bool {
+        self.0.fetch_min(tick, Ordering::SeqCst) > tick
+    }
+
+    /// Step 3: the scan found `earliest`; returns the tick to sleep until.
+    pub(crate) fn plan(&self, earliest: u64) -> u64 {
+        self.0.fetch_min(earliest, Ordering::SeqCst).min(earliest)
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_model {
+    use super::WakeAt;
+    use loom::sync::{Arc, Mutex};
+    use loom::thread;
+
+    /// One shard holding the earliest deadline it has; a scheduler inserts a
+    /// timer due at tick 5 while the dispatcher (which knows of one due at
+    /// 10) scans and goes to sleep. If the dispatcher plans past 5 it must be
+    /// unparked, or `park` never returns and loom reports the deadlock.
+    #[test]
+    fn an_earlier_deadline_always_wakes_the_dispatcher() {
+        loom::model(|| {
+            let shard = Arc::new(Mutex::new(10u64));
+            let wake = Arc::new(WakeAt::new());
+            let (s, w) = (shard.clone(), wake.clone());
+            let dispatcher = thread::spawn(move || {
+                w.begin_scan();
+                let earliest = *s.lock().unwrap();
+                let planned = w.plan(earliest);
+                if planned > 5 {
+                    // Sleeping past the new deadline: only an unpark ends this.
+                    thread::park();
+                }
+            });
+            {
+                let mut earliest = shard.lock().unwrap();
+                *earliest = (*earliest).min(5);
+            }
+            if wake.note_due(5) {
+                dispatcher.thread().unpark();
+            }
+            dispatcher.join().unwrap();
+        });
+    }
+}
