@@ -195,7 +195,15 @@ pub enum BuildError {
     /// A setting is out of range; the message names it.
     #[error("invalid configuration: {0}")]
     Invalid(&'static str),
-    /// The dispatcher thread could not be started.
-    #[error("could not start the dispatcher thread: {0}")]
+    /// A thread could not be started.
+    #[error("could not start a thread: {0}")]
     Spawn(String),
+    /// The data directory could not be opened (or is locked by another
+    /// engine).
+    #[error("{0}")]
+    Storage(String),
+    /// The log could not be replayed: corruption (with file and offset) or
+    /// a record that does not decode.
+    #[error("recovery failed: {0}")]
+    Recovery(String),
 }

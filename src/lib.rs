@@ -23,12 +23,16 @@
 //! ```
 
 mod clock;
+mod codec;
+mod durable;
 mod engine;
 mod error;
 mod key;
+pub mod wal;
 pub mod wheel;
 
 pub use clock::{Clock, Deadline, ManualClock, SystemClock};
+pub use codec::{Codec, DecodeError};
 pub use engine::{
     Builder, Consumer, Engine, Event, EventKind, GroupStats, Lateness, MAX_REMINDERS, PendingTimer,
     Scheduler, Shutdown, Stats, SubscribeError,

@@ -44,6 +44,12 @@ where
         if inner.stopping.load(Ordering::SeqCst) {
             return;
         }
+        if inner.journal.as_ref().is_some_and(|j| j.failed()) {
+            // Fail-stop: memory may hold changes the log never made durable,
+            // so nothing more fires until a restart recovers from the log.
+            park(&inner, None);
+            continue;
+        }
         inner.next_wake.begin_scan();
         let settle_requests = inner.settle_requests.load(Ordering::SeqCst);
         let now_ms = inner.clock.now_ms();

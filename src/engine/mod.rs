@@ -36,12 +36,16 @@ pub use self::stats::{GroupStats, Lateness, Stats};
 
 use self::consumer::Acker;
 use self::consumer::Registry;
-use self::shard::{Acks, FiredMemory, Journal, Reminders, Shard};
+use self::shard::{Acks, FiredMemory, Shard};
+pub(crate) use self::shard::{Journal, Pending, Reminders};
 use crate::clock::{Clock, Deadline, SystemClock, Ticks};
+use crate::codec::Codec;
+use crate::durable::{Opened, Store};
 use crate::error::{
     AckError, BuildError, Cancel, CancelError, RescheduleError, ScheduleError, SnoozeError,
     StorageError,
 };
+use crate::wal::{RecoveryReport, Storage, SyncPolicy, WalOptions};
 use hdrhistogram::Histogram;
 use parking_lot::{Condvar, Mutex};
 use std::hash::{BuildHasher, Hash};
@@ -68,7 +72,7 @@ type Undelivered<K, P> = (Arc<str>, Event<K, P>);
 pub(crate) struct Inner<K, P> {
     shards: Box<[ShardLock<K, P>]>,
     /// The write-ahead log, in durable mode.
-    journal: Option<Arc<dyn Journal<K, P>>>,
+    journal: Option<Arc<dyn Store<K, P>>>,
     clock: Arc<dyn Clock>,
     ticks: Ticks,
     max_pending: usize,
@@ -150,6 +154,35 @@ struct Settled {
     requests: u64,
 }
 
+impl<K: Hash + Eq + Clone, P: Clone> Inner<K, P> {
+    /// Snapshots every shard (one at a time) into the log's checkpoint.
+    fn checkpoint(&self) -> Result<(), StorageError> {
+        let Some(store) = &self.journal else {
+            return Ok(());
+        };
+        store.checkpoint(&mut |each| {
+            for shard in self.shards() {
+                shard.lock().for_each(|timer| each(timer));
+            }
+        })
+    }
+}
+
+/// Opens the log and replays it into the timers to restore.
+type DurableOpen<K, P> = Box<dyn FnOnce(WalOptions) -> Result<Opened<K, P>, BuildError> + Send>;
+
+/// What the durable mode recovered at open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovered {
+    /// Timers restored (waiting or in flight).
+    pub timers: usize,
+    /// Of those, the ones whose due time passed while the engine was down:
+    /// they fire at once (catch-up), with their lateness recorded.
+    pub overdue: usize,
+    /// What the log itself reported (snapshot entries, records, a torn tail).
+    pub log: RecoveryReport,
+}
+
 /// Configures an [`Engine`]. From [`Engine::builder`].
 pub struct Builder<K, P> {
     tick: Duration,
@@ -163,6 +196,9 @@ pub struct Builder<K, P> {
     ack_timeout: Option<Duration>,
     max_snoozes: u8,
     groups: Vec<String>,
+    durable: Option<DurableOpen<K, P>>,
+    wal: WalOptions,
+    checkpoint_every: Duration,
     _types: PhantomData<fn(K, P)>,
 }
 
@@ -187,6 +223,9 @@ where
             ack_timeout: None,
             max_snoozes: 10,
             groups: Vec::new(),
+            durable: None,
+            wal: WalOptions::default(),
+            checkpoint_every: Duration::from_secs(60),
             _types: PhantomData,
         }
     }
@@ -277,7 +316,7 @@ where
     /// Starts the engine and its dispatcher thread.
     pub fn build(self) -> Result<Engine<K, P>, BuildError> {
         let tick_ms = u64::try_from(self.tick.as_millis()).unwrap_or(u64::MAX);
-        if tick_ms == 0 || self.tick.subsec_nanos() % 1_000_000 != 0 {
+        if tick_ms == 0 || !self.tick.subsec_nanos().is_multiple_of(1_000_000) {
             return Err(BuildError::Invalid(
                 "tick must be a whole number of milliseconds, at least 1",
             ));
@@ -296,7 +335,11 @@ where
         if self.batch == 0 || self.batch > 1 << 20 {
             return Err(BuildError::Invalid("batch_size must be between 1 and 2^20"));
         }
-        let acks = match self.ack_timeout {
+        let ack_timeout = match (self.ack_timeout, &self.durable) {
+            (None, Some(_)) => Some(Duration::from_secs(30)),
+            (timeout, _) => timeout,
+        };
+        let acks = match ack_timeout {
             None => None,
             Some(timeout) if timeout.is_zero() => {
                 return Err(BuildError::Invalid("ack_timeout must be positive"));
@@ -315,23 +358,29 @@ where
                 all_groups: u64::MAX >> (64 - self.groups.len()),
             }),
         };
+        let opened = match self.durable {
+            Some(open) => Some(open(self.wal)?),
+            None => None,
+        };
+        let store = opened.as_ref().map(|o| o.store.clone());
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock::new()));
         let ticks = Ticks::new(tick_ms);
         let now_ms = clock.now_ms();
         let shards = (0..self.shards)
             .map(|_| {
+                let journal = store.clone().map(|s| s as Arc<dyn Journal<K, P>>);
                 Padded(Mutex::new(Shard::new(
                     ticks,
                     now_ms,
                     self.fired_memory,
                     acks,
-                    None,
+                    journal,
                 )))
             })
             .collect();
         let inner = Arc::new(Inner {
             shards,
-            journal: None,
+            journal: store,
             clock: clock.clone(),
             ticks,
             max_pending: self.max_pending,
@@ -358,6 +407,12 @@ where
         if acks.is_some() {
             inner.registry.freeze();
         }
+        let scheduler = Scheduler { inner };
+        let recovered = match opened {
+            Some(opened) => Some(scheduler.restore(opened, now_ms)?),
+            None => None,
+        };
+        let inner = scheduler.inner;
         let weak: Weak<Inner<K, P>> = Arc::downgrade(&inner);
         clock.on_advance(Box::new(move || {
             if let Some(inner) = weak.upgrade() {
@@ -369,10 +424,71 @@ where
             .name("duewheel-dispatcher".into())
             .spawn(move || dispatcher::run(for_thread))
             .map_err(|e| BuildError::Spawn(e.to_string()))?;
+        let checkpointer = match &inner.journal {
+            Some(_) => {
+                let for_thread = inner.clone();
+                let every = self.checkpoint_every;
+                Some(
+                    thread::Builder::new()
+                        .name("duewheel-checkpoint".into())
+                        .spawn(move || checkpoint_loop(&for_thread, every))
+                        .map_err(|e| BuildError::Spawn(e.to_string()))?,
+                )
+            }
+            None => None,
+        };
         Ok(Engine {
             scheduler: Scheduler { inner },
             thread: Some(thread),
+            checkpointer,
+            recovered,
         })
+    }
+}
+
+impl<K, P> Builder<K, P>
+where
+    K: Hash + Eq + Clone + Send + 'static + Codec,
+    P: Clone + Send + 'static + Codec,
+{
+    /// Makes the engine durable in directory `dir` (created if needed, and
+    /// locked: a second engine on it gets an error at build). Every accepted
+    /// schedule, cancel, reschedule, ack and snooze is in the write-ahead log
+    /// before the call returns `Ok`; on build the log is replayed: overdue
+    /// timers fire at once, the rest wait, none early. Acknowledgements are
+    /// on (default timeout 30 s), so groups must be declared with
+    /// [`group`](Self::group). Ids and payloads are stored with [`Codec`].
+    pub fn durable(mut self, dir: impl AsRef<std::path::Path>) -> Self {
+        let dir = dir.as_ref().to_path_buf();
+        self.durable = Some(Box::new(move |opts| {
+            let storage = crate::wal::FsStorage::open(&dir)
+                .map_err(|e| BuildError::Storage(e.to_string()))?;
+            crate::durable::open(Arc::new(storage), opts)
+        }));
+        self
+    }
+
+    /// Durable mode on any [`Storage`]: tests put a fault-injecting one here.
+    #[doc(hidden)]
+    pub fn durable_storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.durable = Some(Box::new(move |opts| crate::durable::open(storage, opts)));
+        self
+    }
+
+    /// When a durable call may return (default [`SyncPolicy::Always`]: after
+    /// the fsync its group commit shares). [`SyncPolicy::EveryMs`] trades
+    /// that promise for speed: a machine crash can lose the last `n` ms of
+    /// acknowledged changes.
+    pub fn sync_policy(mut self, sync: SyncPolicy) -> Self {
+        self.wal.sync = sync;
+        self
+    }
+
+    /// How often the durable mode writes a checkpoint (default 60 s; one is
+    /// always written at clean shutdown).
+    pub fn checkpoint_every(mut self, every: Duration) -> Self {
+        self.checkpoint_every = every;
+        self
     }
 }
 
@@ -415,12 +531,32 @@ where
 {
     scheduler: Scheduler<K, P>,
     thread: Option<JoinHandle<()>>,
+    checkpointer: Option<JoinHandle<()>>,
+    recovered: Option<Recovered>,
+}
+
+/// Writes a checkpoint every `every` until the engine stops.
+fn checkpoint_loop<K: Hash + Eq + Clone, P: Clone>(inner: &Inner<K, P>, every: Duration) {
+    let mut last = Instant::now();
+    while !inner.stopping.load(Ordering::SeqCst) {
+        thread::park_timeout(every.saturating_sub(last.elapsed()));
+        if inner.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        if last.elapsed() >= every {
+            // A failed checkpoint leaves the log intact; the next one retries.
+            let _ = inner.checkpoint();
+            last = Instant::now();
+        }
+    }
 }
 
 /// What [`Engine::shutdown`] hands back: nothing accepted is lost.
 #[derive(Debug)]
 pub struct Shutdown<K, P> {
-    /// Timers that were still pending, with their remaining reminders.
+    /// Timers that were still pending, with their remaining reminders. Empty
+    /// in durable mode: there they stay in the log and come back on the next
+    /// open.
     pub pending: Vec<PendingTimer<K, P>>,
     /// Fired events that shutdown interrupted before they reached a group,
     /// with the group's name. Events already queued in a group stay there:
@@ -457,6 +593,16 @@ where
         self.scheduler.stats()
     }
 
+    /// What durable mode recovered at build; `None` in memory.
+    pub fn recovered(&self) -> Option<&Recovered> {
+        self.recovered.as_ref()
+    }
+
+    /// Writes a checkpoint now (durable mode; a no-op in memory).
+    pub fn checkpoint(&self) -> Result<(), StorageError> {
+        self.scheduler.inner.checkpoint()
+    }
+
     /// Stops the dispatcher and hands back every timer still pending and
     /// every fired event that had not reached all groups. Schedules after
     /// this get `ShuttingDown` with their payload; consumers can still drain
@@ -474,9 +620,27 @@ where
             // still in the shards and are handed back below.
             let _ = thread.join();
         }
+        if let Some(checkpointer) = self.checkpointer.take() {
+            checkpointer.thread().unpark();
+            let _ = checkpointer.join();
+        }
+        if let Some(store) = &inner.journal {
+            // Refuse changes first, so the final checkpoint is the state.
+            for shard in inner.shards() {
+                shard.lock().close_for_writes();
+            }
+            if !store.failed() {
+                let _ = inner.checkpoint();
+            }
+            let _ = store.close();
+        }
         let mut pending = Vec::new();
         for shard in inner.shards() {
             shard.lock().close(&mut pending);
+        }
+        if inner.journal.is_some() {
+            // Durable: they are in the log, not the caller's to keep.
+            pending.clear();
         }
         inner.reserved.store(0, Ordering::SeqCst);
         inner.registry.close();
@@ -584,6 +748,31 @@ where
         let hash = rustc_hash::FxBuildHasher.hash_one(id);
         let mixed = hash.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(32);
         &self.inner.shards[usize::try_from(mixed % n).unwrap_or(0)].0
+    }
+
+    /// Puts the timers replayed from the log back into their shards.
+    fn restore(&self, opened: Opened<K, P>, now_ms: u64) -> Result<Recovered, BuildError> {
+        let timers = opened.timers.len();
+        let mut overdue = 0;
+        for timer in opened.timers {
+            overdue += usize::from(timer.due_ms <= now_ms);
+            self.shard(&timer.id)
+                .lock()
+                .restore(timer, now_ms)
+                .map_err(BuildError::Recovery)?;
+        }
+        if timers > self.inner.max_pending {
+            return Err(BuildError::Recovery(format!(
+                "{timers} timers recovered, more than max_pending ({})",
+                self.inner.max_pending
+            )));
+        }
+        self.inner.reserved.store(timers, Ordering::SeqCst);
+        Ok(Recovered {
+            timers,
+            overdue,
+            log: opened.report,
+        })
     }
 
     /// The engine clock's time, UTC milliseconds.
@@ -779,6 +968,7 @@ where
             tick_ms: inner.ticks.tick_ms(),
             lateness: Lateness::from_histogram(&inner.lateness.lock()),
             groups,
+            storage_failed: inner.journal.as_ref().is_some_and(|j| j.failed()),
             oldest_overdue_ms,
         }
     }

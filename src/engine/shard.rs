@@ -76,13 +76,11 @@ impl Reminders {
     }
 
     /// Offsets (ms before the deadline) and how many fired, for the journal.
-    #[allow(dead_code)] // the durable journal arrives in the next commit
     pub(crate) fn parts(&self) -> (&[u64], u8) {
         (&self.before_ms[..self.len as usize], self.fired)
     }
 
     /// Rebuilds reminders from [`parts`](Self::parts); `None` if malformed.
-    #[allow(dead_code)] // the durable journal arrives in the next commit
     pub(crate) fn from_parts(before_ms: &[u64], fired: u8) -> Option<Self> {
         let mut reminders = Self::new(before_ms.iter().copied())?;
         (fired <= reminders.len).then(|| {
@@ -518,7 +516,6 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
 
     /// Puts back a timer read from the journal at open. One that was in
     /// flight is redelivered at once (attempt + 1).
-    #[allow(dead_code)] // the durable journal arrives in the next commit
     pub(crate) fn restore(&mut self, mut timer: Pending<K, P>, now_ms: u64) -> Result<(), String> {
         if timer.flight.is_some() {
             timer.due_ms = timer.due_ms.min(now_ms);
@@ -650,9 +647,14 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
     }
 
     /// Calls `f` for every timer in the wheel (for a checkpoint).
-    #[allow(dead_code)] // the durable journal arrives in the next commit
     pub(crate) fn for_each(&self, mut f: impl FnMut(&Pending<K, P>)) {
         self.wheel.for_each(|_, timer| f(timer));
+    }
+
+    /// Refuses every later change (durable shutdown, before the final
+    /// checkpoint).
+    pub(crate) fn close_for_writes(&mut self) {
+        self.closed = true;
     }
 
     /// Closes the shard and hands back every timer in it.

@@ -41,6 +41,9 @@ pub struct Stats {
     pub lateness: Lateness,
     /// Per consumer group: consumers and lag.
     pub groups: Vec<GroupStats>,
+    /// `true` once the write-ahead log failed: the engine is fail-stopped
+    /// (no changes accepted, nothing fires) until restarted.
+    pub storage_failed: bool,
     /// When the oldest timer that is due but not yet handed to the consumer
     /// groups became due (UTC milliseconds, to a tick); `None` if nothing is
     /// overdue. A value far behind `now_ms` means a stalled dispatcher or a

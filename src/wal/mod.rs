@@ -1,0 +1,535 @@
+//! The write-ahead log: segments of checksummed records, group commit,
+//! checkpoints, and recovery that tells a torn tail from corruption.
+//!
+//! It knows nothing of timers: a record is `(kind, body)` with a sequence
+//! number; the engine encodes bodies (see `durable.rs`). Layout and crash
+//! argument: `docs/WAL_FORMAT.md`.
+//!
+//! Invariants:
+//! - [`Wal::append`] only buffers (never blocks on I/O), so the engine may
+//!   call it under a shard lock; [`Wal::wait`] returns `Ok` only once the
+//!   record is durable per the [`SyncPolicy`];
+//! - sequence numbers strictly increase for the life of the directory,
+//!   across restarts and checkpoints;
+//! - a snapshot replaces the segments below its number only after it is
+//!   synced and renamed into place and the directory is synced;
+//! - any failed write or fsync poisons the log (fail-stop, see
+//!   [`writer`]).
+
+pub mod fault;
+pub mod record;
+pub mod segment;
+pub mod snapshot;
+pub mod storage;
+mod writer;
+
+pub use self::fault::{Fault, FaultStorage};
+pub use self::snapshot::SnapshotWriter;
+pub use self::storage::{FsStorage, OpenDirError, Storage, StorageFile};
+
+use parking_lot::{Condvar, Mutex};
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+/// When [`Wal::wait`] may return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// After the record is fsynced (default). Concurrent callers share one
+    /// fsync (group commit).
+    Always,
+    /// After the record is written to the OS; fsync at most every `n` ms.
+    /// **A crash of the machine can lose the last `n` ms of operations that
+    /// were acknowledged**; a crash of the process alone loses nothing.
+    EveryMs(u64),
+}
+
+/// Settings of a log.
+#[derive(Clone, Copy, Debug)]
+pub struct WalOptions {
+    /// When `wait` returns.
+    pub sync: SyncPolicy,
+    /// Start a new segment past this size (default 64 MiB).
+    pub segment_bytes: u64,
+    /// Hard cap on one record's body (default 1 MiB).
+    pub max_record_bytes: u32,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        Self {
+            sync: SyncPolicy::Always,
+            segment_bytes: 64 << 20,
+            max_record_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Where a replayed entry came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The newest snapshot.
+    Snapshot,
+    /// A log record after the snapshot.
+    Log,
+}
+
+/// A torn tail cut off at open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    /// The segment file.
+    pub segment: String,
+    /// Where the tail started.
+    pub offset: u64,
+    /// Bytes dropped.
+    pub dropped: u64,
+}
+
+/// What recovery found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Entries read from the snapshot.
+    pub snapshot_entries: u64,
+    /// Log records replayed after it.
+    pub records: u64,
+    /// Segments read.
+    pub segments: u64,
+    /// The last sequence number found.
+    pub last_seq: u64,
+    /// A torn tail that was truncated, if any.
+    pub torn_tail: Option<TornTail>,
+}
+
+/// What a checkpoint did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointReport {
+    /// The snapshot file written.
+    pub snapshot: String,
+    /// Entries in it.
+    pub entries: u64,
+    /// Segments deleted because the snapshot covers them.
+    pub segments_removed: u64,
+}
+
+/// Why the log refused an operation.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WalError {
+    /// A write or fsync failed earlier; the log accepts nothing more.
+    #[error("the log is poisoned after an I/O failure: {0}")]
+    Poisoned(String),
+    /// A body over [`WalOptions::max_record_bytes`].
+    #[error("record of {len} bytes over the cap of {max}")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The cap.
+        max: u32,
+    },
+    /// The log was closed.
+    #[error("the log is closed")]
+    Closed,
+    /// A checkpoint failed; the log itself is intact.
+    #[error("checkpoint failed: {0}")]
+    Checkpoint(String),
+}
+
+/// Why a log could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum WalOpenError<E> {
+    /// Reading or preparing the directory failed.
+    #[error("I/O error opening the log: {0}")]
+    Io(#[from] io::Error),
+    /// A bad record or file that is not a torn tail: a hard error, never
+    /// skipped.
+    #[error("log corrupt in {file} at offset {offset}: {reason}")]
+    Corrupt {
+        /// The segment or snapshot file.
+        file: String,
+        /// Byte offset in it.
+        offset: u64,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The visitor refused an entry.
+    #[error("replay refused an entry in {file} at offset {offset}")]
+    Visit {
+        /// The segment or snapshot file.
+        file: String,
+        /// Byte offset in it.
+        offset: u64,
+        /// The visitor's error.
+        error: E,
+    },
+}
+
+/// What appenders, waiters and the writer share.
+pub(crate) struct Shared {
+    storage: Arc<dyn Storage>,
+    opts: WalOptions,
+    state: Mutex<State>,
+    /// Wakes the writer.
+    work: Condvar,
+    /// Wakes a checkpoint waiting for its rotation.
+    rotated: Condvar,
+    durable_seq: AtomicU64,
+    durable_lock: Mutex<()>,
+    durable_cv: Condvar,
+    poison: Mutex<Option<String>>,
+    poisoned: AtomicBool,
+    stopped: AtomicBool,
+}
+
+struct State {
+    buf: Vec<u8>,
+    next_seq: u64,
+    last_appended: u64,
+    segment: u64,
+    rotate_requested: bool,
+    rotations: u64,
+    stop: bool,
+}
+
+impl Shared {
+    fn poison(&self, why: &str) {
+        *self.poison.lock() = Some(why.to_string());
+        self.poisoned.store(true, Ordering::SeqCst);
+        self.stopped.store(true, Ordering::SeqCst);
+        let _guard = self.durable_lock.lock();
+        self.durable_cv.notify_all();
+        drop(_guard);
+        let _st = self.state.lock();
+        self.rotated.notify_all();
+    }
+
+    fn poisoned_error(&self) -> WalError {
+        WalError::Poisoned(self.poison.lock().clone().unwrap_or_default())
+    }
+
+    fn publish(&self, seq: u64) {
+        self.durable_seq.fetch_max(seq, Ordering::SeqCst);
+        let _guard = self.durable_lock.lock();
+        self.durable_cv.notify_all();
+    }
+
+    /// Creates segment `number` with its header, synced, and syncs the
+    /// directory so the new name survives a crash.
+    fn new_segment(&self, number: u64) -> io::Result<Box<dyn StorageFile>> {
+        let mut file = self.storage.create(&segment::name(number))?;
+        file.write_all(&segment::header(number))?;
+        file.sync()?;
+        self.storage.sync_dir()?;
+        Ok(file)
+    }
+}
+
+/// A write-ahead log. Cloning gives another handle to the same log.
+#[derive(Clone)]
+pub struct Wal {
+    shared: Arc<Shared>,
+    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+    checkpointing: Arc<Mutex<()>>,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field(
+                "durable_seq",
+                &self.shared.durable_seq.load(Ordering::SeqCst),
+            )
+            .field("poisoned", &self.is_poisoned())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Wal {
+    /// Opens the log in `storage`: replays the newest snapshot, then every
+    /// log record after it, through `visit(source, seq, kind, body)`;
+    /// truncates a torn tail; starts a fresh segment and the writer thread.
+    pub fn open<E>(
+        storage: Arc<dyn Storage>,
+        opts: WalOptions,
+        mut visit: impl FnMut(Source, u64, u8, &[u8]) -> Result<(), E>,
+    ) -> Result<(Self, RecoveryReport), WalOpenError<E>> {
+        let mut report = RecoveryReport::default();
+        let names = storage.list()?;
+        if names.iter().any(|n| n == snapshot::TEMP_NAME) {
+            storage.remove(snapshot::TEMP_NAME)?;
+        }
+        let mut snapshots: Vec<u64> = names.iter().filter_map(|n| snapshot::covers(n)).collect();
+        snapshots.sort_unstable();
+        let mut segments: Vec<u64> = names.iter().filter_map(|n| segment::number(n)).collect();
+        segments.sort_unstable();
+
+        // The newest snapshot, then the segments it does not cover.
+        let mut visit_error = None;
+        let covers = snapshots.last().copied();
+        let mut last_seq = 0;
+        if let Some(covers) = covers {
+            let file = snapshot::name(covers);
+            let bytes = storage.read(&file)?;
+            let read = snapshot::read(&bytes, covers, opts.max_record_bytes, |r| {
+                visit(Source::Snapshot, r.seq, r.kind, r.body).map_err(|e| {
+                    visit_error = Some(e);
+                    String::from("visitor refused")
+                })
+            });
+            match read {
+                Ok((count, seq)) => {
+                    report.snapshot_entries = count;
+                    last_seq = seq;
+                }
+                Err((offset, reason)) => {
+                    return Err(match visit_error {
+                        Some(error) => WalOpenError::Visit {
+                            file,
+                            offset,
+                            error,
+                        },
+                        None => WalOpenError::Corrupt {
+                            file,
+                            offset,
+                            reason,
+                        },
+                    });
+                }
+            }
+        }
+        let live: Vec<u64> = segments
+            .iter()
+            .copied()
+            .filter(|&n| covers.is_none_or(|c| n >= c))
+            .collect();
+        for pair in live.windows(2) {
+            if pair[1] != pair[0] + 1 {
+                return Err(WalOpenError::Corrupt {
+                    file: segment::name(pair[0] + 1),
+                    offset: 0,
+                    reason: "segment missing from the sequence".into(),
+                });
+            }
+        }
+        for (i, &number) in live.iter().enumerate() {
+            let file = segment::name(number);
+            let bytes = storage.read(&file)?;
+            let is_last = i + 1 == live.len();
+            let end = segment::scan(
+                &bytes,
+                number,
+                is_last,
+                opts.max_record_bytes,
+                &mut last_seq,
+                |r| {
+                    report.records += 1;
+                    visit(Source::Log, r.seq, r.kind, r.body).map_err(|e| {
+                        visit_error = Some(e);
+                        String::from("visitor refused")
+                    })
+                },
+            );
+            report.segments += 1;
+            match end {
+                Ok(segment::End::Clean) => {}
+                Ok(segment::End::Torn { offset, dropped }) => {
+                    storage.truncate(&file, offset)?;
+                    report.torn_tail = Some(TornTail {
+                        segment: file,
+                        offset,
+                        dropped,
+                    });
+                }
+                Err(corrupt) => {
+                    return Err(match visit_error {
+                        Some(error) => WalOpenError::Visit {
+                            file,
+                            offset: corrupt.offset,
+                            error,
+                        },
+                        None => WalOpenError::Corrupt {
+                            file,
+                            offset: corrupt.offset,
+                            reason: corrupt.reason,
+                        },
+                    });
+                }
+            }
+        }
+        report.last_seq = last_seq;
+
+        // Leftovers of a checkpoint that crashed after its rename.
+        for &old in snapshots.iter().rev().skip(1) {
+            storage.remove(&snapshot::name(old))?;
+        }
+        for &n in segments.iter().filter(|&&n| covers.is_some_and(|c| n < c)) {
+            storage.remove(&segment::name(n))?;
+        }
+
+        let segment_no = segments
+            .last()
+            .map_or(covers.unwrap_or(0), |&n| n + 1)
+            .max(covers.unwrap_or(0));
+        let shared = Arc::new(Shared {
+            storage: storage.clone(),
+            opts,
+            state: Mutex::new(State {
+                buf: Vec::new(),
+                next_seq: last_seq + 1,
+                last_appended: last_seq,
+                segment: segment_no,
+                rotate_requested: false,
+                rotations: 0,
+                stop: false,
+            }),
+            work: Condvar::new(),
+            rotated: Condvar::new(),
+            durable_seq: AtomicU64::new(last_seq),
+            durable_lock: Mutex::new(()),
+            durable_cv: Condvar::new(),
+            poison: Mutex::new(None),
+            poisoned: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+        });
+        let file = shared.new_segment(segment_no)?;
+        let for_thread = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("duewheel-wal".into())
+            .spawn(move || writer::run(for_thread, file, segment_no))?;
+        Ok((
+            Self {
+                shared,
+                writer: Arc::new(Mutex::new(Some(writer))),
+                checkpointing: Arc::new(Mutex::new(())),
+            },
+            report,
+        ))
+    }
+
+    /// Appends one record and returns its sequence number. Only buffers.
+    pub fn append(&self, kind: u8, body: &[u8]) -> Result<u64, WalError> {
+        if body.len() > self.shared.opts.max_record_bytes as usize {
+            return Err(WalError::TooLarge {
+                len: body.len(),
+                max: self.shared.opts.max_record_bytes,
+            });
+        }
+        if self.is_poisoned() {
+            return Err(self.shared.poisoned_error());
+        }
+        let mut st = self.shared.state.lock();
+        if st.stop {
+            return Err(WalError::Closed);
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.last_appended = seq;
+        let was_empty = st.buf.is_empty();
+        record::encode(&mut st.buf, seq, kind, body);
+        drop(st);
+        if was_empty {
+            self.shared.work.notify_one();
+        }
+        Ok(seq)
+    }
+
+    /// Blocks until record `seq` is durable (see [`SyncPolicy`]).
+    pub fn wait(&self, seq: u64) -> Result<(), WalError> {
+        let shared = &*self.shared;
+        if shared.durable_seq.load(Ordering::SeqCst) >= seq {
+            return Ok(());
+        }
+        let mut guard = shared.durable_lock.lock();
+        loop {
+            if shared.durable_seq.load(Ordering::SeqCst) >= seq {
+                return Ok(());
+            }
+            if shared.poisoned.load(Ordering::SeqCst) {
+                return Err(shared.poisoned_error());
+            }
+            if shared.stopped.load(Ordering::SeqCst) {
+                return Err(WalError::Closed);
+            }
+            shared.durable_cv.wait(&mut guard);
+        }
+    }
+
+    /// The last sequence number known durable.
+    pub fn durable_seq(&self) -> u64 {
+        self.shared.durable_seq.load(Ordering::SeqCst)
+    }
+
+    /// `true` once a write or fsync failed.
+    pub fn is_poisoned(&self) -> bool {
+        self.shared.poisoned.load(Ordering::SeqCst)
+    }
+
+    /// Writes a snapshot of the state `write` describes and drops the
+    /// segments it covers. The log rotates first; appends made during the
+    /// checkpoint go to the new segment and are replayed after the snapshot.
+    /// `write` must describe the state as of at least the rotation.
+    pub fn checkpoint(
+        &self,
+        write: impl FnOnce(&mut SnapshotWriter) -> io::Result<()>,
+    ) -> Result<CheckpointReport, WalError> {
+        let _one_at_a_time = self.checkpointing.lock();
+        let shared = &*self.shared;
+        let (covers, last_seq) = {
+            let mut st = shared.state.lock();
+            let before = st.rotations;
+            st.rotate_requested = true;
+            shared.work.notify_one();
+            while st.rotations == before {
+                if shared.poisoned.load(Ordering::SeqCst) {
+                    return Err(shared.poisoned_error());
+                }
+                if st.stop {
+                    return Err(WalError::Closed);
+                }
+                shared.rotated.wait(&mut st);
+            }
+            (st.segment, st.last_appended)
+        };
+        let fail = |e: io::Error| WalError::Checkpoint(e.to_string());
+        let storage = &shared.storage;
+        let file = storage.create(snapshot::TEMP_NAME).map_err(fail)?;
+        let mut writer = SnapshotWriter::new(file, covers, last_seq, shared.opts.max_record_bytes)
+            .map_err(fail)?;
+        write(&mut writer).map_err(fail)?;
+        let entries = writer.finish().map_err(fail)?;
+        let name = snapshot::name(covers);
+        storage.rename(snapshot::TEMP_NAME, &name).map_err(fail)?;
+        storage.sync_dir().map_err(fail)?;
+        // Only now is anything below `covers` redundant.
+        let mut segments_removed = 0;
+        for file in storage.list().map_err(fail)? {
+            let stale_segment = segment::number(&file).is_some_and(|n| n < covers);
+            let stale_snapshot = snapshot::covers(&file).is_some_and(|n| n < covers);
+            if stale_segment || stale_snapshot {
+                storage.remove(&file).map_err(fail)?;
+                segments_removed += u64::from(stale_segment);
+            }
+        }
+        storage.sync_dir().map_err(fail)?;
+        Ok(CheckpointReport {
+            snapshot: name,
+            entries,
+            segments_removed,
+        })
+    }
+
+    /// Writes and syncs what is buffered, then stops the writer. Later calls
+    /// get [`WalError::Closed`].
+    pub fn close(&self) -> Result<(), WalError> {
+        self.shared.state.lock().stop = true;
+        self.shared.work.notify_one();
+        if let Some(writer) = self.writer.lock().take() {
+            let _ = writer.join();
+        }
+        let _guard = self.shared.durable_lock.lock();
+        self.shared.durable_cv.notify_all();
+        if self.is_poisoned() {
+            return Err(self.shared.poisoned_error());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,276 @@
+//! The durable engine across restarts, downtime, faults and corruption.
+
+use duewheel::wal::{Fault, FaultStorage, Storage};
+use duewheel::{BuildError, Cancel, Engine, EventKind, ManualClock, ScheduleError, Scheduler};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+const T0: u64 = 1_700_000_000_000;
+const WAIT: Duration = Duration::from_secs(30);
+
+fn engine(clock: &ManualClock, storage: &FaultStorage) -> Result<Engine<u64, String>, BuildError> {
+    Engine::builder()
+        .clock(clock.clone())
+        .shards(2)
+        .group("orders")
+        .ack_timeout(Duration::from_secs(30))
+        .durable_storage(Arc::new(storage.clone()) as Arc<dyn Storage>)
+        .build()
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+#[test]
+fn timers_survive_a_restart_and_overdue_ones_fire_once_future_ones_not_early() {
+    let clock = ManualClock::new(T0);
+    let storage = FaultStorage::new();
+    let e = engine(&clock, &storage).unwrap();
+    let s = e.scheduler();
+    for id in 0..100u64 {
+        s.schedule(id, secs(10 + id), format!("order {id}"))
+            .unwrap();
+    }
+    for id in 0..20u64 {
+        assert!(s.cancel(&id).unwrap().is_cancelled());
+    }
+    s.reschedule(&99, secs(500)).unwrap();
+    drop(e.shutdown());
+
+    // Down for 60 s: ids 20..=50 passed their deadline meanwhile.
+    clock.set_ms(T0 + 60_000);
+    let e = engine(&clock, &storage).unwrap();
+    let recovered = e.recovered().unwrap().clone();
+    assert_eq!((recovered.timers, recovered.overdue), (80, 31));
+    let mut orders = e.subscribe("orders");
+    let s = e.scheduler();
+    assert!(s.settle(WAIT));
+    let mut fired: Vec<u64> = Vec::new();
+    for event in orders.drain_ready() {
+        assert!(
+            event.fired_at_ms >= event.deadline_ms,
+            "early after restart"
+        );
+        assert_eq!(event.payload, format!("order {}", event.id));
+        orders.ack(&event).unwrap();
+        fired.push(event.id);
+    }
+    fired.sort_unstable();
+    assert_eq!(
+        fired,
+        (20..=50).collect::<Vec<_>>(),
+        "catch-up fires exactly the overdue"
+    );
+    assert!(
+        e.stats().lateness.max_ticks >= 29_000,
+        "lateness of the catch-up recorded"
+    );
+    // The rest wait for their own deadlines.
+    clock.set_ms(T0 + 108_999);
+    assert!(s.settle(WAIT));
+    let next = orders.drain_ready();
+    for event in &next {
+        orders.ack(event).unwrap();
+    }
+    let next: Vec<u64> = next.iter().map(|e| e.id).collect();
+    assert_eq!(next, (51..=98).collect::<Vec<_>>());
+    clock.set_ms(T0 + 500_000);
+    assert!(s.settle(WAIT));
+    assert_eq!(
+        orders
+            .drain_ready()
+            .iter()
+            .map(|e| e.id)
+            .collect::<Vec<_>>(),
+        [99]
+    );
+}
+
+#[test]
+fn after_a_restart_exactly_the_unacked_events_come_again() {
+    let clock = ManualClock::new(T0);
+    let storage = FaultStorage::new();
+    let e = engine(&clock, &storage).unwrap();
+    let mut orders = e.subscribe("orders");
+    let s = e.scheduler();
+    for id in 0..10u64 {
+        s.schedule(id, secs(1), id.to_string()).unwrap();
+    }
+    clock.advance(secs(1));
+    for _ in 0..10 {
+        let event = orders.recv_timeout(WAIT).unwrap();
+        if event.id.is_multiple_of(2) {
+            orders.ack(&event).unwrap();
+        }
+    }
+    drop(orders);
+    drop(e.shutdown());
+    let e = engine(&clock, &storage).unwrap();
+    let mut orders = e.subscribe("orders");
+    assert!(e.scheduler().settle(WAIT));
+    let again = orders.drain_ready();
+    let ids: BTreeSet<u64> = again.iter().map(|e| e.id).collect();
+    assert_eq!(ids, [1, 3, 5, 7, 9].into_iter().collect());
+    assert!(
+        again
+            .iter()
+            .all(|e| e.kind == EventKind::Expired && e.attempt == 2)
+    );
+}
+
+#[test]
+fn an_fsync_failure_fail_stops_and_nothing_unsynced_is_acknowledged() {
+    let clock = ManualClock::new(T0);
+    let storage = FaultStorage::new();
+    let e = engine(&clock, &storage).unwrap();
+    let s = e.scheduler();
+    s.schedule(1, secs(5), "kept".into()).unwrap();
+    // The next I/O is the write of the next record; the one after, its fsync.
+    storage.fail_at(storage.io_count() + 1, Fault::Error);
+    match s.schedule(2, secs(5), "lost".into()) {
+        Err(ScheduleError::Storage(payload)) => assert_eq!(payload, "lost"),
+        other => panic!("{other:?}"),
+    }
+    // Fail-stop: nothing more is accepted, nothing fires.
+    assert!(matches!(
+        s.schedule(3, secs(5), "x".into()),
+        Err(ScheduleError::Storage(_))
+    ));
+    assert!(s.cancel(&1).is_err());
+    assert!(e.stats().storage_failed);
+    let mut orders = e.subscribe("orders");
+    clock.advance(secs(10));
+    assert!(orders.recv_timeout(Duration::from_millis(300)).is_err());
+    drop(e);
+    storage.power_loss();
+    let storage = storage.reboot();
+    let e = engine(&clock, &storage).unwrap();
+    let mut orders = e.subscribe("orders");
+    let event = orders.recv_timeout(WAIT).unwrap();
+    assert_eq!((event.id, event.payload.as_str()), (1, "kept"));
+    assert!(e.scheduler().settle(WAIT));
+    assert!(orders.drain_ready().is_empty(), "nothing refused came back");
+}
+
+/// Runs a workload, stopping at the first error; returns what was
+/// acknowledged: scheduled ids and cancelled ids.
+fn workload(s: &Scheduler<u64, String>) -> (BTreeSet<u64>, BTreeSet<u64>) {
+    let (mut scheduled, mut cancelled) = (BTreeSet::new(), BTreeSet::new());
+    for id in 0..24u64 {
+        if s.schedule(id, secs(100 + id), id.to_string()).is_err() {
+            break;
+        }
+        scheduled.insert(id);
+        if id.is_multiple_of(3) {
+            match s.cancel(&(id / 2)) {
+                Ok(Cancel::Cancelled(_)) => {
+                    cancelled.insert(id / 2);
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    (scheduled, cancelled)
+}
+
+#[test]
+fn a_fault_at_any_io_keeps_every_acknowledged_change() {
+    let clock = ManualClock::new(T0);
+    let probe = FaultStorage::new();
+    let e = engine(&clock, &probe).unwrap();
+    let start = probe.io_count();
+    workload(&e.scheduler());
+    let total = probe.io_count();
+    drop(e);
+    for fault in [Fault::Error, Fault::Tear(5)] {
+        for k in start..total {
+            let storage = FaultStorage::new();
+            let e = engine(&clock, &storage).unwrap();
+            storage.fail_at(k, fault);
+            let (scheduled, cancelled) = workload(&e.scheduler());
+            drop(e);
+            storage.power_loss();
+            let e = engine(&clock, &storage.reboot()).unwrap_or_else(|err| panic!("k={k}: {err}"));
+            let mut orders = e.subscribe("orders");
+            clock.advance(secs(200));
+            assert!(e.scheduler().settle(WAIT));
+            let fired: BTreeSet<u64> = orders.drain_ready().iter().map(|e| e.id).collect();
+            for id in scheduled.difference(&cancelled) {
+                assert!(
+                    fired.contains(id),
+                    "{fault:?} at {k}: acked schedule {id} lost"
+                );
+            }
+            for id in &cancelled {
+                assert!(
+                    !fired.contains(id),
+                    "{fault:?} at {k}: acked cancel {id} fired"
+                );
+            }
+            drop(e);
+            clock.set_ms(T0);
+        }
+    }
+}
+
+#[test]
+fn a_second_engine_on_the_same_directory_is_refused() {
+    let dir = std::env::temp_dir().join(format!("duewheel-durable-lock-{}", std::process::id()));
+    let build = || {
+        Engine::<u64, u64>::builder()
+            .clock(ManualClock::new(T0))
+            .group("g")
+            .durable(&dir)
+            .build()
+    };
+    let first = build().unwrap();
+    let err = build().unwrap_err();
+    assert!(err.to_string().contains("locked"), "{err}");
+    drop(first);
+    drop(build().unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn corruption_in_the_log_is_a_clear_error_at_build() {
+    let clock = ManualClock::new(T0);
+    let storage = FaultStorage::new();
+    let e = engine(&clock, &storage).unwrap();
+    for id in 0..10 {
+        e.scheduler().schedule(id, secs(100), "x".into()).unwrap();
+    }
+    // A crash: no shutdown, no final checkpoint.
+    std::mem::forget(e);
+    let crashed = storage.reboot();
+    let segment = "wal-0000000000000000.log";
+    crashed.flip_byte(segment, duewheel::wal::segment::HEADER_BYTES + 20);
+    let text = engine(&clock, &crashed).unwrap_err().to_string();
+    assert!(
+        text.contains(segment) && text.contains("offset 20"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_corrupt_snapshot_is_a_clear_error_at_build() {
+    let clock = ManualClock::new(T0);
+    let storage = FaultStorage::new();
+    let e = engine(&clock, &storage).unwrap();
+    for id in 0..10 {
+        e.scheduler().schedule(id, secs(100), "x".into()).unwrap();
+    }
+    drop(e.shutdown()); // writes the final checkpoint
+    let storage = storage.reboot();
+    let snap = storage
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|n| n.ends_with(".snap"))
+        .unwrap();
+    storage.flip_byte(&snap, 40);
+    let text = engine(&clock, &storage).unwrap_err().to_string();
+    assert!(text.contains(&snap), "{text}");
+}
