@@ -12,10 +12,11 @@ pub enum ScheduleError<P> {
     /// A timer with this id is already pending; cancel or reschedule it.
     #[error("a timer with this id is already pending")]
     AlreadyScheduled(P),
-    /// The engine holds `max_pending` timers (admission control).
-    #[error("the engine is full ({max_pending} timers pending)")]
+    /// The id's shard holds its share of `max_pending` timers (admission
+    /// control).
+    #[error("the engine is full ({max_pending} timers pending in this id's shard)")]
     Full {
-        /// The configured cap.
+        /// The cap of the shard that refused: its share of `max_pending`.
         max_pending: usize,
         /// The caller's payload, returned untouched.
         payload: P,

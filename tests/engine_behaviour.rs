@@ -91,6 +91,7 @@ fn every_error_hands_the_payload_back() {
     let clock = ManualClock::new(T0);
     let engine: Engine<u64, String> = Engine::builder()
         .clock(clock.clone())
+        .shards(1)
         .max_pending(1)
         .build()
         .unwrap();

@@ -67,8 +67,7 @@ where
         }
         if let Some(tick) = earliest.filter(|&t| t <= now_tick) {
             for shard in inner.shards() {
-                let (_, ended) = shard.lock().fire(tick, inner.batch, now_ms, &mut fired);
-                inner.release(ended);
+                shard.lock().fire(tick, inner.batch, now_ms, &mut fired);
                 if fired.is_empty() {
                     continue;
                 }

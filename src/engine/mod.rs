@@ -15,8 +15,10 @@
 //! - cancel and fire of one id are decided under that id's shard lock, so
 //!   exactly one wins and the caller of `cancel` is told which;
 //! - the number of pending timers never exceeds `max_pending`: a schedule
-//!   reserves a place under its shard lock once every other check passed,
-//!   just before it inserts, and a place is released exactly once, by the cancel or the expiry that removes
+//!   the cap is split evenly across the shards (`max_pending >= shards`), and
+//!   each shard checks its share under its lock, against the timers it holds
+//!   (waiting or in flight), so the count cannot drift and no global counter
+//!   is shared by the producers; the
 //!   the timer;
 //! - nothing accepted is lost: a pending timer fires, is cancelled, or is
 //!   handed back by [`Engine::shutdown`]; a fired event reaches every group or
@@ -50,7 +52,7 @@ use hdrhistogram::Histogram;
 use parking_lot::{Condvar, Mutex};
 use std::hash::{BuildHasher, Hash};
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
@@ -77,8 +79,6 @@ pub(crate) struct Inner<K, P> {
     ticks: Ticks,
     max_pending: usize,
     /// Places taken under `max_pending` (see the module invariants).
-    reserved: AtomicUsize,
-    rejected_full: AtomicU64,
     batch: usize,
     max_idle: Duration,
     registry: Registry<K, P>,
@@ -114,23 +114,6 @@ impl<K, P> Inner<K, P> {
     fn note_due(&self, tick: u64) {
         if self.next_wake.note_due(tick) {
             self.unpark();
-        }
-    }
-
-    /// Takes a place under `max_pending`, or says the cap.
-    fn reserve(&self) -> Result<(), usize> {
-        if self.reserved.fetch_add(1, Ordering::SeqCst) >= self.max_pending {
-            self.reserved.fetch_sub(1, Ordering::SeqCst);
-            self.rejected_full.fetch_add(1, Ordering::Relaxed);
-            return Err(self.max_pending);
-        }
-        Ok(())
-    }
-
-    fn release(&self, n: usize) {
-        if n > 0 {
-            let before = self.reserved.fetch_sub(n, Ordering::SeqCst);
-            debug_assert!(before >= n, "released more places than reserved");
         }
     }
 
@@ -244,7 +227,11 @@ where
     }
 
     /// Admission cap: schedules beyond it get [`ScheduleError::Full`]
-    /// (default 50 million).
+    /// (default 50 million). It is split evenly across the shards, each
+    /// enforcing its share exactly, so no counter is shared by every
+    /// producer; with ids hashed over the shards a schedule can be refused
+    /// slightly before the engine-wide total reaches the cap. Must be at
+    /// least the number of shards.
     pub fn max_pending(mut self, max_pending: usize) -> Self {
         self.max_pending = max_pending;
         self
@@ -324,9 +311,9 @@ where
         if self.shards == 0 || self.shards > 4096 {
             return Err(BuildError::Invalid("shards must be between 1 and 4096"));
         }
-        if self.max_pending == 0 || self.max_pending >= u32::MAX as usize {
+        if self.max_pending < self.shards || self.max_pending >= u32::MAX as usize {
             return Err(BuildError::Invalid(
-                "max_pending must be between 1 and 2^32 - 2",
+                "max_pending must be at least the number of shards and below 2^32 - 1",
             ));
         }
         if self.channel_capacity == 0 {
@@ -367,14 +354,18 @@ where
         let ticks = Ticks::new(tick_ms);
         let now_ms = clock.now_ms();
         let shards = (0..self.shards)
-            .map(|_| {
+            .map(|i| {
                 let journal = store.clone().map(|s| s as Arc<dyn Journal<K, P>>);
+                // An even share; the first shards take the remainder.
+                let cap = self.max_pending / self.shards
+                    + usize::from(i < self.max_pending % self.shards);
                 Padded(Mutex::new(Shard::new(
                     ticks,
                     now_ms,
                     self.fired_memory,
                     acks,
                     journal,
+                    cap,
                 )))
             })
             .collect();
@@ -384,8 +375,6 @@ where
             clock: clock.clone(),
             ticks,
             max_pending: self.max_pending,
-            reserved: AtomicUsize::new(0),
-            rejected_full: AtomicU64::new(0),
             batch: self.batch,
             max_idle: self.max_idle,
             registry: Registry::new(self.channel_capacity.div_ceil(self.batch)),
@@ -642,7 +631,6 @@ where
             // Durable: they are in the log, not the caller's to keep.
             pending.clear();
         }
-        inner.reserved.store(0, Ordering::SeqCst);
         inner.registry.close();
         let undelivered = std::mem::take(&mut *inner.undelivered.lock())
             .into_iter()
@@ -761,13 +749,6 @@ where
                 .restore(timer, now_ms)
                 .map_err(BuildError::Recovery)?;
         }
-        if timers > self.inner.max_pending {
-            return Err(BuildError::Recovery(format!(
-                "{timers} timers recovered, more than max_pending ({})",
-                self.inner.max_pending
-            )));
-        }
-        self.inner.reserved.store(timers, Ordering::SeqCst);
         Ok(Recovered {
             timers,
             overdue,
@@ -816,7 +797,7 @@ where
         let accepted =
             self.shard(&id)
                 .lock()
-                .schedule(id, deadline_ms, reminders, payload, || self.inner.reserve())?;
+                .schedule(id, deadline_ms, reminders, payload)?;
         self.inner.note_due(accepted.value);
         match (self.durable(accepted.seq), backup) {
             (Ok(()), _) => Ok(()),
@@ -842,7 +823,6 @@ where
     pub fn cancel(&self, id: &K) -> Result<Cancel<P>, CancelError> {
         let accepted = self.shard(id).lock().cancel(id)?;
         if accepted.value.is_cancelled() {
-            self.inner.release(1);
             self.durable(accepted.seq)
                 .map_err(|_| CancelError::Storage)?;
         }
@@ -863,7 +843,6 @@ where
         let now_ms = self.now_ms();
         let accepted = self.shard(id).lock().ack(id, group, now_ms)?;
         if accepted.value {
-            self.inner.release(1);
             self.durable(accepted.seq).map_err(|_| AckError::Storage)?;
         }
         Ok(())
@@ -964,7 +943,7 @@ where
             acked_total: counters.acked,
             redelivered_total: counters.redelivered,
             snoozed_total: counters.snoozed,
-            rejected_full_total: inner.rejected_full.load(Ordering::Relaxed),
+            rejected_full_total: counters.rejected_full,
             tick_ms: inner.ticks.tick_ms(),
             lateness: Lateness::from_histogram(&inner.lateness.lock()),
             groups,

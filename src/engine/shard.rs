@@ -140,6 +140,7 @@ pub(crate) struct Counters {
     pub(crate) acked: u64,
     pub(crate) redelivered: u64,
     pub(crate) snoozed: u64,
+    pub(crate) rejected_full: u64,
     /// Gauge: timers whose `Expired` awaits acks.
     pub(crate) in_flight: u64,
 }
@@ -154,6 +155,7 @@ impl Counters {
         self.acked += o.acked;
         self.redelivered += o.redelivered;
         self.snoozed += o.snoozed;
+        self.rejected_full += o.rejected_full;
         self.in_flight += o.in_flight;
     }
 }
@@ -205,6 +207,8 @@ pub(crate) struct Shard<K, P> {
     ticks: Ticks,
     /// Set at shutdown: nothing more is accepted.
     closed: bool,
+    /// This shard's share of `max_pending`.
+    cap: usize,
     pub(crate) counters: Counters,
     scratch: Vec<Timer<Pending<K, P>>>,
 }
@@ -216,6 +220,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         memory: FiredMemory,
         acks: Option<Acks>,
         journal: Option<Arc<dyn Journal<K, P>>>,
+        cap: usize,
     ) -> Self {
         Self {
             wheel: Wheel::with_capacity_at(0, ticks.now_tick(now_ms)),
@@ -226,6 +231,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             journal,
             ticks,
             closed: false,
+            cap,
             counters: Counters::default(),
             scratch: Vec::new(),
         }
@@ -270,15 +276,12 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
     }
 
     /// Adds a timer. Returns the tick the dispatcher must wake for.
-    /// `reserve` takes a place under the engine's cap; it is called once
-    /// every other check has passed, and a refusal undoes the insert.
     pub(crate) fn schedule(
         &mut self,
         id: K,
         deadline_ms: u64,
         reminders: Reminders,
         payload: P,
-        reserve: impl FnOnce() -> Result<(), usize>,
     ) -> Result<Accepted<u64>, ScheduleError<P>> {
         match self.writable() {
             Ok(()) => {}
@@ -301,6 +304,13 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             }
             entry => entry,
         };
+        if self.wheel.len() >= self.cap {
+            self.counters.rejected_full += 1;
+            return Err(ScheduleError::Full {
+                max_pending: self.cap,
+                payload,
+            });
+        }
         let pending = Pending {
             id: slot.key().clone(),
             payload,
@@ -330,13 +340,6 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                 });
             }
         };
-        if let Err(max_pending) = reserve() {
-            let pending = self.wheel.cancel(key).expect("inserted just above");
-            return Err(ScheduleError::Full {
-                max_pending,
-                payload: pending.payload,
-            });
-        }
         match slot {
             Entry::Occupied(mut e) => *e.get_mut() = State::Live(key),
             Entry::Vacant(e) => {
@@ -536,19 +539,17 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
 
     /// Fires what is due at or before `tick`, at most `limit` stages, and
     /// appends one event per stage to `out`, with the groups it must reach.
-    /// Returns the advance and how many timers ended (their places free up).
     pub(crate) fn fire(
         &mut self,
         tick: u64,
         limit: usize,
         now_ms: u64,
         out: &mut Vec<Fired<K, P>>,
-    ) -> (Advanced, usize) {
+    ) -> Advanced {
         let mut scratch = std::mem::take(&mut self.scratch);
         let advanced = self
             .wheel
             .advance_bounded(tick, limit, |timer| scratch.push(timer));
-        let mut ended = 0;
         for Timer {
             deadline: due_tick,
             payload: mut timer,
@@ -616,13 +617,12 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                 }
             } else {
                 self.remember_fired(timer.id, now_ms);
-                ended += 1;
             }
             out.push((due_tick, groups, event));
         }
         self.scratch = scratch;
         self.forget_fired(now_ms);
-        (advanced, ended)
+        advanced
     }
 
     fn remember_fired(&mut self, id: K, now_ms: u64) {

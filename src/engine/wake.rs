@@ -38,6 +38,13 @@ impl WakeAt {
     /// Step 2: a timer due at `tick` was inserted. Returns `true` if the
     /// dispatcher must be unparked.
     pub(crate) fn note_due(&self, tick: u64) -> bool {
+        // Most schedules are later than the planned wake-up: a plain load
+        // then avoids a read-modify-write on a line every producer shares.
+        // Seeing `<= tick` here means step 1 of the next scan is still
+        // ahead in the SeqCst order, so that scan sees this insert.
+        if self.0.load(Ordering::SeqCst) <= tick {
+            return false;
+        }
         self.0.fetch_min(tick, Ordering::SeqCst) > tick
     }
 
