@@ -58,7 +58,9 @@ fn insert_and_cancel(c: &mut Criterion) {
         let mut rng = Rng(1);
         let (mut wheel, keys) = filled(pending, &mut rng);
         let mut group = c.benchmark_group(format!("wheel/{}M_pending", pending / 1_000_000));
-        group.sample_size(10).measurement_time(Duration::from_secs(3));
+        group
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(3));
         const BATCH: u64 = 100_000;
         group.throughput(Throughput::Elements(BATCH));
         group.bench_function("insert", |b| {
@@ -161,7 +163,9 @@ fn advance(c: &mut Criterion) {
 fn payment_workload(c: &mut Criterion) {
     const N: usize = 1_000_000;
     let mut group = c.benchmark_group("wheel/payment_1M_70pct_cancelled");
-    group.sample_size(10).measurement_time(Duration::from_secs(5));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
     let setup = || {
         let mut rng = Rng(42);
         let (mut wheel, keys) = filled(N, &mut rng);
@@ -202,5 +206,11 @@ fn memory(_: &mut Criterion) {
     print_memory();
 }
 
-criterion_group!(benches, memory, insert_and_cancel, advance, payment_workload);
+criterion_group!(
+    benches,
+    memory,
+    insert_and_cancel,
+    advance,
+    payment_workload
+);
 criterion_main!(benches);

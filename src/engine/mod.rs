@@ -794,10 +794,10 @@ where
         // In durable mode the payload is kept until the record is durable, so
         // a log failure can still hand it back.
         let backup = self.inner.journal.as_ref().map(|_| payload.clone());
-        let accepted =
-            self.shard(&id)
-                .lock()
-                .schedule(id, deadline_ms, reminders, payload)?;
+        let accepted = self
+            .shard(&id)
+            .lock()
+            .schedule(id, deadline_ms, reminders, payload)?;
         self.inner.note_due(accepted.value);
         match (self.durable(accepted.seq), backup) {
             (Ok(()), _) => Ok(()),
