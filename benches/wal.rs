@@ -41,7 +41,9 @@ fn acked_schedules(c: &mut Criterion) {
     let engine = open(&path, SyncPolicy::Always);
     let s = engine.scheduler();
     let mut group = c.benchmark_group("wal/acked_schedules");
-    group.sample_size(10).measurement_time(Duration::from_secs(5));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
     let mut next_id = 0u64;
     for threads in [1u64, 8, 64] {
         group.throughput(Throughput::Elements(PER_THREAD * threads));
@@ -107,7 +109,9 @@ fn filled(name: &str, n: u64) -> PathBuf {
 fn recovery(c: &mut Criterion) {
     let path = filled("recover-1m", 1_000_000);
     let mut group = c.benchmark_group("wal/recovery");
-    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
     group.throughput(Throughput::Elements(1_000_000));
     group.bench_function("1M_pending", |b| {
         b.iter_custom(|iters| {

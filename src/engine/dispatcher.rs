@@ -128,12 +128,12 @@ fn deliver<K: Clone, P: Clone>(
     fired: &mut Vec<Fired<K, P>>,
 ) -> bool {
     let everyone = fired.iter().all(|(_, mask, _)| *mask == u64::MAX);
-    let mut result = true;
+    let mut delivered = true;
     for (i, group) in groups.iter().enumerate() {
         let bit = 1u64 << i;
-        let batch: Batch<K, P> = if !result {
-            Vec::new()
-        } else if everyone && i + 1 == groups.len() {
+        // The last group takes the events themselves when every group gets
+        // every event (the usual case); the others take copies.
+        let batch: Batch<K, P> = if everyone && i + 1 == groups.len() {
             fired.drain(..).map(|(_, _, e)| e).collect()
         } else {
             fired
@@ -142,26 +142,22 @@ fn deliver<K: Clone, P: Clone>(
                 .map(|(_, _, e)| e.clone())
                 .collect()
         };
-        let pending: Batch<K, P> = if result {
+        let undelivered = if delivered {
             match send(inner, group, batch) {
                 Ok(()) => continue,
                 Err(back) => {
-                    result = false;
+                    delivered = false;
                     back
                 }
             }
         } else {
-            fired
-                .iter()
-                .filter(|(_, mask, _)| mask & bit != 0)
-                .map(|(_, _, e)| e.clone())
-                .collect()
+            batch
         };
-        let mut undelivered = inner.undelivered.lock();
-        undelivered.extend(pending.into_iter().map(|e| (group.name.clone(), e)));
+        let mut kept = inner.undelivered.lock();
+        kept.extend(undelivered.into_iter().map(|e| (group.name.clone(), e)));
     }
     fired.clear();
-    result
+    delivered
 }
 
 /// Sends one batch, waiting while the group is full; gives it back if
