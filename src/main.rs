@@ -1,7 +1,8 @@
-//! The `duewheel` command.
+//! The `duewheel` command. The `simulate` subcommand (a flash sale end to end)
+//! is not built yet; until then `cargo run --release --example demo` shows the
+//! wheel at work.
 
 fn main() {
-    println!(
-        "duewheel: the `simulate` command arrives with the engine; see `cargo run --example demo`."
-    );
+    eprintln!("duewheel: no subcommands yet; try `cargo run --release --example demo`");
+    std::process::exit(2);
 }
