@@ -5,9 +5,10 @@
 //! `cargo bench --bench engine`.
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 
+mod common;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use duewheel::{Engine, ManualClock};
-use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -45,28 +46,17 @@ fn schedule_cancel(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for it in 0..iters {
-                    let start = Arc::new(Barrier::new(threads as usize + 1));
-                    let workers: Vec<_> = (0..threads)
-                        .map(|t| {
-                            let s = s.clone();
-                            let start = start.clone();
-                            thread::spawn(move || {
-                                let base = 10_000_000 + (it * 16 + t) * OPS;
-                                start.wait();
-                                for id in base..base + OPS {
-                                    let d = Duration::from_millis(1 + id % WINDOW_MS);
-                                    s.schedule(id, d, id).unwrap();
-                                    let _ = s.cancel(&id).unwrap();
-                                }
-                            })
-                        })
-                        .collect();
-                    start.wait();
-                    let began = Instant::now();
-                    for w in workers {
-                        w.join().unwrap();
-                    }
-                    total += began.elapsed();
+                    total += common::time_producers(threads, |t| {
+                        let s = s.clone();
+                        let base = 10_000_000 + (it * 16 + t) * OPS;
+                        move || {
+                            for id in base..base + OPS {
+                                let d = Duration::from_millis(1 + id % WINDOW_MS);
+                                s.schedule(id, d, id).unwrap();
+                                let _ = s.cancel(&id).unwrap();
+                            }
+                        }
+                    });
                 }
                 total
             });

@@ -7,11 +7,12 @@
 //! alone takes a while), 1M is a criterion measurement.
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 
+mod common;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use duewheel::wal::SyncPolicy;
 use duewheel::{Engine, ManualClock};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -51,27 +52,17 @@ fn acked_schedules(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let start = Arc::new(Barrier::new(threads as usize + 1));
-                    let workers: Vec<_> = (0..threads)
-                        .map(|t| {
-                            let s = s.clone();
-                            let start = start.clone();
-                            let base = next_id + t * PER_THREAD;
-                            thread::spawn(move || {
-                                start.wait();
-                                for id in base..base + PER_THREAD {
-                                    s.schedule(id, Duration::from_secs(1_800), id).unwrap();
-                                }
-                            })
-                        })
-                        .collect();
+                    let first = next_id;
+                    total += common::time_producers(threads, |t| {
+                        let s = s.clone();
+                        let base = first + t * PER_THREAD;
+                        move || {
+                            for id in base..base + PER_THREAD {
+                                s.schedule(id, Duration::from_secs(1_800), id).unwrap();
+                            }
+                        }
+                    });
                     next_id += threads * PER_THREAD;
-                    start.wait();
-                    let began = Instant::now();
-                    for w in workers {
-                        w.join().unwrap();
-                    }
-                    total += began.elapsed();
                 }
                 total
             });
