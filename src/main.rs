@@ -1,8 +1,19 @@
-//! The `duewheel` command. The `simulate` subcommand (a flash sale end to end)
-//! is not built yet; until then `cargo run --release --example demo` shows the
-//! wheel at work.
+//! The `duewheel` command.
+//!
+//! `duewheel simulate` runs a flash sale end to end on the engine: a million
+//! orders, a payment window per order, reminders, buyers who pay, pay late or
+//! never, and in-process stand-ins for the order, inventory and notification
+//! services. At the end it checks the invariants a payment platform relies on
+//! and prints a report; a broken invariant makes the exit code non-zero.
+//!
+//! ```text
+//! cargo run --release -- simulate
+//! cargo run --release -- simulate --orders 10000 --json
+//! cargo run --release -- simulate --real-time --speed 60 --report sale.html
+//! ```
 
-fn main() {
-    eprintln!("duewheel: no subcommands yet; try `cargo run --release --example demo`");
-    std::process::exit(2);
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::run()
 }

@@ -125,6 +125,14 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Reschedule(id, delay_ms) => {
+                // As with schedule: a new deadline must not make an unsent
+                // reminder due at the present (it would fire at once, racing
+                // the next operation).
+                if let Some(t) = pending.get(&id)
+                    && t.remind_ms.is_some_and(|r| !t.reminded && r >= delay_ms)
+                {
+                    continue;
+                }
                 let result = s.reschedule(&id, Deadline::at_unix_ms(now + delay_ms));
                 match pending.get_mut(&id) {
                     Some(t) => {

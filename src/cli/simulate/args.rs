@@ -1,0 +1,434 @@
+//! The `simulate` arguments, and their validation into a [`Config`].
+//!
+//! Invariant: a [`Config`] exists only if every value is in range and the
+//! values agree with each other (ratios sum to at most 1, the reminder falls
+//! inside the window, the report file can be written, ...). Everything after
+//! this module may rely on that instead of checking again, and every refusal
+//! happens here, before the run, with a message that names the argument.
+
+use super::Error;
+use std::fs::File;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Most orders one run may place (memory: about 150 bytes each, with the
+/// engine's share).
+const MAX_ORDERS: u64 = 50_000_000;
+
+/// Arguments of `duewheel simulate`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Durations take a unit: 250ms, 30s, 5m, 1h, 1m30s.\n\
+    Exit codes: 0 every invariant held, 1 an invariant failed, 2 bad arguments.")]
+pub(crate) struct Args {
+    /// Orders arriving during the sale (underscores allowed: 1_000_000).
+    #[arg(long, default_value = "1000000", value_parser = parse_count)]
+    orders: u64,
+    /// How long orders keep arriving (front-loaded, as at a sale's opening).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    sale: Duration,
+    /// Payment window of each order: unpaid after this, it is cancelled.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    window: Duration,
+    /// Reminder to the buyer this long before the window closes.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    remind_before: Duration,
+    /// Share of buyers who pay at a random moment in the window.
+    #[arg(long, default_value = "0.70", value_parser = parse_ratio)]
+    pay_ratio: f64,
+    /// Share of buyers who pay near the end while the gateway reports
+    /// "pending" for a while, so the order service re-checks before
+    /// cancelling. The rest of the buyers never pay.
+    #[arg(long, default_value = "0.05", value_parser = parse_ratio)]
+    pending_ratio: f64,
+    /// Share of the paying buyers who pay in the window's last second,
+    /// racing the expiry.
+    #[arg(long, default_value = "0.02", value_parser = parse_ratio)]
+    last_second_ratio: f64,
+    /// Longest delay between a buyer paying and the payment reaching the
+    /// order platform.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pay_latency: Duration,
+    /// How long the gateway reports "pending" for the pending buyers: a
+    /// range MIN..MAX.
+    #[arg(long, default_value = "10s..6m", value_parser = parse_range)]
+    pending_for: (Duration, Duration),
+    /// First re-check after a "pending" answer; each re-check doubles it.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    recheck: Duration,
+    /// Most re-checks per order (the engine's `max_snoozes`).
+    #[arg(long, default_value = "4")]
+    max_snoozes: u8,
+    /// Redelivery of an expiry a consumer group has not acknowledged.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    ack_timeout: Duration,
+    /// Units in stock when the sale opens [default: enough for every order].
+    #[arg(long, value_parser = parse_amount)]
+    stock: Option<u64>,
+    /// Each order buys 1 to this many units.
+    #[arg(long, default_value = "2", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    max_qty: u32,
+    /// Seed of every random choice: the same seed gives the same sale.
+    #[arg(long, default_value = "42")]
+    seed: u64,
+    /// Engine shards [default: one per core].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    shards: Option<u32>,
+    /// Events each consumer group may hold before the dispatcher waits.
+    #[arg(long, default_value = "65536", value_parser = parse_count)]
+    channel_capacity: u64,
+    /// Most events the dispatcher takes from a shard per round.
+    #[arg(long, default_value = "1024", value_parser = parse_count)]
+    batch_size: u64,
+    /// Admission cap on pending timers; orders beyond it are turned away
+    /// [default: the engine's, 50 million].
+    #[arg(long, value_parser = parse_count)]
+    max_pending: Option<u64>,
+    /// Simulated time per step of the driver: the arrivals and payments of
+    /// a step are taken together. With the manual clock it is also the
+    /// engine's tick, so events fire up to one step after they fall due,
+    /// never before.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    step: Duration,
+    /// Run on the system clock, sped up by --speed, instead of a manual
+    /// clock driven as fast as the machine goes.
+    #[arg(long)]
+    real_time: bool,
+    /// With --real-time: simulated seconds per real second.
+    #[arg(long, default_value = "60", requires = "real_time", value_parser = parse_speed)]
+    speed: f64,
+    /// Print the report as JSON (and no progress bar).
+    #[arg(long)]
+    json: bool,
+    /// Also write the report as a self-contained HTML page with charts.
+    #[arg(long, value_name = "PATH")]
+    report: Option<PathBuf>,
+    // TODO(durable): `--durable DIR` (run on the write-ahead log via
+    // `Builder::durable`, which needs `Codec` for the id and the payload)
+    // and `--crash-at 5m` (drop the engine mid-sale without shutdown,
+    // rebuild it from DIR, re-subscribe the groups and show the invariants
+    // still hold, counting redelivered expiries). Waiting for the durable
+    // mode to be declared ready; deliberately not offered until then.
+}
+
+/// A validated configuration (see the module invariant). Times are in
+/// milliseconds.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct Config {
+    pub(crate) orders: u64,
+    pub(crate) sale_ms: u64,
+    pub(crate) window_ms: u64,
+    pub(crate) remind_before_ms: u64,
+    pub(crate) pay_ratio: f64,
+    pub(crate) pending_ratio: f64,
+    pub(crate) last_second_ratio: f64,
+    pub(crate) pay_latency_ms: u64,
+    pub(crate) pending_min_ms: u64,
+    pub(crate) pending_max_ms: u64,
+    pub(crate) recheck_ms: u64,
+    pub(crate) max_snoozes: u8,
+    pub(crate) ack_timeout_ms: u64,
+    pub(crate) stock: u64,
+    pub(crate) max_qty: u32,
+    pub(crate) seed: u64,
+    pub(crate) shards: usize,
+    pub(crate) channel_capacity: usize,
+    pub(crate) batch_size: usize,
+    pub(crate) max_pending: Option<usize>,
+    pub(crate) step_ms: u64,
+    /// `Some(speed)` on the sped-up system clock; `None` on the manual clock.
+    pub(crate) real_time_speed: Option<f64>,
+    #[serde(skip)]
+    pub(crate) json: bool,
+    #[serde(skip)]
+    pub(crate) report: Option<(PathBuf, File)>,
+}
+
+impl Config {
+    /// Checks `args` and opens the report file (so an unwritable path is
+    /// refused now, not after the run).
+    pub(crate) fn from_args(args: Args) -> Result<Self, Error> {
+        let usage = |message: String| Err(Error::Usage(message));
+        if args.orders > MAX_ORDERS {
+            return usage(format!(
+                "--orders {} is more than this simulation holds ({MAX_ORDERS})",
+                args.orders
+            ));
+        }
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let (sale_ms, window_ms, remind_ms) =
+            (ms(args.sale), ms(args.window), ms(args.remind_before));
+        if sale_ms == 0 || sale_ms > 7 * 24 * 3_600_000 {
+            return usage("--sale must be between 1ms and 7 days".into());
+        }
+        if !(2_000..=7 * 24 * 3_600_000).contains(&window_ms) {
+            return usage("--window must be between 2s and 7 days".into());
+        }
+        if remind_ms == 0 || remind_ms >= window_ms {
+            return usage(format!(
+                "--remind-before ({}) must be positive and shorter than --window ({})",
+                show(args.remind_before),
+                show(args.window)
+            ));
+        }
+        if args.pay_ratio + args.pending_ratio > 1.0 + 1e-9 {
+            return usage(format!(
+                "--pay-ratio ({}) and --pending-ratio ({}) add up to more than 1",
+                args.pay_ratio, args.pending_ratio
+            ));
+        }
+        let (pending_min_ms, pending_max_ms) = (ms(args.pending_for.0), ms(args.pending_for.1));
+        if pending_min_ms == 0 || pending_min_ms > pending_max_ms || pending_max_ms > 86_400_000 {
+            return usage(
+                "--pending-for MIN..MAX needs 0 < MIN <= MAX <= 24h, e.g. 10s..6m".into(),
+            );
+        }
+        let pay_latency_ms = ms(args.pay_latency);
+        if pay_latency_ms > 3_600_000 {
+            return usage("--pay-latency must be at most 1h".into());
+        }
+        let recheck_ms = ms(args.recheck);
+        if recheck_ms == 0 || recheck_ms > 86_400_000 {
+            return usage("--recheck must be between 1ms and 24h".into());
+        }
+        let ack_timeout_ms = ms(args.ack_timeout);
+        if ack_timeout_ms == 0 || ack_timeout_ms > 86_400_000 {
+            return usage("--ack-timeout must be between 1ms and 24h".into());
+        }
+        let step_ms = ms(args.step);
+        if step_ms == 0 || step_ms > 60_000 || !args.step.subsec_nanos().is_multiple_of(1_000_000) {
+            return usage("--step must be a whole number of milliseconds, from 1ms to 60s".into());
+        }
+        let shards = match args.shards {
+            Some(n) => n as usize,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let max_pending = args.max_pending.map(|n| n as usize);
+        if let Some(max) = max_pending
+            && (max < shards || max >= u32::MAX as usize)
+        {
+            return usage(format!(
+                "--max-pending must be at least the number of shards ({shards}) and below 2^32 - 1"
+            ));
+        }
+        if args.batch_size > 1 << 20 {
+            return usage("--batch-size must be at most 1048576".into());
+        }
+        if args.channel_capacity > 1 << 30 {
+            return usage("--channel-capacity must be at most 2^30".into());
+        }
+        let stock = args.stock.unwrap_or(args.orders * u64::from(args.max_qty));
+        let report = match args.report {
+            None => None,
+            Some(path) => match File::create(&path) {
+                Ok(file) => Some((path, file)),
+                Err(e) => {
+                    return usage(format!(
+                        "cannot write the report to {}: {e}",
+                        path.display()
+                    ));
+                }
+            },
+        };
+        Ok(Self {
+            orders: args.orders,
+            sale_ms,
+            window_ms,
+            remind_before_ms: remind_ms,
+            pay_ratio: args.pay_ratio,
+            pending_ratio: args.pending_ratio,
+            last_second_ratio: args.last_second_ratio,
+            pay_latency_ms,
+            pending_min_ms,
+            pending_max_ms,
+            recheck_ms,
+            max_snoozes: args.max_snoozes,
+            ack_timeout_ms,
+            stock,
+            max_qty: args.max_qty,
+            seed: args.seed,
+            shards,
+            channel_capacity: args.channel_capacity as usize,
+            batch_size: args.batch_size as usize,
+            max_pending,
+            step_ms,
+            real_time_speed: args.real_time.then_some(args.speed),
+            json: args.json,
+            report,
+        })
+    }
+
+    /// The longest a "pending" order can be re-checked after its deadline.
+    pub(crate) fn recheck_span_ms(&self) -> u64 {
+        (0..u32::from(self.max_snoozes))
+            .map(|n| self.backoff_ms(n))
+            .fold(0u64, u64::saturating_add)
+    }
+
+    /// Delay before re-check number `n + 1` (0-based): doubling, capped at
+    /// a day.
+    pub(crate) fn backoff_ms(&self, n: u32) -> u64 {
+        self.recheck_ms
+            .saturating_mul(1u64 << n.min(40))
+            .min(86_400_000)
+    }
+}
+
+/// A count of at least 1; `_` and `,` may group digits.
+fn parse_count(s: &str) -> Result<u64, String> {
+    match parse_amount(s)? {
+        0 => Err("must be at least 1".into()),
+        n => Ok(n),
+    }
+}
+
+/// A non-negative whole number; `_` and `,` may group digits.
+fn parse_amount(s: &str) -> Result<u64, String> {
+    let digits: String = s.chars().filter(|c| !matches!(c, '_' | ',')).collect();
+    digits
+        .parse()
+        .map_err(|_| format!("expected a whole number, got {s:?}"))
+}
+
+/// A share between 0 and 1.
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    let value: f64 = s
+        .parse()
+        .map_err(|_| format!("expected a number between 0 and 1, got {s:?}"))?;
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("must be between 0 and 1 (a share), got {value}"))
+    }
+}
+
+/// Simulated seconds per real second.
+fn parse_speed(s: &str) -> Result<f64, String> {
+    let value: f64 = s
+        .parse()
+        .map_err(|_| format!("expected a number, got {s:?}"))?;
+    if value.is_finite() && (0.001..=100_000.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("must be between 0.001 and 100000, got {s}"))
+    }
+}
+
+/// A duration such as `250ms`, `30s`, `5m`, `1h`, `1m30s` or `1.5s`.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("expected a duration such as 250ms, 30s, 5m or 1h, got {s:?}");
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total_ns: u128 = 0;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let (number, tail) = rest.split_at(number_len);
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let unit_ns: u128 = match unit {
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" | "min" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            _ => return Err(bad()),
+        };
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if whole.is_empty() && fraction.is_empty() {
+            return Err(bad());
+        }
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| bad())?
+        };
+        let mut part_ns = whole.checked_mul(unit_ns).ok_or_else(bad)?;
+        let mut scale = unit_ns;
+        for digit in fraction.chars() {
+            scale /= 10;
+            part_ns += u128::from(digit.to_digit(10).ok_or_else(bad)?) * scale;
+        }
+        total_ns = total_ns.checked_add(part_ns).ok_or_else(bad)?;
+        rest = tail;
+    }
+    let secs = u64::try_from(total_ns / 1_000_000_000).map_err(|_| bad())?;
+    Ok(Duration::new(secs, (total_ns % 1_000_000_000) as u32))
+}
+
+/// `MIN..MAX`, two durations.
+fn parse_range(s: &str) -> Result<(Duration, Duration), String> {
+    let (min, max) = s
+        .split_once("..")
+        .ok_or_else(|| format!("expected MIN..MAX, e.g. 10s..6m, got {s:?}"))?;
+    Ok((parse_duration(min)?, parse_duration(max)?))
+}
+
+/// A duration as people write it: `90s` as `1m30s`, `100ms`.
+pub(crate) fn show(d: Duration) -> String {
+    show_ms(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Milliseconds as people write them: `1h05m`, `10m`, `1m30s`, `2.5s`, `100ms`.
+pub(crate) fn show_ms(ms: u64) -> String {
+    if ms < 1_000 {
+        return format!("{ms}ms");
+    }
+    if ms < 60_000 {
+        return if ms.is_multiple_of(1_000) {
+            format!("{}s", ms / 1_000)
+        } else {
+            format!("{:.1}s", ms as f64 / 1e3)
+        };
+    }
+    let s = ms / 1_000;
+    let (h, m, s) = (s / 3_600, s / 60 % 60, s % 60);
+    match (h, s) {
+        (0, 0) => format!("{m}m"),
+        (0, _) => format!("{m}m{s:02}s"),
+        (_, 0) => format!("{h}h{m:02}m"),
+        _ => format!("{h}h{m:02}m{s:02}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_and_combine() {
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1_500)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7_200)));
+        assert!(parse_duration("30").is_err(), "a bare number has no unit");
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration(".s").is_err());
+    }
+
+    #[test]
+    fn ratios_outside_zero_to_one_are_refused() {
+        assert_eq!(parse_ratio("0.7"), Ok(0.7));
+        assert!(parse_ratio("1.5").unwrap_err().contains("between 0 and 1"));
+        assert!(parse_ratio("-0.1").is_err());
+        assert!(parse_ratio("NaN").is_err());
+    }
+
+    #[test]
+    fn counts_start_at_one_and_may_be_grouped() {
+        assert_eq!(parse_count("1_000_000"), Ok(1_000_000));
+        assert!(parse_count("0").unwrap_err().contains("at least 1"));
+    }
+
+    #[test]
+    fn durations_print_as_people_write_them() {
+        assert_eq!(show_ms(100), "100ms");
+        assert_eq!(show_ms(90_000), "1m30s");
+        assert_eq!(show_ms(600_000), "10m");
+        assert_eq!(show_ms(3_900_000), "1h05m");
+    }
+}

@@ -1,0 +1,105 @@
+//! `duewheel simulate`: a flash sale end to end, with invariant checks and a
+//! report.
+//!
+//! One concept per file:
+//! - [`args`]: the arguments and their validation (every refusal is here);
+//! - [`buyers`]: the sale drawn from the seed (every random choice is here);
+//! - [`world`]: the order table and the stock ledger the services share;
+//! - [`services`]: checkout and payments, and the orders, inventory and
+//!   notifier consumer groups;
+//! - [`clock`]: the manual and the sped-up system clock;
+//! - [`lockstep`]: the driver's handshake with the service threads;
+//! - [`driver`]: the engine, the threads, and the step loop;
+//! - [`checks`]: the invariants;
+//! - [`report`], [`html`], [`memory`]: what the run tells people and
+//!   machines.
+//!
+//! Not built yet (TODO(durable), see [`args`] and [`driver`]): `--durable
+//! DIR` and `--crash-at`, which wait for the engine's durable mode.
+
+mod args;
+mod buyers;
+mod checks;
+mod clock;
+mod driver;
+mod html;
+mod lockstep;
+mod memory;
+mod report;
+mod services;
+mod world;
+
+pub(crate) use args::Args;
+
+use args::{Config, show_ms};
+use buyers::Sale;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+use std::io::IsTerminal;
+use std::sync::Arc;
+use world::World;
+
+/// Why `simulate` did not produce a report.
+#[derive(Debug)]
+pub(crate) enum Error {
+    /// The arguments were refused (exit code 2).
+    Usage(String),
+    /// The run could not complete (exit code 1).
+    Run(String),
+}
+
+/// Runs the simulation; `Ok(true)` if every invariant held.
+pub(crate) fn run(args: Args) -> Result<bool, Error> {
+    let mut config = Config::from_args(args)?;
+    let report_file = config.report.take();
+    let config = Arc::new(config);
+    let progress = progress_bar(&config);
+    progress.set_message("drawing the sale");
+    let sale = Arc::new(Sale::draw(&config));
+    let world = Arc::new(World::new(sale.plans.len(), config.stock));
+    let outcome = driver::run(config.clone(), sale.clone(), world.clone(), &progress)?;
+    progress.finish_and_clear();
+
+    let invariants = checks::run(&config, &sale, &world, &outcome);
+    let report = report::Report::new(&config, &sale, &world, &outcome, invariants);
+    if config.json {
+        let json = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::Run(format!("could not encode the report: {e}")))?;
+        println!("{json}");
+    } else {
+        print!("{}", report.to_text());
+    }
+    if let Some((path, file)) = report_file {
+        html::write(file, &report, &outcome)
+            .map_err(|e| Error::Run(format!("could not write {}: {e}", path.display())))?;
+        if !config.json {
+            println!("report written to {}", path.display());
+        }
+    }
+    Ok(report.ok)
+}
+
+/// A bar of simulated time; hidden with `--json` or when stdout is not a
+/// terminal.
+fn progress_bar(config: &Config) -> ProgressBar {
+    if config.json || !std::io::stdout().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let style = ProgressStyle::with_template(
+        "{spinner} {sim:>7} / {sim_len} simulated [{bar:20}] {wide_msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .with_key(
+        "sim",
+        |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = w.write_str(&show_ms(state.pos()));
+        },
+    )
+    .with_key(
+        "sim_len",
+        |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = w.write_str(&show_ms(state.len().unwrap_or(0)));
+        },
+    )
+    .progress_chars("=> ");
+    ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout()).with_style(style)
+}
