@@ -98,11 +98,14 @@ pub(crate) fn decode_upsert<K: Codec, P: Codec>(body: &[u8]) -> Result<Pending<K
     let acked = r.u64()?;
     let n = r.u8()? as usize;
     let fired = r.u8()?;
-    let mut offsets = Vec::with_capacity(n.min(crate::MAX_REMINDERS));
-    for _ in 0..n {
-        offsets.push(r.u64()?);
+    let mut offsets = [0u64; crate::MAX_REMINDERS];
+    let offsets = offsets
+        .get_mut(..n)
+        .ok_or_else(|| DecodeError::new("too many reminders"))?;
+    for offset in offsets.iter_mut() {
+        *offset = r.u64()?;
     }
-    let reminders = Reminders::from_parts(&offsets, fired)
+    let reminders = Reminders::from_parts(offsets, fired)
         .ok_or_else(|| DecodeError::new("malformed reminders"))?;
     let payload = P::decode(r.0)?;
     if in_flight > 1 {
@@ -207,63 +210,179 @@ impl<K: Codec, P: Codec> Store<K, P> for WalStore<K, P> {
 /// What opening the log produced.
 pub(crate) struct Opened<K, P> {
     pub(crate) store: Arc<dyn Store<K, P>>,
-    pub(crate) timers: Vec<Pending<K, P>>,
+    /// The timers to restore, one list per shard (`shard_of` at open).
+    pub(crate) shards: Vec<Vec<Pending<K, P>>>,
     pub(crate) report: RecoveryReport,
 }
 
-/// Opens the log in `storage` and replays it.
+/// Opens the log in `storage` and replays it into `shards` lists, placing
+/// each timer where `shard_of` says.
 pub(crate) fn open<K, P>(
     storage: Arc<dyn Storage>,
     opts: WalOptions,
+    shards: usize,
+    shard_of: &dyn Fn(&K) -> usize,
 ) -> Result<Opened<K, P>, BuildError>
 where
     K: Codec + Hash + Eq + Clone + 'static,
     P: Codec + 'static,
 {
-    let mut replay = Replay::<K, P>::new();
+    let mut replay = Replay::<K, P>::new(shards, shard_of);
     let (wal, report) = Wal::open(storage, opts, |source, _seq, kind, body| {
         replay.apply(source, kind, body)
     })
     .map_err(|e| BuildError::Recovery(e.to_string()))?;
     Ok(Opened {
         store: Arc::new(WalStore::<K, P>::new(wal)),
-        timers: replay.timers.into_values().collect(),
+        shards: replay.finish(),
         report,
     })
 }
 
 /// Replays snapshot and log into the timers to restore, last writer wins.
-pub(crate) struct Replay<K, P> {
-    pub(crate) timers: FxHashMap<K, Pending<K, P>>,
+///
+/// A snapshot holds each id at most once (a checkpoint copies every shard
+/// under its lock, and an id lives in one shard), so its entries go straight
+/// into their shard's list with no map: at 10M timers a map of them cost
+/// most of recovery (its growth alone, in page faults). Only the log tail,
+/// which may touch an id many times, goes through a map, and it is applied
+/// over the snapshot at the end.
+pub(crate) struct Replay<'a, K, P> {
+    shards: Vec<Vec<Pending<K, P>>>,
+    shard_of: &'a dyn Fn(&K) -> usize,
+    /// Each id the log tail touched: its last state, `None` if removed.
+    tail: FxHashMap<K, Option<Pending<K, P>>>,
 }
 
-impl<K: Codec + Hash + Eq + Clone, P: Codec> Replay<K, P> {
-    pub(crate) fn new() -> Self {
+impl<'a, K: Codec + Hash + Eq + Clone, P: Codec> Replay<'a, K, P> {
+    pub(crate) fn new(shards: usize, shard_of: &'a dyn Fn(&K) -> usize) -> Self {
         Self {
-            timers: FxHashMap::default(),
+            shards: (0..shards.max(1)).map(|_| Vec::new()).collect(),
+            shard_of,
+            tail: FxHashMap::default(),
         }
     }
 
     pub(crate) fn apply(
         &mut self,
-        _source: Source,
+        source: Source,
         kind: u8,
         body: &[u8],
     ) -> Result<(), DecodeError> {
-        match kind {
-            KIND_UPSERT => {
+        match (source, kind) {
+            (Source::Snapshot, KIND_UPSERT) => {
                 let timer = decode_upsert::<K, P>(body)?;
-                self.timers.insert(timer.id.clone(), timer);
+                self.place(timer);
             }
-            KIND_REMOVE => {
-                self.timers.remove(&K::decode(body)?);
+            (Source::Snapshot, KIND_REMOVE) => {
+                return Err(DecodeError::new("a remove record in a snapshot"));
             }
-            other => {
+            (Source::Log, KIND_UPSERT) => {
+                let timer = decode_upsert::<K, P>(body)?;
+                self.tail.insert(timer.id.clone(), Some(timer));
+            }
+            (Source::Log, KIND_REMOVE) => {
+                self.tail.insert(K::decode(body)?, None);
+            }
+            (_, other) => {
                 return Err(DecodeError::new(format_args!(
                     "unknown record kind {other}"
                 )));
             }
         }
         Ok(())
+    }
+
+    fn place(&mut self, timer: Pending<K, P>) {
+        let shard = (self.shard_of)(&timer.id).min(self.shards.len() - 1);
+        self.shards[shard].push(timer);
+    }
+
+    /// The surviving timers, per shard: the snapshot's, less every id the
+    /// log touched, plus the log's last upserts.
+    pub(crate) fn finish(mut self) -> Vec<Vec<Pending<K, P>>> {
+        if !self.tail.is_empty() {
+            for list in &mut self.shards {
+                list.retain(|timer| !self.tail.contains_key(&timer.id));
+            }
+            for timer in std::mem::take(&mut self.tail).into_values().flatten() {
+                self.place(timer);
+            }
+        }
+        self.shards
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timer(id: u64, deadline_ms: u64) -> Pending<u64, u64> {
+        Pending {
+            id,
+            payload: id * 10,
+            deadline_ms,
+            reminders: Reminders::NONE,
+            due_ms: deadline_ms,
+            attempt: 1,
+            snoozes: 0,
+            flight: None,
+        }
+    }
+
+    fn upsert(replay: &mut Replay<'_, u64, u64>, source: Source, t: &Pending<u64, u64>) {
+        let mut body = Vec::new();
+        encode_upsert(t, &mut body);
+        replay.apply(source, KIND_UPSERT, &body).unwrap();
+    }
+
+    fn remove(replay: &mut Replay<'_, u64, u64>, id: u64) {
+        let mut body = Vec::new();
+        id.encode(&mut body);
+        replay.apply(Source::Log, KIND_REMOVE, &body).unwrap();
+    }
+
+    #[test]
+    fn log_tail_overrides_the_snapshot_last_writer_wins() {
+        let shard_of = |id: &u64| (*id % 2) as usize;
+        let mut replay = Replay::<u64, u64>::new(2, &shard_of);
+        for id in 1..=4 {
+            upsert(&mut replay, Source::Snapshot, &timer(id, 100 + id));
+        }
+        remove(&mut replay, 2); // ended after the checkpoint
+        upsert(&mut replay, Source::Log, &timer(3, 500)); // rescheduled
+        upsert(&mut replay, Source::Log, &timer(5, 600)); // new ...
+        upsert(&mut replay, Source::Log, &timer(5, 700)); // ... then moved
+        upsert(&mut replay, Source::Log, &timer(6, 800)); // new ...
+        remove(&mut replay, 6); // ... then cancelled
+        remove(&mut replay, 9); // never known: nothing
+        let shards = replay.finish();
+        let mut got: Vec<(usize, u64, u64)> = shards
+            .iter()
+            .enumerate()
+            .flat_map(|(s, list)| list.iter().map(move |t| (s, t.id, t.deadline_ms)))
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, [(0, 4, 104), (1, 1, 101), (1, 3, 500), (1, 5, 700)]);
+    }
+
+    #[test]
+    fn a_remove_record_inside_a_snapshot_is_refused() {
+        let shard_of = |_: &u64| 0;
+        let mut replay = Replay::<u64, u64>::new(1, &shard_of);
+        let mut body = Vec::new();
+        7u64.encode(&mut body);
+        assert!(replay.apply(Source::Snapshot, KIND_REMOVE, &body).is_err());
+    }
+
+    #[test]
+    fn too_many_reminders_in_a_record_is_a_decode_error_not_a_panic() {
+        let mut body = Vec::new();
+        encode_upsert(&timer(1, 100), &mut body);
+        // The reminder count sits right after id_len, id, deadline, due,
+        // attempt, snoozes, flags and acked.
+        let at = 4 + 8 + 8 + 8 + 4 + 1 + 1 + 8;
+        body[at] = u8::try_from(crate::MAX_REMINDERS + 1).unwrap();
+        assert!(decode_upsert::<u64, u64>(&body).is_err());
     }
 }

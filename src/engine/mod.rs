@@ -152,7 +152,18 @@ impl<K: Hash + Eq + Clone, P: Clone> Inner<K, P> {
 }
 
 /// Opens the log and replays it into the timers to restore.
-type DurableOpen<K, P> = Box<dyn FnOnce(WalOptions) -> Result<Opened<K, P>, BuildError> + Send>;
+/// Opens the journal and replays it into one list per shard (the count, and
+/// [`shard_index`] to place each id).
+type DurableOpen<K, P> =
+    Box<dyn FnOnce(WalOptions, usize) -> Result<Opened<K, P>, BuildError> + Send>;
+
+/// The shard of `shards` that owns `id`. Mixes before reducing, so shard
+/// choice and the shard's own hash map do not use the same bits.
+fn shard_index<K: Hash>(id: &K, shards: usize) -> usize {
+    let hash = rustc_hash::FxBuildHasher.hash_one(id);
+    let mixed = hash.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(32);
+    usize::try_from(mixed % shards.max(1) as u64).unwrap_or(0)
+}
 
 /// What the durable mode recovered at open.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -346,7 +357,7 @@ where
             }),
         };
         let opened = match self.durable {
-            Some(open) => Some(open(self.wal)?),
+            Some(open) => Some(open(self.wal, self.shards)?),
             None => None,
         };
         let store = opened.as_ref().map(|o| o.store.clone());
@@ -449,10 +460,12 @@ where
     /// [`group`](Self::group). Ids and payloads are stored with [`Codec`].
     pub fn durable(mut self, dir: impl AsRef<std::path::Path>) -> Self {
         let dir = dir.as_ref().to_path_buf();
-        self.durable = Some(Box::new(move |opts| {
+        self.durable = Some(Box::new(move |opts, shards| {
             let storage = crate::wal::FsStorage::open(&dir)
                 .map_err(|e| BuildError::Storage(e.to_string()))?;
-            crate::durable::open(Arc::new(storage), opts)
+            crate::durable::open(Arc::new(storage), opts, shards, &|id| {
+                shard_index(id, shards)
+            })
         }));
         self
     }
@@ -460,7 +473,9 @@ where
     /// Durable mode on any [`Storage`]: tests put a fault-injecting one here.
     #[doc(hidden)]
     pub fn durable_storage(mut self, storage: Arc<dyn Storage>) -> Self {
-        self.durable = Some(Box::new(move |opts| crate::durable::open(storage, opts)));
+        self.durable = Some(Box::new(move |opts, shards| {
+            crate::durable::open(storage, opts, shards, &|id| shard_index(id, shards))
+        }));
         self
     }
 
@@ -730,25 +745,41 @@ where
     }
 
     fn shard(&self, id: &K) -> &Mutex<Shard<K, P>> {
-        let n = self.inner.shards.len() as u64;
-        // Mix before reducing, so shard choice and the shard's own hash map
-        // do not use the same bits.
-        let hash = rustc_hash::FxBuildHasher.hash_one(id);
-        let mixed = hash.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(32);
-        &self.inner.shards[usize::try_from(mixed % n).unwrap_or(0)].0
+        &self.inner.shards[shard_index(id, self.inner.shards.len())].0
     }
 
-    /// Puts the timers replayed from the log back into their shards.
+    /// Puts the timers replayed from the log back into their shards, the
+    /// shards in parallel (each list already belongs to one shard).
     fn restore(&self, opened: Opened<K, P>, now_ms: u64) -> Result<Recovered, BuildError> {
-        let timers = opened.timers.len();
-        let mut overdue = 0;
-        for timer in opened.timers {
-            overdue += usize::from(timer.due_ms <= now_ms);
-            self.shard(&timer.id)
-                .lock()
-                .restore(timer, now_ms)
-                .map_err(BuildError::Recovery)?;
-        }
+        let timers = opened.shards.iter().map(Vec::len).sum();
+        let overdue = opened
+            .shards
+            .iter()
+            .flatten()
+            .filter(|timer| timer.due_ms <= now_ms)
+            .count();
+        let shards = &self.inner.shards;
+        thread::scope(|scope| {
+            let restoring: Vec<_> = opened
+                .shards
+                .into_iter()
+                .zip(shards)
+                .map(|(list, shard)| {
+                    scope.spawn(move || {
+                        let mut shard = shard.0.lock();
+                        shard.reserve(list.len());
+                        list.into_iter()
+                            .try_for_each(|timer| shard.restore(timer, now_ms))
+                    })
+                })
+                .collect();
+            restoring.into_iter().try_for_each(|handle| {
+                handle
+                    .join()
+                    .map_err(|_| BuildError::Recovery("a restoring thread panicked".into()))?
+                    .map_err(BuildError::Recovery)
+            })
+        })?;
         Ok(Recovered {
             timers,
             overdue,

@@ -517,6 +517,12 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         })
     }
 
+    /// Makes room for `additional` more timers in the id index, so that a
+    /// large recovery does not rehash it over and over.
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        self.index.reserve(additional);
+    }
+
     /// Puts back a timer read from the journal at open. One that was in
     /// flight is redelivered at once (attempt + 1).
     pub(crate) fn restore(&mut self, mut timer: Pending<K, P>, now_ms: u64) -> Result<(), String> {
