@@ -306,6 +306,16 @@ impl<T> Wheel<T> {
                 fired += 1;
             }
             match self.next_slot() {
+                Some((0, slot, start)) if start <= now => {
+                    debug_assert_eq!(self.due, NIL, "the due list was drained above");
+                    // Every timer in a level-0 slot is due exactly at the
+                    // slot's start, in insertion order: the slot's list
+                    // becomes the due list as it is, in O(1), instead of
+                    // being re-placed one timer at a time.
+                    self.now = start;
+                    self.due = std::mem::replace(self.levels[0].take(slot), NIL);
+                    self.due_sorted = true;
+                }
                 Some((level, slot, start)) if start <= now => {
                     self.now = start;
                     let mut list = self.slab.detach(self.levels[level].take(slot));
