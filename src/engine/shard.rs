@@ -2,13 +2,19 @@
 //! and the memory of recently fired ids.
 //!
 //! Invariants (all under the shard's mutex, so they hold between calls):
-//! - `index[id]` is `Pending(key)` if and only if the wheel holds a live
-//!   timer for `id` under `key`; the wheel holds nothing that the index does
-//!   not name;
-//! - `index[id]` is `Fired(at)` only for ids whose `Expired` event was taken
-//!   out of the wheel at `at` and has not been forgotten yet; `fired_order`
-//!   lists exactly those, oldest first (plus stale rows for ids rescheduled
-//!   since, which pruning skips);
+//! - every timer in the wheel is named by `index[its id]`;
+//! - `index[id]` is a key that names `id`'s timer in the wheel (*live*), or
+//!   a stale key, left behind when that timer ended by firing (expired, and
+//!   acked if acks are on) and not forgotten yet: a late cancel hears
+//!   `AlreadyFired`. A cancel removes the row. So firing writes nothing to
+//!   the index: the wheel's generation check turns the key stale by itself,
+//!   which saves the dispatcher a random hash-map write per fired timer.
+//!   A key counts as live only if the wheel's timer under it has the same
+//!   id, so even a generation that wrapped (2^32 reuses of one slot) cannot
+//!   make a remembered key reach another id's timer;
+//! - `fired_order` lists the remembered ends, oldest first, with the key each
+//!   left behind; pruning removes a row only if it still holds that key (an
+//!   id scheduled again since has a newer one);
 //! - counters change on the transition itself, in one place each, so they
 //!   cannot drift (Netty #14959).
 //!
@@ -121,12 +127,14 @@ pub struct PendingTimer<K, P> {
     pub payload: P,
 }
 
-enum State {
-    /// In the wheel: waiting, or in flight (see [`Pending::flight`]).
+/// What the index says of an id.
+enum Lookup {
+    /// Not known (never scheduled, cancelled, or its end forgotten).
+    Absent,
+    /// Its timer ended by firing, recently enough to be remembered.
+    Fired,
+    /// In the wheel under this key: waiting, or in flight.
     Live(TimerKey),
-    /// Done (expired, and acked if acks are on) at `at_ms`; remembered so a
-    /// late cancel hears `AlreadyFired`.
-    Fired { at_ms: u64 },
 }
 
 /// Counters of transitions, kept under the shard lock.
@@ -199,8 +207,9 @@ pub(crate) struct Accepted<T> {
 
 pub(crate) struct Shard<K, P> {
     wheel: Wheel<Pending<K, P>>,
-    index: FxHashMap<K, State>,
-    fired_order: VecDeque<(K, u64)>,
+    index: FxHashMap<K, TimerKey>,
+    /// Remembered ends, oldest first: id, the key it left, when (UTC ms).
+    fired_order: VecDeque<(K, TimerKey, u64)>,
     memory: FiredMemory,
     acks: Option<Acks>,
     journal: Option<Arc<dyn Journal<K, P>>>,
@@ -240,6 +249,15 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
     /// Timers in the wheel: waiting or in flight.
     pub(crate) fn len(&self) -> usize {
         self.wheel.len()
+    }
+
+    /// What the index says of `id` (see the module invariants).
+    fn lookup(&self, id: &K) -> Lookup {
+        match self.index.get(id) {
+            None => Lookup::Absent,
+            Some(&key) if self.wheel.get(key).is_some_and(|t| t.id == *id) => Lookup::Live(key),
+            Some(_) => Lookup::Fired,
+        }
     }
 
     /// The latest deadline (UTC ms) this shard accepts now.
@@ -299,7 +317,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         let due_ms = reminders.next_due_ms(deadline_ms);
         let due_tick = self.ticks.deadline_tick(due_ms);
         let slot = match self.index.entry(id) {
-            Entry::Occupied(e) if matches!(e.get(), State::Live(_)) => {
+            Entry::Occupied(e) if self.wheel.get(*e.get()).is_some_and(|t| t.id == *e.key()) => {
                 return Err(ScheduleError::AlreadyScheduled(payload));
             }
             entry => entry,
@@ -341,9 +359,9 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             }
         };
         match slot {
-            Entry::Occupied(mut e) => *e.get_mut() = State::Live(key),
+            Entry::Occupied(mut e) => *e.get_mut() = key,
             Entry::Vacant(e) => {
-                e.insert(State::Live(key));
+                e.insert(key);
             }
         }
         self.counters.scheduled += 1;
@@ -354,25 +372,22 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
     }
 
     pub(crate) fn cancel(&mut self, id: &K) -> Result<Accepted<Cancel<P>>, CancelError> {
-        let key = match self.index.get(id) {
-            None => {
+        let key = match self.lookup(id) {
+            Lookup::Absent => {
                 return Ok(Accepted {
                     value: Cancel::NotFound,
                     seq: None,
                 });
             }
-            Some(State::Fired { .. }) => {
+            Lookup::Fired => {
                 return Ok(Accepted {
                     value: Cancel::AlreadyFired,
                     seq: None,
                 });
             }
-            Some(&State::Live(key)) => key,
+            Lookup::Live(key) => key,
         };
-        let timer = self
-            .wheel
-            .get(key)
-            .expect("the index names only live timers");
+        let timer = self.wheel.get(key).expect("looked up live");
         if timer.flight.is_some() {
             return Ok(Accepted {
                 value: Cancel::AlreadyFired,
@@ -385,10 +400,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             Err(Refusal::Storage) => return Err(CancelError::Storage),
         }
         self.index.remove(id);
-        let pending = self
-            .wheel
-            .cancel(key)
-            .expect("the index names only live timers");
+        let pending = self.wheel.cancel(key).expect("looked up live");
         self.counters.cancelled += 1;
         Ok(Accepted {
             value: Cancel::Cancelled(pending.payload),
@@ -408,10 +420,10 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             Err(Refusal::Closed) => return Err(RescheduleError::ShuttingDown),
             Err(Refusal::Storage) => return Err(RescheduleError::Storage),
         }
-        let key = match self.index.get(id) {
-            None => return Err(RescheduleError::NotFound),
-            Some(State::Fired { .. }) => return Err(RescheduleError::AlreadyFired),
-            Some(&State::Live(key)) => key,
+        let key = match self.lookup(id) {
+            Lookup::Absent => return Err(RescheduleError::NotFound),
+            Lookup::Fired => return Err(RescheduleError::AlreadyFired),
+            Lookup::Live(key) => key,
         };
         let max_ms = self.max_deadline_ms();
         if deadline_ms > max_ms {
@@ -420,10 +432,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                 max_ms,
             });
         }
-        let timer = self
-            .wheel
-            .get_mut(key)
-            .expect("the index names only live timers");
+        let timer = self.wheel.get_mut(key).expect("looked up live");
         if timer.flight.is_some() {
             return Err(RescheduleError::AlreadyFired);
         }
@@ -449,13 +458,10 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         now_ms: u64,
     ) -> Result<Accepted<bool>, AckError> {
         let acks = self.acks.ok_or(AckError::NotInFlight)?;
-        let Some(&State::Live(key)) = self.index.get(id) else {
+        let Lookup::Live(key) = self.lookup(id) else {
             return Err(AckError::NotInFlight);
         };
-        let timer = self
-            .wheel
-            .get_mut(key)
-            .expect("the index names only live timers");
+        let timer = self.wheel.get_mut(key).expect("looked up live");
         let acked = timer.flight.ok_or(AckError::NotInFlight)? | (1 << group);
         if acked & acks.all_groups != acks.all_groups {
             timer.flight = Some(acked);
@@ -468,7 +474,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             return Err(AckError::Storage);
         }
         self.wheel.cancel(key);
-        self.remember_fired(id.clone(), now_ms);
+        self.remember_fired(id.clone(), key, now_ms);
         self.counters.acked += 1;
         self.counters.in_flight -= 1;
         Ok(Accepted {
@@ -484,14 +490,11 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         if self.journal.as_ref().is_some_and(|j| j.failed()) {
             return Err(SnoozeError::Storage);
         }
-        let Some(&State::Live(key)) = self.index.get(id) else {
+        let Lookup::Live(key) = self.lookup(id) else {
             return Err(SnoozeError::NotInFlight);
         };
         let max_ms = self.max_deadline_ms();
-        let timer = self
-            .wheel
-            .get_mut(key)
-            .expect("the index names only live timers");
+        let timer = self.wheel.get_mut(key).expect("looked up live");
         if timer.flight.is_none() {
             return Err(SnoozeError::NotInFlight);
         }
@@ -530,16 +533,16 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             timer.due_ms = timer.due_ms.min(now_ms);
             self.counters.in_flight += 1;
         }
+        if matches!(self.lookup(&timer.id), Lookup::Live(_)) {
+            return Err("a timer was recovered twice".into());
+        }
         let id = timer.id.clone();
         let tick = self.ticks.deadline_tick(timer.due_ms);
         let key = self
             .wheel
             .insert(tick, timer)
             .map_err(|e| format!("a recovered timer does not fit the wheel: {e}"))?;
-        if let Some(State::Live(old)) = self.index.insert(id, State::Live(key)) {
-            self.wheel.cancel(old);
-            return Err("a timer was recovered twice".into());
-        }
+        self.index.insert(id, key);
         Ok(())
     }
 
@@ -557,9 +560,9 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             .wheel
             .advance_bounded(tick, limit, |timer| scratch.push(timer));
         for Timer {
+            key: fired_key,
             deadline: due_tick,
             payload: mut timer,
-            ..
         } in scratch.drain(..)
         {
             debug_assert!(due_tick <= tick, "fired early");
@@ -617,12 +620,13 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                     .wheel
                     .insert(next_tick, timer)
                     .unwrap_or_else(|_| unreachable!("re-inserting a stage cannot fail"));
-                self.index.insert(id, State::Live(key));
+                self.index.insert(id, key);
                 if let Some(j) = &self.journal {
                     let _ = j.upsert(self.wheel.get(key).expect("just inserted"));
                 }
             } else {
-                self.remember_fired(timer.id, now_ms);
+                // The index keeps `fired_key`, stale now: it reads as fired.
+                self.remember_fired(timer.id, fired_key, now_ms);
             }
             out.push((due_tick, groups, event));
         }
@@ -631,21 +635,22 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         advanced
     }
 
-    fn remember_fired(&mut self, id: K, now_ms: u64) {
-        self.index
-            .insert(id.clone(), State::Fired { at_ms: now_ms });
-        self.fired_order.push_back((id, now_ms));
+    /// Remembers that `id`'s timer, last under `key`, ended by firing. The
+    /// index row already holds `key`: nothing to write there.
+    fn remember_fired(&mut self, id: K, key: TimerKey, now_ms: u64) {
+        debug_assert_eq!(self.index.get(&id), Some(&key));
+        self.fired_order.push_back((id, key, now_ms));
     }
 
     /// Drops fired ids beyond the configured memory.
     fn forget_fired(&mut self, now_ms: u64) {
-        while let Some((id, at_ms)) = self.fired_order.front() {
+        while let Some((id, key, at_ms)) = self.fired_order.front() {
             let too_many = self.fired_order.len() > self.memory.max_ids;
             let too_old = now_ms.saturating_sub(*at_ms) > self.memory.max_age_ms;
             if !too_many && !too_old {
                 break;
             }
-            if matches!(self.index.get(id), Some(State::Fired { at_ms: a }) if a == at_ms) {
+            if self.index.get(id) == Some(key) {
                 self.index.remove(id);
             }
             self.fired_order.pop_front();
