@@ -513,3 +513,28 @@ fn coarse_ticks_round_deadlines_up_never_down() {
     let stats = engine.stats();
     assert_eq!(stats.tick_ms, 10);
 }
+
+#[test]
+fn a_catch_up_of_timers_at_distinct_ticks_goes_out_in_full_batches() {
+    // Room for 1,000 events (10 batches of 100). 500 overdue timers, each
+    // at its own tick, must fit: one channel slot per event would stall
+    // after 10.
+    let clock = ManualClock::new(T0);
+    let engine: Engine<u64, u64> = Engine::builder()
+        .clock(clock.clone())
+        .shards(2)
+        .channel_capacity(1_000)
+        .batch_size(100)
+        .group("orders")
+        .build()
+        .unwrap();
+    let mut orders = engine.subscribe("orders");
+    let s = engine.scheduler();
+    for id in 0..500u64 {
+        s.schedule(id, ms(1 + id), id).unwrap();
+    }
+    clock.advance(ms(10_000));
+    assert!(s.settle(WAIT), "the catch-up stalled on a full group");
+    let got: Vec<u64> = orders.drain_ready().iter().map(|e| e.id).collect();
+    assert_eq!(got, (0..500).collect::<Vec<_>>(), "all, in deadline order");
+}

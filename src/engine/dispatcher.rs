@@ -7,8 +7,11 @@
 //! in every shard, what is due at or before it (at most `batch` events per
 //! shard per round, so a burst is taken in pieces and schedules and cancels
 //! keep getting the locks in between). Events therefore reach the groups in
-//! deadline order across shards, not only within one. Delivery happens with
-//! no lock held.
+//! deadline order across shards, not only within one. Rounds add to one
+//! delivery, handed over with no lock held once it holds `batch` events or
+//! nothing more is due: a catch-up of timers at many distinct ticks goes out
+//! in full batches, not one channel slot per event. Fired events are never
+//! dropped: at shutdown or fail-stop what is held is handed over first.
 //!
 //! # Waking
 //!
@@ -41,10 +44,20 @@ where
     let mut lateness = Histogram::<u64>::new(3).expect("3 significant figures is valid");
     let mut last_publish = Instant::now();
     loop {
-        if inner.stopping.load(Ordering::SeqCst) {
+        let stopping = inner.stopping.load(Ordering::SeqCst);
+        let failed = inner.journal.as_ref().is_some_and(|j| j.failed());
+        if (stopping || failed) && !fired.is_empty() {
+            // What already fired is handed over (or, if shutdown finds a
+            // group full, kept for it to return), never dropped.
+            if let Some(groups) = inner.registry.snapshot() {
+                let now_tick = inner.ticks.now_tick(inner.clock.now_ms());
+                flush(&inner, &groups, &mut fired, &mut lateness, now_tick);
+            }
+        }
+        if stopping {
             return;
         }
-        if inner.journal.as_ref().is_some_and(|j| j.failed()) {
+        if failed {
             // Fail-stop: memory may hold changes the log never made durable,
             // so nothing more fires until a restart recovers from the log.
             park(&inner, None);
@@ -68,24 +81,19 @@ where
         if let Some(tick) = earliest.filter(|&t| t <= now_tick) {
             for shard in inner.shards() {
                 shard.lock().fire(tick, inner.batch, now_ms, &mut fired);
-                if fired.is_empty() {
-                    continue;
-                }
-                let mut oldest_ms = u64::MAX;
-                for (due_tick, _, event) in &fired {
-                    let _ = lateness.record(now_tick.saturating_sub(*due_tick));
-                    oldest_ms = oldest_ms.min(event.due_ms);
-                }
-                inner.delivering_since_ms.store(oldest_ms, Ordering::SeqCst);
-                let delivered = deliver(&inner, &groups, &mut fired);
-                inner.delivering_since_ms.store(u64::MAX, Ordering::SeqCst);
-                if !delivered {
+                // Rounds add to one delivery until it is a full batch: a
+                // catch-up of timers at distinct ticks must not become one
+                // channel slot per event.
+                if fired.len() >= inner.batch
+                    && !flush(&inner, &groups, &mut fired, &mut lateness, now_tick)
+                {
                     return;
                 }
             }
-            inner.lateness.lock().add(&lateness).ok();
-            lateness.reset();
             continue;
+        }
+        if !fired.is_empty() && !flush(&inner, &groups, &mut fired, &mut lateness, now_tick) {
+            return;
         }
         inner.mark_settled(now_ms, settle_requests);
 
@@ -109,6 +117,28 @@ where
             .flatten();
         park(&inner, sleep);
     }
+}
+
+/// Records the lateness of the events in `fired` and delivers them (see
+/// [`deliver`]).
+fn flush<K: Clone, P: Clone>(
+    inner: &Inner<K, P>,
+    groups: &[Group<K, P>],
+    fired: &mut Vec<Fired<K, P>>,
+    lateness: &mut Histogram<u64>,
+    now_tick: u64,
+) -> bool {
+    let mut oldest_ms = u64::MAX;
+    for (due_tick, _, event) in fired.iter() {
+        let _ = lateness.record(now_tick.saturating_sub(*due_tick));
+        oldest_ms = oldest_ms.min(event.due_ms);
+    }
+    inner.lateness.lock().add(&*lateness).ok();
+    lateness.reset();
+    inner.delivering_since_ms.store(oldest_ms, Ordering::SeqCst);
+    let delivered = deliver(inner, groups, fired);
+    inner.delivering_since_ms.store(u64::MAX, Ordering::SeqCst);
+    delivered
 }
 
 fn park<K, P>(inner: &Inner<K, P>, sleep: Option<Duration>) {
