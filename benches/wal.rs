@@ -1,6 +1,6 @@
 //! The durable engine: acknowledged (fsynced, group-committed) schedules per
-//! second with 1, 8 and 64 producer threads, and recovery time at open for
-//! 1M and 10M pending timers.
+//! second with 1, 8 and 64 producer threads, one call per timer and in
+//! batches of 100, and recovery time at open for 1M and 10M pending timers.
 //!
 //! `cargo bench --bench wal`. Data goes to a directory under the system
 //! temp dir, removed afterwards. Recovery of 10M is printed once (its setup
@@ -59,6 +59,49 @@ fn acked_schedules(c: &mut Criterion) {
                         move || {
                             for id in base..base + PER_THREAD {
                                 s.schedule(id, Duration::from_secs(1_800), id).unwrap();
+                            }
+                        }
+                    });
+                    next_id += threads * PER_THREAD;
+                }
+                total
+            });
+        });
+    }
+    group.finish();
+    drop(engine.shutdown());
+    let _ = std::fs::remove_dir_all(&path);
+}
+
+/// The same, but each producer hands its timers over in batches of 100
+/// through `schedule_batch`: one wait for durability per batch, so a group
+/// commit covers up to 64 × 100 records.
+fn acked_batches(c: &mut Criterion) {
+    const PER_THREAD: u64 = 10_000;
+    const BATCH: u64 = 100;
+    let path = dir("acked-batches");
+    let engine = open(&path, SyncPolicy::Always);
+    let s = engine.scheduler();
+    let mut group = c.benchmark_group("wal/acked_schedules_in_batches_of_100");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    let mut next_id = 0u64;
+    for threads in [1u64, 8, 64] {
+        group.throughput(Throughput::Elements(PER_THREAD * threads));
+        group.bench_function(format!("{threads}_producers"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let first = next_id;
+                    total += common::time_producers(threads, |t| {
+                        let s = s.clone();
+                        let base = first + t * PER_THREAD;
+                        move || {
+                            for start in (base..base + PER_THREAD).step_by(BATCH as usize) {
+                                let batch = (start..start + BATCH)
+                                    .map(|id| (id, Duration::from_secs(1_800), id));
+                                assert!(s.schedule_batch(batch).iter().all(Result::is_ok));
                             }
                         }
                     });
@@ -134,5 +177,5 @@ fn recovery(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&path);
 }
 
-criterion_group!(benches, acked_schedules, recovery);
+criterion_group!(benches, acked_schedules, acked_batches, recovery);
 criterion_main!(benches);

@@ -274,3 +274,38 @@ fn a_corrupt_snapshot_is_a_clear_error_at_build() {
     let text = engine(&clock, &storage).unwrap_err().to_string();
     assert!(text.contains(&snap), "{text}");
 }
+
+#[test]
+fn a_batch_is_durable_together_and_a_failed_fsync_hands_every_payload_back() {
+    let clock = ManualClock::new(T0);
+    let storage = FaultStorage::new();
+    let e = engine(&clock, &storage).unwrap();
+    let s = e.scheduler();
+    let batch = (0..100u64).map(|id| (id, secs(10 + id), format!("order {id}")));
+    let results = s.schedule_batch(batch.chain([(7, secs(1), "again".to_string())]));
+    assert_eq!(results.len(), 101);
+    assert!(results[..100].iter().all(Result::is_ok));
+    assert!(matches!(&results[100], Err(ScheduleError::AlreadyScheduled(p)) if p == "again"));
+
+    // The next batch's write fails: every one of its timers is refused,
+    // payload in hand, and none of them comes back after a restart.
+    storage.fail_at(storage.io_count() + 1, Fault::Error);
+    let lost = (100..110u64).map(|id| (id, secs(5), format!("lost {id}")));
+    for (i, result) in s.schedule_batch(lost).into_iter().enumerate() {
+        match result {
+            Err(ScheduleError::Storage(payload)) => {
+                assert_eq!(payload, format!("lost {}", 100 + i))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    drop(e);
+    storage.power_loss();
+    let e = engine(&clock, &storage.reboot()).unwrap();
+    assert_eq!(e.recovered().unwrap().timers, 100, "the first batch, whole");
+    let mut orders = e.subscribe("orders");
+    clock.advance(secs(200));
+    assert!(e.scheduler().settle(WAIT));
+    let fired: BTreeSet<u64> = orders.drain_ready().iter().map(|e| e.id).collect();
+    assert_eq!(fired, (0..100).collect());
+}

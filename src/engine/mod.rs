@@ -839,6 +839,69 @@ where
         }
     }
 
+    /// Schedules many timers at once and returns each one's result, in
+    /// order. In durable mode the whole batch waits for durability once
+    /// (its records share group commits), so a caller with many timers to
+    /// place, a bulk import or a checkout service that buffers its orders,
+    /// is not held to one fsync per timer. Each result means what
+    /// [`schedule`](Self::schedule)'s would: `Ok` only once that timer is
+    /// durable, and every error hands its payload back.
+    ///
+    /// ```
+    /// use duewheel::{Engine, ScheduleError};
+    /// use std::time::Duration;
+    ///
+    /// let engine = Engine::<u64, &str>::builder().build()?;
+    /// let s = engine.scheduler();
+    /// let window = Duration::from_secs(30 * 60);
+    /// let results = s.schedule_batch([(1, window, "a"), (2, window, "b"), (1, window, "c")]);
+    /// assert!(results[0].is_ok() && results[1].is_ok());
+    /// assert!(matches!(results[2], Err(ScheduleError::AlreadyScheduled("c"))));
+    /// # Ok::<(), duewheel::BuildError>(())
+    /// ```
+    pub fn schedule_batch<D: Into<Deadline>>(
+        &self,
+        timers: impl IntoIterator<Item = (K, D, P)>,
+    ) -> Vec<Result<(), ScheduleError<P>>> {
+        let now_ms = self.now_ms();
+        let journaled = self.inner.journal.is_some();
+        let mut results = Vec::new();
+        // Durable mode: the accepted payloads, kept until the batch is
+        // durable, and the last record to wait for.
+        let mut backups = Vec::new();
+        let mut last_seq = 0;
+        let mut unlogged = false;
+        let mut earliest_tick = u64::MAX;
+        for (id, deadline, payload) in timers {
+            let deadline_ms = deadline.into().to_unix_ms(now_ms);
+            let backup = journaled.then(|| payload.clone());
+            let result = self
+                .shard(&id)
+                .lock()
+                .schedule(id, deadline_ms, Reminders::NONE, payload);
+            results.push(result.map(|accepted| {
+                earliest_tick = earliest_tick.min(accepted.value);
+                if let Some(backup) = backup {
+                    backups.push((results.len(), backup));
+                    match accepted.seq {
+                        Some(seq) => last_seq = last_seq.max(seq),
+                        None => unlogged = true,
+                    }
+                }
+            }));
+        }
+        if earliest_tick != u64::MAX {
+            self.inner.note_due(earliest_tick);
+        }
+        if !backups.is_empty() && (unlogged || self.durable(Some(last_seq)).is_err()) {
+            // Fail-stopped before the batch was durable: none of it counts.
+            for (at, payload) in backups {
+                results[at] = Err(ScheduleError::Storage(payload));
+            }
+        }
+        results
+    }
+
     /// Waits until a journaled change is durable (no-op in memory).
     fn durable(&self, seq: Option<u64>) -> Result<(), StorageError> {
         match (&self.inner.journal, seq) {
