@@ -341,32 +341,63 @@ enum Outcome {
     Skipped(String),
 }
 
-/// Runs `RUNS` children; any failing run makes the contender FAILING.
-fn measure(name: &str, scenario: Scenario, n: usize, runs: usize) -> Outcome {
-    let mut samples = Vec::new();
+/// Runs each contender `how_many(name)` times (or skips it with the reason
+/// given), in rounds: run 1 of every contender, then run 2 of every one, and
+/// so on, so that a burst of load from elsewhere on the shared machine does
+/// not land on one contender's runs only. Any failing run makes the
+/// contender FAILING, and it is not run again.
+fn measure_all(
+    scenario: Scenario,
+    n: usize,
+    runs: usize,
+    how_many: &dyn Fn(&str) -> Result<usize, String>,
+) -> Vec<Row> {
+    let plans: Vec<Result<usize, String>> = NAMES.iter().map(|(name, _)| how_many(name)).collect();
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); NAMES.len()];
+    let mut failed: Vec<Option<String>> = vec![None; NAMES.len()];
     for run in 1..=runs {
-        let sample = run_child(name, scenario, n);
-        eprintln!(
-            "  {name:<12} {:<8} n={n:<9} run {run}: {}",
-            scenario.name(),
-            match &sample.error {
-                Some(why) => format!("FAILING: {why}"),
-                None => format!(
-                    "schedule {:.1} ns, cancel {:.1} ns, drain {:.1} ms, {:.1} B/timer ({:.1} s)",
-                    sample.schedule_ns,
-                    sample.cancel_ns,
-                    sample.drain_ms,
-                    sample.bytes_per_timer,
-                    sample.wall_s
-                ),
+        for (i, &(name, _)) in NAMES.iter().enumerate() {
+            if failed[i].is_some() || plans[i].as_ref().map_or(true, |&these| run > these) {
+                continue;
             }
-        );
-        if let Some(why) = sample.error {
-            return Outcome::Failing(why);
+            let sample = run_child(name, scenario, n);
+            eprintln!(
+                "  {name:<12} {:<8} n={n:<9} run {run}: {}",
+                scenario.name(),
+                match &sample.error {
+                    Some(why) => format!("FAILING: {why}"),
+                    None => format!(
+                        "schedule {:.1} ns, cancel {:.1} ns, drain {:.1} ms, {:.1} B/timer ({:.1} s)",
+                        sample.schedule_ns,
+                        sample.cancel_ns,
+                        sample.drain_ms,
+                        sample.bytes_per_timer,
+                        sample.wall_s
+                    ),
+                }
+            );
+            match sample.error {
+                Some(why) => failed[i] = Some(why),
+                None => samples[i].push(sample),
+            }
         }
-        samples.push(sample);
     }
-    Outcome::Passed(median(&samples))
+    NAMES
+        .iter()
+        .zip(plans)
+        .zip(samples.iter().zip(failed))
+        .map(|((&(name, label), plan), (samples, failed))| {
+            let outcome = match (plan, failed) {
+                (Err(why), _) => Outcome::Skipped(why),
+                (_, Some(why)) => Outcome::Failing(why),
+                (Ok(these), None) => Outcome::Passed(Sample {
+                    note: (these < runs).then(|| format!("{these} run")),
+                    ..median(samples)
+                }),
+            };
+            (name, label, outcome)
+        })
+        .collect()
 }
 
 /// Runs everything and returns the markdown report.
@@ -381,29 +412,7 @@ fn compare(quick: bool) -> String {
     let load_before = load_average();
     let began = Instant::now();
 
-    let cells = |scenario: Scenario,
-                 n: usize,
-                 runs: usize,
-                 how_many: &dyn Fn(&str) -> Result<usize, String>| {
-        NAMES
-            .iter()
-            .map(|&(name, label)| {
-                let outcome = match how_many(name) {
-                    Err(why) => Outcome::Skipped(why),
-                    Ok(these) => match measure(name, scenario, n, these) {
-                        Outcome::Passed(s) if these < runs => Outcome::Passed(Sample {
-                            note: Some(format!("{these} run")),
-                            ..s
-                        }),
-                        other => other,
-                    },
-                };
-                (name, label, outcome)
-            })
-            .collect::<Vec<_>>()
-    };
-
-    let payment_small = cells(Scenario::Payment, small, runs, &|_| Ok(runs));
+    let payment_small = measure_all(Scenario::Payment, small, runs, &|_| Ok(runs));
     // The large size: all runs for a contender whose 1M run, scaled by 10,
     // stays in budget; one run if it stays in three budgets; else skipped.
     let large_runs = |name: &str| -> Result<usize, String> {
@@ -426,8 +435,8 @@ fn compare(quick: bool) -> String {
             _ => Err(format!("skipped: FAILING at {}", count(small))),
         }
     };
-    let payment_large = cells(Scenario::Payment, large, runs, &large_runs);
-    let flash = cells(Scenario::FlashSale, small, runs, &|_| Ok(runs));
+    let payment_large = measure_all(Scenario::Payment, large, runs, &large_runs);
+    let flash = measure_all(Scenario::FlashSale, small, runs, &|_| Ok(runs));
 
     for (n, rows) in [(small, &payment_small), (large, &payment_large)] {
         let _ = writeln!(
@@ -463,12 +472,12 @@ fn load_average() -> String {
         .unwrap_or_else(|| "?".to_string())
 }
 
-type Row<'a> = (&'a str, &'a str, Outcome);
+type Row = (&'static str, &'static str, Outcome);
 
 /// A measure's name and how to read it from a sample.
 type NamedMeasure = (&'static str, fn(&Sample) -> f64);
 
-fn payment_table(out: &mut String, rows: &[Row<'_>]) {
+fn payment_table(out: &mut String, rows: &[Row]) {
     let _ = writeln!(
         out,
         "| contender | ns/schedule | ns/cancel | schedule+cancel, ns per timer | drain ms | bytes/timer (peak) | + handle B | max lateness ms | exactly-once |"
@@ -510,7 +519,7 @@ fn payment_table(out: &mut String, rows: &[Row<'_>]) {
     let _ = writeln!(out);
 }
 
-fn flash_table(out: &mut String, rows: &[Row<'_>]) {
+fn flash_table(out: &mut String, rows: &[Row]) {
     let _ = writeln!(
         out,
         "| contender | ns/schedule | drain ms | max lateness ms | exactly-once |"
@@ -539,7 +548,7 @@ fn flash_table(out: &mut String, rows: &[Row<'_>]) {
 
 /// duewheel's rows against the best peer (not duewheel) on each measure,
 /// lower is better; `k×` means the peer needs k times as much.
-fn ratios(out: &mut String, rows: &[Row<'_>]) {
+fn ratios(out: &mut String, rows: &[Row]) {
     let passed: Vec<(&str, &str, &Sample)> = rows
         .iter()
         .filter_map(|(name, label, o)| match o {
