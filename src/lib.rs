@@ -22,6 +22,8 @@
 //! # Ok::<(), duewheel::wheel::InsertError<&str>>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod clock;
 mod codec;
 mod durable;

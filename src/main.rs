@@ -12,6 +12,8 @@
 //! cargo run --release -- simulate --real-time --speed 60 --report sale.html
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod cli;
 
 fn main() -> std::process::ExitCode {
