@@ -538,3 +538,49 @@ fn a_catch_up_of_timers_at_distinct_ticks_goes_out_in_full_batches() {
     let got: Vec<u64> = orders.drain_ready().iter().map(|e| e.id).collect();
     assert_eq!(got, (0..500).collect::<Vec<_>>(), "all, in deadline order");
 }
+
+#[test]
+fn fired_ids_are_remembered_within_the_memory_then_forgotten() {
+    let clock = ManualClock::new(T0);
+    let engine: Engine<u64, u64> = Engine::builder()
+        .clock(clock.clone())
+        .shards(1)
+        .fired_memory(2, Duration::from_secs(60))
+        .group("orders")
+        .build()
+        .unwrap();
+    let mut orders = engine.subscribe("orders");
+    let s = engine.scheduler();
+    for id in 0..5u64 {
+        s.schedule(id, ms(1 + id), id).unwrap();
+    }
+    clock.advance(ms(10));
+    assert!(s.settle(WAIT));
+    assert_eq!(orders.drain_ready().len(), 5);
+    // Only the last two fired ids are remembered.
+    for id in 0..3u64 {
+        assert!(matches!(s.cancel(&id).unwrap(), Cancel::NotFound), "{id}");
+    }
+    for id in 3..5u64 {
+        assert!(
+            matches!(s.cancel(&id).unwrap(), Cancel::AlreadyFired),
+            "{id}"
+        );
+    }
+    // An id scheduled again after firing is a new timer; forgetting its old
+    // end must not forget the new one.
+    s.schedule(4, ms(1_000), 40).unwrap();
+    s.schedule(5, ms(1), 5).unwrap();
+    s.schedule(6, ms(1), 6).unwrap();
+    clock.advance(ms(1));
+    assert!(s.settle(WAIT));
+    assert_eq!(orders.drain_ready().len(), 2);
+    assert!(matches!(s.cancel(&4).unwrap(), Cancel::Cancelled(40)));
+    // And past the age limit, even the newest are forgotten.
+    clock.advance(Duration::from_secs(120));
+    s.schedule(7, ms(1), 7).unwrap();
+    clock.advance(ms(1));
+    assert!(s.settle(WAIT));
+    assert!(matches!(s.cancel(&6).unwrap(), Cancel::NotFound));
+    assert!(matches!(s.cancel(&7).unwrap(), Cancel::AlreadyFired));
+}
