@@ -162,6 +162,10 @@ pub struct Recovered {
     /// Of those, the ones whose due time passed while the engine was down:
     /// they fire at once (catch-up), with their lateness recorded.
     pub overdue: usize,
+    /// Of those, the ones that were in flight (their `Expired` event fired
+    /// and not acked by every group): they are redelivered at once, with
+    /// `attempt + 1`, whether or not their redelivery time had passed.
+    pub in_flight: usize,
     /// What the log itself reported (snapshot entries, records, a torn tail).
     pub log: RecoveryReport,
 }
@@ -741,8 +745,9 @@ where
     /// Puts the timers replayed from the log back into their shards.
     fn restore(&self, opened: Opened<K, P>, now_ms: u64) -> Result<Recovered, BuildError> {
         let timers = opened.timers.len();
-        let mut overdue = 0;
+        let (mut overdue, mut in_flight) = (0, 0);
         for timer in opened.timers {
+            in_flight += usize::from(timer.flight.is_some());
             overdue += usize::from(timer.due_ms <= now_ms);
             self.shard(&timer.id)
                 .lock()
@@ -752,6 +757,7 @@ where
         Ok(Recovered {
             timers,
             overdue,
+            in_flight,
             log: opened.report,
         })
     }
