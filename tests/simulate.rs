@@ -1,9 +1,44 @@
 //! `duewheel simulate`, run as the built binary: a small sale keeps every
-//! invariant and replays exactly from its seed, and bad arguments are
-//! refused with exit code 2 and a message, never a panic.
+//! invariant and replays exactly from its seed, in memory, on the durable
+//! log, and across a crash of the engine; bad arguments are refused with
+//! exit code 2 and a message, never a panic.
 
 use serde_json::Value;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+/// A directory under the system's temp dir, unique to this test, removed
+/// when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "duewheel-simulate-{name}-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        Self(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn arg(&self) -> &str {
+        self.0.to_str().expect("temp paths are UTF-8 here")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 fn simulate(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_duewheel"))
@@ -153,6 +188,116 @@ fn the_html_report_is_one_self_contained_page() {
         "pending, expiries, lateness, memory"
     );
     assert!(!html.contains("<script") && !html.contains("http://") && !html.contains("https://"));
+}
+
+#[test]
+fn a_durable_sale_keeps_every_invariant_and_leaves_its_log() {
+    let dir = TempDir::new("durable");
+    let report = report(&[&words("--orders 10000")[..], &["--durable", dir.arg()]].concat());
+    assert_every_invariant_holds(&report);
+    assert_eq!(count(&report, "sale", "placed"), 10_000);
+    assert_eq!(report["config"]["durable"]["dir"], dir.arg());
+    assert!(report["crash"].is_null());
+    let files = std::fs::read_dir(dir.path()).unwrap().count();
+    assert!(files > 1, "the log stays in DIR ({files} files)");
+}
+
+#[test]
+fn a_crash_mid_sale_recovers_from_the_log_and_keeps_every_invariant() {
+    // Short windows, so the crash at 1m30s falls while expiries fire and
+    // some are in the groups, unhandled, when the engine dies.
+    let dir = TempDir::new("crash");
+    let args = words(
+        "--orders 5000 --sale 2m --window 1m --remind-before 20s --pending-for 2s..40s \
+         --recheck 2s --step 1s --crash-at 1m30s",
+    );
+    let report = report(&[&args[..], &["--durable", dir.arg()]].concat());
+    assert_every_invariant_holds(&report);
+    let crash = |field| count(&report, "crash", field);
+    assert_eq!(
+        crash("at_ms"),
+        90_000,
+        "the end of the step where 1m30s falls"
+    );
+    assert!(crash("recovered") > 0, "timers were pending at the crash");
+    assert_eq!(
+        crash("recovered"),
+        crash("alive_waiting") + crash("alive_in_flight")
+    );
+    assert!(crash("alive_in_flight") > 0, "expiries fired and unacked");
+    assert!(crash("lost_in_groups") > 0, "events died with the engine");
+    assert!(
+        crash("redelivered") + crash("fired_again") > 0,
+        "what was in flight comes again"
+    );
+    assert!(crash("io_refused") > 0, "its final checkpoint never landed");
+    // The sale still adds up: every order paid or cancelled.
+    assert_eq!(
+        count(&report, "sale", "paid") + count(&report, "sale", "cancelled"),
+        5_000
+    );
+}
+
+#[test]
+fn a_crash_before_any_expiry_recovers_every_pending_timer() {
+    let dir = TempDir::new("crash-early");
+    let report = report(
+        &[
+            &words("--orders 3000 --step 1s --crash-at 5m")[..],
+            &["--durable", dir.arg()],
+        ]
+        .concat(),
+    );
+    assert_every_invariant_holds(&report);
+    let crash = |field| count(&report, "crash", field);
+    assert!(crash("recovered") > 1_000, "most orders unpaid at 5m");
+    assert_eq!(crash("alive_in_flight"), 0, "nothing due before 25m");
+    assert_eq!(crash("lost_in_groups"), 0);
+}
+
+#[test]
+fn durable_arguments_are_checked_before_the_run() {
+    let scratch = TempDir::new("bad-args");
+    std::fs::create_dir_all(scratch.path()).unwrap();
+    let file = scratch.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let under_file = file.join("log");
+    let used = scratch.path().join("used");
+    std::fs::create_dir_all(&used).unwrap();
+    std::fs::write(used.join("wal-0000000000000000.log"), b"").unwrap();
+    let fresh = scratch.path().join("fresh");
+    let (under_file, used, fresh) = (
+        under_file.to_str().unwrap(),
+        used.to_str().unwrap(),
+        fresh.to_str().unwrap(),
+    );
+    let cases: &[(&[&str], &str)] = &[
+        (&["--crash-at", "5m"], "--durable"),
+        (&["--sync", "always"], "--durable"),
+        (&["--durable", under_file], "cannot use --durable"),
+        (&["--durable", used], "not empty"),
+        (&["--durable", fresh, "--crash-at", "5x"], "duration"),
+        (&["--durable", fresh, "--crash-at", "0ms"], "inside the run"),
+        (&["--durable", fresh, "--crash-at", "9h"], "inside the run"),
+        (&["--durable", fresh, "--sync", "sometimes"], "every-ms:N"),
+        (&["--durable", fresh, "--sync", "every-ms:0"], "every-ms:N"),
+        (
+            &["--durable", fresh, "--crash-at", "5m", "--real-time"],
+            "manual clock",
+        ),
+        (&["--checkout-threads", "0"], "checkout-threads"),
+    ];
+    for (args, expected) in cases {
+        let out = simulate(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected {expected:?} in:\n{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
+        assert!(out.stdout.is_empty(), "{args:?} printed a report");
+    }
 }
 
 #[test]
