@@ -465,6 +465,33 @@ fn no_event_dropped(world: &World, outcome: &Outcome) -> Check {
                 alive, crash.recovered
             )
         });
+        // Each event that died in the groups comes again, except a reminder
+        // whose firing had reached the log (not acknowledged: lost).
+        let again_expired = crash.redelivered + crash.fired_again_expired;
+        for (name, got) in groups {
+            v.expect(got.lost_expired <= again_expired, || {
+                format!(
+                    "{name}: {} expiries lost in the crash, {again_expired} came again",
+                    got.lost_expired
+                )
+            });
+        }
+        // Reminders fired again are the lost ones whose firing the log did
+        // not have, plus copies of ones already sent (the notifier's
+        // duplicates, which only a crash makes).
+        let lost_reminders = outcome.notifier.receipts.lost_reminders;
+        let copies = outcome.notifier.duplicates;
+        let reminders_lost = world.reminders_lost();
+        v.expect(
+            lost_reminders + copies == crash.fired_again_reminders + reminders_lost,
+            || {
+                format!(
+                    "notifier: {lost_reminders} reminders lost in the crash + {copies} copies, \
+                     {} fired again + {reminders_lost} never sent",
+                    crash.fired_again_reminders
+                )
+            },
+        );
         // The log lags memory only by firings (logged, not waited for), so
         // a timer in flight in memory may come back waiting and overdue,
         // never the other way round.
@@ -534,12 +561,14 @@ fn no_event_dropped(world: &World, outcome: &Outcome) -> Check {
                 .sum();
             format!(
                 "; crash: {} timers alive in the crashed engine = {} recovered, {} events lost \
-                 in its groups ({} redelivered, {} fired again after recovery)",
+                 in its groups, after recovery {} redelivered and {} fired again, {} reminders \
+                 never sent",
                 group_digits(crash.alive_waiting + crash.alive_in_flight),
                 group_digits(crash.recovered),
                 group_digits(lost),
                 group_digits(crash.redelivered),
-                group_digits(crash.fired_again)
+                group_digits(crash.fired_again_expired + crash.fired_again_reminders),
+                group_digits(world.reminders_lost())
             )
         }
         None => String::new(),

@@ -30,7 +30,12 @@
 //!
 //! Invariant: on the manual clock, what the engine and the services do in a
 //! step depends only on the state at the step's start and the sale drawn
-//! from the seed, so a seed replays exactly (the timings do not).
+//! from the seed, so a seed replays exactly (the timings do not). A crash
+//! adds one thing timing decides: which of the step's firings had reached
+//! the log when the engine died. That changes how each event comes again
+//! (redelivered or fired again) and which reminders are lost, nothing
+//! else (`tests/simulate.rs` compares a crashed sale with the same sale in
+//! memory).
 
 use super::Error;
 use super::args::Config;
@@ -436,9 +441,11 @@ pub(crate) struct Crash {
     /// Wall time to open DIR, replay it, and re-subscribe the groups.
     pub(crate) recovery_ms: f64,
     /// Events the new engine fired at once after recovery: redeliveries of
-    /// the in-flight timers, and stages fired again.
+    /// the timers recovered in flight, and expiries and reminders fired
+    /// again because their firing had not reached the log.
     pub(crate) redelivered: u64,
-    pub(crate) fired_again: u64,
+    pub(crate) fired_again_expired: u64,
+    pub(crate) fired_again_reminders: u64,
     /// Copies the services had taken as done when the engine crashed (see
     /// [`Stopped::duplicates`]), to count the ones after it.
     #[serde(skip)]
@@ -502,7 +509,8 @@ fn crash_and_recover(
         torn_tail_bytes: log.torn_tail.as_ref().map_or(0, |t| t.dropped),
         recovery_ms: recovery.as_secs_f64() * 1e3,
         redelivered: first.redelivered_total,
-        fired_again: first.expired_total + first.reminders_total,
+        fired_again_expired: first.expired_total,
+        fired_again_reminders: first.reminders_total,
         duplicates_before,
     };
     Ok((

@@ -42,6 +42,9 @@ pub(crate) struct CrashReport {
     /// Copies of events the services had already handled, received after
     /// the crash and absorbed (all groups).
     pub(crate) duplicates_absorbed: u64,
+    /// Orders whose reminder was in the notifier's group at the crash and
+    /// never came again (its firing had reached the log).
+    pub(crate) reminders_lost: u64,
 }
 
 /// What happened to the orders (deterministic on the manual clock).
@@ -142,6 +145,7 @@ impl<'a> Report<'a> {
                 .map(|r| r.lost_reminders + r.lost_expired)
                 .sum(),
                 duplicates_absorbed: outcome.duplicates().saturating_sub(crash.duplicates_before),
+                reminders_lost: world.reminders_lost(),
                 crash,
             }),
         }
@@ -419,8 +423,8 @@ impl CrashReport {
         let _ = writeln!(out, "\ncrash (--crash-at)");
         let _ = writeln!(
             out,
-            "  killed at            {} simulated: no shutdown, no final checkpoint ({} I/Os it \
-             tried after the crash refused)",
+            "  killed at            {} simulated: no shutdown, no final checkpoint (I/O attempts \
+             after the crash, all refused: {})",
             show_ms(c.at_ms),
             n(c.io_refused)
         );
@@ -452,11 +456,19 @@ impl CrashReport {
         );
         let _ = writeln!(
             out,
-            "  after recovery       {} events redelivered (in flight) and {} fired again (their \
-             firing had not reached the log); {} copies absorbed by the services",
+            "  after recovery       {} expiries redelivered (recovered in flight); {} expiries and \
+             {} reminders fired again (their firing had not reached the log); {} copies absorbed \
+             by the services",
             n(c.redelivered),
-            n(c.fired_again),
+            n(c.fired_again_expired),
+            n(c.fired_again_reminders),
             n(self.duplicates_absorbed)
+        );
+        let _ = writeln!(
+            out,
+            "  reminders lost       {} (in the notifier's group at the crash, firing logged: \
+             reminders are not acknowledged, so nothing brings them back)",
+            n(self.reminders_lost)
         );
     }
 }

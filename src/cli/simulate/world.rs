@@ -267,6 +267,14 @@ impl World {
         record.row.store((1 << 8) | state as u64, SeqCst);
     }
 
+    /// Orders whose reminder was lost in a crash and never sent.
+    pub(crate) fn reminders_lost(&self) -> u64 {
+        self.records
+            .iter()
+            .filter(|r| r.reminders_lost.load(SeqCst) > 0 && r.reminders.load(SeqCst) == 0)
+            .count() as u64
+    }
+
     /// Turns away an order that was placed but could not get a timer.
     pub(crate) fn reject(&self, record: &Record) {
         let (state, version) = record.state();
