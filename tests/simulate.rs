@@ -275,6 +275,24 @@ fn a_crash_before_any_expiry_recovers_every_pending_timer() {
 }
 
 #[test]
+fn a_crash_asked_for_after_the_sale_is_over_is_an_error_not_a_quiet_pass() {
+    // No re-checks: the last window closes by 40m; 43m is inside the
+    // longest run the arguments allow, but this sale is over by then.
+    let dir = TempDir::new("crash-late");
+    let out = simulate(
+        &[
+            &words("--orders 2000 --step 1s --pending-ratio 0 --crash-at 43m")[..],
+            &["--durable", dir.arg()],
+        ]
+        .concat(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("before --crash-at 43m"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
 fn durable_arguments_are_checked_before_the_run() {
     let scratch = TempDir::new("bad-args");
     std::fs::create_dir_all(scratch.path()).unwrap();

@@ -38,7 +38,7 @@
 //! memory).
 
 use super::Error;
-use super::args::Config;
+use super::args::{Config, show_ms};
 use super::buyers::{SALE_OPENS_MS, Sale};
 use super::callers::Callers;
 use super::clock::{ScaledClock, SimClock};
@@ -287,6 +287,15 @@ pub(crate) fn run(
         }
     }
     let wall = started.elapsed();
+    if let (Some(at_ms), None) = (crash_at_ms, &crash) {
+        // Asked for, never happened: the checks would pass on a crash-free
+        // run, which is not what was asked.
+        return Err(Error::Run(format!(
+            "the sale was over at {} simulated, before --crash-at {}: nothing was crashed",
+            show_ms(t_ms.saturating_sub(SALE_OPENS_MS)),
+            show_ms(at_ms - SALE_OPENS_MS)
+        )));
+    }
     let final_stats = live.timers.stats();
     let mut totals = before_crash;
     totals.add(&final_stats);
