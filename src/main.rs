@@ -10,6 +10,7 @@
 //! cargo run --release -- simulate
 //! cargo run --release -- simulate --orders 10000 --json
 //! cargo run --release -- simulate --real-time --speed 60 --report sale.html
+//! cargo run --release -- simulate --durable /tmp/sale-log --crash-at 5m
 //! ```
 
 #![forbid(unsafe_code)]

@@ -108,6 +108,8 @@ fn after_a_restart_exactly_the_unacked_events_come_again() {
     drop(orders);
     drop(e.shutdown());
     let e = engine(&clock, &storage).unwrap();
+    let recovered = e.recovered().unwrap();
+    assert_eq!((recovered.timers, recovered.in_flight), (5, 5));
     let mut orders = e.subscribe("orders");
     assert!(e.scheduler().settle(WAIT));
     let again = orders.drain_ready();

@@ -173,6 +173,10 @@ pub struct Recovered {
     /// Of those, the ones whose due time passed while the engine was down:
     /// they fire at once (catch-up), with their lateness recorded.
     pub overdue: usize,
+    /// Of those, the ones that were in flight (their `Expired` event fired
+    /// and not acked by every group): they are redelivered at once, with
+    /// `attempt + 1`, whether or not their redelivery time had passed.
+    pub in_flight: usize,
     /// What the log itself reported (snapshot entries, records, a torn tail).
     pub log: RecoveryReport,
 }
@@ -752,12 +756,9 @@ where
     /// shards in parallel (each list already belongs to one shard).
     fn restore(&self, opened: Opened<K, P>, now_ms: u64) -> Result<Recovered, BuildError> {
         let timers = opened.shards.iter().map(Vec::len).sum();
-        let overdue = opened
-            .shards
-            .iter()
-            .flatten()
-            .filter(|timer| timer.due_ms <= now_ms)
-            .count();
+        let all = || opened.shards.iter().flatten();
+        let overdue = all().filter(|timer| timer.due_ms <= now_ms).count();
+        let in_flight = all().filter(|timer| timer.flight.is_some()).count();
         let shards = &self.inner.shards;
         thread::scope(|scope| {
             let restoring: Vec<_> = opened
@@ -783,6 +784,7 @@ where
         Ok(Recovered {
             timers,
             overdue,
+            in_flight,
             log: opened.report,
         })
     }

@@ -187,6 +187,11 @@ struct State {
     segment: u64,
     rotate_requested: bool,
     rotations: u64,
+    /// The last sequence number written to the segments below `segment`,
+    /// as of the latest rotation: what a snapshot taken for it covers.
+    /// Appends go on while the writer rotates, so `last_appended` may
+    /// already name a record of the new segment.
+    rotated_after_seq: u64,
     stop: bool,
 }
 
@@ -379,6 +384,7 @@ impl Wal {
                 segment: segment_no,
                 rotate_requested: false,
                 rotations: 0,
+                rotated_after_seq: last_seq,
                 stop: false,
             }),
             work: Condvar::new(),
@@ -487,7 +493,7 @@ impl Wal {
                 }
                 shared.rotated.wait(&mut st);
             }
-            (st.segment, st.last_appended)
+            (st.segment, st.rotated_after_seq)
         };
         let fail = |e: io::Error| WalError::Checkpoint(e.to_string());
         let storage = &shared.storage;

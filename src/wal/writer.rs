@@ -84,6 +84,9 @@ pub(super) fn run(shared: Arc<Shared>, mut file: Box<dyn StorageFile>, mut segme
             }
             let mut st = shared.state.lock();
             st.segment = segment_no;
+            // Everything appended up to the swap went to the old segment;
+            // later appends wait in the buffer for the new one.
+            st.rotated_after_seq = last_seq;
             st.rotations += 1;
             shared.rotated.notify_all();
         }

@@ -7,17 +7,25 @@
 //! happens here, before the run, with a message that names the argument.
 
 use super::Error;
-use std::fs::File;
-use std::path::PathBuf;
+use duewheel::wal::SyncPolicy;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Most orders one run may place (memory: about 150 bytes each, with the
 /// engine's share).
 const MAX_ORDERS: u64 = 50_000_000;
 
+/// Checkout threads with `--durable`: each has one durable call in flight,
+/// and calls in flight together share an fsync (64 producers: 125k
+/// acknowledged schedules/s against 5.2k/s for one, `docs/BENCHMARKS.md`).
+const DURABLE_CHECKOUT_THREADS: usize = 64;
+
 /// Arguments of `duewheel simulate`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Durations take a unit: 250ms, 30s, 5m, 1h, 1m30s.\n\
+    --durable DIR keeps the engine's log in DIR (left there after the run); \
+    --crash-at kills the engine mid-sale and recovers it from DIR.\n\
     Exit codes: 0 every invariant held, 1 an invariant failed, 2 bad arguments.")]
 pub(crate) struct Args {
     /// Orders arriving during the sale (underscores allowed: 1_000_000).
@@ -102,12 +110,29 @@ pub(crate) struct Args {
     /// Also write the report as a self-contained HTML page with charts.
     #[arg(long, value_name = "PATH")]
     report: Option<PathBuf>,
-    // TODO(durable): `--durable DIR` (run on the write-ahead log via
-    // `Builder::durable`, which needs `Codec` for the id and the payload)
-    // and `--crash-at 5m` (drop the engine mid-sale without shutdown,
-    // rebuild it from DIR, re-subscribe the groups and show the invariants
-    // still hold, counting redelivered expiries). Waiting for the durable
-    // mode to be declared ready; deliberately not offered until then.
+    /// Run the engine on its write-ahead log in DIR (created if needed).
+    /// Every schedule, cancel, final ack and snooze is in the log before it
+    /// returns. DIR must be new or empty: a log left by an earlier run is
+    /// refused, since this run's orders start from nothing.
+    #[arg(long, value_name = "DIR")]
+    durable: Option<PathBuf>,
+    /// With --durable: when a durable call returns. `always`: after the
+    /// fsync its group commit shares. `every-ms:N`: after the write, with an
+    /// fsync at most every N ms (a machine crash, not a process crash, can
+    /// lose the last N ms).
+    #[arg(long, default_value = "always", requires = "durable", value_parser = parse_sync)]
+    sync: SyncPolicy,
+    /// With --durable: crash the engine when the sale's simulated clock
+    /// reaches this (e.g. 5m after it opened): no shutdown, no final
+    /// checkpoint, the events in its groups lost. A new engine then recovers
+    /// from DIR, the services re-subscribe, and the sale goes on.
+    #[arg(long, requires = "durable", value_parser = parse_duration)]
+    crash_at: Option<Duration>,
+    /// Threads that place orders and take payments, each with one engine
+    /// call in flight; with --durable their calls share fsyncs [default: 1
+    /// in memory, 64 with --durable].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    checkout_threads: Option<u32>,
 }
 
 /// A validated configuration (see the module invariant). Times are in
@@ -137,10 +162,34 @@ pub(crate) struct Config {
     pub(crate) step_ms: u64,
     /// `Some(speed)` on the sped-up system clock; `None` on the manual clock.
     pub(crate) real_time_speed: Option<f64>,
+    /// Threads placing orders and taking payments.
+    pub(crate) checkout_threads: usize,
+    /// `Some` with `--durable`.
+    pub(crate) durable: Option<Durable>,
     #[serde(skip)]
     pub(crate) json: bool,
     #[serde(skip)]
     pub(crate) report: Option<(PathBuf, File)>,
+}
+
+/// The durable mode's settings.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct Durable {
+    /// The log's directory: empty or new when the run starts.
+    pub(crate) dir: PathBuf,
+    /// `None`: fsync before every call returns; `Some(n)`: at most every
+    /// `n` ms.
+    pub(crate) sync_every_ms: Option<u64>,
+    /// Simulated time after the sale opened at which the engine crashes.
+    pub(crate) crash_at_ms: Option<u64>,
+}
+
+impl Durable {
+    /// The engine's sync policy.
+    pub(crate) fn sync_policy(&self) -> SyncPolicy {
+        self.sync_every_ms
+            .map_or(SyncPolicy::Always, SyncPolicy::EveryMs)
+    }
 }
 
 impl Config {
@@ -217,6 +266,46 @@ impl Config {
             return usage("--channel-capacity must be at most 2^30".into());
         }
         let stock = args.stock.unwrap_or(args.orders * u64::from(args.max_qty));
+        let crash_at_ms = args.crash_at.map(ms);
+        if let Some(at_ms) = crash_at_ms {
+            // The last moment anything can happen: the last order's deadline
+            // and its re-checks.
+            let last_ms = sale_ms + window_ms + Self::span_ms(recheck_ms, args.max_snoozes);
+            if at_ms == 0 || at_ms > last_ms {
+                return usage(format!(
+                    "--crash-at must fall inside the run: between 1ms and {} (sale + window + \
+                     re-checks), got {}",
+                    show_ms(last_ms),
+                    show_ms(at_ms)
+                ));
+            }
+            if args.real_time {
+                return usage(
+                    "--crash-at needs the manual clock (drop --real-time): only there is the \
+                     crash a moment at which no call to the engine is in doubt"
+                        .into(),
+                );
+            }
+        }
+        let durable = match args.durable {
+            None => None,
+            Some(dir) => {
+                prepare_dir(&dir).map_err(Error::Usage)?;
+                Some(Durable {
+                    dir,
+                    sync_every_ms: match args.sync {
+                        SyncPolicy::Always => None,
+                        SyncPolicy::EveryMs(n) => Some(n),
+                    },
+                    crash_at_ms,
+                })
+            }
+        };
+        let checkout_threads = match (args.checkout_threads, &durable) {
+            (Some(n), _) => n as usize,
+            (None, None) => 1,
+            (None, Some(_)) => DURABLE_CHECKOUT_THREADS,
+        };
         let report = match args.report {
             None => None,
             Some(path) => match File::create(&path) {
@@ -252,6 +341,8 @@ impl Config {
             max_pending,
             step_ms,
             real_time_speed: args.real_time.then_some(args.speed),
+            checkout_threads,
+            durable,
             json: args.json,
             report,
         })
@@ -259,17 +350,68 @@ impl Config {
 
     /// The longest a "pending" order can be re-checked after its deadline.
     pub(crate) fn recheck_span_ms(&self) -> u64 {
-        (0..u32::from(self.max_snoozes))
-            .map(|n| self.backoff_ms(n))
+        Self::span_ms(self.recheck_ms, self.max_snoozes)
+    }
+
+    fn span_ms(recheck_ms: u64, max_snoozes: u8) -> u64 {
+        (0..u32::from(max_snoozes))
+            .map(|n| Self::backoff(recheck_ms, n))
             .fold(0u64, u64::saturating_add)
     }
 
     /// Delay before re-check number `n + 1` (0-based): doubling, capped at
     /// a day.
     pub(crate) fn backoff_ms(&self, n: u32) -> u64 {
-        self.recheck_ms
-            .saturating_mul(1u64 << n.min(40))
-            .min(86_400_000)
+        Self::backoff(self.recheck_ms, n)
+    }
+
+    fn backoff(recheck_ms: u64, n: u32) -> u64 {
+        recheck_ms.saturating_mul(1u64 << n.min(40)).min(86_400_000)
+    }
+}
+
+/// Makes `dir` ready for a fresh log: created if missing, refused if it
+/// holds anything (a log of an earlier run would be replayed into a sale
+/// that never placed those orders) or cannot be written.
+fn prepare_dir(dir: &Path) -> Result<(), String> {
+    let shown = dir.display();
+    match fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(format!(
+                    "--durable {shown} is not empty (a log from an earlier run?): the \
+                     simulation starts from an empty log; remove it or name a new directory"
+                ));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create the --durable directory {shown}: {e}"))?;
+        }
+        Err(e) => return Err(format!("cannot use --durable {shown}: {e}")),
+    }
+    // The engine's first file: find out now, not after drawing the sale.
+    let probe = dir.join(".duewheel-probe");
+    File::create(&probe)
+        .and_then(|_| fs::remove_file(&probe))
+        .map_err(|e| format!("cannot write in the --durable directory {shown}: {e}"))
+}
+
+/// `always` or `every-ms:N`.
+fn parse_sync(s: &str) -> Result<SyncPolicy, String> {
+    if s == "always" {
+        return Ok(SyncPolicy::Always);
+    }
+    let bad = || format!("expected `always` or `every-ms:N` (1 <= N <= 60000), got {s:?}");
+    let n: u64 = s
+        .strip_prefix("every-ms:")
+        .ok_or_else(bad)?
+        .parse()
+        .map_err(|_| bad())?;
+    if (1..=60_000).contains(&n) {
+        Ok(SyncPolicy::EveryMs(n))
+    } else {
+        Err(bad())
     }
 }
 

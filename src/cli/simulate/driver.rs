@@ -14,26 +14,45 @@
 //!    quiesce (every service handled it; see [`super::lockstep`]);
 //! 5. the held-back payments are taken.
 //!
+//! With `--crash-at`, in the step where it falls: the services are told of
+//! the crash before 3, so they handle nothing that step fires; after 4's
+//! settle the engine is killed ([`super::crash`]) with those events in its
+//! groups, the services are stopped, a new engine recovers from DIR, the
+//! services re-subscribe to it, and 4 and 5 run on the new engine. Every call
+//! the checkout and the services made has returned by then, so no call is
+//! in doubt at the crash (the kill -9 test, `tests/kill9.rs`, covers calls
+//! cut short), and the crashed engine's memory can be compared with what
+//! the log gave back.
+//!
 //! The run ends once every order and payment was handled and the engine
 //! holds no timer; or, as a guard, an hour of simulated time after the last
 //! planned stage (the checks then report what was left).
 //!
 //! Invariant: on the manual clock, what the engine and the services do in a
 //! step depends only on the state at the step's start and the sale drawn
-//! from the seed, so a seed replays exactly (the timings do not).
+//! from the seed, so a seed replays exactly (the timings do not). A crash
+//! adds one thing timing decides: which of the step's firings had reached
+//! the log when the engine died. That changes how each event comes again
+//! (redelivered or fired again) and which reminders are lost, nothing
+//! else (`tests/simulate.rs` compares a crashed sale with the same sale in
+//! memory).
 
 use super::Error;
-use super::args::Config;
+use super::args::{Config, show_ms};
 use super::buyers::{SALE_OPENS_MS, Sale};
+use super::callers::Callers;
 use super::clock::{ScaledClock, SimClock};
+use super::crash::CutStorage;
 use super::lockstep::LockStep;
 use super::memory::{self, Rss};
 use super::services::{
     Checkout, Context, Inventory, Notifier, OrderService, OrderTimer, Service, Timers, work,
 };
 use super::world::World;
-use duewheel::{BuildError, Consumer, Engine, ManualClock, Stats};
+use duewheel::wal::Storage;
+use duewheel::{BuildError, Engine, ManualClock, Stats};
 use indicatif::ProgressBar;
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -61,8 +80,13 @@ pub(crate) struct Outcome {
     pub(crate) orders: OrderService,
     pub(crate) inventory: Inventory,
     pub(crate) notifier: Notifier,
-    /// The engine's statistics once the run ended, before shutdown.
+    /// The engine's statistics once the run ended, before shutdown (after
+    /// a crash: the engine that recovered).
     pub(crate) final_stats: Stats,
+    /// The engine's counters over the whole run.
+    pub(crate) totals: Totals,
+    /// `Some` if the engine crashed (`--crash-at`).
+    pub(crate) crash: Option<Crash>,
     /// Timers and events [`Engine::shutdown`] handed back (must be 0).
     pub(crate) left_at_shutdown: usize,
     pub(crate) undelivered_at_shutdown: usize,
@@ -97,36 +121,50 @@ pub(crate) fn run(
         Some(speed) => SimClock::Scaled(ScaledClock::new(SALE_OPENS_MS, speed)),
     };
     let manual = matches!(clock, SimClock::Manual(_));
-    let engine = build_engine(&config, &clock)?;
+    let dir = config.durable.as_ref().map(|d| d.dir.as_path());
+    let crash_at_ms = config
+        .durable
+        .as_ref()
+        .and_then(|d| d.crash_at_ms)
+        .map(|at| SALE_OPENS_MS + at);
+    // With --crash-at the first engine's log is on a storage the crash can
+    // cut (see `super::crash`); the engine after the crash opens DIR itself.
+    let cut =
+        match (dir, crash_at_ms) {
+            (Some(dir), Some(_)) => Some(Arc::new(CutStorage::open(dir).map_err(|e| {
+                Error::Usage(format!("cannot use --durable {}: {e}", dir.display()))
+            })?)),
+            _ => None,
+        };
+    let log = match (dir, &cut) {
+        (_, Some(cut)) => Log::Cut(cut.clone()),
+        (Some(dir), None) => Log::Dir(dir),
+        (None, None) => Log::Memory,
+    };
+    let engine = build_engine(&config, &clock, log).map_err(|e| match (e, dir) {
+        // The first open of DIR is where an unusable directory shows.
+        (BuildError::Storage(message), Some(dir)) => {
+            Error::Usage(format!("cannot use --durable {}: {message}", dir.display()))
+        }
+        (e, _) => build_error(e),
+    })?;
     let timers: Timers = engine.scheduler();
-    let ctx = Context {
+    let mut ctx = Context {
         config: config.clone(),
         sale: sale.clone(),
         world,
         timers: timers.clone(),
     };
-    let lockstep = Arc::new(LockStep::new(3));
-    let orders = spawn(
-        OrderService::new(ctx.clone()),
-        engine.subscribe(OrderService::GROUP),
-        &lockstep,
-        0,
-        !manual,
-    )?;
-    let inventory = spawn(
-        Inventory::new(ctx.clone()),
-        engine.subscribe(Inventory::GROUP),
-        &lockstep,
-        1,
-        !manual,
-    )?;
-    let notifier = spawn(
-        Notifier::new(ctx.clone()),
-        engine.subscribe(Notifier::GROUP),
-        &lockstep,
-        2,
-        !manual,
-    )?;
+    let services = Stopped {
+        orders: OrderService::new(ctx.clone()),
+        inventory: Inventory::new(ctx.clone()),
+        notifier: Notifier::new(ctx.clone()),
+    };
+    let mut live = Live {
+        running: services.start(&engine, manual)?,
+        engine,
+        timers,
+    };
     let rss_baseline = memory::rss();
 
     let plans = &sale.plans;
@@ -141,51 +179,75 @@ pub(crate) fn run(
 
     let mut checkout = Checkout::default();
     let mut samples: Vec<Sample> = Vec::new();
+    let callers = Callers::new(config.checkout_threads)?;
+    let mut arriving: Vec<u32> = Vec::new();
+    let mut paying: Vec<u32> = Vec::new();
     let mut held_back: Vec<u32> = Vec::new();
     let (mut next_order, mut next_payment) = (0, 0);
     let mut placing_wall = Duration::ZERO;
     let mut peak = (0, 0, None);
     let mut max_lag = [0u64; 3];
     let mut finished = false;
+    // The crashed engine's counters, once it crashed.
+    let mut before_crash = Totals::default();
+    let mut crash: Option<Crash> = None;
     let mut t_ms = first_step_ms;
     let started = Instant::now();
     for step in 0u64.. {
         let end_ms = t_ms + step_ms;
         let placing = Instant::now();
+        arriving.clear();
         while next_order < plans.len() && plans[next_order].arrival_ms < end_ms {
-            checkout.place(&ctx, next_order as u32);
+            arriving.push(next_order as u32);
             next_order += 1;
         }
+        checkout.place(&ctx, &callers, &arriving)?;
         placing_wall += placing.elapsed();
+        paying.clear();
         while let Some(&(paid_ms, order)) = payments.get(next_payment).filter(|p| p.0 < end_ms) {
             if manual && Checkout::comes_after_a_stage(&ctx, order, t_ms, paid_ms) {
                 held_back.push(order);
             } else {
-                checkout.pay(&ctx, order);
+                paying.push(order);
             }
             next_payment += 1;
+        }
+        checkout.pay(&ctx, &callers, &paying)?;
+        let crash_now = crash.is_none() && crash_at_ms.is_some_and(|at| end_ms >= at);
+        if crash_now {
+            // Before the clock moves: what this step fires stays in the
+            // groups, unhandled, when the engine dies.
+            live.running.lockstep.crash();
         }
         clock.reach(end_ms);
         let sampling = step % sample_every == 0;
         let mut lag = [0u64; 3];
         if manual {
-            settle(&timers, &lockstep)?;
-            if sampling {
-                lag = lags(&timers.stats());
+            settle(&live.timers, &live.running.lockstep)?;
+            if let (true, Some(cut), Some(dir)) = (crash_now, &cut, dir) {
+                let at_ms = end_ms - SALE_OPENS_MS;
+                let (recovered, crashed) =
+                    crash_and_recover(&config, &clock, live, cut, dir, at_ms)?;
+                live = recovered;
+                ctx.timers = live.timers.clone();
+                before_crash = crashed.before;
+                crash = Some(crashed);
             }
-            if !lockstep.quiesce(STEP_PATIENCE) {
+            if sampling {
+                lag = lags(&live.timers.stats());
+            }
+            if !live.running.lockstep.quiesce(STEP_PATIENCE) {
                 return Err(Error::Run(format!(
                     "the services did not finish a step within {STEP_PATIENCE:?}"
                 )));
             }
-            for order in held_back.drain(..) {
-                checkout.pay(&ctx, order);
-            }
+            checkout.pay(&ctx, &callers, &held_back)?;
+            held_back.clear();
         }
         t_ms = end_ms;
         let all_placed = next_order == plans.len() && next_payment == payments.len();
         if sampling || all_placed {
-            let stats = timers.stats();
+            let stats = live.timers.stats();
             if !manual {
                 lag = lags(&stats);
             }
@@ -194,9 +256,9 @@ pub(crate) fn run(
                 let sample = Sample {
                     t_ms: t_ms.saturating_sub(SALE_OPENS_MS),
                     pending: stats.pending,
-                    expired_total: stats.expired_total,
-                    reminders_total: stats.reminders_total,
-                    snoozed_total: stats.snoozed_total,
+                    expired_total: before_crash.expired + stats.expired_total,
+                    reminders_total: before_crash.reminders + stats.reminders_total,
+                    snoozed_total: before_crash.snoozed + stats.snoozed_total,
                     paid: checkout.paid,
                     rss: memory::rss(),
                 };
@@ -211,7 +273,7 @@ pub(crate) fn run(
                     "{} pending, {} paid, {} cancelled",
                     group_digits(stats.pending as u64),
                     group_digits(checkout.paid),
-                    group_digits(stats.acked_total)
+                    group_digits(before_crash.acked + stats.acked_total)
                 ));
                 samples.push(sample);
             }
@@ -225,18 +287,32 @@ pub(crate) fn run(
         }
     }
     let wall = started.elapsed();
-    let final_stats = timers.stats();
-    let shutdown = engine.shutdown();
-    lockstep.stop();
-    let orders = join(orders)?;
-    let inventory = join(inventory)?;
-    let notifier = join(notifier)?;
+    if let (Some(at_ms), None) = (crash_at_ms, &crash) {
+        // Asked for, never happened: the checks would pass on a crash-free
+        // run, which is not what was asked.
+        return Err(Error::Run(format!(
+            "the sale was over at {} simulated, before --crash-at {}: nothing was crashed",
+            show_ms(t_ms.saturating_sub(SALE_OPENS_MS)),
+            show_ms(at_ms - SALE_OPENS_MS)
+        )));
+    }
+    let final_stats = live.timers.stats();
+    let mut totals = before_crash;
+    totals.add(&final_stats);
+    let shutdown = live.engine.shutdown();
+    let Stopped {
+        orders,
+        inventory,
+        notifier,
+    } = live.running.stop()?;
     Ok(Outcome {
         checkout,
         orders,
         inventory,
         notifier,
         final_stats,
+        totals,
+        crash,
         left_at_shutdown: shutdown.pending.len(),
         undelivered_at_shutdown: shutdown.undelivered.len(),
         finished,
@@ -253,7 +329,234 @@ pub(crate) fn run(
     })
 }
 
-fn build_engine(config: &Config, clock: &SimClock) -> Result<Engine<u64, OrderTimer>, Error> {
+impl Outcome {
+    /// Copies of events the services took as already done, so far.
+    pub(crate) fn duplicates(&self) -> u64 {
+        self.orders.already_final + self.inventory.already_handled + self.notifier.duplicates
+    }
+}
+
+/// The engine, a handle to it, and the services consuming it.
+struct Live {
+    engine: Engine<u64, OrderTimer>,
+    timers: Timers,
+    running: Running,
+}
+
+/// The services, running on their threads.
+struct Running {
+    lockstep: Arc<LockStep>,
+    orders: JoinHandle<OrderService>,
+    inventory: JoinHandle<Inventory>,
+    notifier: JoinHandle<Notifier>,
+}
+
+/// The services, stopped: what they did so far.
+struct Stopped {
+    orders: OrderService,
+    inventory: Inventory,
+    notifier: Notifier,
+}
+
+impl Stopped {
+    /// Subscribes each service to its group of `engine` and starts it.
+    fn start(self, engine: &Engine<u64, OrderTimer>, manual: bool) -> Result<Running, Error> {
+        let lockstep = Arc::new(LockStep::new(3));
+        Ok(Running {
+            orders: spawn(self.orders, engine, &lockstep, 0, !manual)?,
+            inventory: spawn(self.inventory, engine, &lockstep, 1, !manual)?,
+            notifier: spawn(self.notifier, engine, &lockstep, 2, !manual)?,
+            lockstep,
+        })
+    }
+
+    /// Points every service at `timers`, the engine that replaced a
+    /// crashed one.
+    fn reconnect(&mut self, timers: &Timers) {
+        self.orders.context().timers = timers.clone();
+        self.inventory.context().timers = timers.clone();
+        self.notifier.context().timers = timers.clone();
+    }
+
+    /// Copies of an event the services took as already done.
+    fn duplicates(&self) -> u64 {
+        self.orders.already_final + self.inventory.already_handled + self.notifier.duplicates
+    }
+}
+
+impl Running {
+    /// Stops the services once their groups are empty.
+    fn stop(self) -> Result<Stopped, Error> {
+        self.lockstep.stop();
+        Ok(Stopped {
+            orders: join(self.orders)?,
+            inventory: join(self.inventory)?,
+            notifier: join(self.notifier)?,
+        })
+    }
+}
+
+/// The engine's counters; across a crash, the two engines' added up.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub(crate) struct Totals {
+    pub(crate) scheduled: u64,
+    pub(crate) cancelled: u64,
+    pub(crate) expired: u64,
+    pub(crate) reminders: u64,
+    pub(crate) acked: u64,
+    pub(crate) snoozed: u64,
+    pub(crate) redelivered: u64,
+    pub(crate) rejected_full: u64,
+}
+
+impl Totals {
+    fn add(&mut self, s: &Stats) {
+        self.scheduled += s.scheduled_total;
+        self.cancelled += s.cancelled_total;
+        self.expired += s.expired_total;
+        self.reminders += s.reminders_total;
+        self.acked += s.acked_total;
+        self.snoozed += s.snoozed_total;
+        self.redelivered += s.redelivered_total;
+        self.rejected_full += s.rejected_full_total;
+    }
+}
+
+/// What `--crash-at` did (see [`crash_and_recover`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub(crate) struct Crash {
+    /// Simulated time after the sale opened: the end of the step in which
+    /// `--crash-at` fell.
+    pub(crate) at_ms: u64,
+    /// The crashed engine's counters.
+    #[serde(skip)]
+    pub(crate) before: Totals,
+    /// Timers in the crashed engine's memory: waiting, and in flight
+    /// (fired, not acked by every group).
+    pub(crate) alive_waiting: u64,
+    pub(crate) alive_in_flight: u64,
+    /// I/Os the crashed engine tried after the crash (its drop path's final
+    /// checkpoint and log close), all refused.
+    pub(crate) io_refused: u64,
+    /// Timers recovered from DIR, of them in flight (redelivered at once)
+    /// and overdue waiting ones (their firing had not reached the log, so
+    /// they fire again at once).
+    pub(crate) recovered: u64,
+    pub(crate) recovered_in_flight: u64,
+    pub(crate) recovered_overdue: u64,
+    pub(crate) snapshot_entries: u64,
+    pub(crate) log_records: u64,
+    pub(crate) torn_tail_bytes: u64,
+    /// Wall time to open DIR, replay it, and re-subscribe the groups.
+    pub(crate) recovery_ms: f64,
+    /// Events the new engine fired at once after recovery: redeliveries of
+    /// the timers recovered in flight, and expiries and reminders fired
+    /// again because their firing had not reached the log.
+    pub(crate) redelivered: u64,
+    pub(crate) fired_again_expired: u64,
+    pub(crate) fired_again_reminders: u64,
+    /// Copies the services had taken as done when the engine crashed (see
+    /// [`Stopped::duplicates`]), to count the ones after it.
+    #[serde(skip)]
+    pub(crate) duplicates_before: u64,
+}
+
+/// `--crash-at`, with the events of this step in the groups and the
+/// services told not to handle them: kills the engine (see
+/// [`super::crash`]), stops the services, builds a new engine on DIR,
+/// re-subscribes the services and hands it back once it has delivered
+/// what it redelivers at once.
+fn crash_and_recover(
+    config: &Config,
+    clock: &SimClock,
+    live: Live,
+    cut: &CutStorage,
+    dir: &Path,
+    at_ms: u64,
+) -> Result<(Live, Crash), Error> {
+    cut.cut();
+    let memory = live.timers.stats();
+    let mut before = Totals::default();
+    before.add(&memory);
+    // Its Drop stops its threads; the final checkpoint and the log's close
+    // that it tries are refused at the cut.
+    drop(live.engine);
+    let mut services = live.running.stop()?;
+    drop(live.timers);
+    let io_refused = cut.refused();
+    let duplicates_before = services.duplicates();
+
+    let started = Instant::now();
+    let engine = build_engine(config, clock, Log::Dir(dir)).map_err(|e| {
+        Error::Run(format!(
+            "could not recover the engine from {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let recovered = engine
+        .recovered()
+        .cloned()
+        .ok_or_else(|| Error::Run("the recovered engine is not durable".into()))?;
+    let timers = engine.scheduler();
+    services.reconnect(&timers);
+    let running = services.start(&engine, clock_is_manual(clock))?;
+    let recovery = started.elapsed();
+    settle(&timers, &running.lockstep)?;
+    let first = timers.stats();
+    let log = &recovered.log;
+    let crash = Crash {
+        at_ms,
+        before,
+        alive_waiting: memory.pending as u64,
+        alive_in_flight: memory.in_flight,
+        io_refused,
+        recovered: recovered.timers as u64,
+        recovered_in_flight: recovered.in_flight as u64,
+        recovered_overdue: recovered.overdue as u64,
+        snapshot_entries: log.snapshot_entries,
+        log_records: log.records,
+        torn_tail_bytes: log.torn_tail.as_ref().map_or(0, |t| t.dropped),
+        recovery_ms: recovery.as_secs_f64() * 1e3,
+        redelivered: first.redelivered_total,
+        fired_again_expired: first.expired_total,
+        fired_again_reminders: first.reminders_total,
+        duplicates_before,
+    };
+    Ok((
+        Live {
+            engine,
+            timers,
+            running,
+        },
+        crash,
+    ))
+}
+
+fn clock_is_manual(clock: &SimClock) -> bool {
+    matches!(clock, SimClock::Manual(_))
+}
+
+/// Where the engine keeps its timers.
+enum Log<'a> {
+    Memory,
+    /// The write-ahead log in this directory.
+    Dir(&'a Path),
+    /// The write-ahead log on a storage that `--crash-at` cuts.
+    Cut(Arc<CutStorage>),
+}
+
+fn build_error(e: BuildError) -> Error {
+    match e {
+        BuildError::Invalid(message) => Error::Usage(message.to_string()),
+        other => Error::Run(format!("could not start the engine: {other}")),
+    }
+}
+
+fn build_engine(
+    config: &Config,
+    clock: &SimClock,
+    log: Log<'_>,
+) -> Result<Engine<u64, OrderTimer>, BuildError> {
     // A payment may reach the platform this long after its order's
     // expiry; it must still hear `AlreadyFired`, not `NotFound`.
     let latest_payment_ms = config.pay_latency_ms.max(config.pending_max_ms);
@@ -285,27 +588,29 @@ fn build_engine(config: &Config, clock: &SimClock) -> Result<Engine<u64, OrderTi
         // late, which the `no_event_early` check holds the engine to.
         builder = builder.tick(Duration::from_millis(config.step_ms));
     }
-    // TODO(durable): with `--durable DIR`, `builder.durable(dir)` here (the
-    // id and `OrderTimer` need `Codec`), and `--crash-at` drops the engine
-    // mid-sale and builds it again from DIR. Not offered until the durable
-    // mode is declared ready.
+    if let Some(durable) = &config.durable {
+        builder = builder.sync_policy(durable.sync_policy());
+    }
+    builder = match log {
+        Log::Memory => builder,
+        Log::Dir(dir) => builder.durable(dir),
+        Log::Cut(storage) => builder.durable_storage(storage as Arc<dyn Storage>),
+    };
     let builder = match clock {
         SimClock::Manual(clock) => builder.clock(clock.clone()),
         SimClock::Scaled(clock) => builder.clock(clock.clone()),
     };
-    builder.build().map_err(|e| match e {
-        BuildError::Invalid(message) => Error::Usage(message.to_string()),
-        other => Error::Run(format!("could not start the engine: {other}")),
-    })
+    builder.build()
 }
 
 fn spawn<S: Service>(
     service: S,
-    consumer: Consumer<u64, OrderTimer>,
+    engine: &Engine<u64, OrderTimer>,
     lockstep: &Arc<LockStep>,
     index: usize,
     real_time: bool,
 ) -> Result<JoinHandle<S>, Error> {
+    let consumer = engine.subscribe(S::GROUP);
     let lockstep_for_worker = lockstep.clone();
     let handle = thread::Builder::new()
         .name(format!("sim-{}", S::GROUP))

@@ -55,14 +55,15 @@ fn page(report: &Report<'_>, outcome: &Outcome) -> String {
     let _ = write!(
         html,
         "<header><h1>Flash sale: {} orders</h1><p class=\"sub\">{} sale · {} payment window · \
-         reminder {} before · seed {} · {} · {} shards</p>",
+         reminder {} before · seed {} · {} · {} shards · {}</p>",
         group_digits(s.orders),
         show_ms(c.sale_ms),
         show_ms(c.window_ms),
         show_ms(c.remind_before_ms),
         c.seed,
         esc(&p.clock),
-        c.shards
+        c.shards,
+        esc(&p.storage)
     );
     let held = report.invariants.iter().filter(|i| i.ok).count();
     let _ = write!(
@@ -199,13 +200,26 @@ fn page(report: &Report<'_>, outcome: &Outcome) -> String {
     }
     html.push_str("</ul></section>");
 
+    if let Some(crash) = &report.crash {
+        let mut text = String::new();
+        crash.write_text(&mut text);
+        let _ = write!(
+            html,
+            "<section><h2>Crash and recovery</h2><pre>{}</pre></section>",
+            esc(text.trim())
+        );
+    }
+
     // Charts over simulated time.
     let samples = &outcome.samples;
-    let markers = [
+    let mut markers = vec![
         (c.sale_ms as f64 / 1e3, "sale ends"),
         (c.window_ms as f64 / 1e3, "first windows close"),
         ((c.sale_ms + c.window_ms) as f64 / 1e3, "last window closes"),
     ];
+    if let Some(crash) = &report.crash {
+        markers.push((crash.crash.at_ms as f64 / 1e3, "engine crashed"));
+    }
     let pending: Vec<(f64, f64)> = samples
         .iter()
         .map(|x| (x.t_ms as f64 / 1e3, x.pending as f64))
@@ -357,9 +371,8 @@ fn page(report: &Report<'_>, outcome: &Outcome) -> String {
     }
     let _ = write!(
         html,
-        "</table><p class=\"sub\">Reproduce: <code>{}</code></p><p class=\"sub\">Not built yet: {}.</p></section>",
-        esc(&report.command),
-        esc(&report.later.join("; "))
+        "</table><p class=\"sub\">Reproduce: <code>{}</code></p></section>",
+        esc(&report.command)
     );
     html.push_str("</main></body></html>\n");
     html

@@ -28,6 +28,8 @@ pub(crate) struct LockStep {
     driver: Thread,
     workers: parking_lot::Mutex<Vec<Thread>>,
     stop: AtomicBool,
+    /// The engine crashed: what the workers still drain from it is lost.
+    crashed: AtomicBool,
 }
 
 impl LockStep {
@@ -39,6 +41,7 @@ impl LockStep {
             driver: thread::current(),
             workers: parking_lot::Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
+            crashed: AtomicBool::new(false),
         }
     }
 
@@ -93,5 +96,18 @@ impl LockStep {
 
     pub(crate) fn stopping(&self) -> bool {
         self.stop.load(SeqCst)
+    }
+
+    /// The engine is about to crash (`--crash-at`): from now on the workers
+    /// handle nothing more it delivers, and count it as lost with it. The
+    /// driver calls this before it moves the clock, so with the manual clock
+    /// the workers are idle, every call they made has returned, and the
+    /// crash leaves no call in doubt.
+    pub(crate) fn crash(&self) {
+        self.crashed.store(true, SeqCst);
+    }
+
+    pub(crate) fn crashed(&self) -> bool {
+        self.crashed.load(SeqCst)
     }
 }

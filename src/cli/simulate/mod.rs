@@ -9,18 +9,29 @@
 //!   notifier consumer groups;
 //! - [`clock`]: the manual and the sped-up system clock;
 //! - [`lockstep`]: the driver's handshake with the service threads;
-//! - [`driver`]: the engine, the threads, and the step loop;
+//! - [`callers`]: the checkout's threads, each with one engine call in
+//!   flight (what makes `--durable` share its fsyncs);
+//! - [`crash`]: the storage `--crash-at` cuts, to kill the engine as
+//!   `kill -9` would while the services and their order table live on;
+//! - [`driver`]: the engine, the threads, the step loop, and the crash and
+//!   recovery;
 //! - [`checks`]: the invariants;
 //! - [`report`], [`html`], [`memory`]: what the run tells people and
 //!   machines.
 //!
-//! Not built yet (TODO(durable), see [`args`] and [`driver`]): `--durable
-//! DIR` and `--crash-at`, which wait for the engine's durable mode.
+//! `--durable DIR` runs the same sale on the engine's write-ahead log;
+//! `--crash-at 5m` also kills the engine at that simulated moment (no
+//! shutdown, no final checkpoint, the events in its groups lost), recovers a
+//! new engine from DIR, re-subscribes the services and finishes the sale,
+//! and the same invariants are checked (see [`checks`] for the three places
+//! where at-least-once delivery changes what they expect).
 
 mod args;
 mod buyers;
+mod callers;
 mod checks;
 mod clock;
+mod crash;
 mod driver;
 mod html;
 mod lockstep;

@@ -9,7 +9,7 @@
 use super::args::{Config, show_ms};
 use super::buyers::{Buyer, Sale};
 use super::checks::Check;
-use super::driver::{Outcome, group_digits};
+use super::driver::{Crash, Outcome, Totals, group_digits};
 use super::memory::Rss;
 use super::world::{State, World};
 use std::fmt::Write as _;
@@ -26,9 +26,25 @@ pub(crate) struct Report<'a> {
     pub(crate) sale: SaleOutcome,
     pub(crate) invariants: Vec<Check>,
     pub(crate) performance: Performance,
-    pub(crate) engine: EngineTotals,
-    /// Not built yet (see the TODOs in the code).
-    pub(crate) later: &'static [&'static str],
+    /// The engine's counters over the run (both engines' after a crash).
+    pub(crate) engine: Totals,
+    /// `--crash-at`: when the engine crashed and what recovered.
+    pub(crate) crash: Option<CrashReport>,
+}
+
+/// The crash, as reported.
+#[derive(Clone, Debug, serde::Serialize)]
+pub(crate) struct CrashReport {
+    #[serde(flatten)]
+    pub(crate) crash: Crash,
+    /// Events that were in the groups when the engine crashed (all groups).
+    pub(crate) lost_in_groups: u64,
+    /// Copies of events the services had already handled, received after
+    /// the crash and absorbed (all groups).
+    pub(crate) duplicates_absorbed: u64,
+    /// Orders whose reminder was in the notifier's group at the crash and
+    /// never came again (its firing had reached the log).
+    pub(crate) reminders_lost: u64,
 }
 
 /// What happened to the orders (deterministic on the manual clock).
@@ -62,6 +78,9 @@ pub(crate) struct SaleOutcome {
 pub(crate) struct Performance {
     /// `"manual clock, 100ms steps"` or `"system clock x60"`.
     pub(crate) clock: String,
+    /// `"in memory"` or the durable log, its sync policy and the checkout
+    /// threads.
+    pub(crate) storage: String,
     pub(crate) wall_s: f64,
     pub(crate) simulated_s: f64,
     pub(crate) speedup: f64,
@@ -100,25 +119,6 @@ pub(crate) struct GroupReport {
     pub(crate) final_lag: u64,
 }
 
-/// The engine's counters at the end of the run.
-#[derive(Clone, Debug, serde::Serialize)]
-pub(crate) struct EngineTotals {
-    pub(crate) scheduled: u64,
-    pub(crate) cancelled: u64,
-    pub(crate) expired: u64,
-    pub(crate) reminders: u64,
-    pub(crate) acked: u64,
-    pub(crate) snoozed: u64,
-    pub(crate) redelivered: u64,
-    pub(crate) rejected_full: u64,
-}
-
-/// Features of the issue not built yet.
-const LATER: &[&str] = &[
-    "--durable DIR: run on the write-ahead log (waits for the durable mode)",
-    "--crash-at 5m: kill the engine mid-sale, recover from DIR, check again",
-];
-
 impl<'a> Report<'a> {
     pub(crate) fn new(
         config: &'a Config,
@@ -134,8 +134,20 @@ impl<'a> Report<'a> {
             sale: sale_outcome(config, sale, world, outcome),
             invariants,
             performance: performance(config, outcome),
-            engine: engine_totals(outcome),
-            later: LATER,
+            engine: outcome.totals,
+            crash: outcome.crash.clone().map(|crash| CrashReport {
+                lost_in_groups: [
+                    &outcome.orders.receipts,
+                    &outcome.inventory.receipts,
+                    &outcome.notifier.receipts,
+                ]
+                .iter()
+                .map(|r| r.lost_reminders + r.lost_expired)
+                .sum(),
+                duplicates_absorbed: outcome.duplicates().saturating_sub(crash.duplicates_before),
+                reminders_lost: world.reminders_lost(),
+                crash,
+            }),
         }
     }
 
@@ -156,7 +168,7 @@ impl<'a> Report<'a> {
             show_ms(c.remind_before_ms),
             c.seed
         );
-        let _ = writeln!(out, "  {}, {} shards\n", p.clock, c.shards);
+        let _ = writeln!(out, "  {}, {} shards, {}\n", p.clock, c.shards, p.storage);
         let _ = writeln!(out, "sale");
         let _ = writeln!(
             out,
@@ -196,6 +208,9 @@ impl<'a> Report<'a> {
             n(s.rechecks_ran_out)
         );
         let _ = writeln!(out, "  reminders sent       {:>11}", n(s.reminders_sent));
+        if let Some(crash) = &self.crash {
+            crash.write_text(&mut out);
+        }
         let _ = writeln!(out, "\ninvariants");
         for check in &self.invariants {
             let mark = if check.ok { "✓" } else { "✗" };
@@ -361,6 +376,18 @@ fn performance(config: &Config, outcome: &Outcome) -> Performance {
             None => format!("manual clock, {} steps", show_ms(config.step_ms)),
             Some(speed) => format!("system clock x{speed}"),
         },
+        storage: match &config.durable {
+            None => "in memory".into(),
+            Some(d) => format!(
+                "durable log in {} ({}), {} checkout threads",
+                d.dir.display(),
+                match d.sync_every_ms {
+                    None => "fsync before each call returns, shared by group commit".into(),
+                    Some(n) => format!("fsync every {n} ms"),
+                },
+                config.checkout_threads
+            ),
+        },
         wall_s,
         simulated_s,
         speedup: simulated_s / wall_s.max(1e-9),
@@ -388,17 +415,61 @@ fn performance(config: &Config, outcome: &Outcome) -> Performance {
     }
 }
 
-fn engine_totals(outcome: &Outcome) -> EngineTotals {
-    let s = &outcome.final_stats;
-    EngineTotals {
-        scheduled: s.scheduled_total,
-        cancelled: s.cancelled_total,
-        expired: s.expired_total,
-        reminders: s.reminders_total,
-        acked: s.acked_total,
-        snoozed: s.snoozed_total,
-        redelivered: s.redelivered_total,
-        rejected_full: s.rejected_full_total,
+impl CrashReport {
+    /// The crash section of the text report.
+    pub(crate) fn write_text(&self, out: &mut String) {
+        let c = &self.crash;
+        let n = |v: u64| group_digits(v);
+        let _ = writeln!(out, "\ncrash (--crash-at)");
+        let _ = writeln!(
+            out,
+            "  killed at            {} simulated: no shutdown, no final checkpoint (I/O attempts \
+             after the crash, all refused: {})",
+            show_ms(c.at_ms),
+            n(c.io_refused)
+        );
+        let _ = writeln!(
+            out,
+            "  in its memory        {} timers ({} waiting, {} in flight); {} events in its groups, \
+             lost with it",
+            n(c.alive_waiting + c.alive_in_flight),
+            n(c.alive_waiting),
+            n(c.alive_in_flight),
+            n(self.lost_in_groups)
+        );
+        let torn = if c.torn_tail_bytes > 0 {
+            format!(", a torn tail of {} bytes cut", n(c.torn_tail_bytes))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "  recovered            {} timers ({} waiting, {} in flight, {} overdue) from {} \
+             snapshot entries + {} log records{torn}, in {:.0} ms",
+            n(c.recovered),
+            n(c.recovered - c.recovered_in_flight),
+            n(c.recovered_in_flight),
+            n(c.recovered_overdue),
+            n(c.snapshot_entries),
+            n(c.log_records),
+            c.recovery_ms
+        );
+        let _ = writeln!(
+            out,
+            "  after recovery       {} expiries redelivered (recovered in flight); {} expiries and \
+             {} reminders fired again (their firing had not reached the log); {} copies absorbed \
+             by the services",
+            n(c.redelivered),
+            n(c.fired_again_expired),
+            n(c.fired_again_reminders),
+            n(self.duplicates_absorbed)
+        );
+        let _ = writeln!(
+            out,
+            "  reminders lost       {} (in the notifier's group at the crash, firing logged: \
+             reminders are not acknowledged, so nothing brings them back)",
+            n(self.reminders_lost)
+        );
     }
 }
 

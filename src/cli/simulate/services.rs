@@ -24,14 +24,19 @@
 //! redelivered event is harmless (each action checks the order's state
 //! first).
 
+use super::Error;
 use super::args::Config;
 use super::buyers::{Plan, Sale};
+use super::callers::{Answer, Call, Callers};
 use super::lockstep::{IDLE, LockStep};
 use super::world::{
     NEVER, Record, SEEN_BY_INVENTORY, SEEN_BY_NOTIFIER, SEEN_BY_ORDERS, State, World,
 };
 use crossbeam_channel::RecvTimeoutError;
-use duewheel::{AckError, Cancel, Consumer, Deadline, Event, EventKind, Scheduler, SnoozeError};
+use duewheel::{
+    AckError, Cancel, CancelError, Codec, Consumer, DecodeError, Event, EventKind, Scheduler,
+    SnoozeError,
+};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
@@ -41,6 +46,19 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct OrderTimer {
     pub(crate) version: u32,
+}
+
+/// In the durable log: the version, 4 bytes little-endian.
+impl Codec for OrderTimer {
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.version.encode(out);
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Ok(Self {
+            version: u32::decode(bytes)?,
+        })
+    }
 }
 
 /// The engine as the simulation types it: order ids and their timers.
@@ -70,9 +88,20 @@ pub(crate) struct Receipts {
     pub(crate) lateness_max_ms: u64,
     #[serde(skip)]
     pub(crate) lateness_buckets: [u64; BUCKETS],
+    /// Reminders and expiries that were in the group when the engine
+    /// crashed, never received (`--crash-at`).
+    pub(crate) lost_reminders: u64,
+    pub(crate) lost_expired: u64,
 }
 
 impl Receipts {
+    fn lost(&mut self, event: &TimerEvent) {
+        match event.kind {
+            EventKind::Reminder(_) => self.lost_reminders += 1,
+            EventKind::Expired => self.lost_expired += 1,
+        }
+    }
+
     fn note(&mut self, event: &TimerEvent, step_ms: Option<u64>) {
         match event.kind {
             EventKind::Reminder(_) => self.reminders += 1,
@@ -125,6 +154,15 @@ pub(crate) trait Service: Send + 'static {
     const GROUP: &'static str;
     /// Handles one event.
     fn handle(&mut self, consumer: &Orders, event: TimerEvent);
+    /// What it shares with the others (the engine handle changes when a
+    /// crashed engine is replaced).
+    fn context(&mut self) -> &mut Context;
+    fn receipts(&mut self) -> &mut Receipts;
+    /// `event` was in the group when the engine crashed: it dies with the
+    /// engine's memory, unhandled.
+    fn lost(&mut self, event: &TimerEvent) {
+        self.receipts().lost(event);
+    }
 }
 
 /// Runs `service` on `consumer` until stopped: in lock-step with the driver
@@ -156,8 +194,13 @@ pub(crate) fn work<S: Service>(
         let epoch = lockstep.epoch();
         let events = consumer.drain_ready();
         if !events.is_empty() {
+            let crashed = lockstep.crashed();
             for event in events {
-                service.handle(&consumer, event);
+                if crashed {
+                    service.lost(&event);
+                } else {
+                    service.handle(&consumer, event);
+                }
             }
             continue;
         }
@@ -224,6 +267,14 @@ impl OrderService {
 
 impl Service for OrderService {
     const GROUP: &'static str = "orders";
+
+    fn context(&mut self) -> &mut Context {
+        &mut self.ctx
+    }
+
+    fn receipts(&mut self) -> &mut Receipts {
+        &mut self.receipts
+    }
 
     fn handle(&mut self, consumer: &Orders, event: TimerEvent) {
         self.receipts.note(&event, self.ctx.step_ms());
@@ -321,6 +372,14 @@ impl Inventory {
 impl Service for Inventory {
     const GROUP: &'static str = "inventory";
 
+    fn context(&mut self) -> &mut Context {
+        &mut self.ctx
+    }
+
+    fn receipts(&mut self) -> &mut Receipts {
+        &mut self.receipts
+    }
+
     fn handle(&mut self, consumer: &Orders, event: TimerEvent) {
         self.receipts.note(&event, self.ctx.step_ms());
         if event.kind != EventKind::Expired {
@@ -367,6 +426,8 @@ pub(crate) struct Notifier {
     ctx: Context,
     pub(crate) receipts: Receipts,
     pub(crate) sent: u64,
+    /// Reminders received for an order already reminded, not sent again.
+    pub(crate) duplicates: u64,
     pub(crate) ack_refused: u64,
 }
 
@@ -376,6 +437,7 @@ impl Notifier {
             ctx,
             receipts: Receipts::default(),
             sent: 0,
+            duplicates: 0,
             ack_refused: 0,
         }
     }
@@ -384,10 +446,33 @@ impl Notifier {
 impl Service for Notifier {
     const GROUP: &'static str = "notifier";
 
+    fn context(&mut self) -> &mut Context {
+        &mut self.ctx
+    }
+
+    fn receipts(&mut self) -> &mut Receipts {
+        &mut self.receipts
+    }
+
+    fn lost(&mut self, event: &TimerEvent) {
+        self.receipts.lost(event);
+        if let EventKind::Reminder(_) = event.kind {
+            let record = self.ctx.world.record(event.id);
+            record.reminders_lost.fetch_add(1, SeqCst);
+        }
+    }
+
     fn handle(&mut self, consumer: &Orders, event: TimerEvent) {
         self.receipts.note(&event, self.ctx.step_ms());
         let record = self.ctx.world.record(event.id);
         match event.kind {
+            // Sent at most once per order: the reminder's record is the
+            // idempotency key. A second copy comes only after a crash (the
+            // engine logs a reminder's firing without waiting for it, so
+            // one the notifier had handled can fire again from the log).
+            EventKind::Reminder(_) if record.reminders.load(SeqCst) > 0 => {
+                self.duplicates += 1;
+            }
             EventKind::Reminder(_) => {
                 // "Your order closes in 5 minutes." The checks compare when
                 // it left the wheel with when the order was paid.
@@ -421,8 +506,13 @@ pub(crate) struct Checkout {
     pub(crate) paid_after_recheck: u64,
     /// Payments that found the expiry had won (`AlreadyFired`): refunded.
     pub(crate) refunded: u64,
-    /// Payments that found no timer (`NotFound`): refunded (must stay 0).
+    /// Payments that found no timer (`NotFound`) for an order still unpaid:
+    /// refunded (must stay 0: a timer was lost).
     pub(crate) not_found: u64,
+    /// Payments that found no timer for an order already cancelled:
+    /// refunded. Expected only after a crash (the engine's memory of fired
+    /// ids is not durable); 0 otherwise.
+    pub(crate) not_found_cancelled: u64,
     /// Payments for orders turned away at arrival.
     pub(crate) for_rejected: u64,
     /// Cancel won but the order was not unpaid (must stay 0).
@@ -432,50 +522,86 @@ pub(crate) struct Checkout {
 }
 
 impl Checkout {
-    /// Order `order` arrives: reserve its stock, then schedule its deadline
-    /// and reminder. Without stock or a timer it is turned away.
-    pub(crate) fn place(&mut self, ctx: &Context, order: u32) {
-        let plan = ctx.plan(u64::from(order));
+    /// Orders `orders` arrive, in this order: each reserves its stock, then
+    /// (on `callers`) schedules its deadline and reminder. Without stock or
+    /// a timer an order is turned away.
+    pub(crate) fn place(
+        &mut self,
+        ctx: &Context,
+        callers: &Callers,
+        orders: &[u32],
+    ) -> Result<(), Error> {
         let world = &ctx.world;
-        let record = world.record(u64::from(order));
-        if !world.stock.reserve(record, plan.qty) {
-            world.place(record, false);
-            self.sold_out += 1;
-            return;
+        let mut calls = Vec::with_capacity(orders.len());
+        for &order in orders {
+            let plan = ctx.plan(u64::from(order));
+            let record = world.record(u64::from(order));
+            if !world.stock.reserve(record, plan.qty) {
+                world.place(record, false);
+                self.sold_out += 1;
+                continue;
+            }
+            world.place(record, true);
+            calls.push(Call::Schedule {
+                order,
+                deadline_ms: plan.deadline_ms,
+                remind_before_ms: ctx.config.remind_before_ms,
+            });
         }
-        world.place(record, true);
-        let remind = [Duration::from_millis(ctx.config.remind_before_ms)];
-        let scheduled = ctx.timers.schedule_with_reminders(
-            u64::from(order),
-            Deadline::at_unix_ms(plan.deadline_ms),
-            &remind,
-            OrderTimer { version: 1 },
-        );
-        match scheduled {
-            Ok(()) => self.scheduled += 1,
-            Err(_) => {
+        for (call, answer) in calls.iter().zip(callers.run(&ctx.timers, &calls)?) {
+            let (Call::Schedule { order, .. }, Answer::Scheduled(accepted)) = (call, answer) else {
+                return Err(Error::Run(
+                    "a checkout call got another call's answer".into(),
+                ));
+            };
+            if accepted {
+                self.scheduled += 1;
+            } else {
+                let record = world.record(u64::from(*order));
                 world.reject(record);
                 world.stock.release(record);
                 self.engine_refused += 1;
             }
         }
+        Ok(())
     }
 
-    /// Order `order`'s payment reaches the platform.
-    pub(crate) fn pay(&mut self, ctx: &Context, order: u32) {
-        let record = ctx.world.record(u64::from(order));
-        match record.state().0 {
-            State::Unpaid | State::Cancelled => {}
-            State::Rejected => {
-                self.for_rejected += 1;
-                return;
-            }
-            State::Absent | State::Paid => {
-                self.errors += 1;
-                return;
+    /// The payments of `orders` reach the platform: each cancels its
+    /// order's timer (on `callers`), and the answer decides paid or
+    /// refunded.
+    pub(crate) fn pay(
+        &mut self,
+        ctx: &Context,
+        callers: &Callers,
+        orders: &[u32],
+    ) -> Result<(), Error> {
+        let mut calls = Vec::with_capacity(orders.len());
+        for &order in orders {
+            match ctx.world.record(u64::from(order)).state().0 {
+                State::Unpaid | State::Cancelled => calls.push(Call::Cancel { order }),
+                State::Rejected => self.for_rejected += 1,
+                State::Absent | State::Paid => self.errors += 1,
             }
         }
-        match ctx.timers.cancel(&u64::from(order)) {
+        for (call, answer) in calls.iter().zip(callers.run(&ctx.timers, &calls)?) {
+            let (Call::Cancel { order }, Answer::Cancelled(answer)) = (call, answer) else {
+                return Err(Error::Run(
+                    "a checkout call got another call's answer".into(),
+                ));
+            };
+            self.paid_or_refunded(ctx, *order, answer);
+        }
+        Ok(())
+    }
+
+    fn paid_or_refunded(
+        &mut self,
+        ctx: &Context,
+        order: u32,
+        answer: Result<Cancel<OrderTimer>, CancelError>,
+    ) {
+        let record = ctx.world.record(u64::from(order));
+        match answer {
             Ok(Cancel::Cancelled(timer)) => {
                 let now_ms = ctx.timers.now_ms();
                 match record.update(State::Unpaid, timer.version, State::Paid) {
@@ -491,6 +617,13 @@ impl Checkout {
             Ok(Cancel::AlreadyFired) => {
                 record.refunds.fetch_add(1, SeqCst);
                 self.refunded += 1;
+            }
+            // The engine remembers fired ids in memory only, so after a
+            // crash it no longer knows the timer of an order cancelled
+            // before: the order table does.
+            Ok(Cancel::NotFound) if record.state().0 == State::Cancelled => {
+                record.refunds.fetch_add(1, SeqCst);
+                self.not_found_cancelled += 1;
             }
             Ok(Cancel::NotFound) => {
                 record.refunds.fetch_add(1, SeqCst);

@@ -79,6 +79,8 @@ pub(crate) struct Record {
     pub(crate) releases: AtomicU8,
     /// Reminders sent.
     pub(crate) reminders: AtomicU8,
+    /// Reminders lost in the crashed engine's groups (`--crash-at`).
+    pub(crate) reminders_lost: AtomicU8,
     /// Re-checks the order service took.
     pub(crate) snoozes: AtomicU8,
     /// Payments refunded because the expiry won.
@@ -101,6 +103,7 @@ impl Record {
             cancels: AtomicU8::new(0),
             releases: AtomicU8::new(0),
             reminders: AtomicU8::new(0),
+            reminders_lost: AtomicU8::new(0),
             snoozes: AtomicU8::new(0),
             refunds: AtomicU8::new(0),
             seen: AtomicU8::new(0),
@@ -262,6 +265,14 @@ impl World {
             State::Rejected
         };
         record.row.store((1 << 8) | state as u64, SeqCst);
+    }
+
+    /// Orders whose reminder was lost in a crash and never sent.
+    pub(crate) fn reminders_lost(&self) -> u64 {
+        self.records
+            .iter()
+            .filter(|r| r.reminders_lost.load(SeqCst) > 0 && r.reminders.load(SeqCst) == 0)
+            .count() as u64
     }
 
     /// Turns away an order that was placed but could not get a timer.
