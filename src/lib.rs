@@ -23,6 +23,8 @@
 //! ```
 
 mod clock;
+#[cfg(feature = "postgres")]
+pub mod cluster;
 mod codec;
 mod durable;
 mod engine;
