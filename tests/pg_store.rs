@@ -844,3 +844,63 @@ fn bad_arguments_are_errors_not_panics() {
     // Still usable after all that.
     assert!(s.renew(&lease, TTL).unwrap());
 }
+
+/// Throughput of the fenced statements, for docs/SCALE_OUT.md. Measures, never
+/// asserts a time:
+/// `cargo test --release --features postgres --test pg_store -- --ignored --nocapture throughput`
+#[test]
+#[ignore = "a measurement; run by hand"]
+fn throughput_of_fenced_insert_claim_and_ack() {
+    let Some(db) = TestDb::new("throughput", 4) else {
+        return;
+    };
+    let rows: u64 = std::env::var("DUEWHEEL_PG_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    const BATCH: u64 = 1000;
+    let shard = 0;
+    let mut s = db.open();
+    let epoch = acquired(s.acquire(shard, "bench", TTL).unwrap()).epoch();
+    let payload = [7u8; 64];
+
+    let started = std::time::Instant::now();
+    for first in (0..rows).step_by(BATCH as usize) {
+        let batch: Vec<NewTimer<'_>> = (first..(first + BATCH).min(rows))
+            .map(|id| NewTimer {
+                id,
+                deadline_ms: (id * 7919) % 1_000_000,
+                payload: &payload,
+            })
+            .collect();
+        s.insert(shard, epoch, &batch).unwrap();
+    }
+    let insert = started.elapsed();
+
+    let started = std::time::Instant::now();
+    let mut claimed = 0u64;
+    let mut ack = std::time::Duration::ZERO;
+    loop {
+        let got = s
+            .claim_due(shard, epoch, u64::MAX >> 1, BATCH as usize)
+            .unwrap();
+        if got.is_empty() {
+            break;
+        }
+        claimed += got.len() as u64;
+        let ids: Vec<u64> = got.iter().map(|t| t.id).collect();
+        let t = std::time::Instant::now();
+        assert_eq!(s.ack(shard, epoch, &ids).unwrap(), ids.len() as u64);
+        ack += t.elapsed();
+    }
+    let claim = started.elapsed() - ack;
+    assert_eq!(claimed, rows);
+    let per_s = |n: u64, d: Duration| n as f64 / d.as_secs_f64();
+    println!(
+        "{rows} rows, 64-byte payloads, batches of {BATCH}, one connection: \
+         fenced insert {:.0} rows/s, fenced claim {:.0} rows/s, fenced ack {:.0} rows/s",
+        per_s(rows, insert),
+        per_s(rows, claim),
+        per_s(rows, ack)
+    );
+}
