@@ -734,6 +734,44 @@ fn a_newer_schema_or_another_shard_count_is_refused_and_an_absent_one_is_created
     }
 }
 
+/// Migrating needs CREATE; a node on a migrated schema needs only DML.
+#[test]
+fn a_role_without_create_privilege_opens_a_migrated_schema() {
+    let Some(db) = TestDb::new("dml", 4) else {
+        return;
+    };
+    if db.dsn.trim_start().starts_with("postgres") {
+        eprintln!("note: URL-style DSN; this test needs key=value to swap the user");
+        return;
+    }
+    drop(db.open()); // migrated by the DSN's (privileged) user
+    let role = db.schema.clone();
+    let mut raw = db.raw();
+    raw.batch_execute(&format!(
+        "CREATE ROLE \"{role}\" LOGIN;
+         GRANT USAGE ON SCHEMA \"{role}\" TO \"{role}\";
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA \"{role}\" TO \"{role}\";"
+    ))
+    .unwrap();
+    let node = StoreConfig::new(format!("{} user={role}", db.dsn))
+        .schema(db.schema.clone())
+        .shards(4)
+        .open();
+    let outcome = node.map(|mut s| {
+        let lease = acquired(s.acquire(0, "node", TTL).unwrap());
+        let t = NewTimer {
+            id: 1,
+            deadline_ms: 0,
+            payload: b"",
+        };
+        s.insert(0, lease.epoch(), &[t]).unwrap();
+        s.claim_due(0, lease.epoch(), 0, 1).unwrap().len()
+    });
+    raw.batch_execute(&format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\";"))
+        .unwrap();
+    assert_eq!(outcome.expect("a DML-only role opens the schema"), 1);
+}
+
 impl TestDb {
     fn open_err(&self) -> OpenError {
         self.config().open().expect_err("open must fail")

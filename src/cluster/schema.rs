@@ -42,7 +42,9 @@
 //!
 //! Nodes may start together: the check and the migration run in one
 //! transaction under an advisory lock keyed by the schema's name, so exactly
-//! one of them migrates and the others see its result.
+//! one of them migrates and the others see its result. Creating or migrating
+//! needs the `CREATE` privilege; opening a current schema runs no DDL, so a
+//! node's role needs only `SELECT, INSERT, UPDATE, DELETE` on the tables.
 
 use super::error::{OpenError, QueryError};
 
@@ -114,16 +116,30 @@ pub(super) fn open(
         &[&name],
     )
     .map_err(q)?;
-    // `name` is [a-z0-9_] only (checked by the caller), so quoting it is
-    // enough.
-    tx.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS \"{name}\";
-         CREATE TABLE IF NOT EXISTS duewheel_schema (
-           singleton bool PRIMARY KEY DEFAULT true CHECK (singleton),
-           version int NOT NULL,
-           shards int NOT NULL);"
-    ))
-    .map_err(q)?;
+    // Only DDL when something must be created: a node whose role may read
+    // and write the tables but not create them opens a migrated schema.
+    let exists: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = $1 AND c.relname = 'duewheel_schema')",
+            &[&name],
+        )
+        .map_err(q)?
+        .try_get(0)
+        .map_err(q)?;
+    if !exists {
+        // `name` is [a-z0-9_] only (checked by the caller), so quoting it is
+        // enough.
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS \"{name}\";
+             CREATE TABLE duewheel_schema (
+               singleton bool PRIMARY KEY DEFAULT true CHECK (singleton),
+               version int NOT NULL,
+               shards int NOT NULL);"
+        ))
+        .map_err(q)?;
+    }
     let row = tx
         .query_opt("SELECT version, shards FROM duewheel_schema", &[])
         .map_err(q)?;

@@ -560,7 +560,8 @@ impl PgStore {
     }
 
     /// Streams the pending and claimed timers of `shard` with
-    /// `from_ms <= deadline_ms < to_ms`, in deadline order (ties by id), from
+    /// `from_ms <= deadline_ms < to_ms`, in deadline order (ties in a fixed
+    /// order: by the stored `bigint` id), from
     /// one snapshot. A new owner calls it after [`acquire`](Self::acquire)
     /// returned: everything committed before the epoch bump is in it,
     /// including timers claimed but never acked by the previous owner, which
