@@ -942,3 +942,89 @@ fn throughput_of_fenced_insert_claim_and_ack() {
         per_s(rows, ack)
     );
 }
+
+/// A connection killed under the store is an error value (in doubt, since
+/// the store cannot know whether a statement in flight committed), never a
+/// panic; a new store carries on, and a statement timeout is a refusal.
+#[test]
+fn a_terminated_connection_is_in_doubt_and_a_timeout_is_refused() {
+    let Some(db) = TestDb::new("killed", 4) else {
+        return;
+    };
+    if db.dsn.trim_start().starts_with("postgres") {
+        eprintln!("note: URL-style DSN; this test needs key=value to add application_name");
+        return;
+    }
+    let tagged = || {
+        StoreConfig::new(format!("{} application_name={}", db.dsn, db.schema))
+            .schema(db.schema.clone())
+            .shards(4)
+    };
+    let mut store = tagged().open().unwrap();
+    let lease = acquired(store.acquire(0, "node", TTL).unwrap());
+    let terminated: i64 = db
+        .raw()
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE application_name = $1",
+            &[&db.schema],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(terminated, 1);
+    // Wait until the backend is gone, so the insert below cannot reach it.
+    let mut raw = db.raw();
+    for _ in 0..500 {
+        let left: i64 = raw
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&db.schema],
+            )
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let t = NewTimer {
+        id: 1,
+        deadline_ms: 0,
+        payload: b"",
+    };
+    let err = store.insert(0, lease.epoch(), &[t]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            InsertError::Query(duewheel::cluster::QueryError::InDoubt(_))
+        ),
+        "{err:?}"
+    );
+    assert!(store.is_closed());
+    assert!(store.renew(&lease, TTL).is_err());
+
+    // A fresh store: the lease is still ours at the same epoch, and the
+    // timer was not written.
+    let mut again = tagged()
+        .statement_timeout(Duration::from_millis(50))
+        .open()
+        .unwrap();
+    assert!(again.renew(&lease, TTL).unwrap());
+    assert!(load_all(&mut again, 0).is_empty());
+
+    // Hold the shard row so the fenced insert waits past its timeout.
+    let mut blocker = db.raw();
+    let mut tx = blocker.transaction().unwrap();
+    tx.execute("SELECT 1 FROM shards WHERE shard_id = 0 FOR UPDATE", &[])
+        .unwrap();
+    let err = again.insert(0, lease.epoch(), &[t]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            InsertError::Query(duewheel::cluster::QueryError::Refused(_))
+        ),
+        "{err:?}"
+    );
+    tx.rollback().unwrap();
+    assert_eq!(again.insert(0, lease.epoch(), &[t]).unwrap().inserted, 1);
+}

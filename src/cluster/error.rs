@@ -17,13 +17,14 @@
 /// A statement failed. Says whether it may have taken effect.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
-    /// PostgreSQL refused the statement (constraint, timeout, lock failure,
-    /// ...). Every statement here runs in its own implicit transaction, so a
-    /// refused statement changed nothing.
+    /// PostgreSQL refused the statement with an `ERROR` (constraint,
+    /// statement timeout, lock failure, ...). Every statement here runs in its
+    /// own implicit transaction, so a refused statement changed nothing.
     #[error("PostgreSQL refused the statement: {0}")]
     Refused(#[source] postgres::Error),
-    /// The connection failed (or a reply could not be read) while the
-    /// statement was in flight: it may or may not have committed. Open a new
+    /// The connection failed, the backend was terminated (`FATAL`), or a
+    /// reply could not be read, while the statement was in flight: it may or
+    /// may not have committed. Open a new
     /// store; an owner re-acquires its shard and reloads it.
     #[error("the connection failed mid-statement; it may or may not have committed: {0}")]
     InDoubt(#[source] postgres::Error),
@@ -31,11 +32,21 @@ pub enum QueryError {
 
 impl From<postgres::Error> for QueryError {
     fn from(e: postgres::Error) -> Self {
-        // Only an error reported by the server proves that the statement did
+        // Only an ERROR reported by the server proves that the statement did
         // not commit (an implicit transaction aborts as a whole). Anything
-        // else (I/O, a closed connection, a reply we could not parse) may have
-        // come after the commit.
-        if e.as_db_error().is_some() {
+        // else may have come after the commit: I/O errors, a closed
+        // connection, a reply we could not parse, and FATAL/PANIC reports
+        // (the backend was terminated, e.g. pg_terminate_backend or a server
+        // shutdown, which can happen after the commit record was written).
+        use postgres::error::Severity;
+        let refused = e
+            .as_db_error()
+            .is_some_and(|db| match db.parsed_severity() {
+                Some(severity) => !matches!(severity, Severity::Fatal | Severity::Panic),
+                // Servers before 9.6 send only the localised severity.
+                None => !matches!(db.severity(), "FATAL" | "PANIC"),
+            });
+        if refused {
             Self::Refused(e)
         } else {
             Self::InDoubt(e)
