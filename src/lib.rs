@@ -25,6 +25,8 @@
 #![forbid(unsafe_code)]
 
 mod clock;
+#[cfg(feature = "postgres")]
+pub mod cluster;
 mod codec;
 mod durable;
 mod engine;
