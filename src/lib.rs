@@ -22,12 +22,15 @@
 //! # Ok::<(), duewheel::wheel::InsertError<&str>>(())
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod clock;
 mod codec;
 mod durable;
 mod engine;
 mod error;
 mod key;
+mod trace;
 pub mod wal;
 pub mod wheel;
 

@@ -20,6 +20,7 @@
 use super::Inner;
 use super::consumer::{Batch, Group};
 use super::shard::Fired;
+use crate::trace;
 use crossbeam_channel::SendTimeoutError;
 use hdrhistogram::Histogram;
 use std::hash::Hash;
@@ -31,6 +32,10 @@ use std::time::{Duration, Instant};
 /// How often a blocked delivery checks for shutdown.
 const SEND_POLL: Duration = Duration::from_millis(50);
 
+/// Lateness past which the dispatcher reports itself behind (a warning
+/// when it starts, a note when it has caught up).
+const BEHIND_MS: u64 = 1_000;
+
 pub(crate) fn run<K, P>(inner: Arc<Inner<K, P>>)
 where
     K: Hash + Eq + Clone + Send + 'static,
@@ -40,6 +45,9 @@ where
     let mut fired: Vec<Fired<K, P>> = Vec::new();
     let mut lateness = Histogram::<u64>::new(3).expect("3 significant figures is valid");
     let mut last_publish = Instant::now();
+    // Whether the dispatcher is more than `BEHIND_MS` behind (a stall).
+    let mut behind = false;
+    let mut fail_stop_reported = false;
     loop {
         if inner.stopping.load(Ordering::SeqCst) {
             return;
@@ -47,6 +55,10 @@ where
         if inner.journal.as_ref().is_some_and(|j| j.failed()) {
             // Fail-stop: memory may hold changes the log never made durable,
             // so nothing more fires until a restart recovers from the log.
+            if !fail_stop_reported {
+                trace::error!("the write-ahead log failed: nothing fires until a restart");
+                fail_stop_reported = true;
+            }
             park(&inner, None);
             continue;
         }
@@ -76,6 +88,15 @@ where
                     let _ = lateness.record(now_tick.saturating_sub(*due_tick));
                     oldest_ms = oldest_ms.min(event.due_ms);
                 }
+                let late_ms = now_ms.saturating_sub(oldest_ms);
+                trace::trace!(events = fired.len(), late_ms, "delivering a batch");
+                if late_ms > BEHIND_MS && !behind {
+                    behind = true;
+                    trace::warning!(
+                        late_ms,
+                        "dispatcher behind: events leave the wheel over a second late"
+                    );
+                }
                 inner.delivering_since_ms.store(oldest_ms, Ordering::SeqCst);
                 let delivered = deliver(&inner, &groups, &mut fired);
                 inner.delivering_since_ms.store(u64::MAX, Ordering::SeqCst);
@@ -88,6 +109,10 @@ where
             continue;
         }
         inner.mark_settled(now_ms, settle_requests);
+        if behind {
+            behind = false;
+            trace::info!("dispatcher caught up");
+        }
 
         #[cfg(feature = "metrics")]
         if last_publish.elapsed() >= Duration::from_secs(1) {
@@ -173,11 +198,32 @@ fn send<K, P>(
     let len = batch.len() as u64;
     group.shared.queued.fetch_add(len, Ordering::Relaxed);
     let mut batch = batch;
+    let mut blocked_since: Option<Instant> = None;
     loop {
         match group.tx.send_timeout(batch, SEND_POLL) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                group.shared.wake();
+                if let Some(since) = blocked_since {
+                    let waited_ms =
+                        since.elapsed().as_millis() as u64 + SEND_POLL.as_millis() as u64;
+                    trace::info!(
+                        group = &*group.name,
+                        waited_ms,
+                        "consumer group has room again"
+                    );
+                }
+                return Ok(());
+            }
             Err(SendTimeoutError::Timeout(back) | SendTimeoutError::Disconnected(back)) => {
                 if !inner.stopping.load(Ordering::SeqCst) {
+                    if blocked_since.is_none() {
+                        blocked_since = Some(Instant::now());
+                        trace::warning!(
+                            group = &*group.name,
+                            queued = group.shared.queued.load(Ordering::Relaxed),
+                            "consumer group full: the dispatcher waits (backpressure)"
+                        );
+                    }
                     batch = back;
                     continue;
                 }
