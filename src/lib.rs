@@ -30,6 +30,9 @@ mod durable;
 mod engine;
 mod error;
 mod key;
+#[cfg(feature = "prometheus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
+pub mod prometheus;
 mod trace;
 pub mod wal;
 pub mod wheel;

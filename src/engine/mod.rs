@@ -991,7 +991,7 @@ where
             snoozed_total: counters.snoozed,
             rejected_full_total: counters.rejected_full,
             tick_ms: inner.ticks.tick_ms(),
-            lateness: Lateness::from_histogram(&inner.lateness.lock()),
+            lateness: Lateness::from_histogram(&inner.lateness.lock(), inner.ticks.tick_ms()),
             groups,
             storage_failed: inner.journal.as_ref().is_some_and(|j| j.failed()),
             oldest_overdue_ms,
