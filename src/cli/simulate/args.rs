@@ -102,6 +102,11 @@ pub(crate) struct Args {
     /// Also write the report as a self-contained HTML page with charts.
     #[arg(long, value_name = "PATH")]
     report: Option<PathBuf>,
+    /// Serve the engine's Prometheus metrics at http://ADDR/metrics while
+    /// the sale runs (needs the `prometheus` feature; port 0 picks one and
+    /// prints it).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     // TODO(durable): `--durable DIR` (run on the write-ahead log via
     // `Builder::durable`, which needs `Codec` for the id and the payload)
     // and `--crash-at 5m` (drop the engine mid-sale without shutdown,
@@ -141,6 +146,9 @@ pub(crate) struct Config {
     pub(crate) json: bool,
     #[serde(skip)]
     pub(crate) report: Option<(PathBuf, File)>,
+    #[serde(skip)]
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -216,6 +224,9 @@ impl Config {
         if args.channel_capacity > 1 << 30 {
             return usage("--channel-capacity must be at most 2^30".into());
         }
+        if cfg!(not(feature = "prometheus")) && args.metrics_addr.is_some() {
+            return usage("--metrics-addr needs a build with `--features prometheus`".into());
+        }
         let stock = args.stock.unwrap_or(args.orders * u64::from(args.max_qty));
         let report = match args.report {
             None => None,
@@ -254,6 +265,7 @@ impl Config {
             real_time_speed: args.real_time.then_some(args.speed),
             json: args.json,
             report,
+            metrics_addr: args.metrics_addr,
         })
     }
 

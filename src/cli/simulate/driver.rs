@@ -98,6 +98,18 @@ pub(crate) fn run(
     };
     let manual = matches!(clock, SimClock::Manual(_));
     let engine = build_engine(&config, &clock)?;
+    #[cfg(feature = "prometheus")]
+    let _metrics = match config.metrics_addr {
+        // Scraped while the sale runs; stops when the run ends.
+        Some(addr) => {
+            let server = duewheel::prometheus::Exporter::new(&engine)
+                .serve(addr)
+                .map_err(|e| Error::Run(format!("cannot serve metrics on {addr}: {e}")))?;
+            eprintln!("metrics on http://{}/metrics", server.local_addr());
+            Some(server)
+        }
+        None => None,
+    };
     let timers: Timers = engine.scheduler();
     let ctx = Context {
         config: config.clone(),
