@@ -14,7 +14,7 @@
 //! - a snapshot replaces the segments below its number only after it is
 //!   synced and renamed into place and the directory is synced;
 //! - any failed write or fsync poisons the log (fail-stop, see
-//!   [`writer`]).
+//!   `writer.rs`).
 
 pub mod fault;
 pub mod record;
