@@ -147,6 +147,43 @@ fn an_idle_async_consumer_wakes_for_an_event_fired_later_and_ends_at_shutdown() 
     });
 }
 
+#[test]
+fn a_receive_dropped_while_waiting_loses_no_event() {
+    on_one_thread(Duration::from_secs(30), || async {
+        let clock = ManualClock::new(T0);
+        let engine = Engine::<u64, ()>::builder()
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        let mut consumer = engine.subscribe("orders");
+        // Receives that give up after 5 ms, again and again, while nothing
+        // has fired: each drops its future mid-wait.
+        for _ in 0..10 {
+            let gave_up =
+                tokio::time::timeout(Duration::from_millis(5), consumer.recv_async()).await;
+            assert!(gave_up.is_err());
+        }
+        for id in 0..3 {
+            engine
+                .scheduler()
+                .schedule(id, Duration::from_secs(1), ())
+                .unwrap();
+        }
+        clock.advance(Duration::from_secs(1));
+        let mut ids = Vec::new();
+        while ids.len() < 3 {
+            // Time out and retry too: an event is never lost in between.
+            if let Ok(Some(event)) =
+                tokio::time::timeout(Duration::from_millis(1), consumer.recv_async()).await
+            {
+                ids.push(event.id);
+            }
+        }
+        ids.sort_unstable();
+        assert_eq!(ids, [0, 1, 2]);
+    });
+}
+
 /// A stream of events, polled through `futures_core::Stream` alone.
 fn next<S: Stream + Unpin>(stream: &mut S) -> impl Future<Output = Option<S::Item>> + '_ {
     std::future::poll_fn(move |cx| std::pin::Pin::new(&mut *stream).poll_next(cx))

@@ -167,6 +167,80 @@ fn unpaid_orders_expire_paid_ones_do_not_and_metrics_tell_the_story() {
     runtime.block_on(service.shutdown());
 }
 
+#[test]
+fn payments_racing_the_expiry_get_answers_that_match_the_outcome() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let clock = ManualClock::new(T0);
+    const ORDERS: u64 = 40;
+    let settings = Settings {
+        window: Duration::from_secs(60),
+        remind_before: Duration::from_secs(10),
+        stock: ORDERS * 2,
+    };
+    let service = {
+        let _inside = runtime.enter();
+        OrderService::start(settings, clock.clone()).unwrap()
+    };
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = runtime.spawn(axum::serve(listener, service.router()).into_future());
+    let ids: Vec<u64> = (0..ORDERS)
+        .map(|_| {
+            let (status, body) = http(addr, "POST", "/orders", Some("{\"qty\":2}"));
+            assert_eq!(status, 201, "{body}");
+            json(&body)["id"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(service.available(), 0);
+
+    // Every buyer pays in the window's last moment, while the clock moves
+    // past it: some payments win, some expiries do.
+    clock.advance(Duration::from_secs(59));
+    let payers: Vec<_> = ids
+        .chunks(10)
+        .map(|chunk| {
+            let chunk = chunk.to_vec();
+            std::thread::spawn(move || {
+                chunk
+                    .into_iter()
+                    .map(|id| (id, http(addr, "POST", &format!("/orders/{id}/pay"), None)))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    // Let some payments through first, so both sides win some.
+    std::thread::sleep(Duration::from_millis(3));
+    clock.advance(Duration::from_secs(1));
+    let answers: Vec<(u64, (u16, String))> =
+        payers.into_iter().flat_map(|p| p.join().unwrap()).collect();
+
+    let mut paid = 0;
+    for (id, (status, body)) in answers {
+        let answer = json(&body);
+        let want = if status == 200 {
+            assert_eq!(answer["beat_expiry"], true, "{body}");
+            paid += 1;
+            "paid"
+        } else {
+            assert_eq!(status, 409, "{body}");
+            assert_eq!(answer["beat_expiry"], false, "{body}");
+            "cancelled"
+        };
+        // The final state is what the answer said, once the consumer ran.
+        wait_for_state(addr, id, want);
+    }
+    // Stock: every cancelled order gave its 2 units back, no paid one did.
+    wait_until(|| service.available() == (ORDERS - paid) * 2);
+    server.abort();
+    runtime.block_on(service.shutdown());
+}
+
 fn wait_until(mut done: impl FnMut() -> bool) {
     let started = Instant::now();
     while !done() {
