@@ -204,7 +204,10 @@ impl<K, P> Registry<K, P> {
 /// [`recv`](Self::recv), [`try_recv`](Self::try_recv),
 /// [`recv_timeout`](Self::recv_timeout), and [`iter`](Self::iter). Events
 /// arrive in batches; a consumer takes a whole batch at a time, so the other
-/// consumers of its group get the next batches.
+/// consumers of its group get the next batches. With feature `tokio` a
+/// consumer is also a `futures_core::Stream` of events and has
+/// `recv_async`, `ack_async` and `snooze_async`: async code needs no thread
+/// per consumer.
 ///
 /// ```
 /// use duewheel::{Engine, EventKind, ManualClock};

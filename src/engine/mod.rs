@@ -693,7 +693,10 @@ where
 }
 
 /// A cheap, cloneable handle to an [`Engine`]: schedule, cancel and
-/// reschedule by the caller's id from any thread.
+/// reschedule by the caller's id from any thread. With feature `tokio` each
+/// call has an `_async` form (`schedule_async`, `cancel_async`, ...) whose
+/// durable-mode wait for the commit is an `.await` instead of a blocked
+/// thread.
 ///
 /// ```
 /// use duewheel::{Cancel, Engine, ManualClock, ScheduleError};
