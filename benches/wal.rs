@@ -1,6 +1,8 @@
 //! The durable engine: acknowledged (fsynced, group-committed) schedules per
-//! second with 1, 8 and 64 producer threads, one call per timer and in
-//! batches of 100, and recovery time at open for 1M and 10M pending timers.
+//! second with 1, 8 and 64 producer threads (one call per timer, and in
+//! batches of 100 through `schedule_batch`), with 64 and 1,024 async
+//! tasks on a 2-worker tokio runtime (`schedule_async`, feature `tokio`),
+//! and recovery time at open for 1M and 10M pending timers.
 //!
 //! `cargo bench --bench wal`. Data goes to a directory under the system
 //! temp dir, removed afterwards. Recovery of 10M is printed once (its setup
@@ -116,6 +118,60 @@ fn acked_batches(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&path);
 }
 
+/// Many callers with one operation in flight each, as tasks instead of
+/// threads: a group commit can cover as many records as there are tasks.
+fn acked_schedules_async(c: &mut Criterion) {
+    const PER_TASK: u64 = 200;
+    let path = dir("acked-async");
+    let engine = open(&path, SyncPolicy::Always);
+    let s = engine.scheduler();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("wal/acked_schedules_async");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    let mut next_id = 0u64;
+    for tasks in [64u64, 1_024] {
+        group.throughput(Throughput::Elements(PER_TASK * tasks));
+        group.bench_function(format!("{tasks}_tasks"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let first = next_id;
+                    let began = Instant::now();
+                    runtime.block_on(async {
+                        let running: Vec<_> = (0..tasks)
+                            .map(|t| {
+                                let s = s.clone();
+                                let base = first + t * PER_TASK;
+                                tokio::spawn(async move {
+                                    for id in base..base + PER_TASK {
+                                        s.schedule_async(id, Duration::from_secs(1_800), id)
+                                            .await
+                                            .unwrap();
+                                    }
+                                })
+                            })
+                            .collect();
+                        for task in running {
+                            task.await.unwrap();
+                        }
+                    });
+                    total += began.elapsed();
+                    next_id += tasks * PER_TASK;
+                }
+                total
+            });
+        });
+    }
+    group.finish();
+    drop(engine.shutdown());
+    let _ = std::fs::remove_dir_all(&path);
+}
+
 /// Fills a directory with `n` pending timers and shuts down cleanly (the
 /// final checkpoint holds them all).
 fn filled(name: &str, n: u64) -> PathBuf {
@@ -177,5 +233,11 @@ fn recovery(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&path);
 }
 
-criterion_group!(benches, acked_schedules, acked_batches, recovery);
+criterion_group!(
+    benches,
+    acked_schedules,
+    acked_batches,
+    acked_schedules_async,
+    recovery
+);
 criterion_main!(benches);

@@ -175,6 +175,14 @@ impl<K: Codec, P: Codec> Journal<K, P> for WalStore<K, P> {
         self.wal.wait(seq).map_err(storage)
     }
 
+    #[cfg(feature = "tokio")]
+    fn wait_async(
+        &self,
+        seq: u64,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send + '_>> {
+        Box::pin(async move { self.wal.wait_async(seq).await.map_err(storage) })
+    }
+
     fn failed(&self) -> bool {
         self.wal.is_poisoned()
     }

@@ -1,5 +1,55 @@
 //! duewheel: a timer engine for payment deadlines.
 //!
+//! An unpaid order must be cancelled when its payment window closes, never
+//! before, and never after the buyer paid. [`Engine`] holds one timer per
+//! order id; [`Scheduler`] handles schedule, cancel and reschedule them
+//! from any thread; a dispatcher thread hands the expiries (and reminders)
+//! to [`Consumer`] groups over bounded channels. Cancel and expiry of one id
+//! are decided atomically, and the caller of `cancel` is told which won.
+//!
+//! # Quick start
+//!
+//! ```
+//! use duewheel::{Cancel, Engine, EventKind, ManualClock};
+//! use std::time::Duration;
+//!
+//! let clock = ManualClock::new(0); // tests drive time; the default is the system clock
+//! let engine = Engine::<u64, &str>::builder().clock(clock.clone()).build()?;
+//! let mut expiries = engine.subscribe("order-cancel");
+//! let payments = engine.scheduler(); // Clone + Send + Sync
+//!
+//! let window = Duration::from_secs(30 * 60);
+//! payments.schedule(1, window, "order 1")?;
+//! payments.schedule(2, window, "order 2")?;
+//! assert!(matches!(payments.cancel(&1)?, Cancel::Cancelled("order 1"))); // paid in time
+//!
+//! clock.advance(window);
+//! let expired = expiries.recv_timeout(Duration::from_secs(5))?;
+//! assert_eq!((expired.id, expired.kind), (2, EventKind::Expired)); // cancel order 2
+//! assert!(matches!(payments.cancel(&2)?, Cancel::AlreadyFired)); // too late: refund
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Reminders before the deadline ([`Scheduler::schedule_with_reminders`]),
+//! acknowledgements with redelivery and snooze ([`Builder::ack_timeout`]),
+//! and a durable mode on a write-ahead log ([`Builder::durable`]) build on
+//! this. What is promised, and the test behind each promise, is in
+//! `docs/GUARANTEES.md`; measured numbers in `docs/BENCHMARKS.md`.
+//!
+//! # Feature flags
+//!
+//! None is on by default; each adds to the API and changes nothing else.
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `tokio` | async consumers: [`Consumer`] is a `futures_core::Stream` of events and has `recv_async`, `ack_async`, `snooze_async`; `Scheduler::schedule_async`, `cancel_async`, `reschedule_async`, whose durable-mode wait for the commit is an `.await` (no thread blocked, none spawned per consumer); [`wal::Wal::wait_async`] |
+//! | `prometheus` | [`prometheus::Exporter`]: the engine's [`Stats`] as Prometheus text (`duewheel_pending_timers`, `duewheel_fired_total`, the `duewheel_lateness_seconds` histogram, `duewheel_consumer_lag`, `duewheel_oldest_overdue_seconds`, ...), rendered on demand or served over HTTP; `duewheel simulate --metrics-addr`. Implies `metrics` |
+//! | `metrics` | [`Stats::publish`] into the `metrics` facade; the dispatcher publishes once a second to the global recorder |
+//! | `tracing` | `tracing` events (target `duewheel`) for dispatcher batches and stalls, consumer backpressure, WAL commits, checkpoints and recovery; never one per timer |
+//! | `postgres` | `cluster`: the PostgreSQL layer of scale-out (versioned schema, fixed logical shards, epoch-fenced leases, a store whose ownership-dependent writes are fenced by a `FOR SHARE` lock on the shard row). The cluster node built on it is not there yet: `docs/SCALE_OUT.md` |
+//!
+//! # The wheel alone
+//!
 //! The core is [`wheel::Wheel`], a hierarchical hashed timing wheel
 //! (Varghese & Lauck) with O(1) insert, cancel and reschedule, generational
 //! keys, and bitmaps that let an idle wheel skip straight to its next
@@ -22,16 +72,22 @@
 //! # Ok::<(), duewheel::wheel::InsertError<&str>>(())
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
 mod clock;
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod cluster;
 mod codec;
 mod durable;
 mod engine;
 mod error;
 mod key;
+#[cfg(feature = "prometheus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
+pub mod prometheus;
+mod trace;
 pub mod wal;
 pub mod wheel;
 
@@ -47,3 +103,8 @@ pub use error::{
 };
 
 pub use key::TimerKey;
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -43,6 +43,13 @@ pub(crate) struct GroupShared<K, P> {
     /// Handed-back batches that did not fit in the channel; read first.
     handed_back: Mutex<Vec<Batch<K, P>>>,
     handed_back_len: AtomicUsize,
+    /// Wakes async consumers (see [`super::stream`]): signalled after every
+    /// batch the dispatcher sends, every hand-back, and at close.
+    #[cfg(feature = "tokio")]
+    pub(crate) notify: Arc<tokio::sync::Notify>,
+    /// Set at close: nothing more will arrive once the channel is empty.
+    #[cfg(feature = "tokio")]
+    pub(crate) closed: AtomicBool,
 }
 
 impl<K, P> GroupShared<K, P> {
@@ -53,20 +60,34 @@ impl<K, P> GroupShared<K, P> {
             requeue: Mutex::new(Some(tx)),
             handed_back: Mutex::new(Vec::new()),
             handed_back_len: AtomicUsize::new(0),
+            #[cfg(feature = "tokio")]
+            notify: Arc::new(tokio::sync::Notify::new()),
+            #[cfg(feature = "tokio")]
+            closed: AtomicBool::new(false),
         }
+    }
+
+    /// Tells async consumers that something may have arrived. A no-op
+    /// without feature `tokio`; with it, one uncontended lock when no
+    /// consumer waits.
+    #[inline]
+    pub(crate) fn wake(&self) {
+        #[cfg(feature = "tokio")]
+        self.notify.notify_waiters();
     }
 
     fn hand_back(&self, batch: Batch<K, P>) {
         self.queued.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let batch = match self.requeue.lock().as_ref() {
             Some(tx) => match tx.try_send(batch) {
-                Ok(()) => return,
+                Ok(()) => return self.wake(),
                 Err(full_or_closed) => full_or_closed.into_inner(),
             },
             None => batch,
         };
         self.handed_back.lock().push(batch);
         self.handed_back_len.fetch_add(1, Ordering::Release);
+        self.wake();
     }
 
     fn take_handed_back(&self) -> Option<Batch<K, P>> {
@@ -112,6 +133,9 @@ impl<K, P> Registry<K, P> {
         if let Some(groups) = self.groups.lock().take() {
             for group in groups.iter() {
                 group.shared.requeue.lock().take();
+                #[cfg(feature = "tokio")]
+                group.shared.closed.store(true, Ordering::SeqCst);
+                group.shared.wake();
             }
         }
     }
@@ -164,6 +188,8 @@ impl<K, P> Registry<K, P> {
             shared: group.shared.clone(),
             buffer: Vec::new().into_iter(),
             acker: None,
+            #[cfg(feature = "tokio")]
+            waiting: None,
         };
         Ok((
             consumer,
@@ -178,7 +204,10 @@ impl<K, P> Registry<K, P> {
 /// [`recv`](Self::recv), [`try_recv`](Self::try_recv),
 /// [`recv_timeout`](Self::recv_timeout), and [`iter`](Self::iter). Events
 /// arrive in batches; a consumer takes a whole batch at a time, so the other
-/// consumers of its group get the next batches.
+/// consumers of its group get the next batches. With feature `tokio` a
+/// consumer is also a `futures_core::Stream` of events and has
+/// `recv_async`, `ack_async` and `snooze_async`: async code needs no thread
+/// per consumer.
 ///
 /// ```
 /// use duewheel::{Engine, EventKind, ManualClock};
@@ -197,9 +226,12 @@ impl<K, P> Registry<K, P> {
 pub struct Consumer<K, P> {
     group: Arc<str>,
     rx: Receiver<Batch<K, P>>,
-    shared: Arc<GroupShared<K, P>>,
+    pub(crate) shared: Arc<GroupShared<K, P>>,
     buffer: std::vec::IntoIter<Event<K, P>>,
     pub(crate) acker: Option<Acker<K, P>>,
+    /// The wake-up an async receive waits on (see [`super::stream`]).
+    #[cfg(feature = "tokio")]
+    pub(crate) waiting: Option<std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>>,
 }
 
 /// Lets a consumer ack and snooze: the engine and the group's bit.

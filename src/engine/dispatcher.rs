@@ -23,6 +23,7 @@
 use super::Inner;
 use super::consumer::{Batch, Group};
 use super::shard::Fired;
+use crate::trace;
 use crossbeam_channel::SendTimeoutError;
 use hdrhistogram::Histogram;
 use std::hash::Hash;
@@ -34,6 +35,10 @@ use std::time::{Duration, Instant};
 /// How often a blocked delivery checks for shutdown.
 const SEND_POLL: Duration = Duration::from_millis(50);
 
+/// Lateness past which the dispatcher reports itself behind (a warning
+/// when it starts, a note when it has caught up).
+const BEHIND_MS: u64 = 1_000;
+
 pub(crate) fn run<K, P>(inner: Arc<Inner<K, P>>)
 where
     K: Hash + Eq + Clone + Send + 'static,
@@ -43,6 +48,9 @@ where
     let mut fired: Vec<Fired<K, P>> = Vec::new();
     let mut lateness = Histogram::<u64>::new(3).expect("3 significant figures is valid");
     let mut last_publish = Instant::now();
+    // Whether the dispatcher is more than `BEHIND_MS` behind (a stall).
+    let mut behind = false;
+    let mut fail_stop_reported = false;
     loop {
         let stopping = inner.stopping.load(Ordering::SeqCst);
         let failed = inner.journal.as_ref().is_some_and(|j| j.failed());
@@ -50,8 +58,15 @@ where
             // What already fired is handed over (or, if shutdown finds a
             // group full, kept for it to return), never dropped.
             if let Some(groups) = inner.registry.snapshot() {
-                let now_tick = inner.ticks.now_tick(inner.clock.now_ms());
-                flush(&inner, &groups, &mut fired, &mut lateness, now_tick);
+                let now_ms = inner.clock.now_ms();
+                flush(
+                    &inner,
+                    &groups,
+                    &mut fired,
+                    &mut lateness,
+                    now_ms,
+                    &mut behind,
+                );
             }
         }
         if stopping {
@@ -60,6 +75,10 @@ where
         if failed {
             // Fail-stop: memory may hold changes the log never made durable,
             // so nothing more fires until a restart recovers from the log.
+            if !fail_stop_reported {
+                trace::error!("the write-ahead log failed: nothing fires until a restart");
+                fail_stop_reported = true;
+            }
             park(&inner, None);
             continue;
         }
@@ -85,17 +104,37 @@ where
                 // catch-up of timers at distinct ticks must not become one
                 // channel slot per event.
                 if fired.len() >= inner.batch
-                    && !flush(&inner, &groups, &mut fired, &mut lateness, now_tick)
+                    && !flush(
+                        &inner,
+                        &groups,
+                        &mut fired,
+                        &mut lateness,
+                        now_ms,
+                        &mut behind,
+                    )
                 {
                     return;
                 }
             }
             continue;
         }
-        if !fired.is_empty() && !flush(&inner, &groups, &mut fired, &mut lateness, now_tick) {
+        if !fired.is_empty()
+            && !flush(
+                &inner,
+                &groups,
+                &mut fired,
+                &mut lateness,
+                now_ms,
+                &mut behind,
+            )
+        {
             return;
         }
         inner.mark_settled(now_ms, settle_requests);
+        if behind {
+            behind = false;
+            trace::info!("dispatcher caught up");
+        }
 
         #[cfg(feature = "metrics")]
         if last_publish.elapsed() >= Duration::from_secs(1) {
@@ -120,14 +159,17 @@ where
 }
 
 /// Records the lateness of the events in `fired` and delivers them (see
-/// [`deliver`]).
+/// [`deliver`]). `behind` tracks whether the dispatcher runs more than
+/// `BEHIND_MS` late, so a stall is reported once, not per batch.
 fn flush<K: Clone, P: Clone>(
     inner: &Inner<K, P>,
     groups: &[Group<K, P>],
     fired: &mut Vec<Fired<K, P>>,
     lateness: &mut Histogram<u64>,
-    now_tick: u64,
+    now_ms: u64,
+    behind: &mut bool,
 ) -> bool {
+    let now_tick = inner.ticks.now_tick(now_ms);
     let mut oldest_ms = u64::MAX;
     for (due_tick, _, event) in fired.iter() {
         let _ = lateness.record(now_tick.saturating_sub(*due_tick));
@@ -135,6 +177,15 @@ fn flush<K: Clone, P: Clone>(
     }
     inner.lateness.lock().add(&*lateness).ok();
     lateness.reset();
+    let late_ms = now_ms.saturating_sub(oldest_ms);
+    trace::trace!(events = fired.len(), late_ms, "delivering a batch");
+    if late_ms > BEHIND_MS && !*behind {
+        *behind = true;
+        trace::warning!(
+            late_ms,
+            "dispatcher behind: events leave the wheel over a second late"
+        );
+    }
     inner.delivering_since_ms.store(oldest_ms, Ordering::SeqCst);
     let delivered = deliver(inner, groups, fired);
     inner.delivering_since_ms.store(u64::MAX, Ordering::SeqCst);
@@ -203,11 +254,32 @@ fn send<K, P>(
     let len = batch.len() as u64;
     group.shared.queued.fetch_add(len, Ordering::Relaxed);
     let mut batch = batch;
+    let mut blocked_since: Option<Instant> = None;
     loop {
         match group.tx.send_timeout(batch, SEND_POLL) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                group.shared.wake();
+                if let Some(since) = blocked_since {
+                    let waited_ms =
+                        since.elapsed().as_millis() as u64 + SEND_POLL.as_millis() as u64;
+                    trace::info!(
+                        group = &*group.name,
+                        waited_ms,
+                        "consumer group has room again"
+                    );
+                }
+                return Ok(());
+            }
             Err(SendTimeoutError::Timeout(back) | SendTimeoutError::Disconnected(back)) => {
                 if !inner.stopping.load(Ordering::SeqCst) {
+                    if blocked_since.is_none() {
+                        blocked_since = Some(Instant::now());
+                        trace::warning!(
+                            group = &*group.name,
+                            queued = group.shared.queued.load(Ordering::Relaxed),
+                            "consumer group full: the dispatcher waits (backpressure)"
+                        );
+                    }
                     batch = back;
                     continue;
                 }

@@ -24,6 +24,10 @@
 //!   handed back by [`Engine::shutdown`]; a fired event reaches every group or
 //!   is handed back by `shutdown`.
 
+#[cfg(feature = "tokio")]
+mod async_consumer;
+#[cfg(feature = "tokio")]
+mod async_scheduler;
 mod consumer;
 mod dispatcher;
 mod event;
@@ -47,6 +51,7 @@ use crate::error::{
     AckError, BuildError, Cancel, CancelError, RescheduleError, ScheduleError, SnoozeError,
     StorageError,
 };
+use crate::trace;
 use crate::wal::{RecoveryReport, Storage, SyncPolicy, WalOptions};
 use hdrhistogram::Histogram;
 use parking_lot::{Condvar, Mutex};
@@ -416,6 +421,19 @@ where
             Some(opened) => Some(scheduler.restore(opened, now_ms)?),
             None => None,
         };
+        if let Some(r) = &recovered {
+            trace::info!(
+                timers = r.timers,
+                overdue = r.overdue,
+                "durable engine recovered its timers; overdue ones fire at once"
+            );
+        }
+        trace::info!(
+            shards = self.shards,
+            tick_ms,
+            durable = scheduler.inner.journal.is_some(),
+            "engine started"
+        );
         let inner = scheduler.inner;
         let weak: Weak<Inner<K, P>> = Arc::downgrade(&inner);
         clock.on_advance(Box::new(move || {
@@ -553,7 +571,9 @@ fn checkpoint_loop<K: Hash + Eq + Clone, P: Clone>(inner: &Inner<K, P>, every: D
         }
         if last.elapsed() >= every {
             // A failed checkpoint leaves the log intact; the next one retries.
-            let _ = inner.checkpoint();
+            if inner.checkpoint().is_err() {
+                trace::warning!("checkpoint failed; the log is intact and the next one retries");
+            }
             last = Instant::now();
         }
     }
@@ -651,10 +671,15 @@ where
             pending.clear();
         }
         inner.registry.close();
-        let undelivered = std::mem::take(&mut *inner.undelivered.lock())
+        let undelivered: Vec<_> = std::mem::take(&mut *inner.undelivered.lock())
             .into_iter()
             .map(|(group, event)| (group.to_string(), event))
             .collect();
+        trace::info!(
+            pending = pending.len(),
+            undelivered = undelivered.len(),
+            "engine stopped"
+        );
         Shutdown {
             pending,
             undelivered,
@@ -687,7 +712,10 @@ where
 }
 
 /// A cheap, cloneable handle to an [`Engine`]: schedule, cancel and
-/// reschedule by the caller's id from any thread.
+/// reschedule by the caller's id from any thread. With feature `tokio` each
+/// call has an `_async` form (`schedule_async`, `cancel_async`, ...) whose
+/// durable-mode wait for the commit is an `.await` instead of a blocked
+/// thread.
 ///
 /// ```
 /// use duewheel::{Cancel, Engine, ManualClock, ScheduleError};
@@ -816,6 +844,20 @@ where
         reminders_before: &[Duration],
         payload: P,
     ) -> Result<(), ScheduleError<P>> {
+        let (seq, backup) = self.accept_schedule(id, deadline.into(), reminders_before, payload)?;
+        Self::schedule_outcome(self.durable(seq), backup)
+    }
+
+    /// The part of a schedule done under the shard lock: the record's
+    /// sequence number and, in durable mode, a copy of the payload to hand
+    /// back if the log fails before the record is durable.
+    fn accept_schedule(
+        &self,
+        id: K,
+        deadline: Deadline,
+        reminders_before: &[Duration],
+        payload: P,
+    ) -> Result<(Option<u64>, Option<P>), ScheduleError<P>> {
         let Some(reminders) = Reminders::new(
             reminders_before
                 .iter()
@@ -823,7 +865,7 @@ where
         ) else {
             return Err(ScheduleError::TooManyReminders(payload));
         };
-        let deadline_ms = deadline.into().to_unix_ms(self.now_ms());
+        let deadline_ms = deadline.to_unix_ms(self.now_ms());
         // In durable mode the payload is kept until the record is durable, so
         // a log failure can still hand it back.
         let backup = self.inner.journal.as_ref().map(|_| payload.clone());
@@ -832,7 +874,14 @@ where
             .lock()
             .schedule(id, deadline_ms, reminders, payload)?;
         self.inner.note_due(accepted.value);
-        match (self.durable(accepted.seq), backup) {
+        Ok((accepted.seq, backup))
+    }
+
+    fn schedule_outcome(
+        durable: Result<(), StorageError>,
+        backup: Option<P>,
+    ) -> Result<(), ScheduleError<P>> {
+        match (durable, backup) {
             (Ok(()), _) => Ok(()),
             // The engine is fail-stopped: the timer will not survive a
             // restart, so the caller must treat it as not scheduled.
@@ -1041,7 +1090,7 @@ where
             snoozed_total: counters.snoozed,
             rejected_full_total: counters.rejected_full,
             tick_ms: inner.ticks.tick_ms(),
-            lateness: Lateness::from_histogram(&inner.lateness.lock()),
+            lateness: Lateness::from_histogram(&inner.lateness.lock(), inner.ticks.tick_ms()),
             groups,
             storage_failed: inner.journal.as_ref().is_some_and(|j| j.failed()),
             oldest_overdue_ms,

@@ -192,6 +192,13 @@ pub(crate) trait Journal<K, P>: Send + Sync {
     fn upsert(&self, timer: &Pending<K, P>) -> Result<u64, StorageError>;
     fn remove(&self, id: &K) -> Result<u64, StorageError>;
     fn wait(&self, seq: u64) -> Result<(), StorageError>;
+    /// [`wait`](Self::wait) as a future: the commit wait of the `_async`
+    /// scheduling calls.
+    #[cfg(feature = "tokio")]
+    fn wait_async(
+        &self,
+        seq: u64,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send + '_>>;
     /// `true` once the log failed: the engine is fail-stopped.
     fn failed(&self) -> bool;
 }

@@ -59,11 +59,20 @@ impl Stats {
     }
 
     /// Publishes the snapshot through the `metrics` facade (feature
-    /// `metrics`). The dispatcher does this once a second.
+    /// `metrics`), with Prometheus names and base units: counters end in
+    /// `_total` and are set with `absolute` (they only grow), durations are
+    /// in seconds. The dispatcher does this once a second into the global
+    /// recorder; `prometheus::Exporter` (feature `prometheus`) does it at
+    /// every scrape into its own. The lateness histogram cannot pass through
+    /// the facade as pre-aggregated buckets, so it is published here as
+    /// quantile gauges and rendered as a true histogram by the exporter.
     #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub fn publish(&self) {
         use metrics::{counter, gauge};
+        let tick_s = self.tick_ms as f64 / 1e3;
         gauge!("duewheel_pending_timers").set(self.pending as f64);
+        gauge!("duewheel_max_pending_timers").set(self.max_pending as f64);
         counter!("duewheel_scheduled_total").absolute(self.scheduled_total);
         counter!("duewheel_cancelled_total").absolute(self.cancelled_total);
         counter!("duewheel_rescheduled_total").absolute(self.rescheduled_total);
@@ -74,9 +83,11 @@ impl Stats {
         counter!("duewheel_redelivered_total").absolute(self.redelivered_total);
         counter!("duewheel_snoozed_total").absolute(self.snoozed_total);
         counter!("duewheel_rejected_full_total").absolute(self.rejected_full_total);
-        gauge!("duewheel_lateness_p99_ticks").set(self.lateness.p99_ticks as f64);
-        gauge!("duewheel_lateness_max_ticks").set(self.lateness.max_ticks as f64);
+        gauge!("duewheel_lateness_p50_seconds").set(self.lateness.p50_ticks as f64 * tick_s);
+        gauge!("duewheel_lateness_p99_seconds").set(self.lateness.p99_ticks as f64 * tick_s);
+        gauge!("duewheel_lateness_max_seconds").set(self.lateness.max_ticks as f64 * tick_s);
         gauge!("duewheel_oldest_overdue_seconds").set(self.oldest_overdue_age_ms() as f64 / 1e3);
+        gauge!("duewheel_storage_failed").set(f64::from(u8::from(self.storage_failed)));
         for group in &self.groups {
             gauge!("duewheel_consumer_lag", "group" => group.name.clone()).set(group.lag as f64);
             gauge!("duewheel_consumers", "group" => group.name.clone()).set(group.consumers as f64);
@@ -96,15 +107,39 @@ pub struct Lateness {
     pub p99_ticks: u64,
     /// Largest lateness in ticks.
     pub max_ticks: u64,
+    /// Sum of every recorded lateness, in ticks (to the histogram's 3
+    /// significant digits): with `count`, the mean.
+    pub sum_ticks: u64,
+    /// Cumulative bucket counts: `at_most[i]` events were at most
+    /// [`BOUNDS_MS[i]`](Self::BOUNDS_MS) milliseconds late. The shape of a
+    /// Prometheus histogram (`le` buckets), exported as
+    /// `duewheel_lateness_seconds`.
+    pub at_most: [u64; Lateness::BOUNDS_MS.len()],
 }
 
 impl Lateness {
-    pub(crate) fn from_histogram(h: &hdrhistogram::Histogram<u64>) -> Self {
+    /// Upper bounds of the lateness buckets, in milliseconds: from a tick
+    /// late (normal) to five minutes late (a stalled dispatcher or a full
+    /// group).
+    pub const BOUNDS_MS: [u64; 14] = [
+        1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 5_000, 30_000, 60_000, 300_000,
+    ];
+
+    pub(crate) fn from_histogram(h: &hdrhistogram::Histogram<u64>, tick_ms: u64) -> Self {
+        let tick_ms = tick_ms.max(1);
+        let mut at_most = [0; Self::BOUNDS_MS.len()];
+        for (count, bound_ms) in at_most.iter_mut().zip(Self::BOUNDS_MS) {
+            // Lateness is whole ticks: `n` ticks is at most `bound` ms late
+            // when `n * tick_ms <= bound`.
+            *count = h.count_between(0, bound_ms / tick_ms);
+        }
         Self {
             count: h.len(),
             p50_ticks: h.value_at_quantile(0.5),
             p99_ticks: h.value_at_quantile(0.99),
             max_ticks: h.max(),
+            sum_ticks: (h.mean() * h.len() as f64).round() as u64,
+            at_most,
         }
     }
 }

@@ -14,7 +14,7 @@
 //! - a snapshot replaces the segments below its number only after it is
 //!   synced and renamed into place and the directory is synced;
 //! - any failed write or fsync poisons the log (fail-stop, see
-//!   [`writer`]).
+//!   `writer.rs`).
 
 pub mod fault;
 pub mod record;
@@ -27,6 +27,7 @@ pub use self::fault::{Fault, FaultStorage};
 pub use self::snapshot::SnapshotWriter;
 pub use self::storage::{FsStorage, OpenDirError, Storage, StorageFile};
 
+use crate::trace;
 use parking_lot::{Condvar, Mutex};
 use std::io;
 use std::sync::Arc;
@@ -175,6 +176,9 @@ pub(crate) struct Shared {
     durable_seq: AtomicU64,
     durable_lock: Mutex<()>,
     durable_cv: Condvar,
+    /// Wakes async waiters ([`Wal::wait_async`]) whenever `durable_cv` is.
+    #[cfg(feature = "tokio")]
+    durable_notify: tokio::sync::Notify,
     poison: Mutex<Option<String>>,
     poisoned: AtomicBool,
     stopped: AtomicBool,
@@ -197,12 +201,17 @@ struct State {
 
 impl Shared {
     fn poison(&self, why: &str) {
+        trace::error!(
+            reason = why,
+            "write-ahead log poisoned: the engine accepts no change until restarted"
+        );
         *self.poison.lock() = Some(why.to_string());
         self.poisoned.store(true, Ordering::SeqCst);
         self.stopped.store(true, Ordering::SeqCst);
         let _guard = self.durable_lock.lock();
         self.durable_cv.notify_all();
         drop(_guard);
+        self.wake_async_waiters();
         let _st = self.state.lock();
         self.rotated.notify_all();
     }
@@ -215,6 +224,14 @@ impl Shared {
         self.durable_seq.fetch_max(seq, Ordering::SeqCst);
         let _guard = self.durable_lock.lock();
         self.durable_cv.notify_all();
+        drop(_guard);
+        self.wake_async_waiters();
+    }
+
+    /// After `durable_seq`, `poisoned` or `stopped` changed.
+    fn wake_async_waiters(&self) {
+        #[cfg(feature = "tokio")]
+        self.durable_notify.notify_waiters();
     }
 
     /// Creates segment `number` with its header, synced, and syncs the
@@ -257,6 +274,8 @@ impl Wal {
         opts: WalOptions,
         mut visit: impl FnMut(Source, u64, u8, &[u8]) -> Result<(), E>,
     ) -> Result<(Self, RecoveryReport), WalOpenError<E>> {
+        trace::span!("wal_recovery");
+        let started = std::time::Instant::now();
         let mut report = RecoveryReport::default();
         let names = storage.list()?;
         if names.iter().any(|n| n == snapshot::TEMP_NAME) {
@@ -361,6 +380,22 @@ impl Wal {
             }
         }
         report.last_seq = last_seq;
+        if let Some(torn) = &report.torn_tail {
+            trace::warning!(
+                segment = torn.segment.as_str(),
+                offset = torn.offset,
+                dropped = torn.dropped,
+                "torn tail truncated (a crash during the last write)"
+            );
+        }
+        trace::info!(
+            snapshot_entries = report.snapshot_entries,
+            records = report.records,
+            segments = report.segments,
+            last_seq,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "wal recovered"
+        );
 
         // Leftovers of a checkpoint that crashed after its rename.
         for &old in snapshots.iter().rev().skip(1) {
@@ -392,6 +427,8 @@ impl Wal {
             durable_seq: AtomicU64::new(last_seq),
             durable_lock: Mutex::new(()),
             durable_cv: Condvar::new(),
+            #[cfg(feature = "tokio")]
+            durable_notify: tokio::sync::Notify::new(),
             poison: Mutex::new(None),
             poisoned: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
@@ -459,6 +496,31 @@ impl Wal {
         }
     }
 
+    /// [`wait`](Self::wait) without blocking a thread (feature `tokio`):
+    /// the task sleeps until the writer publishes the commit that covers
+    /// `seq`. Concurrent waiters, blocking or async, share one fsync.
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub async fn wait_async(&self, seq: u64) -> Result<(), WalError> {
+        let shared = &*self.shared;
+        loop {
+            // Registered before the checks, so a publish between a check and
+            // the `.await` still wakes this waiter.
+            let mut notified = std::pin::pin!(shared.durable_notify.notified());
+            notified.as_mut().enable();
+            if shared.durable_seq.load(Ordering::SeqCst) >= seq {
+                return Ok(());
+            }
+            if shared.poisoned.load(Ordering::SeqCst) {
+                return Err(shared.poisoned_error());
+            }
+            if shared.stopped.load(Ordering::SeqCst) {
+                return Err(WalError::Closed);
+            }
+            notified.await;
+        }
+    }
+
     /// The last sequence number known durable.
     pub fn durable_seq(&self) -> u64 {
         self.shared.durable_seq.load(Ordering::SeqCst)
@@ -516,6 +578,12 @@ impl Wal {
             }
         }
         storage.sync_dir().map_err(fail)?;
+        trace::info!(
+            snapshot = name.as_str(),
+            entries,
+            segments_removed,
+            "checkpoint written"
+        );
         Ok(CheckpointReport {
             snapshot: name,
             entries,
@@ -533,6 +601,8 @@ impl Wal {
         }
         let _guard = self.shared.durable_lock.lock();
         self.shared.durable_cv.notify_all();
+        drop(_guard);
+        self.shared.wake_async_waiters();
         if self.is_poisoned() {
             return Err(self.shared.poisoned_error());
         }

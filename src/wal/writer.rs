@@ -18,9 +18,13 @@
 use super::segment;
 use super::storage::StorageFile;
 use super::{Shared, SyncPolicy};
+use crate::trace;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+/// An fsync slower than this is reported (a warning, once per commit).
+const SLOW_SYNC: Duration = Duration::from_millis(500);
 
 pub(super) fn run(shared: Arc<Shared>, mut file: Box<dyn StorageFile>, mut segment_no: u64) {
     let mut spare: Vec<u8> = Vec::new();
@@ -51,10 +55,12 @@ pub(super) fn run(shared: Arc<Shared>, mut file: Box<dyn StorageFile>, mut segme
         };
 
         if !spare.is_empty() {
+            let started = Instant::now();
             if let Err(e) = file.write_all(&spare) {
                 return shared.poison(&format!("write failed: {e}"));
             }
             written += spare.len() as u64;
+            let bytes = spare.len();
             spare.clear();
             if every.is_none() {
                 if let Err(e) = file.sync() {
@@ -64,6 +70,12 @@ pub(super) fn run(shared: Arc<Shared>, mut file: Box<dyn StorageFile>, mut segme
                 unsynced = true;
             }
             shared.publish(last_seq);
+            // One event per group commit, however many records it covers.
+            let commit_us = started.elapsed().as_micros() as u64;
+            trace::trace!(bytes, last_seq, commit_us, "wal commit");
+            if started.elapsed() >= SLOW_SYNC {
+                trace::warning!(bytes, last_seq, commit_us, "slow wal commit");
+            }
         }
         let sync_due = every.is_some_and(|p| last_sync.elapsed() >= p);
         if unsynced && (sync_due || rotate || stop || written >= shared.opts.segment_bytes) {
@@ -82,6 +94,7 @@ pub(super) fn run(shared: Arc<Shared>, mut file: Box<dyn StorageFile>, mut segme
                 }
                 Err(e) => return shared.poison(&format!("cannot start a segment: {e}")),
             }
+            trace::debug!(segment = segment_no, "wal segment started");
             let mut st = shared.state.lock();
             st.segment = segment_no;
             // Everything appended up to the swap went to the old segment;

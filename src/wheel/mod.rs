@@ -18,7 +18,7 @@
 //! deadline) sit in the *due list* and fire on the next advance.
 //!
 //! **Invariant**: for every pending timer, its position is a function of
-//! `(now, when)` alone ([`Wheel::locate`]). Advancing keeps this true because
+//! `(now, when)` alone (`Wheel::locate`). Advancing keeps this true because
 //! time only moves to the start of the next occupied slot, and the timers of
 //! that slot are re-placed (cascaded) relative to the new `now` before
 //! anything else happens. Between two slot starts no timer's position changes,

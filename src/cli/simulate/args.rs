@@ -133,6 +133,11 @@ pub(crate) struct Args {
     /// in memory, 64 with --durable].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     checkout_threads: Option<u32>,
+    /// Serve the engine's Prometheus metrics at http://ADDR/metrics while
+    /// the sale runs (needs the `prometheus` feature; port 0 picks one and
+    /// prints it).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// A validated configuration (see the module invariant). Times are in
@@ -170,6 +175,9 @@ pub(crate) struct Config {
     pub(crate) json: bool,
     #[serde(skip)]
     pub(crate) report: Option<(PathBuf, File)>,
+    #[serde(skip)]
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The durable mode's settings.
@@ -265,6 +273,9 @@ impl Config {
         if args.channel_capacity > 1 << 30 {
             return usage("--channel-capacity must be at most 2^30".into());
         }
+        if cfg!(not(feature = "prometheus")) && args.metrics_addr.is_some() {
+            return usage("--metrics-addr needs a build with `--features prometheus`".into());
+        }
         let stock = args.stock.unwrap_or(args.orders * u64::from(args.max_qty));
         let crash_at_ms = args.crash_at.map(ms);
         if let Some(at_ms) = crash_at_ms {
@@ -345,6 +356,7 @@ impl Config {
             durable,
             json: args.json,
             report,
+            metrics_addr: args.metrics_addr,
         })
     }
 

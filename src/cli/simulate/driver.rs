@@ -148,6 +148,19 @@ pub(crate) fn run(
         }
         (e, _) => build_error(e),
     })?;
+    #[cfg(feature = "prometheus")]
+    let _metrics = match config.metrics_addr {
+        // Scraped while the sale runs; stops when the run ends. It shows
+        // the first engine: after a --crash-at, the crashed one's last state.
+        Some(addr) => {
+            let server = duewheel::prometheus::Exporter::new(&engine)
+                .serve(addr)
+                .map_err(|e| Error::Run(format!("cannot serve metrics on {addr}: {e}")))?;
+            eprintln!("metrics on http://{}/metrics", server.local_addr());
+            Some(server)
+        }
+        None => None,
+    };
     let timers: Timers = engine.scheduler();
     let mut ctx = Context {
         config: config.clone(),
