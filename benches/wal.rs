@@ -81,15 +81,18 @@ fn acked_schedules(c: &mut Criterion) {
 fn acked_batches(c: &mut Criterion) {
     const PER_THREAD: u64 = 10_000;
     const BATCH: u64 = 100;
-    let path = dir("acked-batches");
-    let engine = open(&path, SyncPolicy::Always);
-    let s = engine.scheduler();
     let mut group = c.benchmark_group("wal/acked_schedules_in_batches_of_100");
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(5));
-    let mut next_id = 0u64;
     for threads in [1u64, 8, 64] {
+        // A fresh log for each producer count: criterion's warm-up and
+        // samples place millions of timers, which would otherwise pile up
+        // past `max_pending`.
+        let path = dir(&format!("acked-batches-{threads}"));
+        let engine = open(&path, SyncPolicy::Always);
+        let s = engine.scheduler();
+        let mut next_id = 0u64;
         group.throughput(Throughput::Elements(PER_THREAD * threads));
         group.bench_function(format!("{threads}_producers"), |b| {
             b.iter_custom(|iters| {
@@ -112,10 +115,10 @@ fn acked_batches(c: &mut Criterion) {
                 total
             });
         });
+        drop(engine.shutdown());
+        let _ = std::fs::remove_dir_all(&path);
     }
     group.finish();
-    drop(engine.shutdown());
-    let _ = std::fs::remove_dir_all(&path);
 }
 
 /// Many callers with one operation in flight each, as tasks instead of
