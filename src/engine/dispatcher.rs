@@ -45,28 +45,17 @@ where
     P: Clone + Send + 'static,
 {
     let _ = inner.dispatcher.set(thread::current());
-    let mut fired: Vec<Fired<K, P>> = Vec::new();
-    let mut lateness = Histogram::<u64>::new(3).expect("3 significant figures is valid");
+    let mut out = Outbox::new();
     let mut last_publish = Instant::now();
-    // Whether the dispatcher is more than `BEHIND_MS` behind (a stall).
-    let mut behind = false;
     let mut fail_stop_reported = false;
     loop {
         let stopping = inner.stopping.load(Ordering::SeqCst);
         let failed = inner.journal.as_ref().is_some_and(|j| j.failed());
-        if (stopping || failed) && !fired.is_empty() {
+        if (stopping || failed) && !out.fired.is_empty() {
             // What already fired is handed over (or, if shutdown finds a
             // group full, kept for it to return), never dropped.
             if let Some(groups) = inner.registry.snapshot() {
-                let now_ms = inner.clock.now_ms();
-                flush(
-                    &inner,
-                    &groups,
-                    &mut fired,
-                    &mut lateness,
-                    now_ms,
-                    &mut behind,
-                );
+                out.flush(&inner, &groups, inner.clock.now_ms());
             }
         }
         if stopping {
@@ -99,40 +88,22 @@ where
         }
         if let Some(tick) = earliest.filter(|&t| t <= now_tick) {
             for shard in inner.shards() {
-                shard.lock().fire(tick, inner.batch, now_ms, &mut fired);
+                shard.lock().fire(tick, inner.batch, now_ms, &mut out.fired);
                 // Rounds add to one delivery until it is a full batch: a
                 // catch-up of timers at distinct ticks must not become one
                 // channel slot per event.
-                if fired.len() >= inner.batch
-                    && !flush(
-                        &inner,
-                        &groups,
-                        &mut fired,
-                        &mut lateness,
-                        now_ms,
-                        &mut behind,
-                    )
-                {
+                if out.fired.len() >= inner.batch && !out.flush(&inner, &groups, now_ms) {
                     return;
                 }
             }
             continue;
         }
-        if !fired.is_empty()
-            && !flush(
-                &inner,
-                &groups,
-                &mut fired,
-                &mut lateness,
-                now_ms,
-                &mut behind,
-            )
-        {
+        if !out.fired.is_empty() && !out.flush(&inner, &groups, now_ms) {
             return;
         }
         inner.mark_settled(now_ms, settle_requests);
-        if behind {
-            behind = false;
+        if out.behind {
+            out.behind = false;
             trace::info!("dispatcher caught up");
         }
 
@@ -158,38 +129,51 @@ where
     }
 }
 
-/// Records the lateness of the events in `fired` and delivers them (see
-/// [`deliver`]). `behind` tracks whether the dispatcher runs more than
-/// `BEHIND_MS` late, so a stall is reported once, not per batch.
-fn flush<K: Clone, P: Clone>(
-    inner: &Inner<K, P>,
-    groups: &[Group<K, P>],
-    fired: &mut Vec<Fired<K, P>>,
-    lateness: &mut Histogram<u64>,
-    now_ms: u64,
-    behind: &mut bool,
-) -> bool {
-    let now_tick = inner.ticks.now_tick(now_ms);
-    let mut oldest_ms = u64::MAX;
-    for (due_tick, _, event) in fired.iter() {
-        let _ = lateness.record(now_tick.saturating_sub(*due_tick));
-        oldest_ms = oldest_ms.min(event.due_ms);
+/// What the dispatcher has fired and not yet handed to the groups, with
+/// the lateness it carries.
+struct Outbox<K, P> {
+    fired: Vec<Fired<K, P>>,
+    /// Lateness of `fired`, merged into the engine's at each flush.
+    lateness: Histogram<u64>,
+    /// Whether the dispatcher runs more than `BEHIND_MS` late, so a stall
+    /// is reported once, not per batch.
+    behind: bool,
+}
+
+impl<K: Clone, P: Clone> Outbox<K, P> {
+    fn new() -> Self {
+        Self {
+            fired: Vec::new(),
+            lateness: Histogram::new(3).expect("3 significant figures is valid"),
+            behind: false,
+        }
     }
-    inner.lateness.lock().add(&*lateness).ok();
-    lateness.reset();
-    let late_ms = now_ms.saturating_sub(oldest_ms);
-    trace::trace!(events = fired.len(), late_ms, "delivering a batch");
-    if late_ms > BEHIND_MS && !*behind {
-        *behind = true;
-        trace::warning!(
-            late_ms,
-            "dispatcher behind: events leave the wheel over a second late"
-        );
+
+    /// Records the lateness of what is held and delivers it (see
+    /// [`deliver`]); `false` if shutdown began first.
+    fn flush(&mut self, inner: &Inner<K, P>, groups: &[Group<K, P>], now_ms: u64) -> bool {
+        let now_tick = inner.ticks.now_tick(now_ms);
+        let mut oldest_ms = u64::MAX;
+        for (due_tick, _, event) in &self.fired {
+            let _ = self.lateness.record(now_tick.saturating_sub(*due_tick));
+            oldest_ms = oldest_ms.min(event.due_ms);
+        }
+        inner.lateness.lock().add(&self.lateness).ok();
+        self.lateness.reset();
+        let late_ms = now_ms.saturating_sub(oldest_ms);
+        trace::trace!(events = self.fired.len(), late_ms, "delivering a batch");
+        if late_ms > BEHIND_MS && !self.behind {
+            self.behind = true;
+            trace::warning!(
+                late_ms,
+                "dispatcher behind: events leave the wheel over a second late"
+            );
+        }
+        inner.delivering_since_ms.store(oldest_ms, Ordering::SeqCst);
+        let delivered = deliver(inner, groups, &mut self.fired);
+        inner.delivering_since_ms.store(u64::MAX, Ordering::SeqCst);
+        delivered
     }
-    inner.delivering_since_ms.store(oldest_ms, Ordering::SeqCst);
-    let delivered = deliver(inner, groups, fired);
-    inner.delivering_since_ms.store(u64::MAX, Ordering::SeqCst);
-    delivered
 }
 
 fn park<K, P>(inner: &Inner<K, P>, sleep: Option<Duration>) {
