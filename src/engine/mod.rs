@@ -914,37 +914,22 @@ where
         &self,
         timers: impl IntoIterator<Item = (K, D, P)>,
     ) -> Vec<Result<(), ScheduleError<P>>> {
-        let now_ms = self.now_ms();
-        let journaled = self.inner.journal.is_some();
         let mut results = Vec::new();
         // Durable mode: the accepted payloads, kept until the batch is
-        // durable, and the last record to wait for.
+        // durable, and the last record to wait for (`None` if one could not
+        // be logged: the log failed).
         let mut backups = Vec::new();
-        let mut last_seq = 0;
-        let mut unlogged = false;
-        let mut earliest_tick = u64::MAX;
+        let mut last_seq = Some(0);
         for (id, deadline, payload) in timers {
-            let deadline_ms = deadline.into().to_unix_ms(now_ms);
-            let backup = journaled.then(|| payload.clone());
-            let result = self
-                .shard(&id)
-                .lock()
-                .schedule(id, deadline_ms, Reminders::NONE, payload);
-            results.push(result.map(|accepted| {
-                earliest_tick = earliest_tick.min(accepted.value);
+            let accepted = self.accept_schedule(id, deadline.into(), &[], payload);
+            results.push(accepted.map(|(seq, backup)| {
                 if let Some(backup) = backup {
                     backups.push((results.len(), backup));
-                    match accepted.seq {
-                        Some(seq) => last_seq = last_seq.max(seq),
-                        None => unlogged = true,
-                    }
+                    last_seq = last_seq.zip(seq).map(|(a, b)| a.max(b));
                 }
             }));
         }
-        if earliest_tick != u64::MAX {
-            self.inner.note_due(earliest_tick);
-        }
-        if !backups.is_empty() && (unlogged || self.durable(Some(last_seq)).is_err()) {
+        if !backups.is_empty() && self.durable(last_seq).is_err() {
             // Fail-stopped before the batch was durable: none of it counts.
             for (at, payload) in backups {
                 results[at] = Err(ScheduleError::Storage(payload));
