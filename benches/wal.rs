@@ -13,12 +13,15 @@ mod common;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use duewheel::wal::SyncPolicy;
-use duewheel::{Engine, ManualClock};
+use duewheel::{Engine, ManualClock, Scheduler};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
 const T0: u64 = 1_700_000_000_000;
+/// Every timer's payment window.
+const WINDOW: Duration = Duration::from_secs(1_800);
 
 fn dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("duewheel-bench-{name}-{}", std::process::id()));
@@ -38,62 +41,26 @@ fn open(dir: &Path, sync: SyncPolicy) -> Engine<u64, u64> {
         .unwrap()
 }
 
-fn acked_schedules(c: &mut Criterion) {
-    const PER_THREAD: u64 = 2_000;
-    let path = dir("acked");
-    let engine = open(&path, SyncPolicy::Always);
-    let s = engine.scheduler();
-    let mut group = c.benchmark_group("wal/acked_schedules");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(5));
-    let mut next_id = 0u64;
-    for threads in [1u64, 8, 64] {
-        group.throughput(Throughput::Elements(PER_THREAD * threads));
-        group.bench_function(format!("{threads}_producers"), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let first = next_id;
-                    total += common::time_producers(threads, |t| {
-                        let s = s.clone();
-                        let base = first + t * PER_THREAD;
-                        move || {
-                            for id in base..base + PER_THREAD {
-                                s.schedule(id, Duration::from_secs(1_800), id).unwrap();
-                            }
-                        }
-                    });
-                    next_id += threads * PER_THREAD;
-                }
-                total
-            });
-        });
-    }
-    group.finish();
-    drop(engine.shutdown());
-    let _ = std::fs::remove_dir_all(&path);
-}
-
-/// The same, but each producer hands its timers over in batches of 100
-/// through `schedule_batch`: one wait for durability per batch, so a group
-/// commit covers up to 64 × 100 records.
-fn acked_batches(c: &mut Criterion) {
-    const PER_THREAD: u64 = 10_000;
-    const BATCH: u64 = 100;
-    let mut group = c.benchmark_group("wal/acked_schedules_in_batches_of_100");
+/// Times 1, 8 and 64 producer threads, each placing its own `per_thread`
+/// timers with `place`, which returns only once they are durable. A fresh
+/// log for each producer count: criterion's warm-up and samples place
+/// millions of timers, which would otherwise pile up past `max_pending`.
+fn acked(
+    c: &mut Criterion,
+    name: &str,
+    per_thread: u64,
+    place: fn(&Scheduler<u64, u64>, Range<u64>),
+) {
+    let mut group = c.benchmark_group(name);
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(5));
     for threads in [1u64, 8, 64] {
-        // A fresh log for each producer count: criterion's warm-up and
-        // samples place millions of timers, which would otherwise pile up
-        // past `max_pending`.
-        let path = dir(&format!("acked-batches-{threads}"));
+        let path = dir(&format!("acked-{threads}"));
         let engine = open(&path, SyncPolicy::Always);
         let s = engine.scheduler();
         let mut next_id = 0u64;
-        group.throughput(Throughput::Elements(PER_THREAD * threads));
+        group.throughput(Throughput::Elements(per_thread * threads));
         group.bench_function(format!("{threads}_producers"), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
@@ -101,16 +68,10 @@ fn acked_batches(c: &mut Criterion) {
                     let first = next_id;
                     total += common::time_producers(threads, |t| {
                         let s = s.clone();
-                        let base = first + t * PER_THREAD;
-                        move || {
-                            for start in (base..base + PER_THREAD).step_by(BATCH as usize) {
-                                let batch = (start..start + BATCH)
-                                    .map(|id| (id, Duration::from_secs(1_800), id));
-                                assert!(s.schedule_batch(batch).iter().all(Result::is_ok));
-                            }
-                        }
+                        let base = first + t * per_thread;
+                        move || place(&s, base..base + per_thread)
                     });
-                    next_id += threads * PER_THREAD;
+                    next_id += threads * per_thread;
                 }
                 total
             });
@@ -119,6 +80,33 @@ fn acked_batches(c: &mut Criterion) {
         let _ = std::fs::remove_dir_all(&path);
     }
     group.finish();
+}
+
+/// One `schedule` call per timer: each producer has one record in flight.
+fn acked_schedules(c: &mut Criterion) {
+    acked(c, "wal/acked_schedules", 2_000, |s, ids| {
+        for id in ids {
+            s.schedule(id, WINDOW, id).unwrap();
+        }
+    });
+}
+
+/// The same in `schedule_batch` calls of 100: one wait for durability per
+/// batch, so a group commit covers up to 64 × 100 records.
+fn acked_batches(c: &mut Criterion) {
+    const BATCH: usize = 100;
+    acked(
+        c,
+        "wal/acked_schedules_in_batches_of_100",
+        10_000,
+        |s, ids| {
+            let ids: Vec<u64> = ids.collect();
+            for batch in ids.chunks(BATCH) {
+                let batch = batch.iter().map(|&id| (id, WINDOW, id));
+                assert!(s.schedule_batch(batch).iter().all(Result::is_ok));
+            }
+        },
+    );
 }
 
 /// Many callers with one operation in flight each, as tasks instead of
