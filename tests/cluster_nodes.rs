@@ -14,6 +14,7 @@
 //! `DUEWHEEL_CLUSTER_TIMERS`, `DUEWHEEL_CLUSTER_KILLS`, `DUEWHEEL_CLUSTER_SECS`
 //! (kill test), `DUEWHEEL_CLUSTER_RACE_IDS` (cancel vs fire),
 //! `DUEWHEEL_CLUSTER_SEED` (repeat a run's random choices).
+//! `DUEWHEEL_NODE_BIN` runs another build of `duewheel` than this one.
 #![cfg(feature = "postgres")]
 
 #[path = "support/cluster.rs"]
@@ -30,10 +31,15 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cluster::{Cluster, Entry, Ev, Line, Rng, env_u64, lock, wait_timeout, wall_ms};
-use duewheel::cluster::{SCHEMA_VERSION, ShardMap, StoreConfig};
+use duewheel::cluster::{SCHEMA_VERSION, ShardMap};
 use pg::TestSchema;
 
-const BIN: &str = env!("CARGO_BIN_EXE_duewheel");
+/// The `duewheel` binary this test was built with, or `DUEWHEEL_NODE_BIN`
+/// (to drive another build of the node with the same tests).
+fn bin() -> String {
+    std::env::var("DUEWHEEL_NODE_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_duewheel").to_string())
+}
 const SHARDS: u32 = 64;
 const TTL_MS: u64 = 2_000;
 const RENEW_MS: u64 = 500;
@@ -238,8 +244,10 @@ impl Ledger {
             Line::Fired(id) => self.cancel_answer(*id, CancelAnswer::Fired),
             Line::NotFound(id) => self.cancel_answer(*id, CancelAnswer::NotFound),
             Line::Cerr {
-                id: Some(id), kind, ..
-            } => self.cancel_answer(*id, CancelAnswer::Cerr(kind.clone())),
+                id: Some(id),
+                kind,
+                message,
+            } => self.cancel_answer(*id, CancelAnswer::Cerr(format!("{kind} {message}"))),
             Line::Ev(ev) => self.evs.entry(ev.id).or_default().push(Delivery {
                 node: e.node,
                 inc: e.inc,
@@ -265,16 +273,49 @@ impl Ledger {
             .is_some_and(|a| a.contains(&CancelAnswer::Cancelled))
     }
 
-    /// Acked and not cancelled: must fire at least once.
+    /// Acked, and no cancel that may have won: must fire at least once. A
+    /// cancel whose answer never came (lost with a killed node) or was
+    /// `cerr` may have deleted the row; only `fired` / `notfound` prove it
+    /// lost.
     fn must_fire(&self) -> Vec<u64> {
         let mut ids: Vec<u64> = self
             .ok
             .keys()
-            .filter(|id| !self.cancelled(**id))
+            .filter(|id| !self.maybe_cancelled(**id))
             .copied()
             .collect();
         ids.sort_unstable();
         ids
+    }
+
+    fn maybe_cancelled(&self, id: u64) -> bool {
+        if !self.cancel_sent.contains_key(&id) {
+            return false;
+        }
+        !self.cancels.get(&id).is_some_and(|answers| {
+            answers
+                .iter()
+                .all(|a| matches!(a, CancelAnswer::Fired | CancelAnswer::NotFound))
+        })
+    }
+
+    /// Why `id` is where it is, for failure messages.
+    fn story(&self, id: u64, cluster: &Cluster) -> String {
+        let node = |n: usize| cluster.name(n).to_string();
+        format!(
+            "{id}: sent {:?} ok at {:?} errs {:?} cancel sent {:?} answers {:?} evs {:?}",
+            self.sent
+                .get(&id)
+                .map(|s| (node(s.node), s.inc, s.deadline_ms)),
+            self.ok.get(&id),
+            self.errs.get(&id),
+            self.cancel_sent.get(&id).map(|&(n, inc)| (node(n), inc)),
+            self.cancels.get(&id),
+            self.evs.get(&id).map(|v| v
+                .iter()
+                .map(|d| (node(d.node), d.inc, d.at, &d.ev))
+                .collect::<Vec<_>>()),
+        )
     }
 
     fn undelivered(&self, ids: &[u64]) -> Vec<u64> {
@@ -455,6 +496,8 @@ fn quit_all(cluster: &Cluster, failures: &mut Failures) {
 /// One kill and how long its shards took to find a new owner.
 #[derive(Debug)]
 struct Takeover {
+    /// When the kill was, on the log's clock.
+    at: Duration,
     node: usize,
     inc: u32,
     shards: usize,
@@ -496,7 +539,7 @@ fn kill9_takeover_loses_nothing() {
         "kill9: {timers} timers over {secs} s through 3 nodes, ~30% cancelled, {kills} SIGKILLs"
     );
 
-    let cluster = Cluster::new(BIN, &db.name, &["n1", "n2", "n3"], node_args(&db, &[]));
+    let cluster = Cluster::new(&bin(), &db.name, &["n1", "n2", "n3"], node_args(&db, &[]));
     for node in 0..3 {
         cluster.start(node);
     }
@@ -544,10 +587,12 @@ fn kill9_takeover_loses_nothing() {
                 let victim = live[kill_rng.range(0, live.len() as u64) as usize];
                 let inc = cluster.kill9(victim).unwrap();
                 let killed = Instant::now();
+                let killed_at = cluster.log.now();
                 let name = cluster.name(victim).to_string();
                 s.spawn(move || {
                     let (shards, took) = measure_takeover(db, &name, killed);
                     lock(takeovers_ref).push(Takeover {
+                        at: killed_at,
                         node: victim,
                         inc,
                         shards,
@@ -719,7 +764,7 @@ fn kill9_takeover_loses_nothing() {
     let lost: Vec<String> = ledger
         .undelivered(&must_fire)
         .iter()
-        .map(|id| format!("{id} {:?}", ledger.sent[id]))
+        .map(|id| ledger.story(*id, cluster))
         .collect();
     failures.check("acked, not cancelled, never delivered", &lost);
     let mut split: BTreeMap<&str, usize> = BTreeMap::new();
@@ -790,9 +835,10 @@ fn kill9_takeover_loses_nothing() {
         .iter()
         .map(|t| {
             format!(
-                "{}#{}: {} shards {:?}",
+                "{}#{} at {:?}: {} shards {:?}",
                 cluster.name(t.node),
                 t.inc,
+                t.at,
                 t.shards,
                 t.took
             )
@@ -837,7 +883,7 @@ fn sigstop_node_is_fenced() {
         return;
     };
     let rate = env_u64("DUEWHEEL_CLUSTER_STOP_RATE", 400).max(1); // schedules per second
-    let cluster = Cluster::new(BIN, &db.name, &["a", "b"], node_args(&db, &[]));
+    let cluster = Cluster::new(&bin(), &db.name, &["a", "b"], node_args(&db, &[]));
     let (a, b) = (0, 1);
     let mut client = db.client();
     cluster.start(a);
@@ -1000,7 +1046,7 @@ fn sigstop_node_is_fenced() {
     let lost: Vec<String> = ledger
         .undelivered(&must_fire)
         .iter()
-        .map(|id| format!("{id} {:?}", ledger.sent[id]))
+        .map(|id| ledger.story(*id, &cluster))
         .collect();
     failures.check("acked, never delivered", &lost);
     let errs: Vec<String> = ledger
@@ -1053,7 +1099,7 @@ fn cancel_vs_fire_across_nodes() {
         return;
     };
     let per_round = env_u64("DUEWHEEL_CLUSTER_RACE_IDS", 2_000).max(1);
-    let cluster = Cluster::new(BIN, &db.name, &["a", "b"], node_args(&db, &[]));
+    let cluster = Cluster::new(&bin(), &db.name, &["a", "b"], node_args(&db, &[]));
     let (a, b) = (0, 1);
     let mut client = db.client();
     // B first, so it holds shards before A exists.
@@ -1125,10 +1171,19 @@ fn cancel_vs_fire_across_nodes() {
             .collect();
         failures.check("schedule not answered ok", &not_ok);
         let oks_done = wall_ms();
-        sleep_until_wall(deadline_ms.saturating_add_signed(offset_ms));
-        let cancels_at = wall_ms();
-        let text: String = ids.iter().map(|id| format!("c {id}\n")).collect();
-        cluster.send(a, text).unwrap();
+        // The cancels go out in CHUNKS slices spread evenly over WINDOW_MS
+        // centred on deadline + offset, so the owner's claim lands inside
+        // the spread: the early slices win, the late ones find the row
+        // claimed or gone.
+        const CHUNKS: usize = 20;
+        const WINDOW_MS: i64 = 400;
+        let first_ms = deadline_ms.saturating_add_signed(offset_ms - WINDOW_MS / 2);
+        let chunk = ids.len().div_ceil(CHUNKS);
+        for (k, slice) in ids.chunks(chunk).enumerate() {
+            sleep_until_wall(first_ms + (k as i64 * WINDOW_MS / CHUNKS as i64) as u64);
+            let text: String = slice.iter().map(|id| format!("c {id}\n")).collect();
+            cluster.send(a, text).unwrap();
+        }
         for &id in &ids {
             ledger.cancel_sent.insert(id, (a, inc));
         }
@@ -1151,10 +1206,10 @@ fn cancel_vs_fire_across_nodes() {
             *totals.entry(key).or_default() += 1;
         }
         eprintln!(
-            "cancel-vs-fire round {round}: {} ids due at {deadline_ms} (all ok {} ms before it), cancels sent {} ms after it: {split:?}",
+            "cancel-vs-fire round {round}: {} ids due at {deadline_ms} (all ok {} ms before it), cancels sent from {} ms after it over {WINDOW_MS} ms: {split:?}",
             ids.len(),
             deadline_ms as i64 - oks_done as i64,
-            cancels_at as i64 - deadline_ms as i64,
+            first_ms as i64 - deadline_ms as i64,
         );
         let cancelled = split.get("cancelled").copied().unwrap_or(0);
         let fired =
@@ -1163,7 +1218,11 @@ fn cancel_vs_fire_across_nodes() {
             break;
         }
         // One side got nothing: move the cancels toward the other side.
-        offset_ms += if cancelled == 0 { -150 } else { 150 };
+        offset_ms += if cancelled == 0 {
+            -WINDOW_MS
+        } else {
+            WINDOW_MS
+        } / 2;
     }
 
     sleep_until_wall(ledger.max_ok_deadline() + TTL_MS + 3_000);
@@ -1211,7 +1270,7 @@ fn cancel_vs_fire_across_nodes() {
     let lost: Vec<String> = ledger
         .undelivered(&must_fire)
         .iter()
-        .map(|id| id.to_string())
+        .map(|id| ledger.story(*id, &cluster))
         .collect();
     failures.check("acked, not cancelled, never delivered", &lost);
     failures.check("unexpected lines", &ledger.strange);
@@ -1263,7 +1322,7 @@ fn database_restart_mid_run() {
     let rate = env_u64("DUEWHEEL_CLUSTER_RESTART_RATE", 300).max(1);
     let op = OP_TIMEOUT_MS.to_string();
     let cluster = Cluster::new(
-        BIN,
+        &bin(),
         &db.name,
         &["a", "b"],
         node_args(&db, &["--op-timeout-ms", &op]),
@@ -1518,7 +1577,7 @@ fn as_refs(v: &[String]) -> Vec<&str> {
 /// how long it took); kills it after `limit`.
 fn run_node(args: &[&str], limit: Duration) -> (Option<i32>, String, Duration) {
     let start = Instant::now();
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -1604,21 +1663,28 @@ fn bad_input_is_a_clear_startup_error() {
     expect("missing --node-id", &as_refs(&no_id), 2, limit, &[]);
 
     if let Some(db) = TestSchema::new("ct_newer") {
-        StoreConfig::new(db.dsn.clone())
-            .schema(db.name.clone())
-            .shards(SHARDS)
-            .open()
-            .expect("create the schema");
-        db.client()
-            .execute("UPDATE duewheel_schema SET version = version + 1", &[])
-            .unwrap();
-        let newer = (SCHEMA_VERSION + 1).to_string();
+        // A node creates the schema (stdin closed: it exits at once), so the
+        // version is the binary's own, even with DUEWHEEL_NODE_BIN.
+        let args = base(&db.dsn, &db.name);
+        let (code, stderr, _) = run_node(&as_refs(&args), limit);
+        assert_eq!(code, Some(0), "a node on a fresh schema: {stderr}");
+        let found: i32 = db
+            .client()
+            .query_one(
+                "UPDATE duewheel_schema SET version = version + 1 RETURNING version",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if std::env::var("DUEWHEEL_NODE_BIN").is_err() {
+            assert_eq!(found, SCHEMA_VERSION + 1);
+        }
         expect(
             "schema newer than this build",
-            &as_refs(&base(&db.dsn, &db.name)),
+            &as_refs(&args),
             3,
             limit,
-            &[newer, SCHEMA_VERSION.to_string()],
+            &[found.to_string(), (found - 1).to_string()],
         );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
