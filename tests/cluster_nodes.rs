@@ -267,12 +267,6 @@ impl Ledger {
         self.ok.contains_key(&id) || self.errs.contains_key(&id)
     }
 
-    fn cancelled(&self, id: u64) -> bool {
-        self.cancels
-            .get(&id)
-            .is_some_and(|a| a.contains(&CancelAnswer::Cancelled))
-    }
-
     /// Acked, and no cancel that may have won: must fire at least once. A
     /// cancel whose answer never came (lost with a killed node) or was
     /// `cerr` may have deleted the row; only `fired` / `notfound` prove it
@@ -373,6 +367,8 @@ struct Duplicates {
     after_loss: usize,
     /// Redelivered by the same incarnation (ack timeout).
     same_incarnation: usize,
+    /// A few of the duplicated ids, to print their story.
+    samples: Vec<u64>,
 }
 
 /// The checks every test makes on deliveries: each `ev` is a timer the test
@@ -424,6 +420,9 @@ fn check_deliveries(ledger: &Ledger, cluster: &Cluster, failures: &mut Failures)
             }
         }
         if evs.len() > 1 {
+            if dups.samples.len() < 3 {
+                dups.samples.push(*id);
+            }
             dups.ids += 1;
             dups.extra += evs.len() - 1;
             let mut by_attempt: Vec<&Delivery> = evs.iter().collect();
@@ -448,6 +447,13 @@ fn check_deliveries(ledger: &Ledger, cluster: &Cluster, failures: &mut Failures)
         &epochs,
     );
     dups
+}
+
+/// Prints the story of a few duplicated ids (why they came twice).
+fn print_duplicates(tag: &str, ledger: &Ledger, cluster: &Cluster, dups: &Duplicates) {
+    for id in &dups.samples {
+        eprintln!("{tag}: duplicate {}", ledger.story(*id, cluster));
+    }
 }
 
 fn percentile(sorted: &[Duration], p: usize) -> Duration {
@@ -803,6 +809,7 @@ fn kill9_takeover_loses_nothing() {
     );
     failures.check("unexpected lines", &ledger.strange);
     let dups = check_deliveries(&ledger, cluster, &mut failures);
+    print_duplicates("kill9", &ledger, cluster, &dups);
     let unknown_fired = unknown
         .iter()
         .filter(|id| ledger.evs.contains_key(id))
@@ -1057,6 +1064,7 @@ fn sigstop_node_is_fenced() {
     failures.check("schedule answered err", &errs);
     failures.check("unexpected lines", &ledger.strange);
     let dups = check_deliveries(&ledger, &cluster, &mut failures);
+    print_duplicates("sigstop", &ledger, &cluster, &dups);
     let two_epochs = ledger
         .evs
         .values()
@@ -1275,6 +1283,7 @@ fn cancel_vs_fire_across_nodes() {
     failures.check("acked, not cancelled, never delivered", &lost);
     failures.check("unexpected lines", &ledger.strange);
     let dups = check_deliveries(&ledger, &cluster, &mut failures);
+    print_duplicates("cancel-vs-fire", &ledger, &cluster, &dups);
     let moved = after
         .iter()
         .filter(|r| b_shards.contains(&r.shard) && r.owner.as_deref() != Some("b"))
@@ -1554,6 +1563,7 @@ fn database_restart_mid_run() {
         &refused_fired,
     );
     let dups = check_deliveries(&ledger, &cluster, &mut failures);
+    print_duplicates("restart", &ledger, &cluster, &dups);
     let in_doubt = attempts.values().filter(|t| t.in_doubt).count();
     eprintln!(
         "restart: `{restart}` took {:?} ({:?}..{:?}); {} ids, answers {counts:?}, max answer latency {max_latency:?}, {in_doubt} ids in doubt (retried), {oks_after} oks after the restart, {} stored, duplicates {dups:?}",
