@@ -509,25 +509,50 @@ struct Takeover {
     shards: usize,
     /// `None`: still not taken over when polling gave up.
     took: Option<Duration>,
+    /// The last shards taken: by whom, when.
+    detail: String,
 }
 
 /// After `victim` was killed: the shards it held, and the time until each
 /// has a newer epoch and an owner — another node, or the victim's next
 /// incarnation (same name, but it must bump the epoch to acquire).
-fn measure_takeover(db: &TestSchema, victim: &str, killed: Instant) -> (usize, Option<Duration>) {
+fn measure_takeover(
+    db: &TestSchema,
+    victim: &str,
+    killed: Instant,
+) -> (usize, Option<Duration>, String) {
     let mut client = db.client();
     let held: HashMap<u32, u64> = shard_rows(&mut client)
         .into_iter()
         .filter(|r| r.owner.as_deref() == Some(victim))
         .map(|r| (r.shard, r.epoch))
         .collect();
+    // When each shard was seen taken, by whom, at which epoch.
+    let mut taken: HashMap<u32, (Duration, String, u64)> = HashMap::new();
     let limit = ttl() + Duration::from_secs(30);
     let done = poll_shards(&mut client, limit, |rows| {
-        rows.iter()
-            .filter(|r| held.contains_key(&r.shard))
-            .all(|r| r.epoch > held[&r.shard] && r.owner.is_some())
+        for r in rows.iter().filter(|r| held.contains_key(&r.shard)) {
+            if r.epoch > held[&r.shard]
+                && let Some(owner) = &r.owner
+            {
+                taken
+                    .entry(r.shard)
+                    .or_insert_with(|| (killed.elapsed(), owner.clone(), r.epoch));
+            }
+        }
+        taken.len() == held.len()
     });
-    (held.len(), done.map(|_| killed.elapsed()))
+    let mut last: Vec<_> = taken.iter().collect();
+    last.sort_by_key(|(_, (at, _, _))| Reverse(*at));
+    let detail = last
+        .iter()
+        .take(3)
+        .map(|(shard, (at, owner, epoch))| {
+            format!("shard {shard} by {owner} at epoch {epoch} after {at:?}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    (held.len(), done.map(|_| killed.elapsed()), detail)
 }
 
 #[test]
@@ -560,7 +585,10 @@ fn kill9_takeover_loses_nothing() {
     let takeovers: Mutex<Vec<Takeover>> = Mutex::new(Vec::new());
     let mut ledger = Ledger::default();
     let mut unsent = 0u64;
+    // Kills and starts, for the story of a slow takeover.
+    let timeline: Mutex<Vec<(Duration, String)>> = Mutex::new(Vec::new());
     let (cluster, db, takeovers_ref, killing) = (&cluster, &db, &takeovers, &killing_done);
+    let timeline = &timeline;
     thread::scope(|s| {
         // The killer: a random live node (never the last one) at random
         // moments; each victim restarts after a random delay in [0, 2×TTL].
@@ -569,7 +597,9 @@ fn kill9_takeover_loses_nothing() {
             let restart_due = |restarts: &mut Vec<(Instant, usize)>| {
                 restarts.retain(|&(at, node)| {
                     if Instant::now() >= at {
-                        cluster.start(node);
+                        let inc = cluster.start(node);
+                        let at = cluster.log.now();
+                        lock(timeline).push((at, format!("start {}#{inc}", cluster.name(node))));
                         false
                     } else {
                         true
@@ -594,15 +624,17 @@ fn kill9_takeover_loses_nothing() {
                 let inc = cluster.kill9(victim).unwrap();
                 let killed = Instant::now();
                 let killed_at = cluster.log.now();
+                lock(timeline).push((killed_at, format!("kill {}#{inc}", cluster.name(victim))));
                 let name = cluster.name(victim).to_string();
                 s.spawn(move || {
-                    let (shards, took) = measure_takeover(db, &name, killed);
+                    let (shards, took, detail) = measure_takeover(db, &name, killed);
                     lock(takeovers_ref).push(Takeover {
                         at: killed_at,
                         node: victim,
                         inc,
                         shards,
                         took,
+                        detail,
                     });
                 });
                 let delay = Duration::from_millis(kill_rng.range(0, 2 * TTL_MS + 1));
@@ -624,7 +656,9 @@ fn kill9_takeover_loses_nothing() {
         let mut rr = 0usize;
         let mut cancels: BinaryHeap<Reverse<(Duration, u64)>> = BinaryHeap::new();
         let mut outstanding: HashSet<u64> = HashSet::new();
-        const MAX_OUTSTANDING: usize = 20_000;
+        // Few enough that a kill loses little (its unanswered lines are
+        // unknowns), enough to keep three nodes' batches full.
+        const MAX_OUTSTANDING: usize = 6_000;
         loop {
             for e in ledger.absorb(cluster) {
                 if let Line::Ok(id) | Line::Err { id: Some(id), .. } = e.line {
@@ -799,6 +833,16 @@ fn kill9_takeover_loses_nothing() {
             }
         }
     }
+    let cerrs: Vec<String> = ledger
+        .cancels
+        .iter()
+        .filter(|(_, a)| a.iter().any(|a| matches!(a, CancelAnswer::Cerr(_))))
+        .take(3)
+        .map(|(id, _)| ledger.story(*id, cluster))
+        .collect();
+    for story in &cerrs {
+        eprintln!("kill9: cerr {story}");
+    }
     failures.check(
         "cancel answered cancelled but the timer was delivered",
         &cancelled_fired,
@@ -838,6 +882,27 @@ fn kill9_takeover_loses_nothing() {
         ));
     }
 
+    for t in takeovers
+        .iter()
+        .filter(|t| t.took.is_none_or(|d| d > ttl() * 2))
+    {
+        let took = t.took.unwrap_or(Duration::MAX);
+        let around: Vec<String> = lock(timeline)
+            .iter()
+            .filter(|(at, _)| {
+                *at + Duration::from_secs(5) >= t.at && *at <= t.at.saturating_add(took)
+            })
+            .map(|(at, what)| format!("{at:.1?} {what}"))
+            .collect();
+        eprintln!(
+            "kill9: slow takeover after {}#{} at {:.1?}: {took:.1?}; last: {}; around: {}",
+            cluster.name(t.node),
+            t.inc,
+            t.at,
+            t.detail,
+            around.join(", ")
+        );
+    }
     let each: Vec<String> = takeovers
         .iter()
         .map(|t| {
