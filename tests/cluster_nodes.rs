@@ -675,7 +675,7 @@ fn kill9_takeover_loses_nothing() {
             let due = ((start.elapsed().as_millis() as f64 * per_ms) as u64).min(timers);
             let mut batch: Vec<(String, Vec<u64>)> = vec![(String::new(), Vec::new()); 3];
             let mut deadlines = HashMap::new();
-            while next_id <= due && outstanding.len() < MAX_OUTSTANDING {
+            while next_id <= due && outstanding.len() + deadlines.len() < MAX_OUTSTANDING {
                 let Some(node) = (0..3)
                     .map(|k| (rr + k) % 3)
                     .find(|&n| cluster.live(n).is_some())
