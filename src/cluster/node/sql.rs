@@ -59,6 +59,8 @@ struct Statements {
     load_claimed: Statement,
     sweep: Statement,
     overdue: Statement,
+    notify: Statement,
+    fetch: Statement,
 }
 
 /// Locks every touched shard row and reads its epoch (the fence).
@@ -169,6 +171,14 @@ impl Statements {
                 "SELECT shard_id, timer_id, deadline_ms, payload FROM timers
                  WHERE shard_id = ANY($1::int[]) AND state = 0 AND deadline_ms <= $2
                  ORDER BY deadline_ms LIMIT $3",
+            )?,
+            // One notification per chunk of ids (a payload holds < 8000 bytes).
+            notify: c.prepare("SELECT pg_notify($1, x) FROM unnest($2::text[]) AS x")?,
+            fetch: c.prepare(
+                "SELECT t.shard_id, t.timer_id, t.deadline_ms, t.payload FROM timers t
+                 JOIN unnest($1::int[], $2::bigint[]) AS u(s, id)
+                   ON t.shard_id = u.s AND t.timer_id = u.id
+                 WHERE t.state = 0",
             )?,
             overdue: c.prepare(
                 "SELECT count(*) FROM timers
@@ -462,6 +472,56 @@ impl NodeDb {
         Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0))
     }
 
+    /// Tells the owners listening on `channel` that these ids were written
+    /// (each chunk a comma-separated list, one notification each).
+    pub(super) fn notify(&mut self, channel: &str, chunks: &[String]) -> Result<(), QueryError> {
+        self.store
+            .client
+            .query(&self.st.notify, &[&channel, &chunks])?;
+        Ok(())
+    }
+
+    /// Starts receiving `channel`'s notifications on this connection.
+    pub(super) fn listen(&mut self, channel: &str) -> Result<(), QueryError> {
+        // The channel is a schema name: [a-z0-9_] only, so quoting suffices.
+        self.store
+            .client
+            .batch_execute(&format!("LISTEN \"{channel}\""))?;
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the first notification, then returns every
+    /// one already received (their payloads).
+    pub(super) fn notified(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<String>, QueryError> {
+        let mut out = Vec::new();
+        let mut notifications = self.store.client.notifications();
+        let first = notifications.timeout_iter(timeout).next()?;
+        if let Some(first) = first {
+            out.push(first.payload().to_owned());
+            let mut rest = notifications.iter();
+            while let Some(n) = rest.next()? {
+                out.push(n.payload().to_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The pending rows among `(shard, id)`.
+    pub(super) fn fetch(
+        &mut self,
+        shards: &[i32],
+        ids: &[i64],
+        each: &mut dyn FnMut(Loaded),
+    ) -> Result<(), QueryError> {
+        for row in self.store.client.query(&self.st.fetch, &[&shards, &ids])? {
+            each(loaded(&row)?);
+        }
+        Ok(())
+    }
+
     fn stream(
         &mut self,
         kind: StatementKind,
@@ -532,4 +592,28 @@ fn fence_of(items: &[(u32, u64, u64)], current: &[(u32, u64)]) -> Fence {
     fenced.sort_unstable();
     fenced.dedup();
     Fence { fenced }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_deduplicate_the_touched_shards_and_keep_the_rows_in_order() {
+        let items = [(3, 7, 30), (1, 5, 10), (3, 7, 31)];
+        let (touched, s, e, i) = columns(&items);
+        assert_eq!(touched, vec![1, 3]);
+        assert_eq!(s, vec![3, 1, 3]);
+        assert_eq!(e, vec![7, 5, 7]);
+        assert_eq!(i, vec![30, 10, 31]);
+    }
+
+    #[test]
+    fn a_shard_is_fenced_when_its_epoch_moved_on_or_its_row_is_missing() {
+        let items = [(1, 5, 10), (2, 9, 20), (3, 4, 30), (2, 9, 21)];
+        // Shard 1 still at 5; shard 2 moved to 10; shard 3 not returned.
+        let fence = fence_of(&items, &[(1, 5), (2, 10)]);
+        assert_eq!(fence.fenced, vec![2, 3]);
+        assert!(fence_of(&items[..1], &[(1, 5)]).fenced.is_empty());
+    }
 }
