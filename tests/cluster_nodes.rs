@@ -590,8 +590,9 @@ fn kill9_takeover_loses_nothing() {
     let (cluster, db, takeovers_ref, killing) = (&cluster, &db, &takeovers, &killing_done);
     let timeline = &timeline;
     thread::scope(|s| {
-        // The killer: a random live node (never the last one) at random
-        // moments; each victim restarts after a random delay in [0, 2×TTL].
+        // The killer: a random live node at random moments, never the last
+        // settled one; each victim restarts after a random delay in
+        // [0, 2×TTL].
         s.spawn(move || {
             let mut restarts: Vec<(Instant, usize)> = Vec::new();
             let restart_due = |restarts: &mut Vec<(Instant, usize)>| {
@@ -612,15 +613,23 @@ fn kill9_takeover_loses_nothing() {
                     restart_due(&mut restarts);
                     thread::sleep(Duration::from_millis(5));
                 }
-                let live = loop {
+                // A victim leaves at least one *settled* node (up for a TTL,
+                // so it has connected and holds shards) behind: the takeover
+                // bound is about the survivors, not about a cluster whose
+                // every node was just restarted.
+                let candidates = loop {
                     restart_due(&mut restarts);
-                    let live: Vec<usize> = (0..3).filter(|&n| cluster.live(n).is_some()).collect();
-                    if live.len() >= 2 {
-                        break live;
+                    let settled = |n: usize| cluster.uptime(n).is_some_and(|up| up >= ttl());
+                    let candidates: Vec<usize> = (0..3)
+                        .filter(|&v| cluster.live(v).is_some())
+                        .filter(|&v| (0..3).any(|u| u != v && settled(u)))
+                        .collect();
+                    if !candidates.is_empty() {
+                        break candidates;
                     }
                     thread::sleep(Duration::from_millis(5));
                 };
-                let victim = live[kill_rng.range(0, live.len() as u64) as usize];
+                let victim = candidates[kill_rng.range(0, candidates.len() as u64) as usize];
                 let inc = cluster.kill9(victim).unwrap();
                 let killed = Instant::now();
                 let killed_at = cluster.log.now();

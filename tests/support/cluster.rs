@@ -235,6 +235,7 @@ impl Log {
 struct NodeProc {
     child: Child,
     inc: u32,
+    started: Instant,
     lines: Option<mpsc::Sender<String>>,
     writer: Option<JoinHandle<()>>,
     reader: Option<JoinHandle<()>>,
@@ -364,6 +365,7 @@ impl Cluster {
         slot.proc = Some(NodeProc {
             child,
             inc,
+            started: Instant::now(),
             lines: Some(tx),
             writer: Some(writer),
             reader: Some(reader),
@@ -374,6 +376,14 @@ impl Cluster {
     /// The running incarnation of `node`, if any.
     pub(crate) fn live(&self, node: usize) -> Option<u32> {
         lock(&self.slots[node]).proc.as_ref().map(|p| p.inc)
+    }
+
+    /// How long `node`'s running incarnation has been up.
+    pub(crate) fn uptime(&self, node: usize) -> Option<Duration> {
+        lock(&self.slots[node])
+            .proc
+            .as_ref()
+            .map(|p| p.started.elapsed())
     }
 
     /// The process id of `node`'s running incarnation.
