@@ -72,7 +72,12 @@ pub(crate) fn client(dsn: &str, schema: &str) -> postgres::Client {
 }
 
 /// Drops `schema` and everything in it; errors are ignored (it is cleanup).
+/// `DUEWHEEL_KEEP_SCHEMA=1` keeps it, to look at the tables after a failure.
 pub(crate) fn drop_schema(dsn: &str, schema: &str) {
+    if std::env::var("DUEWHEEL_KEEP_SCHEMA").is_ok() {
+        eprintln!("note: DUEWHEEL_KEEP_SCHEMA set; schema {schema} kept");
+        return;
+    }
     if let Ok(mut c) = postgres::Client::connect(dsn, postgres::NoTls) {
         let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"));
     }

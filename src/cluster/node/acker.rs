@@ -2,7 +2,8 @@
 //! like the writers' commits, fenced like the claim.
 //!
 //! Invariant: a row is deleted only by a statement that held its shard row
-//! `FOR SHARE` at the epoch this node holds. An ack that cannot be written
+//! `FOR SHARE` at the epoch that claimed it, which is still the epoch this
+//! node holds. An ack that cannot be written
 //! (the shard moved on, the database is gone at shutdown) leaves the row
 //! claimed, and the next owner redelivers it: at-least-once, never zero.
 
@@ -42,15 +43,32 @@ fn flush(shared: &Shared, db: &mut Option<NodeDb>, ids: &mut Vec<u64>, last: boo
     let mut tries = 0;
     loop {
         // Rows of shards no longer ours are the new owner's to redeliver.
+        // Each ack is fenced by the epoch that *claimed* the row: an ack
+        // never crosses epochs. A delivery claimed before the shard moved on
+        // is redelivered by the newer owner from its load; if that owner is
+        // this node, and the load found the delivery still in flight (so
+        // the wheel could not take it again), the pager fetches the row
+        // again now and redelivers it.
+        let mut refetch = Vec::new();
         let items: Vec<(u32, u64, u64)> = {
             let owned = shared.owned.read();
+            let claimed = shared.claim_epochs.lock();
             ids.iter()
                 .filter_map(|&id| {
                     let shard = shared.map.shard_of_id(id);
-                    owned.get(&shard).map(|&epoch| (shard, epoch, id))
+                    let held = *owned.get(&shard)?;
+                    let claim = claimed.get(&id).copied().unwrap_or(held);
+                    if claim != held {
+                        refetch.push(id);
+                        return None;
+                    }
+                    Some((shard, held, id))
                 })
                 .collect()
         };
+        if !refetch.is_empty() {
+            let _ = shared.refetch.send(std::mem::take(&mut refetch));
+        }
         if items.is_empty() {
             break;
         }

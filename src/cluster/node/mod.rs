@@ -302,6 +302,9 @@ struct Shared {
     keeper: Sender<KeeperMsg>,
     /// Newly acquired shards, for the pager to load.
     pager: Sender<(u32, u64)>,
+    /// Claimed rows to fetch into the wheel again: their delivery was
+    /// claimed under an older epoch of a shard this node holds now.
+    refetch: Sender<Vec<u64>>,
 }
 
 impl Shared {
@@ -436,6 +439,7 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
         }
         let (keeper_tx, keeper_rx) = crossbeam_channel::unbounded();
         let (pager_tx, pager_rx) = crossbeam_channel::unbounded();
+        let (refetch_tx, refetch_rx) = crossbeam_channel::unbounded();
         let (acks_tx, acks_rx) = crossbeam_channel::unbounded();
         let now_ms = config.clock.now_ms();
         let shared = Arc::new(Shared {
@@ -450,6 +454,7 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
             redeliver: Mutex::new(rustc_hash::FxHashSet::default()),
             keeper: keeper_tx,
             pager: pager_tx,
+            refetch: refetch_tx,
         });
         let gate_db = dbs.pop().expect("opened above");
         let gate = Arc::new(gate::Gate::new(shared.clone(), gate_db, acks_tx.clone()));
@@ -477,7 +482,7 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
         {
             let (shared, s) = (shared.clone(), scheduler.clone());
             threads.push(spawn("duewheel-pager", move || {
-                pager::run(&shared, pager_db, &pager_rx, &s)
+                pager::run(&shared, pager_db, &pager_rx, &refetch_rx, &s)
             })?);
         }
         let acker_db = dbs.pop().expect("opened above");

@@ -31,6 +31,7 @@ pub(super) fn run<P: Codec + Clone + Send + 'static>(
     shared: &Shared,
     db: NodeDb,
     rx: &Receiver<(u32, u64)>,
+    refetch: &Receiver<Vec<u64>>,
     engine: &Scheduler<u64, P>,
 ) {
     let mut db =
@@ -66,6 +67,9 @@ pub(super) fn run<P: Codec + Clone + Send + 'static>(
             }
             while let Ok(shard) = rx.try_recv() {
                 fresh.push(shard);
+            }
+            while let Ok(ids) = refetch.try_recv() {
+                fetch_claimed_again(shared, conn, &ids, &mut put)?;
             }
             if !fresh.is_empty() {
                 take_over(shared, conn, &mut fresh, &mut put)?;
@@ -156,6 +160,31 @@ impl<P: Codec + Clone + Send + 'static> Put<'_, P> {
     }
 }
 
+/// Puts claimed rows back in the wheel, marked for redelivery (see the
+/// acker: their delivery was claimed under an older epoch).
+fn fetch_claimed_again<P: Codec + Clone + Send + 'static>(
+    shared: &Shared,
+    conn: &mut NodeDb,
+    ids: &[u64],
+    put: &mut Put<'_, P>,
+) -> Result<(), QueryError> {
+    let mut keys: Vec<(i32, i64)> = ids
+        .iter()
+        .map(|&id| {
+            (
+                i32::try_from(shared.map.shard_of_id(id)).unwrap_or(i32::MAX),
+                id as i64,
+            )
+        })
+        .collect();
+    keys.sort_unstable();
+    let (shards, ids): (Vec<i32>, Vec<i64>) = keys.into_iter().unzip();
+    conn.fetch(&shards, &ids, 1, &mut |row| {
+        shared.redeliver.lock().insert(row.id);
+        put.row(row);
+    })
+}
+
 /// Puts the pending rows named in notifications (comma-separated ids) into
 /// the wheel, for the shards this node owns.
 fn fetch_notified<P: Codec + Clone + Send + 'static>(
@@ -177,7 +206,7 @@ fn fetch_notified<P: Codec + Clone + Send + 'static>(
         .chunks(crate::cluster::MAX_BATCH)
         .zip(ids.chunks(crate::cluster::MAX_BATCH))
     {
-        conn.fetch(s, i, &mut |row| {
+        conn.fetch(s, i, 0, &mut |row| {
             if put.row(row) {
                 bump(&shared.counters.notified, 1);
             }

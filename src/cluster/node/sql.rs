@@ -208,7 +208,7 @@ impl Statements {
                 "SELECT t.shard_id, t.timer_id, t.deadline_ms, t.payload FROM timers t
                  JOIN unnest($1::int[], $2::bigint[]) AS u(s, id)
                    ON t.shard_id = u.s AND t.timer_id = u.id
-                 WHERE t.state = 0",
+                 WHERE t.state = $3",
             )?,
             overdue: c.prepare(
                 "SELECT count(*) FROM timers
@@ -324,7 +324,15 @@ impl NodeDb {
         redeliver: &[bool],
         now_ms: u64,
     ) -> Result<Claimed, QueryError> {
-        let (touched, s, e, i) = columns(items);
+        // Sorted into lock order together with their flags.
+        let mut both: Vec<((u32, u64, u64), bool)> = items
+            .iter()
+            .copied()
+            .zip(redeliver.iter().copied())
+            .collect();
+        both.sort_unstable_by_key(|&((s, _, id), _)| (shard_param(s), id as i64));
+        let (items, redeliver): (Vec<_>, Vec<bool>) = both.into_iter().unzip();
+        let (touched, s, e, i) = columns(&items);
         let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
         let rows = self
             .store
@@ -343,7 +351,7 @@ impl NodeDb {
                     .push((a as u64, u32::try_from(b).unwrap_or(u32::MAX)));
             }
         }
-        out.fence = fence_of(items, &current);
+        out.fence = fence_of(&items, &current);
         Ok(out)
     }
 
@@ -539,14 +547,19 @@ impl NodeDb {
         Ok(out)
     }
 
-    /// The pending rows among `(shard, id)`.
+    /// The rows among `(shard, id)` in `state` (0 pending, 1 claimed).
     pub(super) fn fetch(
         &mut self,
         shards: &[i32],
         ids: &[i64],
+        state: i16,
         each: &mut dyn FnMut(Loaded),
     ) -> Result<(), QueryError> {
-        for row in self.store.client.query(&self.st.fetch, &[&shards, &ids])? {
+        for row in self
+            .store
+            .client
+            .query(&self.st.fetch, &[&shards, &ids, &state])?
+        {
             each(loaded(&row)?);
         }
         Ok(())
@@ -594,13 +607,15 @@ fn loaded(row: &Row) -> Result<Loaded, postgres::Error> {
 }
 
 /// The touched shards (deduplicated) and the `unnest` columns, in lock
-/// order: by shard, then by the stored `bigint` id.
+/// order: by shard, then by the stored `bigint` id. (A caller that sends a
+/// column of its own alongside sorts it the same way first; see `claim`.)
 fn columns(items: &[(u32, u64, u64)]) -> (Vec<i32>, Vec<i32>, Vec<i64>, Vec<i64>) {
     let mut sorted: Vec<(i32, i64, i64)> = items
         .iter()
         .map(|&(s, e, id)| (shard_param(s), id as i64, epoch_param(e)))
         .collect();
-    sorted.sort_unstable();
+    // Stable, and by (shard, id) only: an input already in this order keeps it.
+    sorted.sort_by_key(|&(s, id, _)| (s, id));
     let mut touched: Vec<i32> = sorted.iter().map(|&(s, _, _)| s).collect();
     touched.dedup();
     let s = sorted.iter().map(|&(s, _, _)| s).collect();
