@@ -310,6 +310,13 @@ impl Config {
         if !(2_000..=7 * 24 * 3_600_000).contains(&window_ms) {
             return usage("--window must be between 2s and 7 days".into());
         }
+        // --cluster models no reminders; its pending payers still pay in
+        // the window's last stretch, 5m of 30m by default: a sixth.
+        let remind_ms = if cluster.is_some() {
+            remind_ms.min(window_ms / 6)
+        } else {
+            remind_ms
+        };
         if remind_ms == 0 || remind_ms >= window_ms {
             return usage(format!(
                 "--remind-before ({}) must be positive and shorter than --window ({})",

@@ -44,8 +44,9 @@ pub(super) const SWEEP_MS: u64 = 100;
 /// How long a node may take to connect and print `ready`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Real time after the last deadline to wait for the deliveries and the
-/// answers still owed: a few leases (a takeover) and a margin.
+/// Real time after the last deadline (or the last late payment) to wait
+/// for the deliveries and the answers still owed: a few leases (a
+/// takeover) and a margin.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Real time the driver keeps listening once everything expected arrived,
@@ -833,9 +834,12 @@ impl Driver {
             actions.push((at_ms, Action::Kill(k)));
         }
         actions.sort_unstable();
-        let last_deadline_ms = self.open_ms + config.sale_ms + config.window_ms;
-        let drain_until =
-            self.clock.wall_of(last_deadline_ms) as u64 + DRAIN_TIMEOUT.as_millis() as u64;
+        // The last moment anything is due: the last deadline, or a late
+        // payment after it (a pending payer's gateway can confirm minutes
+        // after the window closed).
+        let last_action_ms = actions.last().map_or(0, |a| a.0);
+        let end_ms = self.open_ms + (config.sale_ms + config.window_ms).max(last_action_ms);
+        let drain_until = self.clock.wall_of(end_ms) as u64 + DRAIN_TIMEOUT.as_millis() as u64;
 
         let mut next = 0;
         let mut last_poll = Instant::now();
@@ -884,7 +888,7 @@ impl Driver {
                 last_scan = Instant::now();
                 let complete = self.outstanding == 0
                     && self.watches.iter().all(|w| w.done)
-                    && self.clock.now_ms() >= last_deadline_ms
+                    && self.clock.now_ms() >= end_ms
                     && self.missing_deliveries() == 0;
                 match (complete, complete_at) {
                     (true, None) => {

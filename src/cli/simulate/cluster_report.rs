@@ -344,10 +344,12 @@ impl Report {
             let stats = [
                 "owned",
                 "acquired",
+                "released",
                 "lost",
                 "fenced",
+                "redelivered",
                 "db_errors",
-                "pending",
+                "overdue",
             ]
             .iter()
             .filter_map(|k| node.stats.get(*k).map(|v| format!("{k}={v}")))
