@@ -6,8 +6,12 @@
 //! - `0`: the run finished and every invariant held;
 //! - `1`: an invariant failed, or the run could not complete;
 //! - `2`: the arguments were refused (clap's own convention for usage
-//!   errors, which every refusal here reuses), before anything ran.
+//!   errors, which every refusal here reuses), before anything ran;
+//! - `3` (`node` only): the database could not be opened: unreachable,
+//!   refused, or a schema this build does not understand.
 
+#[cfg(feature = "postgres")]
+mod node;
 mod simulate;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -26,6 +30,18 @@ enum Command {
     /// Run a flash sale end to end: orders, payments, reminders, re-checks,
     /// cancellations and stock, then check the invariants and report.
     Simulate(simulate::Args),
+    /// Run one cluster node on a shared PostgreSQL database, driven over
+    /// stdin/stdout (see docs/SCALE_OUT.md).
+    #[cfg(feature = "postgres")]
+    Node(node::Args),
+    /// Run one cluster node (this build has no PostgreSQL support: rebuild
+    /// with `--features postgres`).
+    #[cfg(not(feature = "postgres"))]
+    Node {
+        /// Ignored.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
+    },
 }
 
 /// Parses the command line, runs the command and returns its exit code.
@@ -34,6 +50,23 @@ pub(crate) fn run() -> ExitCode {
     // `--help` and `--version`).
     let cli = Cli::parse();
     match cli.command {
+        #[cfg(feature = "postgres")]
+        Command::Node(args) => match node::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(node::Error::Usage(message)) => {
+                eprintln!("error: {message}");
+                ExitCode::from(2)
+            }
+            Err(node::Error::Database(message)) => {
+                eprintln!("error: {message}");
+                ExitCode::from(3)
+            }
+        },
+        #[cfg(not(feature = "postgres"))]
+        Command::Node { .. } => {
+            eprintln!("error: this build has no cluster support; rebuild with --features postgres");
+            ExitCode::from(2)
+        }
         Command::Simulate(args) => match simulate::run(args) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),

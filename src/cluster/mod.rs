@@ -60,6 +60,7 @@
 mod config;
 mod error;
 mod lease;
+mod node;
 pub mod schema;
 mod shard_map;
 mod store;
@@ -70,6 +71,10 @@ pub use error::{
     QueryError,
 };
 pub use lease::{Acquire, Lease, MAX_LEASE_TTL, MAX_OWNER_BYTES};
+pub use node::{
+    CancelError as NodeCancelError, Node, NodeConfig, NodeError, NodeScheduler, NodeStats,
+    ScheduleError as NodeScheduleError,
+};
 pub use schema::SCHEMA_VERSION;
 pub use shard_map::{DEFAULT_SHARDS, InvalidShardCount, MAX_SHARDS, ShardMap};
 pub use store::{

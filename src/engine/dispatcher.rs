@@ -151,7 +151,24 @@ impl<K: Clone, P: Clone> Outbox<K, P> {
 
     /// Records the lateness of what is held and delivers it (see
     /// [`deliver`]); `false` if shutdown began first.
-    fn flush(&mut self, inner: &Inner<K, P>, groups: &[Group<K, P>], now_ms: u64) -> bool {
+    fn flush(&mut self, inner: &Inner<K, P>, groups: &[Group<K, P>], now_ms: u64) -> bool
+    where
+        K: Hash + Eq,
+    {
+        #[cfg(feature = "postgres")]
+        if let Some(hooks) = &inner.hooks {
+            // Cluster mode: deliver only what the store claimed; what it
+            // refused (cancelled elsewhere, or the shard is no longer ours)
+            // leaves the engine.
+            let mut dropped = Vec::new();
+            hooks.admit(&mut self.fired, &mut dropped);
+            for id in dropped {
+                inner.shard_of(&id).lock().discard(&id);
+            }
+            if self.fired.is_empty() {
+                return true;
+            }
+        }
         let now_tick = inner.ticks.now_tick(now_ms);
         let mut oldest_ms = u64::MAX;
         for (due_tick, _, event) in &self.fired {

@@ -31,6 +31,8 @@ mod async_scheduler;
 mod consumer;
 mod dispatcher;
 mod event;
+#[cfg(feature = "postgres")]
+pub(crate) mod hooks;
 mod shard;
 mod stats;
 mod wake;
@@ -102,6 +104,9 @@ pub(crate) struct Inner<K, P> {
     delivering_since_ms: AtomicU64,
     /// Events that shutdown interrupted before every group had them.
     undelivered: Mutex<Vec<Undelivered<K, P>>>,
+    /// Cluster mode: the store that claims before delivery (see `hooks`).
+    #[cfg(feature = "postgres")]
+    hooks: Option<Arc<dyn hooks::Hooks<K, P>>>,
 }
 
 impl<K, P> Inner<K, P> {
@@ -143,6 +148,12 @@ struct Settled {
 }
 
 impl<K: Hash + Eq + Clone, P: Clone> Inner<K, P> {
+    /// The shard that owns `id`.
+    #[cfg(feature = "postgres")]
+    fn shard_of(&self, id: &K) -> &Mutex<Shard<K, P>> {
+        &self.shards[shard_index(id, self.shards.len())].0
+    }
+
     /// Snapshots every shard (one at a time) into the log's checkpoint.
     fn checkpoint(&self) -> Result<(), StorageError> {
         let Some(store) = &self.journal else {
@@ -201,6 +212,8 @@ pub struct Builder<K, P> {
     groups: Vec<String>,
     durable: Option<DurableOpen<K, P>>,
     wal: WalOptions,
+    #[cfg(feature = "postgres")]
+    hooks: Option<Arc<dyn hooks::Hooks<K, P>>>,
     checkpoint_every: Duration,
     _types: PhantomData<fn(K, P)>,
 }
@@ -228,6 +241,8 @@ where
             groups: Vec::new(),
             durable: None,
             wal: WalOptions::default(),
+            #[cfg(feature = "postgres")]
+            hooks: None,
             checkpoint_every: Duration::from_secs(60),
             _types: PhantomData,
         }
@@ -407,6 +422,8 @@ where
             settled_cv: Condvar::new(),
             delivering_since_ms: AtomicU64::new(u64::MAX),
             undelivered: Mutex::new(Vec::new()),
+            #[cfg(feature = "postgres")]
+            hooks: self.hooks,
         });
         // Consumers declared up front exist before the first event; the
         // registry keeps their channels open.
@@ -473,6 +490,14 @@ where
     K: Hash + Eq + Clone + Send + 'static + Codec,
     P: Clone + Send + 'static + Codec,
 {
+    /// Cluster mode: every round is claimed through `hooks` before delivery,
+    /// and ended timers are reported to it.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn hooks(mut self, hooks: Arc<dyn hooks::Hooks<K, P>>) -> Self {
+        self.hooks = Some(hooks);
+        self
+    }
+
     /// Makes the engine durable in directory `dir` (created if needed, and
     /// locked: a second engine on it gets an error at build). Every accepted
     /// schedule, cancel, reschedule, ack and snooze is in the write-ahead log
@@ -974,6 +999,10 @@ where
         let accepted = self.shard(id).lock().ack(id, group, now_ms)?;
         if accepted.value {
             self.durable(accepted.seq).map_err(|_| AckError::Storage)?;
+            #[cfg(feature = "postgres")]
+            if let Some(hooks) = &self.inner.hooks {
+                hooks.ended(id);
+            }
         }
         Ok(())
     }

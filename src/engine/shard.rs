@@ -527,6 +527,20 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         })
     }
 
+    /// Forgets `id`'s timer if it is in flight (cluster mode: the store
+    /// refused to deliver it, so no ack will come; see `engine::hooks`).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn discard(&mut self, id: &K) {
+        let Lookup::Live(key) = self.lookup(id) else {
+            return;
+        };
+        if self.wheel.get(key).is_some_and(|t| t.flight.is_some()) {
+            self.wheel.cancel(key);
+            self.index.remove(id);
+            self.counters.in_flight -= 1;
+        }
+    }
+
     /// Makes room for `additional` more timers in the id index, so that a
     /// large recovery does not rehash it over and over.
     pub(crate) fn reserve(&mut self, additional: usize) {

@@ -1,0 +1,167 @@
+//! The keeper: the node's heartbeat, its leases, and its share of shards.
+//!
+//! Every `renew_every` it announces itself in `nodes`, renews every lease
+//! it holds in one statement (a shard not renewed is lost: forgotten at
+//! once, its writes are fenced anyway), and moves toward its fair share,
+//! `ceil(shards / live nodes)`: below it, it takes free shards, its own
+//! from an earlier incarnation, and shards whose lease expired more than
+//! `grace` ago (`FOR UPDATE SKIP LOCKED`, bumping each epoch before anything
+//! of it fires: the backstop sweeper); above it, it releases the surplus.
+//! Leases are judged by the database's clock only.
+//!
+//! Invariant: `owned` holds a shard only at an epoch this node acquired,
+//! and only until a renewal or a fenced write says otherwise.
+
+use super::sql::NodeDb;
+use super::{KeeperMsg, Shared, bump, ms};
+use crossbeam_channel::Receiver;
+use std::time::{Duration, Instant};
+
+pub(super) fn run(shared: &Shared, db: NodeDb, rx: &Receiver<KeeperMsg>) {
+    let mut db = Some(db);
+    let ttl_ms = i64::try_from(ms(shared.config.lease_ttl)).unwrap_or(i64::MAX);
+    let grace_ms = i64::try_from(ms(shared.config.grace)).unwrap_or(i64::MAX);
+    let mut rounds = 0u64;
+    let mut next_round = Instant::now();
+    loop {
+        if shared.stopping() {
+            leave(shared, &mut db);
+            return;
+        }
+        let wait = next_round
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(50));
+        match rx.recv_timeout(wait) {
+            Ok(KeeperMsg::Lost { shard, epoch }) => {
+                if shared.drop_shard(shard, epoch) {
+                    bump(&shared.counters.lost, 1);
+                    crate::trace::warning!(shard, epoch, "shard lost: a write was fenced");
+                }
+                continue;
+            }
+            Ok(KeeperMsg::Reacquire { shard, epoch }) => {
+                if shared.drop_shard(shard, epoch) {
+                    reacquire(shared, &mut db, shard);
+                }
+                continue;
+            }
+            Err(_) if Instant::now() < next_round => continue,
+            Err(_) => {}
+        }
+        let started = Instant::now();
+        // A first round only announces the node, so nodes started together
+        // see each other before they divide the shards.
+        if let Err(e) = round(shared, &mut db, ttl_ms, grace_ms, rounds > 0) {
+            bump(&shared.counters.db_errors, 1);
+            crate::trace::warning!(error = e, "lease round failed");
+            db = None;
+        }
+        rounds += 1;
+        let every = if rounds == 1 {
+            shared.config.renew_every.min(Duration::from_millis(500))
+        } else {
+            shared.config.renew_every
+        };
+        next_round = started + every;
+    }
+}
+
+fn round(
+    shared: &Shared,
+    db: &mut Option<NodeDb>,
+    ttl_ms: i64,
+    grace_ms: i64,
+    balance: bool,
+) -> Result<(), String> {
+    if db.as_ref().is_none_or(NodeDb::is_closed) {
+        *db = shared.reconnect(Some(Instant::now() + shared.config.renew_every));
+    }
+    let conn = db.as_mut().ok_or("cannot reach the database")?;
+    let me = &shared.node_id;
+    let live = conn.heartbeat(me, ttl_ms).map_err(|e| e.to_string())?;
+    let held: Vec<(u32, u64)> = shared.owned.read().iter().map(|(&s, &e)| (s, e)).collect();
+    if !held.is_empty() {
+        let kept = conn.renew(me, &held, ttl_ms).map_err(|e| e.to_string())?;
+        let kept: rustc_hash::FxHashSet<u32> = kept.into_iter().collect();
+        for &(shard, epoch) in &held {
+            if !kept.contains(&shard) && shared.drop_shard(shard, epoch) {
+                bump(&shared.counters.lost, 1);
+                crate::trace::warning!(shard, epoch, "shard lost: its lease was taken");
+            }
+        }
+    }
+    if !balance {
+        return Ok(());
+    }
+    let shards = shared.map.shards();
+    let target = shards.div_ceil(live) as usize;
+    let owned: Vec<(u32, u64)> = shared.owned.read().iter().map(|(&s, &e)| (s, e)).collect();
+    if owned.len() < target {
+        let held: Vec<u32> = owned.iter().map(|&(s, _)| s).collect();
+        let want = i64::try_from(target - owned.len()).unwrap_or(i64::MAX);
+        let got = conn
+            .acquire_some(me, ttl_ms, &held, grace_ms, want)
+            .map_err(|e| e.to_string())?;
+        if !got.is_empty() {
+            crate::trace::info!(shards = got.len(), live, "acquired shards");
+        }
+        for (shard, epoch) in got {
+            take(shared, shard, epoch);
+        }
+    } else if owned.len() > target {
+        let mut surplus = owned;
+        surplus.sort_unstable();
+        let surplus = surplus.split_off(target);
+        for &(shard, epoch) in &surplus {
+            shared.drop_shard(shard, epoch);
+        }
+        conn.release(me, &surplus).map_err(|e| e.to_string())?;
+        bump(&shared.counters.released, surplus.len() as u64);
+        crate::trace::info!(shards = surplus.len(), live, "released shards to rebalance");
+    }
+    Ok(())
+}
+
+/// Records a new lease and hands the shard to the pager to load.
+fn take(shared: &Shared, shard: u32, epoch: u64) {
+    shared.owned.write().insert(shard, epoch);
+    bump(&shared.counters.acquired, 1);
+    let _ = shared.pager.send((shard, epoch));
+}
+
+/// After a fenced write in doubt: take the shard again at a new epoch (if
+/// nobody else did) and reload it.
+fn reacquire(shared: &Shared, db: &mut Option<NodeDb>, shard: u32) {
+    if db.as_ref().is_none_or(NodeDb::is_closed) {
+        *db = shared.reconnect(Some(Instant::now() + shared.config.renew_every));
+    }
+    let taken = db
+        .as_mut()
+        .map(|conn| conn.reacquire(&shared.node_id, shard, shared.config.lease_ttl));
+    match taken {
+        Some(Ok(Some(epoch))) => take(shared, shard, epoch),
+        // Someone else has it, or the database is gone: the balancer takes
+        // it again later if it is free, and its owner reloads it either way.
+        Some(Ok(None)) => bump(&shared.counters.lost, 1),
+        Some(Err(_)) | None => {
+            bump(&shared.counters.db_errors, 1);
+            bump(&shared.counters.lost, 1);
+        }
+    }
+}
+
+/// Shutdown: release every shard (bumping its epoch, so the next owner
+/// need not wait out the lease) and leave the heartbeat table.
+fn leave(shared: &Shared, db: &mut Option<NodeDb>) {
+    let held: Vec<(u32, u64)> = shared.owned.write().drain().collect();
+    if db.as_ref().is_none_or(NodeDb::is_closed) {
+        *db = shared.reconnect(Some(Instant::now() + shared.config.op_timeout));
+    }
+    let Some(conn) = db.as_mut() else {
+        return;
+    };
+    if !held.is_empty() && conn.release(&shared.node_id, &held).is_ok() {
+        bump(&shared.counters.released, held.len() as u64);
+    }
+    let _ = conn.leave(&shared.node_id);
+}

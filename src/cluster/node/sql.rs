@@ -1,0 +1,535 @@
+//! The node's statements: the [`PgStore`] ones, widened to many shards per
+//! statement, so a commit carries up to a batch of rows whatever shards they
+//! fall in.
+//!
+//! With 1024 shards a batch of 1000 schedules touches ~630 of them; one
+//! statement per shard would spend a commit per row. Each statement here
+//! takes parallel arrays (`unnest`) and is still one implicit transaction:
+//! `Ok` means committed. The fenced ones (claim, ack) keep the store's rule,
+//! widened: one `FOR SHARE` lock on *every* shard row the statement touches,
+//! taken in the same statement, and a row is written only where the shard's
+//! epoch is the one the node holds (see `super::super::store`'s module doc
+//! for why the lock, not the comparison alone, makes the fence).
+
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::types::ToSql;
+use postgres::{Row, Statement};
+
+use super::super::config::StoreConfig;
+use super::super::error::{OpenError, QueryError};
+use super::super::store::{PgStore, epoch_param, shard_param};
+
+/// A row read back for the wheel.
+#[derive(Debug)]
+pub(super) struct Loaded {
+    pub(super) shard: u32,
+    pub(super) id: u64,
+    pub(super) deadline_ms: u64,
+    pub(super) payload: Vec<u8>,
+}
+
+/// What a fenced statement found for each shard it touched.
+#[derive(Debug, Default)]
+pub(super) struct Fence {
+    /// Shards whose epoch is no longer the one the node sent: lost.
+    pub(super) fenced: Vec<u32>,
+}
+
+/// What a claim returned.
+#[derive(Debug, Default)]
+pub(super) struct Claimed {
+    /// Claimed ids and the row's attempt count after this claim.
+    pub(super) ids: Vec<(u64, u32)>,
+    pub(super) fence: Fence,
+}
+
+struct Statements {
+    insert: Statement,
+    same_rows: Statement,
+    cancel: Statement,
+    claimed_of: Statement,
+    claim: Statement,
+    ack: Statement,
+    renew: Statement,
+    acquire_some: Statement,
+    release: Statement,
+    heartbeat: Statement,
+    leave: Statement,
+    load_pending: Statement,
+    load_claimed: Statement,
+    sweep: Statement,
+    overdue: Statement,
+}
+
+/// Locks every touched shard row and reads its epoch (the fence).
+const FENCE: &str = "f AS MATERIALIZED (SELECT shard_id, epoch FROM shards
+                       WHERE shard_id = ANY($1::int[]) FOR SHARE)";
+
+impl Statements {
+    fn prepare(c: &mut postgres::Client) -> Result<Self, postgres::Error> {
+        Ok(Self {
+            // Unfenced on purpose: firing never trusts a wheel, it claims
+            // from the table (see the node's module doc).
+            insert: c.prepare(
+                "INSERT INTO timers (shard_id, timer_id, deadline_ms, payload)
+                 SELECT t.s, t.id, t.d, t.p
+                 FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::bytea[]) AS t(s, id, d, p)
+                 ON CONFLICT DO NOTHING RETURNING timer_id",
+            )?,
+            same_rows: c.prepare(
+                "SELECT t.timer_id FROM timers t
+                 JOIN unnest($1::int[], $2::bigint[], $3::bigint[], $4::bytea[]) AS u(s, id, d, p)
+                   ON t.shard_id = u.s AND t.timer_id = u.id
+                 WHERE t.deadline_ms = u.d AND t.payload = u.p",
+            )?,
+            cancel: c.prepare(
+                "DELETE FROM timers t USING unnest($1::int[], $2::bigint[]) AS u(s, id)
+                 WHERE t.shard_id = u.s AND t.timer_id = u.id AND t.state = 0
+                 RETURNING t.timer_id, t.payload",
+            )?,
+            claimed_of: c.prepare(
+                "SELECT t.timer_id FROM timers t
+                 JOIN unnest($1::int[], $2::bigint[]) AS u(s, id)
+                   ON t.shard_id = u.s AND t.timer_id = u.id
+                 WHERE t.state = 1",
+            )?,
+            // A pending row is claimed once due; a claimed one only when the
+            // node redelivers it (`x.r`: loaded as claimed at takeover, or
+            // unacked past the ack timeout), attempt + 1. A first fire never
+            // takes a claimed row: it may be a stale copy of one just
+            // delivered and acked, whose delete is not committed yet.
+            claim: c.prepare(&format!(
+                "WITH {FENCE},
+                 u AS (UPDATE timers t SET state = 1, fired_epoch = f.epoch, attempt = t.attempt + 1
+                   FROM unnest($2::int[], $3::bigint[], $4::bigint[], $6::bool[]) AS x(s, id, e, r), f
+                   WHERE f.shard_id = x.s AND f.epoch = x.e
+                     AND t.shard_id = x.s AND t.timer_id = x.id
+                     AND ((t.state = 0 AND t.deadline_ms <= $5) OR (t.state = 1 AND x.r))
+                   RETURNING t.timer_id, t.attempt)
+                 SELECT 0, f.shard_id::bigint, f.epoch FROM f
+                 UNION ALL SELECT 1, u.timer_id, u.attempt::bigint FROM u"
+            ))?,
+            ack: c.prepare(&format!(
+                "WITH {FENCE},
+                 d AS (DELETE FROM timers t
+                   USING unnest($2::int[], $3::bigint[], $4::bigint[]) AS x(s, id, e), f
+                   WHERE f.shard_id = x.s AND f.epoch = x.e
+                     AND t.shard_id = x.s AND t.timer_id = x.id AND t.state = 1
+                   RETURNING 1)
+                 SELECT f.shard_id, f.epoch, (SELECT count(*) FROM d) FROM f"
+            ))?,
+            renew: c.prepare(
+                "UPDATE shards s SET lease_expires_at = now() + $4::bigint * interval '1 millisecond'
+                 FROM unnest($1::int[], $2::bigint[]) AS x(id, e)
+                 WHERE s.shard_id = x.id AND s.epoch = x.e AND s.owner = $3
+                 RETURNING s.shard_id",
+            )?,
+            // The backstop sweeper and the balancer in one: free shards, our
+            // own from an earlier incarnation, and shards whose lease expired
+            // more than `grace` ago, skipping rows another node is taking.
+            // The epoch is bumped before anything of the shard is fired.
+            acquire_some: c.prepare(
+                "UPDATE shards s SET owner = $1, epoch = s.epoch + 1,
+                   lease_expires_at = now() + $2::bigint * interval '1 millisecond'
+                 FROM (SELECT shard_id FROM shards
+                       WHERE NOT (shard_id = ANY($3::int[]))
+                         AND (owner IS NULL OR owner = $1
+                              OR lease_expires_at < now() - $4::bigint * interval '1 millisecond')
+                       ORDER BY CASE WHEN owner = $1 THEN 0 WHEN owner IS NULL THEN 1 ELSE 2 END,
+                                shard_id
+                       LIMIT $5
+                       FOR UPDATE SKIP LOCKED) c
+                 WHERE s.shard_id = c.shard_id
+                 RETURNING s.shard_id, s.epoch",
+            )?,
+            release: c.prepare(
+                "UPDATE shards s SET owner = NULL, epoch = s.epoch + 1,
+                   lease_expires_at = '-infinity'
+                 FROM unnest($1::int[], $2::bigint[]) AS x(id, e)
+                 WHERE s.shard_id = x.id AND s.epoch = x.e AND s.owner = $3
+                 RETURNING s.shard_id",
+            )?,
+            heartbeat: c.prepare(
+                "WITH hb AS (INSERT INTO nodes (node_id, seen_at) VALUES ($1, now())
+                   ON CONFLICT (node_id) DO UPDATE SET seen_at = now() RETURNING 1)
+                 SELECT 1 + count(*) + 0 * (SELECT count(*) FROM hb) FROM nodes
+                 WHERE node_id <> $1 AND seen_at > now() - $2::bigint * interval '1 millisecond'",
+            )?,
+            leave: c.prepare("DELETE FROM nodes WHERE node_id = $1")?,
+            load_pending: c.prepare(
+                "SELECT shard_id, timer_id, deadline_ms, payload FROM timers
+                 WHERE shard_id = ANY($1::int[]) AND state = 0
+                   AND deadline_ms >= $2 AND deadline_ms < $3",
+            )?,
+            load_claimed: c.prepare(
+                "SELECT shard_id, timer_id, deadline_ms, payload FROM timers
+                 WHERE shard_id = ANY($1::int[]) AND state = 1",
+            )?,
+            sweep: c.prepare(
+                "SELECT shard_id, timer_id, deadline_ms, payload FROM timers
+                 WHERE shard_id = ANY($1::int[]) AND state = 0 AND deadline_ms <= $2
+                 ORDER BY deadline_ms LIMIT $3",
+            )?,
+            overdue: c.prepare(
+                "SELECT count(*) FROM timers
+                 WHERE shard_id = ANY($1::int[]) AND state = 0 AND deadline_ms < $2",
+            )?,
+        })
+    }
+}
+
+/// One connection for one of the node's threads.
+pub(super) struct NodeDb {
+    store: PgStore,
+    st: Statements,
+}
+
+fn shards_param(shards: &[u32]) -> Vec<i32> {
+    shards.iter().map(|&s| shard_param(s)).collect()
+}
+
+/// Epochs are `bigint >= 0` in the schema.
+fn epoch_of(e: i64) -> u64 {
+    u64::try_from(e).unwrap_or(0)
+}
+
+fn shard_of_row(s: i64) -> u32 {
+    u32::try_from(s).unwrap_or(u32::MAX)
+}
+
+impl NodeDb {
+    /// Connects and checks the schema (see [`PgStore::open`]).
+    pub(super) fn open(config: &StoreConfig) -> Result<Self, OpenError> {
+        let mut store = PgStore::open(config)?;
+        let st = Statements::prepare(&mut store.client)
+            .map_err(|e| OpenError::Schema(QueryError::from(e)))?;
+        Ok(Self { store, st })
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.store.is_closed()
+    }
+
+    /// Inserts rows (shard, id, deadline, payload); returns the ids written.
+    /// Ids that existed already are skipped.
+    pub(super) fn insert(
+        &mut self,
+        shards: &[i32],
+        ids: &[i64],
+        deadlines: &[i64],
+        payloads: &[&[u8]],
+    ) -> Result<Vec<u64>, QueryError> {
+        let rows = self
+            .store
+            .client
+            .query(&self.st.insert, &[&shards, &ids, &deadlines, &payloads])?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<_, i64>(0)? as u64))
+            .collect()
+    }
+
+    /// Of the given rows, the ids stored with exactly this deadline and
+    /// payload (resolving an insert that was in doubt).
+    pub(super) fn same_rows(
+        &mut self,
+        shards: &[i32],
+        ids: &[i64],
+        deadlines: &[i64],
+        payloads: &[&[u8]],
+    ) -> Result<Vec<u64>, QueryError> {
+        let rows = self
+            .store
+            .client
+            .query(&self.st.same_rows, &[&shards, &ids, &deadlines, &payloads])?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<_, i64>(0)? as u64))
+            .collect()
+    }
+
+    /// Deletes the pending rows among `ids`; returns the deleted ids with
+    /// their payloads, then which of the rest are claimed (a fresh snapshot,
+    /// so a claim that won the row lock is seen).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn cancel(
+        &mut self,
+        shards: &[i32],
+        ids: &[i64],
+    ) -> Result<(Vec<(u64, Vec<u8>)>, Vec<u64>), QueryError> {
+        let deleted = self
+            .store
+            .client
+            .query(&self.st.cancel, &[&shards, &ids])?
+            .iter()
+            .map(|r| Ok((r.try_get::<_, i64>(0)? as u64, r.try_get(1)?)))
+            .collect::<Result<Vec<_>, postgres::Error>>()?;
+        if deleted.len() == ids.len() {
+            return Ok((deleted, Vec::new()));
+        }
+        let claimed = self
+            .store
+            .client
+            .query(&self.st.claimed_of, &[&shards, &ids])?
+            .iter()
+            .map(|r| Ok(r.try_get::<_, i64>(0)? as u64))
+            .collect::<Result<Vec<_>, postgres::Error>>()?;
+        Ok((deleted, claimed))
+    }
+
+    /// Claims `(shard, epoch, id)` rows, fenced: each due pending row, and
+    /// each claimed one marked in `redeliver`, of a shard whose epoch is
+    /// still the given.
+    pub(super) fn claim(
+        &mut self,
+        items: &[(u32, u64, u64)],
+        redeliver: &[bool],
+        now_ms: u64,
+    ) -> Result<Claimed, QueryError> {
+        let (touched, s, e, i) = columns(items);
+        let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        let rows = self
+            .store
+            .client
+            .query(&self.st.claim, &[&touched, &s, &i, &e, &now, &redeliver])?;
+        let mut out = Claimed::default();
+        let mut current = Vec::new();
+        for row in &rows {
+            let kind: i32 = row.try_get(0)?;
+            let a: i64 = row.try_get(1)?;
+            let b: i64 = row.try_get(2)?;
+            if kind == 0 {
+                current.push((shard_of_row(a), epoch_of(b)));
+            } else {
+                out.ids
+                    .push((a as u64, u32::try_from(b).unwrap_or(u32::MAX)));
+            }
+        }
+        out.fence = fence_of(items, &current);
+        Ok(out)
+    }
+
+    /// Deletes acknowledged claimed rows, fenced like [`claim`](Self::claim).
+    pub(super) fn ack(&mut self, items: &[(u32, u64, u64)]) -> Result<(u64, Fence), QueryError> {
+        let (touched, s, e, i) = columns(items);
+        let rows = self
+            .store
+            .client
+            .query(&self.st.ack, &[&touched, &s, &i, &e])?;
+        let mut current = Vec::new();
+        let mut deleted = 0;
+        for row in &rows {
+            let shard: i32 = row.try_get(0)?;
+            let epoch: i64 = row.try_get(1)?;
+            deleted = row.try_get::<_, i64>(2)?;
+            current.push((u32::try_from(shard).unwrap_or(u32::MAX), epoch_of(epoch)));
+        }
+        Ok((
+            u64::try_from(deleted).unwrap_or(0),
+            fence_of(items, &current),
+        ))
+    }
+
+    /// Extends the leases of `held` (shard, epoch); returns the shards still
+    /// ours.
+    pub(super) fn renew(
+        &mut self,
+        owner: &str,
+        held: &[(u32, u64)],
+        ttl_ms: i64,
+    ) -> Result<Vec<u32>, QueryError> {
+        let (s, e) = pairs(held);
+        let rows = self
+            .store
+            .client
+            .query(&self.st.renew, &[&s, &e, &owner, &ttl_ms])?;
+        rows.iter()
+            .map(|r| Ok(shard_of_row(i64::from(r.try_get::<_, i32>(0)?))))
+            .collect()
+    }
+
+    /// Takes up to `n` shards that are free, ours from an earlier
+    /// incarnation, or expired more than `grace_ms` ago; bumps each epoch.
+    pub(super) fn acquire_some(
+        &mut self,
+        owner: &str,
+        ttl_ms: i64,
+        held: &[u32],
+        grace_ms: i64,
+        n: i64,
+    ) -> Result<Vec<(u32, u64)>, QueryError> {
+        let held = shards_param(held);
+        let rows = self.store.client.query(
+            &self.st.acquire_some,
+            &[&owner, &ttl_ms, &held, &grace_ms, &n],
+        )?;
+        rows.iter()
+            .map(|r| {
+                let s: i32 = r.try_get(0)?;
+                let e: i64 = r.try_get(1)?;
+                Ok((shard_of_row(i64::from(s)), epoch_of(e)))
+            })
+            .collect()
+    }
+
+    /// Takes `shard` again (bumping its epoch) if it is ours, free or
+    /// expired: after an in-doubt fenced write.
+    pub(super) fn reacquire(
+        &mut self,
+        owner: &str,
+        shard: u32,
+        ttl: std::time::Duration,
+    ) -> Result<Option<u64>, QueryError> {
+        match self.store.acquire(shard, owner, ttl) {
+            Ok(super::super::Acquire::Acquired(lease)) => Ok(Some(lease.epoch())),
+            Ok(super::super::Acquire::Held { .. }) => Ok(None),
+            Err(super::super::LeaseError::Query(q)) => Err(q),
+            // Shard and owner were validated at start.
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Gives shards up (bumping their epochs).
+    pub(super) fn release(&mut self, owner: &str, held: &[(u32, u64)]) -> Result<(), QueryError> {
+        let (s, e) = pairs(held);
+        self.store
+            .client
+            .query(&self.st.release, &[&s, &e, &owner])?;
+        Ok(())
+    }
+
+    /// Announces `owner` and returns how many nodes (itself included) were
+    /// seen within `ttl_ms`.
+    pub(super) fn heartbeat(&mut self, owner: &str, ttl_ms: i64) -> Result<u32, QueryError> {
+        let row = self
+            .store
+            .client
+            .query_one(&self.st.heartbeat, &[&owner, &ttl_ms])?;
+        Ok(u32::try_from(row.try_get::<_, i64>(0)?).unwrap_or(1).max(1))
+    }
+
+    pub(super) fn leave(&mut self, owner: &str) -> Result<(), QueryError> {
+        self.store.client.execute(&self.st.leave, &[&owner])?;
+        Ok(())
+    }
+
+    /// Streams the pending rows of `shards` with `from <= deadline < to`.
+    pub(super) fn load_pending(
+        &mut self,
+        shards: &[u32],
+        from_ms: u64,
+        to_ms: u64,
+        each: &mut dyn FnMut(Loaded),
+    ) -> Result<(), QueryError> {
+        let s = shards_param(shards);
+        let from = i64::try_from(from_ms).unwrap_or(i64::MAX);
+        let to = i64::try_from(to_ms).unwrap_or(i64::MAX);
+        let params: [&dyn ToSql; 3] = [&s, &from, &to];
+        self.stream(StatementKind::Pending, &params, each)
+    }
+
+    /// Streams the claimed rows of `shards` (to redeliver after takeover).
+    pub(super) fn load_claimed(
+        &mut self,
+        shards: &[u32],
+        each: &mut dyn FnMut(Loaded),
+    ) -> Result<(), QueryError> {
+        let s = shards_param(shards);
+        let params: [&dyn ToSql; 1] = [&s];
+        self.stream(StatementKind::Claimed, &params, each)
+    }
+
+    /// The earliest `limit` pending rows of `shards` due at `now_ms`.
+    pub(super) fn sweep(
+        &mut self,
+        shards: &[u32],
+        now_ms: u64,
+        limit: i64,
+        each: &mut dyn FnMut(Loaded),
+    ) -> Result<(), QueryError> {
+        let s = shards_param(shards);
+        let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        let params: [&dyn ToSql; 3] = [&s, &now, &limit];
+        self.stream(StatementKind::Sweep, &params, each)
+    }
+
+    /// Pending rows of `shards` whose deadline is before `before_ms`.
+    pub(super) fn overdue(&mut self, shards: &[u32], before_ms: u64) -> Result<u64, QueryError> {
+        let s = shards_param(shards);
+        let before = i64::try_from(before_ms).unwrap_or(i64::MAX);
+        let row = self
+            .store
+            .client
+            .query_one(&self.st.overdue, &[&s, &before])?;
+        Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0))
+    }
+
+    fn stream(
+        &mut self,
+        kind: StatementKind,
+        params: &[&dyn ToSql],
+        each: &mut dyn FnMut(Loaded),
+    ) -> Result<(), QueryError> {
+        let statement = match kind {
+            StatementKind::Pending => &self.st.load_pending,
+            StatementKind::Claimed => &self.st.load_claimed,
+            StatementKind::Sweep => &self.st.sweep,
+        };
+        let mut rows = self
+            .store
+            .client
+            .query_raw(statement, params.iter().copied())?;
+        while let Some(row) = rows.next()? {
+            each(loaded(&row)?);
+        }
+        Ok(())
+    }
+}
+
+enum StatementKind {
+    Pending,
+    Claimed,
+    Sweep,
+}
+
+fn loaded(row: &Row) -> Result<Loaded, postgres::Error> {
+    let s: i32 = row.try_get(0)?;
+    let id: i64 = row.try_get(1)?;
+    let d: i64 = row.try_get(2)?;
+    Ok(Loaded {
+        shard: shard_of_row(i64::from(s)),
+        id: id as u64,
+        // CHECK (deadline_ms >= 0) in the schema.
+        deadline_ms: u64::try_from(d).unwrap_or(0),
+        payload: row.try_get(3)?,
+    })
+}
+
+/// The touched shards (deduplicated) and the `unnest` columns.
+fn columns(items: &[(u32, u64, u64)]) -> (Vec<i32>, Vec<i32>, Vec<i64>, Vec<i64>) {
+    let mut touched: Vec<i32> = items.iter().map(|&(s, _, _)| shard_param(s)).collect();
+    touched.sort_unstable();
+    touched.dedup();
+    let s = items.iter().map(|&(s, _, _)| shard_param(s)).collect();
+    let e = items.iter().map(|&(_, e, _)| epoch_param(e)).collect();
+    let i = items.iter().map(|&(_, _, id)| id as i64).collect();
+    (touched, s, e, i)
+}
+
+fn pairs(held: &[(u32, u64)]) -> (Vec<i32>, Vec<i64>) {
+    (
+        held.iter().map(|&(s, _)| shard_param(s)).collect(),
+        held.iter().map(|&(_, e)| epoch_param(e)).collect(),
+    )
+}
+
+/// The shards of `items` whose current epoch is not the one sent.
+fn fence_of(items: &[(u32, u64, u64)], current: &[(u32, u64)]) -> Fence {
+    let current: rustc_hash::FxHashMap<u32, u64> = current.iter().copied().collect();
+    let mut fenced: Vec<u32> = items
+        .iter()
+        .filter(|&&(s, e, _)| current.get(&s) != Some(&e))
+        .map(|&(s, _, _)| s)
+        .collect();
+    fenced.sort_unstable();
+    fenced.dedup();
+    Fence { fenced }
+}
