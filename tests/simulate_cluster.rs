@@ -44,8 +44,9 @@ fn simulate(dsn: &str, args: &[&str]) -> Output {
 fn a_killed_node_is_taken_over_and_every_invariant_holds() {
     let Some(dsn) = dsn() else { return };
     let started = Instant::now();
-    // 2 minutes of sale time at 10x: about 12 s of real time, the kill at
-    // 2 s, its takeover after the 3 s lease.
+    // 2 minutes of sale time (and late payments up to 20 s after) at 10x:
+    // about 14 s of real time, the kill at 2 s, its takeover after the 3 s
+    // lease.
     let out = simulate(
         &dsn,
         &[
@@ -55,6 +56,8 @@ fn a_killed_node_is_taken_over_and_every_invariant_holds() {
             "1m",
             "--window",
             "1m",
+            "--pending-for",
+            "2s..20s",
             "--speed",
             "10",
             "--kill-node",
@@ -109,6 +112,8 @@ fn the_text_report_says_the_kill_happened() {
             "30s",
             "--window",
             "30s",
+            "--pending-for",
+            "2s..10s",
             "--speed",
             "10",
             "--kill-node",
