@@ -196,6 +196,7 @@ pub(crate) struct Cluster {
     pub(crate) nodes: u32,
     /// Not in the report: a DSN may carry a password.
     #[serde(skip)]
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) dsn: String,
     /// Kills, in sale order.
     pub(crate) kills: Vec<KillAt>,

@@ -426,7 +426,7 @@ impl Driver {
             outstanding: 0,
             strays: Vec::new(),
             stray_count: 0,
-            rng: Rng::new(config.seed ^ 0x636c_7573_7465_72),
+            rng: Rng::new(config.seed ^ 0x0063_6c75_7374_6572),
             shard_map,
             schema,
             first_send_wall_ms: 0,
