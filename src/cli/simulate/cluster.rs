@@ -715,26 +715,13 @@ impl Driver {
                     }
                 }
             }
-            Line::Cancelled(id)
-            | Line::Fired(id)
-            | Line::NotFound(id)
-            | Line::Cerr { id: Some(id), .. } => {
-                let Some(order) = order_of(id, &self.orders).filter(|&o| {
-                    self.orders[o].cancel == CancelState::Pending
-                        && self.orders[o].cancel_node == node
-                }) else {
-                    self.stray(format!("{name}: {:?} answers no cancel sent to it", r.line));
-                    return;
-                };
-                self.outstanding -= 1;
-                self.runs[node].answered += 1;
-                self.orders[order].cancel = match &r.line {
-                    Line::Cancelled(_) => CancelState::Cancelled,
-                    Line::Fired(_) => CancelState::Fired,
-                    Line::NotFound(_) => CancelState::NotFound,
-                    Line::Cerr { kind, .. } => CancelState::Failed(ErrKind::parse(kind)),
-                    _ => unreachable!("matched above"),
-                };
+            Line::Cancelled(id) => self.answer_cancel(node, id, CancelState::Cancelled),
+            Line::Fired(id) => self.answer_cancel(node, id, CancelState::Fired),
+            Line::NotFound(id) => self.answer_cancel(node, id, CancelState::NotFound),
+            Line::Cerr {
+                id: Some(id), kind, ..
+            } => {
+                self.answer_cancel(node, id, CancelState::Failed(ErrKind::parse(&kind)));
             }
             Line::Ev(ev) => {
                 self.runs[node].deliveries += 1;
@@ -762,6 +749,29 @@ impl Driver {
             Line::Ready(_) => self.stray(format!("{name}: a second `ready`")),
             Line::Unknown(text) => {
                 self.stray(format!("{name}: a line outside the protocol: {text:?}"))
+            }
+        }
+    }
+
+    /// Records node `node`'s answer `state` to the cancel of timer `id`.
+    fn answer_cancel(&mut self, node: usize, id: u64, state: CancelState) {
+        let order = usize::try_from(id.wrapping_sub(1))
+            .ok()
+            .filter(|&o| o < self.orders.len())
+            .filter(|&o| {
+                self.orders[o].cancel == CancelState::Pending && self.orders[o].cancel_node == node
+            });
+        match order {
+            Some(order) => {
+                self.outstanding -= 1;
+                self.runs[node].answered += 1;
+                self.orders[order].cancel = state;
+            }
+            None => {
+                let name = self.nodes.name(node).to_string();
+                self.stray(format!(
+                    "{name}: {state:?} for id {id} answers no cancel sent to it"
+                ));
             }
         }
     }
