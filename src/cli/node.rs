@@ -332,7 +332,7 @@ fn one_line(s: &str) -> String {
 fn stats_line(s: &NodeStats) -> String {
     format!(
         "stats owned={} pending={} scheduled={} cancelled={} claimed={} redelivered={} acked={} \
-         fenced={} lost={} acquired={} released={} loaded={} swept={} db_errors={} overdue={}\n",
+         fenced={} lost={} acquired={} released={} loaded={} swept={} notified={} db_errors={} overdue={}\n",
         s.owned,
         s.pending,
         s.scheduled,
@@ -346,6 +346,7 @@ fn stats_line(s: &NodeStats) -> String {
         s.released,
         s.loaded,
         s.swept,
+        s.notified,
         s.db_errors,
         s.overdue
     )

@@ -1,10 +1,10 @@
 //! Scale-out persistence: nodes share the deadline space through PostgreSQL,
 //! fenced by epoch (feature `postgres`).
 //!
-//! This is the storage layer a cluster node is built on; the node itself
-//! (engine integration, the sweeper, balancing) is not here yet — see
-//! `docs/SCALE_OUT.md`.
-//!
+//! - [`Node`] / [`NodeConfig`]: a cluster node, the engine running on the
+//!   shared table (its wheel, dispatcher and consumers unchanged): leases,
+//!   balancing, takeover, the fenced claim before every delivery. Run one
+//!   per process with `duewheel node` (see `docs/SCALE_OUT.md`).
 //! - [`ShardMap`]: ids → a fixed set of logical shards, by a stable hash.
 //! - [`PgStore::acquire`] / [`renew`](PgStore::renew) /
 //!   [`release`](PgStore::release): a shard's lease, judged by the database's
@@ -24,11 +24,12 @@
 //!   takeover the new owner redelivers what it loaded; a stale owner's ack
 //!   racing that is refused, so the row stays until the *current* owner's
 //!   consumer acknowledges it (at-least-once, never zero).
-//! - [`insert`](PgStore::insert): the owner puts a new timer in its
-//!   in-memory wheel and the row in the table, and relies on the next owner
-//!   seeing the row in its takeover [`load`](PgStore::load). The fence
+//! - [`insert`](PgStore::insert): for an owner that relies on the next
+//!   owner seeing the row in its takeover [`load`](PgStore::load). The fence
 //!   guarantees exactly that: an acknowledged insert committed before the
-//!   epoch bump, so the load (which starts after it) contains it.
+//!   epoch bump, so the load (which starts after it) contains it. ([`Node`]
+//!   does not rely on it: its owners sweep the table, so its inserts are
+//!   unfenced; see `docs/SCALE_OUT.md`.)
 //!
 //! Two writes need no fence, because the row itself decides them whoever
 //! owns the shard:

@@ -273,6 +273,7 @@ struct Counters {
     released: AtomicU64,
     loaded: AtomicU64,
     swept: AtomicU64,
+    notified: AtomicU64,
     db_errors: AtomicU64,
     overdue: AtomicU64,
 }
@@ -382,6 +383,9 @@ pub struct NodeStats {
     pub loaded: u64,
     /// Rows the sweep found due but not in the wheel.
     pub swept: u64,
+    /// Rows other nodes wrote into owned shards, put in the wheel on their
+    /// notification.
+    pub notified: u64,
     /// Statements or connections that failed.
     pub db_errors: u64,
     /// At the last sweep: pending rows of owned shards more than a minute
@@ -554,6 +558,7 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
             released: get(&c.released),
             loaded: get(&c.loaded),
             swept: get(&c.swept),
+            notified: get(&c.notified),
             db_errors: get(&c.db_errors),
             overdue: get(&c.overdue),
         }

@@ -33,7 +33,8 @@ pub(super) fn run<P: Codec + Clone + Send + 'static>(
     rx: &Receiver<(u32, u64)>,
     engine: &Scheduler<u64, P>,
 ) {
-    let mut db = Some(db);
+    let mut db =
+        Some(db).and_then(|mut conn| conn.listen(&shared.config.store.schema).ok().map(|()| conn));
     let mut fresh: Vec<(u32, u64)> = Vec::new();
     let mut next_page = Instant::now() + shared.config.page_every;
     let mut next_sweep = Instant::now() + shared.config.sweep_every;
@@ -42,24 +43,30 @@ pub(super) fn run<P: Codec + Clone + Send + 'static>(
         if shared.stopping() {
             return;
         }
-        let wait = next_page
-            .min(next_sweep)
-            .saturating_duration_since(Instant::now())
-            .min(Duration::from_millis(20));
-        if let Ok(shard) = rx.recv_timeout(wait) {
-            fresh.push(shard);
-        }
-        while let Ok(shard) = rx.try_recv() {
-            fresh.push(shard);
-        }
         if db.as_ref().is_none_or(NodeDb::is_closed) {
-            db = shared.reconnect(Some(Instant::now() + shared.config.sweep_every));
+            // Notifications sent while we were away are lost; the sweep
+            // finds their rows.
+            db = shared
+                .reconnect(Some(Instant::now() + shared.config.sweep_every))
+                .and_then(|mut conn| conn.listen(&shared.config.store.schema).ok().map(|()| conn));
         }
         let Some(conn) = db.as_mut() else {
             continue;
         };
+        let wait = next_page
+            .min(next_sweep)
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(20));
         let mut put = Put { shared, engine };
         let result = (|| -> Result<(), QueryError> {
+            // Rows other nodes wrote into our shards, due soon.
+            let notified = conn.notified(wait)?;
+            if !notified.is_empty() {
+                fetch_notified(shared, conn, &notified, &mut put)?;
+            }
+            while let Ok(shard) = rx.try_recv() {
+                fresh.push(shard);
+            }
             if !fresh.is_empty() {
                 take_over(shared, conn, &mut fresh, &mut put)?;
             }
@@ -147,6 +154,36 @@ impl<P: Codec + Clone + Send + 'static> Put<'_, P> {
             }
         }
     }
+}
+
+/// Puts the pending rows named in notifications (comma-separated ids) into
+/// the wheel, for the shards this node owns.
+fn fetch_notified<P: Codec + Clone + Send + 'static>(
+    shared: &Shared,
+    conn: &mut NodeDb,
+    notified: &[String],
+    put: &mut Put<'_, P>,
+) -> Result<(), QueryError> {
+    let (mut shards, mut ids) = (Vec::new(), Vec::new());
+    for id in notified.iter().flat_map(|n| n.split(',')) {
+        let Ok(id) = id.parse::<u64>() else { continue };
+        let shard = shared.map.shard_of_id(id);
+        if shared.epoch_of(shard).is_some() {
+            shards.push(i32::try_from(shard).unwrap_or(i32::MAX));
+            ids.push(id as i64);
+        }
+    }
+    for (s, i) in shards
+        .chunks(crate::cluster::MAX_BATCH)
+        .zip(ids.chunks(crate::cluster::MAX_BATCH))
+    {
+        conn.fetch(s, i, &mut |row| {
+            if put.row(row) {
+                bump(&shared.counters.notified, 1);
+            }
+        })?;
+    }
+    Ok(())
 }
 
 /// Loads newly acquired shards: claimed rows (to redeliver at once) and

@@ -59,6 +59,8 @@ struct Statements {
     load_claimed: Statement,
     sweep: Statement,
     overdue: Statement,
+    notify: Statement,
+    fetch: Statement,
 }
 
 /// Locks every touched shard row and reads its epoch (the fence).
@@ -169,6 +171,14 @@ impl Statements {
                 "SELECT shard_id, timer_id, deadline_ms, payload FROM timers
                  WHERE shard_id = ANY($1::int[]) AND state = 0 AND deadline_ms <= $2
                  ORDER BY deadline_ms LIMIT $3",
+            )?,
+            // One notification per chunk of ids (a payload holds < 8000 bytes).
+            notify: c.prepare("SELECT pg_notify($1, x) FROM unnest($2::text[]) AS x")?,
+            fetch: c.prepare(
+                "SELECT t.shard_id, t.timer_id, t.deadline_ms, t.payload FROM timers t
+                 JOIN unnest($1::int[], $2::bigint[]) AS u(s, id)
+                   ON t.shard_id = u.s AND t.timer_id = u.id
+                 WHERE t.state = 0",
             )?,
             overdue: c.prepare(
                 "SELECT count(*) FROM timers
@@ -460,6 +470,56 @@ impl NodeDb {
             .client
             .query_one(&self.st.overdue, &[&s, &before])?;
         Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0))
+    }
+
+    /// Tells the owners listening on `channel` that these ids were written
+    /// (each chunk a comma-separated list, one notification each).
+    pub(super) fn notify(&mut self, channel: &str, chunks: &[String]) -> Result<(), QueryError> {
+        self.store
+            .client
+            .query(&self.st.notify, &[&channel, &chunks])?;
+        Ok(())
+    }
+
+    /// Starts receiving `channel`'s notifications on this connection.
+    pub(super) fn listen(&mut self, channel: &str) -> Result<(), QueryError> {
+        // The channel is a schema name: [a-z0-9_] only, so quoting suffices.
+        self.store
+            .client
+            .batch_execute(&format!("LISTEN \"{channel}\""))?;
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the first notification, then returns every
+    /// one already received (their payloads).
+    pub(super) fn notified(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<String>, QueryError> {
+        let mut out = Vec::new();
+        let mut notifications = self.store.client.notifications();
+        let first = notifications.timeout_iter(timeout).next()?;
+        if let Some(first) = first {
+            out.push(first.payload().to_owned());
+            let mut rest = notifications.iter();
+            while let Some(n) = rest.next()? {
+                out.push(n.payload().to_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The pending rows among `(shard, id)`.
+    pub(super) fn fetch(
+        &mut self,
+        shards: &[i32],
+        ids: &[i64],
+        each: &mut dyn FnMut(Loaded),
+    ) -> Result<(), QueryError> {
+        for row in self.store.client.query(&self.st.fetch, &[&shards, &ids])? {
+            each(loaded(&row)?);
+        }
+        Ok(())
     }
 
     fn stream(

@@ -187,6 +187,7 @@ fn write_schedules(shared: &Shared, db: &mut Option<NodeDb>, requests: Vec<(Vec<
             outcomes[at] = Some(outcome);
         }
     }
+    notify_owners(shared, db, &all, &outcomes);
     let mut outcomes = outcomes.into_iter();
     for (rows, reply) in &requests {
         let mine = outcomes
@@ -195,6 +196,55 @@ fn write_schedules(shared: &Shared, db: &mut Option<NodeDb>, requests: Vec<(Vec<
             .map(|o| o.unwrap_or(Outcome::InDoubt))
             .collect();
         let _ = reply.send(mine);
+    }
+}
+
+/// Most bytes of ids in one notification (PostgreSQL's limit is 8000).
+const NOTIFY_BYTES: usize = 7900;
+
+/// Tells the owners of stored rows due within the horizon that they exist,
+/// so a row written on a node that does not own its shard fires on time,
+/// not at the owner's next sweep. Best effort: a lost notification (a
+/// failed statement, an owner reconnecting) leaves the row to the sweep.
+fn notify_owners(
+    shared: &Shared,
+    db: &mut Option<NodeDb>,
+    rows: &[&Row],
+    outcomes: &[Option<Outcome>],
+) {
+    let near = shared
+        .now_ms()
+        .saturating_add(super::ms(shared.config.horizon));
+    let mut chunks = vec![String::new()];
+    for (row, outcome) in rows.iter().zip(outcomes) {
+        let stored = matches!(outcome, Some(Outcome::Stored));
+        // Our own shards' rows go into our wheel (`NodeScheduler::hint`).
+        let ours = || {
+            shared
+                .epoch_of(u32::try_from(row.shard).unwrap_or(u32::MAX))
+                .is_some()
+        };
+        if !stored || u64::try_from(row.deadline).unwrap_or(0) >= near || ours() {
+            continue;
+        }
+        let chunk = chunks.last_mut().expect("never empty");
+        if chunk.len() > NOTIFY_BYTES {
+            chunks.push(String::new());
+        }
+        let chunk = chunks.last_mut().expect("never empty");
+        if !chunk.is_empty() {
+            chunk.push(',');
+        }
+        chunk.push_str(&(row.id as u64).to_string());
+    }
+    if chunks[0].is_empty() {
+        return;
+    }
+    let Some(conn) = db.as_mut() else {
+        return;
+    };
+    if conn.notify(&shared.config.store.schema, &chunks).is_err() {
+        bump(&shared.counters.db_errors, 1);
     }
 }
 
