@@ -3,7 +3,7 @@
 
 use super::super::error::OpenError;
 
-/// Why [`Node::start`](super::Node::start) failed.
+/// Why [`NodeConfig::start`](super::NodeConfig::start) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     /// A setting is out of range; the message names it.

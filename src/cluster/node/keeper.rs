@@ -1,8 +1,10 @@
 //! The keeper: the node's heartbeat, its leases, and its share of shards.
 //!
-//! Every `renew_every` it announces itself in `nodes`, renews every lease
-//! it holds in one statement (a shard not renewed is lost: forgotten at
-//! once, its writes are fenced anyway), and moves toward its fair share,
+//! Every `renew_every` it renews every lease it holds in one statement (a
+//! shard not renewed is lost: forgotten at once, its writes are fenced
+//! anyway). More often, every [`BALANCE_EVERY`] (or `renew_every` if that
+//! is shorter), it announces itself in `nodes` and moves toward its fair
+//! share,
 //! `ceil(shards / live nodes)`: below it, it takes free shards, its own
 //! from an earlier incarnation, and shards whose lease expired more than
 //! `grace` ago (`FOR UPDATE SKIP LOCKED`, bumping each epoch before anything
@@ -17,12 +19,19 @@ use super::{KeeperMsg, Shared, bump, ms};
 use crossbeam_channel::Receiver;
 use std::time::{Duration, Instant};
 
+/// How often the keeper looks for shards to take or give up: a dead
+/// node's shards are taken within this (plus `grace`) of their lease's
+/// expiry, not a whole renew interval later.
+const BALANCE_EVERY: Duration = Duration::from_millis(500);
+
 pub(super) fn run(shared: &Shared, db: NodeDb, rx: &Receiver<KeeperMsg>) {
     let mut db = Some(db);
     let ttl_ms = i64::try_from(ms(shared.config.lease_ttl)).unwrap_or(i64::MAX);
     let grace_ms = i64::try_from(ms(shared.config.grace)).unwrap_or(i64::MAX);
     let mut rounds = 0u64;
     let mut next_round = Instant::now();
+    let mut next_renew = Instant::now();
+    let every = shared.config.renew_every.min(BALANCE_EVERY);
     loop {
         if shared.stopping() {
             leave(shared, &mut db);
@@ -49,19 +58,19 @@ pub(super) fn run(shared: &Shared, db: NodeDb, rx: &Receiver<KeeperMsg>) {
             Err(_) => {}
         }
         let started = Instant::now();
+        let renew = started >= next_renew;
         // A first round only announces the node, so nodes started together
         // see each other before they divide the shards.
-        if let Err(e) = round(shared, &mut db, ttl_ms, grace_ms, rounds > 0) {
-            bump(&shared.counters.db_errors, 1);
-            crate::trace::warning!(error = e, "lease round failed");
-            db = None;
+        match round(shared, &mut db, ttl_ms, grace_ms, renew, rounds > 0) {
+            Ok(()) if renew => next_renew = started + shared.config.renew_every,
+            Ok(()) => {}
+            Err(e) => {
+                bump(&shared.counters.db_errors, 1);
+                crate::trace::warning!(error = e, "lease round failed");
+                db = None;
+            }
         }
         rounds += 1;
-        let every = if rounds == 1 {
-            shared.config.renew_every.min(Duration::from_millis(500))
-        } else {
-            shared.config.renew_every
-        };
         next_round = started + every;
     }
 }
@@ -71,6 +80,7 @@ fn round(
     db: &mut Option<NodeDb>,
     ttl_ms: i64,
     grace_ms: i64,
+    renew: bool,
     balance: bool,
 ) -> Result<(), String> {
     if db.as_ref().is_none_or(NodeDb::is_closed) {
@@ -80,7 +90,7 @@ fn round(
     let me = &shared.node_id;
     let live = conn.heartbeat(me, ttl_ms).map_err(|e| e.to_string())?;
     let held: Vec<(u32, u64)> = shared.owned.read().iter().map(|(&s, &e)| (s, e)).collect();
-    if !held.is_empty() {
+    if renew && !held.is_empty() {
         let kept = conn.renew(me, &held, ttl_ms).map_err(|e| e.to_string())?;
         let kept: rustc_hash::FxHashSet<u32> = kept.into_iter().collect();
         for &(shard, epoch) in &held {
