@@ -44,7 +44,7 @@ impl<P: Clone> Hooks<u64, P> for Gate {
             // shard (the new owner fires them from its own load).
             let mut items = Vec::with_capacity(fired.len());
             let mut redeliver = Vec::with_capacity(fired.len());
-            let marked = shared.redeliver.lock();
+            let mut marked = shared.redeliver.lock();
             fired.retain(|(_, _, event)| {
                 let shard = shared.map.shard_of_id(event.id);
                 match shared.epoch_of(shard) {
@@ -56,6 +56,7 @@ impl<P: Clone> Hooks<u64, P> for Gate {
                         true
                     }
                     _ => {
+                        marked.remove(&event.id);
                         dropped.push(event.id);
                         false
                     }
@@ -101,6 +102,7 @@ impl<P: Clone> Hooks<u64, P> for Gate {
                         // Cancelled meanwhile (the row is gone), fenced, or
                         // not due by the table's deadline: nothing to deliver.
                         None => {
+                            marked.remove(&event.id);
                             dropped.push(event.id);
                             false
                         }

@@ -593,3 +593,27 @@ fn fence_of(items: &[(u32, u64, u64)], current: &[(u32, u64)]) -> Fence {
     fenced.dedup();
     Fence { fenced }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_deduplicate_the_touched_shards_and_keep_the_rows_in_order() {
+        let items = [(3, 7, 30), (1, 5, 10), (3, 7, 31)];
+        let (touched, s, e, i) = columns(&items);
+        assert_eq!(touched, vec![1, 3]);
+        assert_eq!(s, vec![3, 1, 3]);
+        assert_eq!(e, vec![7, 5, 7]);
+        assert_eq!(i, vec![30, 10, 31]);
+    }
+
+    #[test]
+    fn a_shard_is_fenced_when_its_epoch_moved_on_or_its_row_is_missing() {
+        let items = [(1, 5, 10), (2, 9, 20), (3, 4, 30), (2, 9, 21)];
+        // Shard 1 still at 5; shard 2 moved to 10; shard 3 not returned.
+        let fence = fence_of(&items, &[(1, 5), (2, 10)]);
+        assert_eq!(fence.fenced, vec![2, 3]);
+        assert!(fence_of(&items[..1], &[(1, 5)]).fenced.is_empty());
+    }
+}
