@@ -9,13 +9,17 @@
 use super::args::{Config, show_ms};
 use super::checks::Check;
 use super::cluster::{
-    CancelState, ErrKind, GRACE_MS, Kill, LEASE_TTL_MS, NodeRun, Outcome, RENEW_MS, SWEEP_MS, Sched,
+    CancelState, ErrKind, GRACE_MS, Kill, LEASE_TTL_MS, NodeRun, Order, Outcome, RENEW_MS,
+    SWEEP_MS, Sched,
 };
 use super::cluster_db::Leftover;
 use super::driver::group_digits;
 use super::report::rate;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+
+/// Orders delivered more than once shown in the report.
+const DUPLICATE_EXAMPLES: usize = 5;
 
 /// The whole report.
 #[derive(Debug, serde::Serialize)]
@@ -30,6 +34,9 @@ pub(super) struct Report {
     pub(super) lateness: Lateness,
     pub(super) performance: Performance,
     pub(super) kills: Vec<Kill>,
+    /// The first orders delivered more than once, each delivery with its
+    /// node, attempt and epoch: what explains a duplicate.
+    pub(super) duplicate_examples: Vec<String>,
     pub(super) nodes: Vec<NodeRun>,
     /// Rows in the `timers` table after every node quit.
     pub(super) leftover: Option<Leftover>,
@@ -140,7 +147,8 @@ impl Report {
             ..SaleCounts::default()
         };
         let (mut sale_late, mut real_late) = (Vec::new(), Vec::new());
-        for o in &outcome.orders {
+        let mut duplicate_examples = Vec::new();
+        for (order, o) in outcome.orders.iter().enumerate() {
             match o.sched {
                 Sched::Ok => s.scheduled_ok += 1,
                 Sched::Refused(kind) => *s.schedule_refused.entry(kind).or_default() += 1,
@@ -168,6 +176,26 @@ impl Report {
                     .push(first.received_wall_ms as f64 - outcome.clock.wall_of(o.deadline_ms));
             }
             if o.deliveries.len() > 1 {
+                if duplicate_examples.len() < DUPLICATE_EXAMPLES {
+                    let seen: Vec<String> = o
+                        .deliveries
+                        .iter()
+                        .map(|d| {
+                            format!(
+                                "attempt {} epoch {} by {} (fired at +{} sale ms)",
+                                d.ev.attempt,
+                                d.ev.epoch,
+                                outcome.nodes[d.node].name,
+                                d.ev.fired_at_ms.saturating_sub(d.ev.deadline_ms)
+                            )
+                        })
+                        .collect();
+                    duplicate_examples.push(format!(
+                        "order {order} (id {}): {}",
+                        Order::id_of(order),
+                        seen.join("; ")
+                    ));
+                }
                 s.orders_duplicated += 1;
                 s.duplicates += o.deliveries.len() as u64 - 1;
             }
@@ -221,6 +249,7 @@ impl Report {
             },
             performance,
             kills: outcome.kills.clone(),
+            duplicate_examples,
             nodes: outcome.nodes.clone(),
             leftover: outcome.leftover,
         }
@@ -301,6 +330,12 @@ impl Report {
         );
         for kill in &self.kills {
             write_kill(&mut out, kill);
+        }
+        if !self.duplicate_examples.is_empty() {
+            let _ = writeln!(out, "  duplicates, e.g.:");
+            for example in &self.duplicate_examples {
+                let _ = writeln!(out, "    - {example}");
+            }
         }
         let _ = writeln!(out, "\ninvariants");
         for check in &self.invariants {
