@@ -248,3 +248,146 @@ fn a_payload_too_large_or_a_deadline_beyond_range_is_refused_and_handed_back() {
 fn node_is_send(node: Node<String>) -> impl Send {
     node
 }
+
+/// Every node connection is killed (`pg_terminate_backend`) every 250 ms
+/// while timers are scheduled, cancelled, claimed and acked: claims and
+/// schedules in doubt must lose nothing, fire nothing early, and let no
+/// cancelled timer fire.
+#[test]
+fn connections_killed_mid_statement_lose_nothing() {
+    let Some(dsn) = dsn() else { return };
+    let schema = schema("terminate");
+    let cfg = |name| config(&dsn, &schema, name).op_timeout(Duration::from_secs(10));
+    let a = cfg("a").start::<String>().unwrap();
+    let b = cfg("b").start::<String>().unwrap();
+    eventually(Duration::from_secs(10), "the shards divided", || {
+        a.stats().owned + b.stats().owned == 16 && a.stats().owned > 0 && b.stats().owned > 0
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = {
+        let (dsn, stop) = (format!("{dsn} application_name=killer"), stop.clone());
+        std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&dsn, postgres::NoTls).unwrap();
+            let mut kills = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(250));
+                let n: i64 = c
+                    .query_one(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                         WHERE application_name = 'duewheel' AND pid <> pg_backend_pid()",
+                        &[],
+                    )
+                    .map_or(0, |r| r.get(0));
+                kills += u64::try_from(n).unwrap_or(0);
+            }
+            kills
+        })
+    };
+    let (mut ca, mut cb) = (
+        a.subscribe("orders").unwrap(),
+        b.subscribe("orders").unwrap(),
+    );
+    let mut seen: HashMap<u64, Vec<(u32, u64, u64)>> = HashMap::new();
+    let (mut scheduled, mut cancelled) = (HashSet::new(), HashSet::new());
+    let (mut retried, mut cancel_unknown) = (0, HashSet::new());
+    const N: u64 = 1200;
+    for round in 0..12u64 {
+        let node = if round % 2 == 0 { &a } else { &b };
+        let now = node.scheduler().now_ms();
+        let ids: Vec<u64> = (round * 100 + 1..=round * 100 + 100).collect();
+        // Retry what was in doubt or unavailable: the same schedule is
+        // idempotent.
+        let mut todo = ids.clone();
+        while !todo.is_empty() {
+            let timers = todo.iter().map(|&id| {
+                (
+                    id,
+                    Deadline::at_unix_ms(now + 400 + id % 200),
+                    format!("p{id}"),
+                )
+            });
+            let results = node.scheduler().schedule_batch(timers);
+            let mut again = Vec::new();
+            for (&id, r) in todo.iter().zip(results) {
+                match r {
+                    Ok(()) => {
+                        scheduled.insert(id);
+                    }
+                    Err(NodeScheduleError::InDoubt(_) | NodeScheduleError::Unavailable { .. }) => {
+                        retried += 1;
+                        again.push(id);
+                    }
+                    Err(e) => panic!("{id}: {e}"),
+                }
+            }
+            todo = again;
+        }
+        let other = if round % 2 == 0 { &b } else { &a };
+        for (id, answer) in ids.iter().step_by(4).zip(
+            other
+                .scheduler()
+                .cancel_batch(ids.iter().step_by(4).copied()),
+        ) {
+            match answer {
+                Ok(Cancel::Cancelled(_)) => {
+                    cancelled.insert(*id);
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    cancel_unknown.insert(*id);
+                }
+            }
+        }
+        collect(&mut ca, &mut seen, N as usize, Duration::from_millis(30));
+        collect(&mut cb, &mut seen, N as usize, Duration::from_millis(30));
+    }
+    let expect = |seen: &HashMap<u64, _>| {
+        scheduled.iter().all(|id| {
+            cancelled.contains(id) || cancel_unknown.contains(id) || seen.contains_key(id)
+        })
+    };
+    let until = Instant::now() + Duration::from_secs(30);
+    while !expect(&seen) && Instant::now() < until {
+        collect(&mut ca, &mut seen, N as usize, Duration::from_millis(100));
+        collect(&mut cb, &mut seen, N as usize, Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let kills = killer.join().unwrap();
+    let missing: Vec<_> = scheduled
+        .iter()
+        .filter(|id| {
+            !cancelled.contains(id) && !cancel_unknown.contains(id) && !seen.contains_key(id)
+        })
+        .collect();
+    let dups = seen.values().filter(|d| d.len() > 1).count();
+    eprintln!(
+        "{} scheduled ({retried} retries), {} cancelled, {} cancels without an answer, {} delivered, \
+         {dups} delivered twice, {kills} connections killed; a: {:?}; b: {:?}",
+        scheduled.len(),
+        cancelled.len(),
+        cancel_unknown.len(),
+        seen.len(),
+        a.stats(),
+        b.stats()
+    );
+    assert!(missing.is_empty(), "never delivered: {missing:?}");
+    for (id, deliveries) in &mut seen {
+        assert!(!cancelled.contains(id), "cancelled {id} fired");
+        // Collected node by node: put them in firing order.
+        deliveries.sort_by_key(|&(attempt, at, _)| (at, attempt));
+        for (i, &(attempt, at, deadline)) in deliveries.iter().enumerate() {
+            assert!(at >= deadline, "{id} fired early");
+            if i > 0 {
+                assert!(
+                    attempt > 1,
+                    "{id}: a duplicate that is not a redelivery: {deliveries:?}"
+                );
+            }
+        }
+    }
+    assert!(kills > 0, "the test killed no connection");
+    drop((ca, cb));
+    a.shutdown();
+    b.shutdown();
+    drop_schema(&dsn, &schema);
+}

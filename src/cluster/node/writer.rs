@@ -314,14 +314,6 @@ type CancelReply = Sender<Result<Cancelled, CancelError>>;
 
 fn write_cancels(shared: &Shared, db: &mut Option<NodeDb>, cancels: Vec<(u32, u64, CancelReply)>) {
     let deadline = Instant::now() + shared.config.op_timeout;
-    let answer = |e: CancelError| {
-        for (_, _, reply) in &cancels {
-            let _ = reply.send(Err(e.clone()));
-        }
-    };
-    let Some(conn) = connected(shared, db, deadline) else {
-        return answer(CancelError::Unavailable("cannot reach the database".into()));
-    };
     let mut seen = FxHashSet::default();
     let (mut shards, mut ids) = (Vec::new(), Vec::new());
     for &(shard, id, _) in &cancels {
@@ -330,25 +322,55 @@ fn write_cancels(shared: &Shared, db: &mut Option<NodeDb>, cancels: Vec<(u32, u6
             ids.push(id as i64);
         }
     }
-    let (deleted, claimed) = match conn.cancel(&shards, &ids) {
-        Ok(found) => found,
-        Err(e) => {
-            bump(&shared.counters.db_errors, 1);
-            return answer(match e {
-                QueryError::Refused(e) => CancelError::Unavailable(e.to_string()),
-                QueryError::InDoubt(_) => CancelError::InDoubt,
-            });
+    // After a connection failure the delete is run again: what it deletes
+    // now, or finds claimed, is a sure answer; what it finds gone may have
+    // been deleted by the first try, so those ids stay in doubt.
+    let mut in_doubt = false;
+    let found = loop {
+        let Some(conn) = connected(shared, db, deadline) else {
+            let e = if in_doubt {
+                CancelError::InDoubt
+            } else {
+                CancelError::Unavailable("cannot reach the database".into())
+            };
+            for (_, _, reply) in &cancels {
+                let _ = reply.send(Err(e.clone()));
+            }
+            return;
+        };
+        match conn.cancel(&shards, &ids) {
+            Ok(found) => break found,
+            Err(QueryError::Refused(e)) if !in_doubt => {
+                bump(&shared.counters.db_errors, 1);
+                for (_, _, reply) in &cancels {
+                    let _ = reply.send(Err(CancelError::Unavailable(e.to_string())));
+                }
+                return;
+            }
+            Err(e) => {
+                bump(&shared.counters.db_errors, 1);
+                in_doubt |= matches!(e, QueryError::InDoubt(_));
+                if Instant::now() >= deadline {
+                    for (_, _, reply) in &cancels {
+                        let _ = reply.send(Err(CancelError::InDoubt));
+                    }
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     };
+    let (deleted, claimed) = found;
     let mut deleted: FxHashMap<u64, Vec<u8>> = deleted.into_iter().collect();
     let claimed: FxHashSet<u64> = claimed.into_iter().collect();
     for (_, id, reply) in cancels {
         // A second cancel of one id in the same commit finds it gone.
         let outcome = match deleted.remove(&id) {
-            Some(bytes) => Cancelled::Deleted(bytes),
-            None if claimed.contains(&id) => Cancelled::Claimed,
-            None => Cancelled::Absent,
+            Some(bytes) => Ok(Cancelled::Deleted(bytes)),
+            None if claimed.contains(&id) => Ok(Cancelled::Claimed),
+            None if in_doubt => Err(CancelError::InDoubt),
+            None => Ok(Cancelled::Absent),
         };
-        let _ = reply.send(Ok(outcome));
+        let _ = reply.send(outcome);
     }
 }
