@@ -164,8 +164,9 @@ pub(crate) struct Args {
     metrics_addr: Option<std::net::SocketAddr>,
     /// Run the sale on N `duewheel node` processes (1..=16) of this
     /// executable, sharing the timers through PostgreSQL (needs a build with
-    /// `--features postgres`). Each order's deadline is scheduled through
-    /// one node, each payment cancels it through another.
+    /// `--features postgres`). Each order's deadline is scheduled, and each
+    /// payment cancels it, through a node drawn at random (often not the
+    /// owner of the order's shard).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16))]
     cluster: Option<u32>,
     /// With --cluster: the PostgreSQL to share, as a libpq key=value DSN or
