@@ -3,7 +3,7 @@
 # the DSN. Same recipe as .ci/run (see ../shared/SCALE-OUT.md): a fresh data
 # directory, a private socket directory, no TCP listener, trust auth.
 #
-#   eval "$(scripts/pg-up.sh)"      # exports DUEWHEEL_PG_DSN and PG_DOWN
+#   eval "$(scripts/pg-up.sh)"      # exports DUEWHEEL_PG_DSN, DUEWHEEL_PG_RESTART, PG_DOWN
 #   cargo test --release --features postgres --test pg_store
 #   eval "$PG_DOWN"                 # stops the server, deletes its files
 #
@@ -38,11 +38,12 @@ as_pg "$BIN/initdb" -D "$DIR/data" -U postgres --auth=trust -E UTF8 --no-locale 
 as_pg "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w -t 60 \
     -o "-p $PORT -k $DIR/sock -c listen_addresses=" start >&2
 
-if [ "$(id -u)" = 0 ]; then
-  STOP="runuser -u postgres -- $BIN/pg_ctl -D $DIR/data -m fast -w stop; rm -rf $DIR"
-else
-  STOP="$BIN/pg_ctl -D $DIR/data -m fast -w stop; rm -rf $DIR"
-fi
+if [ "$(id -u)" = 0 ]; then AS_PG="runuser -u postgres -- "; else AS_PG=""; fi
+STOP="$AS_PG$BIN/pg_ctl -D $DIR/data -m fast -w stop; rm -rf $DIR"
+# A restart with the same options (tests/cluster_nodes.rs takes the database
+# away under running nodes with it).
+RESTART="$AS_PG\"$BIN/pg_ctl\" -D \"$DIR/data\" -l \"$DIR/server.log\" -w -t 60 -m fast -o \"-p $PORT -k $DIR/sock -c listen_addresses=\" restart"
 echo "export DUEWHEEL_PG_DSN='host=$DIR/sock port=$PORT user=postgres dbname=postgres'"
 echo "export PG_DOWN='$STOP'"
+echo "export DUEWHEEL_PG_RESTART='$RESTART'"
 echo "# server log: $DIR/server.log" 

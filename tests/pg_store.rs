@@ -11,32 +11,17 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use duewheel::cluster::{
     Acquire, Cancel, ClaimError, Fenced, InsertError, Lease, LoadError, MAX_BATCH, NewTimer,
     OpenError, PgStore, RowState, SCHEMA_VERSION, StoreConfig, StoredTimer,
 };
 
-const DSN_VAR: &str = "DUEWHEEL_PG_DSN";
+#[path = "support/pg.rs"]
+mod pg;
 
-/// The DSN, or `None` (with a note) when the tests should skip. Panics under
-/// `CI=true` without a DSN.
-fn dsn() -> Option<String> {
-    match std::env::var(DSN_VAR) {
-        Ok(dsn) if !dsn.trim().is_empty() => Some(dsn),
-        _ => {
-            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-            assert!(
-                !ci,
-                "CI=true but {DSN_VAR} is not set: the PostgreSQL tests must run in CI \
-                 (.ci/run starts a server)"
-            );
-            eprintln!("note: {DSN_VAR} not set; skipping (run `eval \"$(scripts/pg-up.sh)\"`)");
-            None
-        }
-    }
-}
+use pg::dsn;
 
 /// A schema of its own for one test, dropped at the end.
 struct TestDb {
@@ -48,11 +33,7 @@ struct TestDb {
 impl TestDb {
     fn new(test: &str, shards: u32) -> Option<Self> {
         let dsn = dsn()?;
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let schema = format!("dw_{test}_{}_{nanos}", std::process::id());
+        let schema = pg::unique_schema(&format!("dw_{test}"));
         Some(Self {
             dsn,
             schema,
@@ -72,22 +53,13 @@ impl TestDb {
 
     /// A plain connection for checks the store does not offer.
     fn raw(&self) -> postgres::Client {
-        let mut client = postgres::Client::connect(&self.dsn, postgres::NoTls).unwrap();
-        client
-            .batch_execute(&format!("SET search_path TO \"{}\"", self.schema))
-            .unwrap();
-        client
+        pg::client(&self.dsn, &self.schema)
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if let Ok(mut c) = postgres::Client::connect(&self.dsn, postgres::NoTls) {
-            let _ = c.batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-                self.schema
-            ));
-        }
+        pg::drop_schema(&self.dsn, &self.schema);
     }
 }
 

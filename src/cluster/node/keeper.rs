@@ -88,7 +88,12 @@ fn round(
     }
     let conn = db.as_mut().ok_or("cannot reach the database")?;
     let me = &shared.node_id;
-    let live = conn.heartbeat(me, ttl_ms).map_err(|e| e.to_string())?;
+    // Counted as live: nodes heard from within a few balance rounds (or a
+    // lease, if shorter). Not a whole lease: an incarnation that died
+    // right after it started must not hold the others below the share
+    // that would take its shards.
+    let live_ms = ttl_ms.min(i64::try_from(ms(BALANCE_EVERY) * 3).unwrap_or(i64::MAX));
+    let live = conn.heartbeat(me, live_ms).map_err(|e| e.to_string())?;
     let held: Vec<(u32, u64)> = shared.owned.read().iter().map(|(&s, &e)| (s, e)).collect();
     if renew && !held.is_empty() {
         let kept = conn.renew(me, &held, ttl_ms).map_err(|e| e.to_string())?;

@@ -64,8 +64,15 @@ struct Statements {
 }
 
 /// Locks every touched shard row and reads its epoch (the fence).
+///
+/// Every statement here takes its row locks in one global order, shard
+/// rows first and by `shard_id`, then timer rows by `(shard_id, timer_id)`
+/// (the node sorts the arrays it sends, and the locking subqueries sort
+/// before they lock), so two of them never wait on each other in a cycle.
+/// A deadlock that happens anyway (PostgreSQL picks a victim) is refused,
+/// changed nothing, and is retried by the caller (see [`is_transient`]).
 const FENCE: &str = "f AS MATERIALIZED (SELECT shard_id, epoch FROM shards
-                       WHERE shard_id = ANY($1::int[]) FOR SHARE)";
+                       WHERE shard_id = ANY($1::int[]) ORDER BY shard_id FOR SHARE)";
 
 impl Statements {
     fn prepare(c: &mut postgres::Client) -> Result<Self, postgres::Error> {
@@ -84,9 +91,15 @@ impl Statements {
                    ON t.shard_id = u.s AND t.timer_id = u.id
                  WHERE t.deadline_ms = u.d AND t.payload = u.p",
             )?,
+            // Locks first, in (shard, id) order (see FENCE), then deletes.
             cancel: c.prepare(
-                "DELETE FROM timers t USING unnest($1::int[], $2::bigint[]) AS u(s, id)
-                 WHERE t.shard_id = u.s AND t.timer_id = u.id AND t.state = 0
+                "WITH l AS (SELECT t.shard_id, t.timer_id FROM timers t
+                   JOIN unnest($1::int[], $2::bigint[]) AS u(s, id)
+                     ON t.shard_id = u.s AND t.timer_id = u.id
+                   WHERE t.state = 0
+                   ORDER BY t.shard_id, t.timer_id FOR UPDATE OF t)
+                 DELETE FROM timers t USING l
+                 WHERE t.shard_id = l.shard_id AND t.timer_id = l.timer_id
                  RETURNING t.timer_id, t.payload",
             )?,
             claimed_of: c.prepare(
@@ -102,28 +115,41 @@ impl Statements {
             // delivered and acked, whose delete is not committed yet.
             claim: c.prepare(&format!(
                 "WITH {FENCE},
+                 l AS (SELECT t.shard_id, t.timer_id FROM timers t
+                   JOIN unnest($2::int[], $3::bigint[], $4::bigint[], $6::bool[]) AS x(s, id, e, r)
+                     ON t.shard_id = x.s AND t.timer_id = x.id
+                   JOIN f ON f.shard_id = x.s AND f.epoch = x.e
+                   WHERE (t.state = 0 AND t.deadline_ms <= $5) OR (t.state = 1 AND x.r)
+                   ORDER BY t.shard_id, t.timer_id FOR UPDATE OF t),
                  u AS (UPDATE timers t SET state = 1, fired_epoch = f.epoch, attempt = t.attempt + 1
-                   FROM unnest($2::int[], $3::bigint[], $4::bigint[], $6::bool[]) AS x(s, id, e, r), f
-                   WHERE f.shard_id = x.s AND f.epoch = x.e
-                     AND t.shard_id = x.s AND t.timer_id = x.id
-                     AND ((t.state = 0 AND t.deadline_ms <= $5) OR (t.state = 1 AND x.r))
+                   FROM l, f
+                   WHERE t.shard_id = l.shard_id AND t.timer_id = l.timer_id
+                     AND f.shard_id = l.shard_id
                    RETURNING t.timer_id, t.attempt)
                  SELECT 0, f.shard_id::bigint, f.epoch FROM f
                  UNION ALL SELECT 1, u.timer_id, u.attempt::bigint FROM u"
             ))?,
             ack: c.prepare(&format!(
                 "WITH {FENCE},
-                 d AS (DELETE FROM timers t
-                   USING unnest($2::int[], $3::bigint[], $4::bigint[]) AS x(s, id, e), f
-                   WHERE f.shard_id = x.s AND f.epoch = x.e
-                     AND t.shard_id = x.s AND t.timer_id = x.id AND t.state = 1
+                 l AS (SELECT t.shard_id, t.timer_id FROM timers t
+                   JOIN unnest($2::int[], $3::bigint[], $4::bigint[]) AS x(s, id, e)
+                     ON t.shard_id = x.s AND t.timer_id = x.id
+                   JOIN f ON f.shard_id = x.s AND f.epoch = x.e
+                   WHERE t.state = 1
+                   ORDER BY t.shard_id, t.timer_id FOR UPDATE OF t),
+                 d AS (DELETE FROM timers t USING l
+                   WHERE t.shard_id = l.shard_id AND t.timer_id = l.timer_id
                    RETURNING 1)
                  SELECT f.shard_id, f.epoch, (SELECT count(*) FROM d) FROM f"
             ))?,
             renew: c.prepare(
                 "UPDATE shards s SET lease_expires_at = now() + $4::bigint * interval '1 millisecond'
-                 FROM unnest($1::int[], $2::bigint[]) AS x(id, e)
-                 WHERE s.shard_id = x.id AND s.epoch = x.e AND s.owner = $3
+                 FROM (SELECT sh.shard_id FROM shards sh
+                       JOIN unnest($1::int[], $2::bigint[]) AS x(id, e)
+                         ON sh.shard_id = x.id AND sh.epoch = x.e
+                       WHERE sh.owner = $3
+                       ORDER BY sh.shard_id FOR NO KEY UPDATE OF sh) c
+                 WHERE s.shard_id = c.shard_id
                  RETURNING s.shard_id",
             )?,
             // The backstop sweeper and the balancer in one: free shards, our
@@ -147,8 +173,12 @@ impl Statements {
             release: c.prepare(
                 "UPDATE shards s SET owner = NULL, epoch = s.epoch + 1,
                    lease_expires_at = '-infinity'
-                 FROM unnest($1::int[], $2::bigint[]) AS x(id, e)
-                 WHERE s.shard_id = x.id AND s.epoch = x.e AND s.owner = $3
+                 FROM (SELECT sh.shard_id FROM shards sh
+                       JOIN unnest($1::int[], $2::bigint[]) AS x(id, e)
+                         ON sh.shard_id = x.id AND sh.epoch = x.e
+                       WHERE sh.owner = $3
+                       ORDER BY sh.shard_id FOR NO KEY UPDATE OF sh) c
+                 WHERE s.shard_id = c.shard_id
                  RETURNING s.shard_id",
             )?,
             heartbeat: c.prepare(
@@ -563,18 +593,38 @@ fn loaded(row: &Row) -> Result<Loaded, postgres::Error> {
     })
 }
 
-/// The touched shards (deduplicated) and the `unnest` columns.
+/// The touched shards (deduplicated) and the `unnest` columns, in lock
+/// order: by shard, then by the stored `bigint` id.
 fn columns(items: &[(u32, u64, u64)]) -> (Vec<i32>, Vec<i32>, Vec<i64>, Vec<i64>) {
-    let mut touched: Vec<i32> = items.iter().map(|&(s, _, _)| shard_param(s)).collect();
-    touched.sort_unstable();
+    let mut sorted: Vec<(i32, i64, i64)> = items
+        .iter()
+        .map(|&(s, e, id)| (shard_param(s), id as i64, epoch_param(e)))
+        .collect();
+    sorted.sort_unstable();
+    let mut touched: Vec<i32> = sorted.iter().map(|&(s, _, _)| s).collect();
     touched.dedup();
-    let s = items.iter().map(|&(s, _, _)| shard_param(s)).collect();
-    let e = items.iter().map(|&(_, e, _)| epoch_param(e)).collect();
-    let i = items.iter().map(|&(_, _, id)| id as i64).collect();
+    let s = sorted.iter().map(|&(s, _, _)| s).collect();
+    let i = sorted.iter().map(|&(_, id, _)| id).collect();
+    let e = sorted.iter().map(|&(_, _, e)| e).collect();
     (touched, s, e, i)
 }
 
+/// A refusal worth retrying: PostgreSQL broke a deadlock or a
+/// serialization conflict by aborting this statement, which changed
+/// nothing.
+pub(super) fn is_transient(e: &QueryError) -> bool {
+    use postgres::error::SqlState;
+    match e {
+        QueryError::Refused(e) => e.code().is_some_and(|c| {
+            *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+        }),
+        QueryError::InDoubt(_) => false,
+    }
+}
+
 fn pairs(held: &[(u32, u64)]) -> (Vec<i32>, Vec<i64>) {
+    let mut held = held.to_vec();
+    held.sort_unstable();
     (
         held.iter().map(|&(s, _)| shard_param(s)).collect(),
         held.iter().map(|&(_, e)| epoch_param(e)).collect(),
@@ -599,13 +649,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn columns_deduplicate_the_touched_shards_and_keep_the_rows_in_order() {
+    fn columns_deduplicate_the_touched_shards_and_sort_the_rows_in_lock_order() {
         let items = [(3, 7, 30), (1, 5, 10), (3, 7, 31)];
         let (touched, s, e, i) = columns(&items);
         assert_eq!(touched, vec![1, 3]);
-        assert_eq!(s, vec![3, 1, 3]);
-        assert_eq!(e, vec![7, 5, 7]);
-        assert_eq!(i, vec![30, 10, 31]);
+        assert_eq!(s, vec![1, 3, 3]);
+        assert_eq!(e, vec![5, 7, 7]);
+        assert_eq!(i, vec![10, 30, 31]);
     }
 
     #[test]

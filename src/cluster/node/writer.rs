@@ -9,7 +9,7 @@
 //! committed. Anything else is `InDoubt`.
 
 use super::error::CancelError;
-use super::sql::NodeDb;
+use super::sql::{NodeDb, is_transient};
 use super::{Shared, bump};
 use crate::Codec;
 use crate::cluster::error::QueryError;
@@ -269,7 +269,7 @@ fn insert(shared: &Shared, db: &mut Option<NodeDb>, rows: &[&Row]) -> Vec<Outcom
         let written = conn.insert(&shards, &ids, &deadlines, &payloads);
         let written = match written {
             Ok(written) => written,
-            Err(QueryError::Refused(e)) if !in_doubt => {
+            Err(e) if !in_doubt && !is_transient(&e) && matches!(e, QueryError::Refused(_)) => {
                 bump(&shared.counters.db_errors, 1);
                 let reason = e.to_string();
                 return all(&|| Outcome::Unavailable(reason.clone()));
@@ -288,9 +288,10 @@ fn insert(shared: &Shared, db: &mut Option<NodeDb>, rows: &[&Row]) -> Vec<Outcom
         };
         let written: FxHashSet<u64> = written.into_iter().collect();
         let mut ours: FxHashSet<u64> = FxHashSet::default();
-        if in_doubt && written.len() < rows.len() {
-            // Rows skipped now may be our own first try's: the same deadline
-            // and payload means they are.
+        if written.len() < rows.len() {
+            // A row skipped as existing with the same deadline and payload
+            // is this schedule's (our own first try's, if the connection
+            // failed, or the caller's earlier try): scheduling is idempotent.
             match conn.same_rows(&shards, &ids, &deadlines, &payloads) {
                 Ok(same) => ours = same.into_iter().collect(),
                 Err(_) => return all(&|| Outcome::InDoubt),
@@ -314,14 +315,14 @@ type CancelReply = Sender<Result<Cancelled, CancelError>>;
 
 fn write_cancels(shared: &Shared, db: &mut Option<NodeDb>, cancels: Vec<(u32, u64, CancelReply)>) {
     let deadline = Instant::now() + shared.config.op_timeout;
-    let mut seen = FxHashSet::default();
-    let (mut shards, mut ids) = (Vec::new(), Vec::new());
-    for &(shard, id, _) in &cancels {
-        if seen.insert(id) {
-            shards.push(i32::try_from(shard).unwrap_or(i32::MAX));
-            ids.push(id as i64);
-        }
-    }
+    // In lock order (see `sql`): by shard, then by the stored id.
+    let mut keys: Vec<(i32, i64)> = cancels
+        .iter()
+        .map(|&(shard, id, _)| (i32::try_from(shard).unwrap_or(i32::MAX), id as i64))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let (shards, ids): (Vec<i32>, Vec<i64>) = keys.into_iter().unzip();
     // After a connection failure the delete is run again: what it deletes
     // now, or finds claimed, is a sure answer; what it finds gone may have
     // been deleted by the first try, so those ids stay in doubt.
@@ -340,7 +341,7 @@ fn write_cancels(shared: &Shared, db: &mut Option<NodeDb>, cancels: Vec<(u32, u6
         };
         match conn.cancel(&shards, &ids) {
             Ok(found) => break found,
-            Err(QueryError::Refused(e)) if !in_doubt => {
+            Err(e) if !in_doubt && !is_transient(&e) && matches!(e, QueryError::Refused(_)) => {
                 bump(&shared.counters.db_errors, 1);
                 for (_, _, reply) in &cancels {
                     let _ = reply.send(Err(CancelError::Unavailable(e.to_string())));
