@@ -56,6 +56,9 @@ const SETTLE: Duration = Duration::from_millis(500);
 /// How often the `shards` table is read while a takeover is awaited.
 const TAKEOVER_POLL: Duration = Duration::from_millis(20);
 
+/// Timers that never fired whose rows the report looks up.
+const MISSING_DESCRIBED: usize = 20;
+
 /// How long the nodes have to answer `stats` and to exit after `quit`.
 const STATS_TIMEOUT: Duration = Duration::from_secs(5);
 const QUIT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -238,6 +241,8 @@ pub(super) struct NodeRun {
 pub(super) struct Outcome {
     pub(super) orders: Vec<Order>,
     pub(super) clock: NodeClock,
+    /// The sale's opening on the node clock.
+    pub(super) open_ms: u64,
     pub(super) nodes: Vec<NodeRun>,
     pub(super) kills: Vec<Kill>,
     /// Lines outside the protocol and answers nobody asked for.
@@ -245,6 +250,10 @@ pub(super) struct Outcome {
     pub(super) stray_count: u64,
     /// Rows left in the `timers` table after every node quit.
     pub(super) leftover: Option<Leftover>,
+    /// For the first orders that should have fired and did not: their row
+    /// as the database holds it at the end (absent: deleted).
+    pub(super) missing_rows: BTreeMap<u64, String>,
+    pub(super) shard_map: ShardMap,
     /// The drain timed out: something expected never arrived.
     pub(super) timed_out: bool,
     pub(super) wall_s: f64,
@@ -964,6 +973,23 @@ impl Driver {
             }
         }
         let leftover = db.leftover().ok();
+        // What the database says of the first timers that never fired.
+        let missing: Vec<u64> = self
+            .orders
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| cluster_checks::must_fire(o) && o.deliveries.is_empty())
+            .map(|(order, _)| Order::id_of(order))
+            .take(MISSING_DESCRIBED)
+            .collect();
+        let missing_rows = if missing.is_empty() {
+            BTreeMap::new()
+        } else {
+            db.describe(&missing)
+                .unwrap_or_else(|e| vec![(0, e)])
+                .into_iter()
+                .collect()
+        };
         for kill in &mut self.kills {
             let in_victim_shard = |order: usize| {
                 kill.shards
@@ -992,11 +1018,13 @@ impl Driver {
         Outcome {
             orders: self.orders,
             clock: self.clock,
+            open_ms: self.open_ms,
             nodes: self.runs,
             kills: self.kills,
             strays: self.strays,
             stray_count: self.stray_count,
             leftover,
+            missing_rows,
             timed_out: self.timed_out,
             wall_s: started.elapsed().as_secs_f64(),
             sale_wall_s,
@@ -1005,6 +1033,7 @@ impl Driver {
             first_ev_wall_ms: self.first_ev_wall_ms,
             last_ev_wall_ms: self.last_ev_wall_ms,
             schema: self.schema,
+            shard_map: self.shard_map,
         }
     }
 }

@@ -82,9 +82,22 @@ fn acked_delivered(outcome: &Outcome) -> Check {
         }
         expected += 1;
         v.expect(!o.deliveries.is_empty(), || {
+            let id = Order::id_of(order);
+            let shard = outcome.shard_map.shard_of_id(id);
+            let victim = outcome
+                .kills
+                .iter()
+                .find(|k| k.shards.contains(&shard))
+                .map(|k| format!(" (owned by {} when it was killed)", k.name))
+                .unwrap_or_default();
+            let row = outcome
+                .missing_rows
+                .get(&id)
+                .map_or("no row left", String::as_str);
             format!(
-                "order {order} (id {}): acked by {}, cancel {:?}, never delivered",
-                Order::id_of(order),
+                "order {order} (id {id}, deadline {} ms into the sale, shard {shard}{victim}): \
+                 acked by {}, cancel {:?}, never delivered; {row}",
+                o.deadline_ms.saturating_sub(outcome.open_ms),
                 outcome.nodes[o.sched_node].name,
                 o.cancel
             )

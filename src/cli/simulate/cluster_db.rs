@@ -128,6 +128,44 @@ impl Database {
         })
     }
 
+    /// What the `timers` and `shards` tables say of the timers `ids`: one
+    /// line per id still stored, for the report of a timer that never
+    /// fired.
+    pub(super) fn describe(&mut self, ids: &[u64]) -> Result<Vec<(u64, String)>, String> {
+        let sql = format!(
+            "SELECT t.timer_id, t.shard_id, t.state, t.fired_epoch, t.attempt, s.epoch, s.owner \
+             FROM \"{0}\".timers t JOIN \"{0}\".shards s USING (shard_id) \
+             WHERE t.timer_id = ANY($1)",
+            self.schema
+        );
+        let ids: Vec<i64> = ids.iter().map(|&id| id as i64).collect();
+        let rows = self
+            .client
+            .query(&sql, &[&ids])
+            .map_err(|e| format!("cannot read the timers table: {e}"))?;
+        rows.iter()
+            .map(|r| {
+                let get = |e: postgres::Error| e.to_string();
+                let id: i64 = r.try_get(0).map_err(get)?;
+                let shard: i32 = r.try_get(1).map_err(get)?;
+                let state: i16 = r.try_get(2).map_err(get)?;
+                let fired_epoch: Option<i64> = r.try_get(3).map_err(get)?;
+                let attempt: i32 = r.try_get(4).map_err(get)?;
+                let epoch: i64 = r.try_get(5).map_err(get)?;
+                let owner: Option<String> = r.try_get(6).map_err(get)?;
+                Ok((
+                    id as u64,
+                    format!(
+                        "row left in shard {shard}: {} (fired_epoch {fired_epoch:?}, attempt \
+                         {attempt}); the shard now at epoch {epoch}, owner {owner:?}",
+                        if state == 0 { "pending" } else { "claimed" }
+                    ),
+                ))
+            })
+            .collect::<Result<_, String>>()
+            .map_err(|e| format!("unexpected row in the timers table: {e}"))
+    }
+
     /// Drops the schema now, reporting a failure (drop does so silently).
     pub(super) fn drop_schema(mut self) -> Result<(), String> {
         self.dropped = true;
