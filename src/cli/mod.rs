@@ -29,7 +29,7 @@ struct Cli {
 enum Command {
     /// Run a flash sale end to end: orders, payments, reminders, re-checks,
     /// cancellations and stock, then check the invariants and report.
-    Simulate(simulate::Args),
+    Simulate(Box<simulate::Args>),
     /// Run one cluster node on a shared PostgreSQL database, driven over
     /// stdin/stdout (see docs/SCALE_OUT.md).
     #[cfg(feature = "postgres")]
@@ -67,7 +67,7 @@ pub(crate) fn run() -> ExitCode {
             eprintln!("error: this build has no cluster support; rebuild with --features postgres");
             ExitCode::from(2)
         }
-        Command::Simulate(args) => match simulate::run(args) {
+        Command::Simulate(args) => match simulate::run(*args) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),
             Err(simulate::Error::Usage(message)) => {

@@ -21,16 +21,38 @@ const MAX_ORDERS: u64 = 50_000_000;
 /// acknowledged schedules/s against 5.2k/s for one, `docs/BENCHMARKS.md`).
 const DURABLE_CHECKOUT_THREADS: usize = 64;
 
+/// Most orders one `--cluster` run may place: every order is a row in
+/// PostgreSQL and a line through a pipe, and the driver keeps every answer.
+const MAX_CLUSTER_ORDERS: u64 = 5_000_000;
+
+/// Orders of a `--cluster` run unless `--orders` says otherwise: enough to
+/// keep the nodes' batches full at the sale's opening, few enough that the
+/// run takes well under a minute on a shared 2-core machine.
+const DEFAULT_CLUSTER_ORDERS: u64 = 20_000;
+
+/// Logical shards of a `--cluster` run unless `--shards` says otherwise.
+const DEFAULT_CLUSTER_SHARDS: u32 = 256;
+
+/// Sale seconds per real second of a `--cluster` run unless `--speed` says
+/// otherwise: the default sale (10 minutes, 30-minute windows) takes about
+/// 40 s of real time.
+const DEFAULT_CLUSTER_SPEED: f64 = 60.0;
+
 /// Arguments of `duewheel simulate`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Durations take a unit: 250ms, 30s, 5m, 1h, 1m30s.\n\
     --durable DIR keeps the engine's log in DIR (left there after the run); \
     --crash-at kills the engine mid-sale and recovers it from DIR.\n\
+    --cluster N runs the sale on N `duewheel node` processes sharing one \
+    PostgreSQL (build with --features postgres); --kill-node 1@5m kills one \
+    with SIGKILL mid-sale. It models the payment deadline only (no reminders, \
+    re-checks or stock), on the system clock sped up by --speed.\n\
     Exit codes: 0 every invariant held, 1 an invariant failed, 2 bad arguments.")]
 pub(crate) struct Args {
-    /// Orders arriving during the sale (underscores allowed: 1_000_000).
-    #[arg(long, default_value = "1000000", value_parser = parse_count)]
-    orders: u64,
+    /// Orders arriving during the sale (underscores allowed: 1_000_000)
+    /// [default: 1000000; 20000 with --cluster].
+    #[arg(long, value_parser = parse_count)]
+    orders: Option<u64>,
     /// How long orders keep arriving (front-loaded, as at a sale's opening).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     sale: Duration,
@@ -38,7 +60,7 @@ pub(crate) struct Args {
     #[arg(long, default_value = "30m", value_parser = parse_duration)]
     window: Duration,
     /// Reminder to the buyer this long before the window closes.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = parse_duration, conflicts_with = "cluster")]
     remind_before: Duration,
     /// Share of buyers who pay at a random moment in the window.
     #[arg(long, default_value = "0.70", value_parser = parse_ratio)]
@@ -61,60 +83,62 @@ pub(crate) struct Args {
     #[arg(long, default_value = "10s..6m", value_parser = parse_range)]
     pending_for: (Duration, Duration),
     /// First re-check after a "pending" answer; each re-check doubles it.
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = parse_duration, conflicts_with = "cluster")]
     recheck: Duration,
     /// Most re-checks per order (the engine's `max_snoozes`).
-    #[arg(long, default_value = "4")]
+    #[arg(long, default_value = "4", conflicts_with = "cluster")]
     max_snoozes: u8,
     /// Redelivery of an expiry a consumer group has not acknowledged.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_duration, conflicts_with = "cluster")]
     ack_timeout: Duration,
     /// Units in stock when the sale opens [default: enough for every order].
-    #[arg(long, value_parser = parse_amount)]
+    #[arg(long, value_parser = parse_amount, conflicts_with = "cluster")]
     stock: Option<u64>,
     /// Each order buys 1 to this many units.
-    #[arg(long, default_value = "2", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(long, default_value = "2", value_parser = clap::value_parser!(u32).range(1..=1000), conflicts_with = "cluster")]
     max_qty: u32,
     /// Seed of every random choice: the same seed gives the same sale.
     #[arg(long, default_value = "42")]
     seed: u64,
-    /// Engine shards [default: one per core].
+    /// Engine shards [default: one per core; with --cluster, the
+    /// PostgreSQL logical shards: 256].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
     shards: Option<u32>,
     /// Events each consumer group may hold before the dispatcher waits.
-    #[arg(long, default_value = "65536", value_parser = parse_count)]
+    #[arg(long, default_value = "65536", value_parser = parse_count, conflicts_with = "cluster")]
     channel_capacity: u64,
     /// Most events the dispatcher takes from a shard per round.
-    #[arg(long, default_value = "1024", value_parser = parse_count)]
+    #[arg(long, default_value = "1024", value_parser = parse_count, conflicts_with = "cluster")]
     batch_size: u64,
     /// Admission cap on pending timers; orders beyond it are turned away
     /// [default: the engine's, 50 million].
-    #[arg(long, value_parser = parse_count)]
+    #[arg(long, value_parser = parse_count, conflicts_with = "cluster")]
     max_pending: Option<u64>,
     /// Simulated time per step of the driver: the arrivals and payments of
     /// a step are taken together. With the manual clock it is also the
     /// engine's tick, so events fire up to one step after they fall due,
     /// never before.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "100ms", value_parser = parse_duration, conflicts_with = "cluster")]
     step: Duration,
     /// Run on the system clock, sped up by --speed, instead of a manual
     /// clock driven as fast as the machine goes.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cluster")]
     real_time: bool,
-    /// With --real-time: simulated seconds per real second.
-    #[arg(long, default_value = "60", requires = "real_time", value_parser = parse_speed)]
-    speed: f64,
+    /// With --real-time or --cluster: simulated seconds per real second
+    /// [default: 60].
+    #[arg(long, value_parser = parse_speed)]
+    speed: Option<f64>,
     /// Print the report as JSON (and no progress bar).
     #[arg(long)]
     json: bool,
     /// Also write the report as a self-contained HTML page with charts.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "cluster")]
     report: Option<PathBuf>,
     /// Run the engine on its write-ahead log in DIR (created if needed).
     /// Every schedule, cancel, final ack and snooze is in the log before it
     /// returns. DIR must be new or empty: a log left by an earlier run is
     /// refused, since this run's orders start from nothing.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "cluster")]
     durable: Option<PathBuf>,
     /// With --durable: when a durable call returns. `always`: after the
     /// fsync its group commit shares. `every-ms:N`: after the write, with an
@@ -131,13 +155,52 @@ pub(crate) struct Args {
     /// Threads that place orders and take payments, each with one engine
     /// call in flight; with --durable their calls share fsyncs [default: 1
     /// in memory, 64 with --durable].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024), conflicts_with = "cluster")]
     checkout_threads: Option<u32>,
     /// Serve the engine's Prometheus metrics at http://ADDR/metrics while
     /// the sale runs (needs the `prometheus` feature; port 0 picks one and
     /// prints it).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", conflicts_with = "cluster")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Run the sale on N `duewheel node` processes (1..=16) of this
+    /// executable, sharing the timers through PostgreSQL (needs a build with
+    /// `--features postgres`). Each order's deadline is scheduled, and each
+    /// payment cancels it, through a node drawn at random (often not the
+    /// owner of the order's shard).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16))]
+    cluster: Option<u32>,
+    /// With --cluster: the PostgreSQL to share, as a libpq key=value DSN or
+    /// a postgresql:// URL [default: env DUEWHEEL_PG_DSN]. Each run creates
+    /// a fresh schema there and drops it at the end.
+    #[arg(long, value_name = "DSN", requires = "cluster")]
+    pg: Option<String>,
+    /// With --cluster: SIGKILL node I (1-based) when the sale's clock
+    /// reaches T after the opening, e.g. `1@5m` or `2@90s`; repeatable (at
+    /// least one node must survive).
+    #[arg(long, value_name = "I@T", requires = "cluster", value_parser = parse_kill)]
+    kill_node: Vec<KillAt>,
+}
+
+/// `--kill-node I@T`: which node, and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct KillAt {
+    /// 1-based, as on the command line.
+    pub(crate) node: u32,
+    /// Sale time after the opening.
+    pub(crate) at_ms: u64,
+}
+
+/// `--cluster`'s settings.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct Cluster {
+    /// Node processes.
+    pub(crate) nodes: u32,
+    /// Not in the report: a DSN may carry a password.
+    #[serde(skip)]
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) dsn: String,
+    /// Kills, in sale order.
+    pub(crate) kills: Vec<KillAt>,
 }
 
 /// A validated configuration (see the module invariant). Times are in
@@ -171,6 +234,9 @@ pub(crate) struct Config {
     pub(crate) checkout_threads: usize,
     /// `Some` with `--durable`.
     pub(crate) durable: Option<Durable>,
+    /// `Some` with `--cluster` (then `real_time_speed` is `Some` too and
+    /// `shards` is the PostgreSQL shard count).
+    pub(crate) cluster: Option<Cluster>,
     #[serde(skip)]
     pub(crate) json: bool,
     #[serde(skip)]
@@ -203,14 +269,40 @@ impl Durable {
 impl Config {
     /// Checks `args` and opens the report file (so an unwritable path is
     /// refused now, not after the run).
-    pub(crate) fn from_args(args: Args) -> Result<Self, Error> {
+    pub(crate) fn from_args(mut args: Args) -> Result<Self, Error> {
         let usage = |message: String| Err(Error::Usage(message));
-        if args.orders > MAX_ORDERS {
+        let cluster = match args.cluster {
+            None => None,
+            Some(nodes) => Some(Self::cluster(nodes, args.pg.take(), &args.kill_node)?),
+        };
+        let max_orders = if cluster.is_some() {
+            MAX_CLUSTER_ORDERS
+        } else {
+            MAX_ORDERS
+        };
+        let orders = args.orders.unwrap_or(if cluster.is_some() {
+            DEFAULT_CLUSTER_ORDERS
+        } else {
+            1_000_000
+        });
+        if orders > max_orders {
             return usage(format!(
-                "--orders {} is more than this simulation holds ({MAX_ORDERS})",
-                args.orders
+                "--orders {orders} is more than this simulation holds ({max_orders}{})",
+                if cluster.is_some() {
+                    " with --cluster"
+                } else {
+                    ""
+                }
             ));
         }
+        if args.speed.is_some() && !args.real_time && cluster.is_none() {
+            return usage("--speed needs --real-time (or --cluster)".into());
+        }
+        let real_time_speed = if cluster.is_some() {
+            Some(args.speed.unwrap_or(DEFAULT_CLUSTER_SPEED))
+        } else {
+            args.real_time.then(|| args.speed.unwrap_or(60.0))
+        };
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let (sale_ms, window_ms, remind_ms) =
             (ms(args.sale), ms(args.window), ms(args.remind_before));
@@ -220,6 +312,13 @@ impl Config {
         if !(2_000..=7 * 24 * 3_600_000).contains(&window_ms) {
             return usage("--window must be between 2s and 7 days".into());
         }
+        // --cluster models no reminders; its pending payers still pay in
+        // the window's last stretch, 5m of 30m by default: a sixth.
+        let remind_ms = if cluster.is_some() {
+            remind_ms.min(window_ms / 6)
+        } else {
+            remind_ms
+        };
         if remind_ms == 0 || remind_ms >= window_ms {
             return usage(format!(
                 "--remind-before ({}) must be positive and shorter than --window ({})",
@@ -255,9 +354,10 @@ impl Config {
         if step_ms == 0 || step_ms > 60_000 || !args.step.subsec_nanos().is_multiple_of(1_000_000) {
             return usage("--step must be a whole number of milliseconds, from 1ms to 60s".into());
         }
-        let shards = match args.shards {
-            Some(n) => n as usize,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        let shards = match (args.shards, &cluster) {
+            (Some(n), _) => n as usize,
+            (None, Some(_)) => DEFAULT_CLUSTER_SHARDS as usize,
+            (None, None) => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
         let max_pending = args.max_pending.map(|n| n as usize);
         if let Some(max) = max_pending
@@ -276,12 +376,12 @@ impl Config {
         if cfg!(not(feature = "prometheus")) && args.metrics_addr.is_some() {
             return usage("--metrics-addr needs a build with `--features prometheus`".into());
         }
-        let stock = args.stock.unwrap_or(args.orders * u64::from(args.max_qty));
+        let stock = args.stock.unwrap_or(orders * u64::from(args.max_qty));
         let crash_at_ms = args.crash_at.map(ms);
         if let Some(at_ms) = crash_at_ms {
             // The last moment anything can happen: the last order's deadline
             // and its re-checks.
-            let last_ms = sale_ms + window_ms + Self::span_ms(recheck_ms, args.max_snoozes);
+            let last_ms = Self::last_ms(sale_ms, window_ms, recheck_ms, args.max_snoozes);
             if at_ms == 0 || at_ms > last_ms {
                 return usage(format!(
                     "--crash-at must fall inside the run: between 1ms and {} (sale + window + \
@@ -329,8 +429,21 @@ impl Config {
                 }
             },
         };
+        if let Some(cluster) = &cluster {
+            // The last order's deadline: nothing happens after it.
+            let last_ms = sale_ms + window_ms;
+            if let Some(kill) = cluster.kills.iter().find(|k| k.at_ms > last_ms) {
+                return usage(format!(
+                    "--kill-node {}@{} falls after the run: the last deadline is at {} (sale + \
+                     window)",
+                    kill.node,
+                    show_ms(kill.at_ms),
+                    show_ms(last_ms)
+                ));
+            }
+        }
         Ok(Self {
-            orders: args.orders,
+            orders,
             sale_ms,
             window_ms,
             remind_before_ms: remind_ms,
@@ -351,13 +464,67 @@ impl Config {
             batch_size: args.batch_size as usize,
             max_pending,
             step_ms,
-            real_time_speed: args.real_time.then_some(args.speed),
+            real_time_speed,
             checkout_threads,
             durable,
+            cluster,
             json: args.json,
             report,
             metrics_addr: args.metrics_addr,
         })
+    }
+
+    /// Checks the `--cluster` arguments that stand alone: the node count,
+    /// the DSN (flag or environment), and the kills.
+    fn cluster(nodes: u32, pg: Option<String>, kills: &[KillAt]) -> Result<Cluster, Error> {
+        let usage = |message: String| Err(Error::Usage(message));
+        if cfg!(not(feature = "postgres")) {
+            return usage(
+                "--cluster needs the cluster node, which this build does not have: rebuild \
+                 with `--features postgres` (e.g. `cargo run --release --features postgres -- \
+                 simulate --cluster 3`)"
+                    .into(),
+            );
+        }
+        let dsn = match pg.or_else(|| std::env::var("DUEWHEEL_PG_DSN").ok()) {
+            Some(dsn) if !dsn.trim().is_empty() => dsn,
+            _ => {
+                return usage(
+                    "--cluster needs a PostgreSQL: pass --pg DSN or set DUEWHEEL_PG_DSN \
+                     (e.g. `eval \"$(scripts/pg-up.sh)\"` starts a throwaway one)"
+                        .into(),
+                );
+            }
+        };
+        let mut kills = kills.to_vec();
+        kills.sort_by_key(|k| (k.at_ms, k.node));
+        let mut victims = Vec::new();
+        for kill in &kills {
+            if kill.node > nodes {
+                return usage(format!(
+                    "--kill-node {}@{}: there are only {nodes} nodes (numbered from 1)",
+                    kill.node,
+                    show_ms(kill.at_ms)
+                ));
+            }
+            if victims.contains(&kill.node) {
+                return usage(format!(
+                    "--kill-node: node {} is killed twice (a killed node stays dead)",
+                    kill.node
+                ));
+            }
+            victims.push(kill.node);
+        }
+        if victims.len() as u32 >= nodes {
+            return usage(format!(
+                "--kill-node kills all {nodes} nodes: at least one must survive to take over"
+            ));
+        }
+        Ok(Cluster { nodes, dsn, kills })
+    }
+
+    fn last_ms(sale_ms: u64, window_ms: u64, recheck_ms: u64, max_snoozes: u8) -> u64 {
+        sale_ms + window_ms + Self::span_ms(recheck_ms, max_snoozes)
     }
 
     /// The longest a "pending" order can be re-checked after its deadline.
@@ -407,6 +574,24 @@ fn prepare_dir(dir: &Path) -> Result<(), String> {
     File::create(&probe)
         .and_then(|_| fs::remove_file(&probe))
         .map_err(|e| format!("cannot write in the --durable directory {shown}: {e}"))
+}
+
+/// `I@T`: node `I` (1-based) at sale time `T`.
+fn parse_kill(s: &str) -> Result<KillAt, String> {
+    let bad = || format!("expected NODE@TIME with NODE from 1, e.g. 1@5m or 2@90s, got {s:?}");
+    let (node, at) = s.split_once('@').ok_or_else(bad)?;
+    let node: u32 = node.trim().parse().map_err(|_| bad())?;
+    if node == 0 {
+        return Err(bad());
+    }
+    let at = parse_duration(at)?;
+    let at_ms = u64::try_from(at.as_millis()).map_err(|_| bad())?;
+    if at_ms == 0 {
+        return Err(format!(
+            "the kill time must be after the opening, got {s:?}"
+        ));
+    }
+    Ok(KillAt { node, at_ms })
 }
 
 /// `always` or `every-ms:N`.
@@ -576,6 +761,22 @@ mod tests {
     fn counts_start_at_one_and_may_be_grouped() {
         assert_eq!(parse_count("1_000_000"), Ok(1_000_000));
         assert!(parse_count("0").unwrap_err().contains("at least 1"));
+    }
+
+    #[test]
+    fn kills_name_a_node_from_one_and_a_moment() {
+        assert_eq!(
+            parse_kill("2@90s"),
+            Ok(KillAt {
+                node: 2,
+                at_ms: 90_000
+            })
+        );
+        assert!(parse_kill("0@5m").is_err());
+        assert!(parse_kill("1").is_err());
+        assert!(parse_kill("1@").is_err());
+        assert!(parse_kill("1@0s").is_err());
+        assert!(parse_kill("x@5m").is_err());
     }
 
     #[test]

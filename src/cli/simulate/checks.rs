@@ -49,12 +49,12 @@ pub(crate) struct Check {
 }
 
 /// Collects violations for one check.
-struct Verdict {
+pub(super) struct Verdict {
     check: Check,
 }
 
 impl Verdict {
-    fn new(id: &'static str, name: &'static str) -> Self {
+    pub(super) fn new(id: &'static str, name: &'static str) -> Self {
         Self {
             check: Check {
                 id,
@@ -68,7 +68,7 @@ impl Verdict {
     }
 
     /// Records a violation unless `holds`.
-    fn expect(&mut self, holds: bool, what: impl FnOnce() -> String) {
+    pub(super) fn expect(&mut self, holds: bool, what: impl FnOnce() -> String) {
         if !holds {
             self.check.ok = false;
             self.check.violations += 1;
@@ -78,7 +78,7 @@ impl Verdict {
         }
     }
 
-    fn done(mut self, detail: String) -> Check {
+    pub(super) fn done(mut self, detail: String) -> Check {
         self.check.detail = detail;
         self.check
     }

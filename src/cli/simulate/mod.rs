@@ -17,7 +17,10 @@
 //!   recovery;
 //! - [`checks`]: the invariants;
 //! - [`report`], [`html`], [`memory`]: what the run tells people and
-//!   machines.
+//!   machines;
+//! - `cluster` (feature `postgres`): the same sale on N `duewheel node`
+//!   processes sharing PostgreSQL, with `cluster_nodes` (the processes and
+//!   their pipes), `cluster_checks` (its invariants) and `cluster_report`.
 //!
 //! `--durable DIR` runs the same sale on the engine's write-ahead log;
 //! `--crash-at 5m` also kills the engine at that simulated moment (no
@@ -31,6 +34,16 @@ mod buyers;
 mod callers;
 mod checks;
 mod clock;
+#[cfg(feature = "postgres")]
+mod cluster;
+#[cfg(feature = "postgres")]
+mod cluster_checks;
+#[cfg(feature = "postgres")]
+mod cluster_db;
+#[cfg(feature = "postgres")]
+mod cluster_nodes;
+#[cfg(feature = "postgres")]
+mod cluster_report;
 mod crash;
 mod driver;
 mod html;
@@ -61,6 +74,10 @@ pub(crate) enum Error {
 /// Runs the simulation; `Ok(true)` if every invariant held.
 pub(crate) fn run(args: Args) -> Result<bool, Error> {
     let mut config = Config::from_args(args)?;
+    #[cfg(feature = "postgres")]
+    if config.cluster.is_some() {
+        return cluster::run(&config);
+    }
     let report_file = config.report.take();
     let config = Arc::new(config);
     let progress = progress_bar(&config);
