@@ -257,7 +257,10 @@ fn node_is_send(node: Node<String>) -> impl Send {
 fn connections_killed_mid_statement_lose_nothing() {
     let Some(dsn) = dsn() else { return };
     let schema = schema("terminate");
-    let cfg = |name| config(&dsn, &schema, name).op_timeout(Duration::from_secs(10));
+    // Its own application name, so the killer spares the other tests' nodes.
+    let app = format!("dw_terminate_{}", std::process::id());
+    let node_dsn = format!("{dsn} application_name={app}");
+    let cfg = |name| config(&node_dsn, &schema, name).op_timeout(Duration::from_secs(10));
     let a = cfg("a").start::<String>().unwrap();
     let b = cfg("b").start::<String>().unwrap();
     eventually(Duration::from_secs(10), "the shards divided", || {
@@ -265,7 +268,11 @@ fn connections_killed_mid_statement_lose_nothing() {
     });
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let killer = {
-        let (dsn, stop) = (format!("{dsn} application_name=killer"), stop.clone());
+        let (dsn, stop, app) = (
+            format!("{dsn} application_name=killer"),
+            stop.clone(),
+            app.clone(),
+        );
         std::thread::spawn(move || {
             let mut c = postgres::Client::connect(&dsn, postgres::NoTls).unwrap();
             let mut kills = 0u64;
@@ -274,8 +281,8 @@ fn connections_killed_mid_statement_lose_nothing() {
                 let n: i64 = c
                     .query_one(
                         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                         WHERE application_name = 'duewheel' AND pid <> pg_backend_pid()",
-                        &[],
+                         WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                        &[&app],
                     )
                     .map_or(0, |r| r.get(0));
                 kills += u64::try_from(n).unwrap_or(0);
