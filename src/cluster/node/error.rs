@@ -41,7 +41,10 @@ impl NodeError {
 /// payload back.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ScheduleError<P> {
-    /// A timer with this id is stored already (pending or being delivered).
+    /// A timer with this id is stored already (pending or being
+    /// delivered) with another deadline or payload. (The same id, deadline
+    /// and payload again is `Ok`: scheduling is idempotent, so a retry
+    /// after `InDoubt` is safe.)
     #[error("a timer with this id is already scheduled")]
     AlreadyScheduled(P),
     /// The request is invalid (deadline beyond `i64::MAX` ms, payload too

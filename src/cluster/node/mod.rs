@@ -636,7 +636,8 @@ impl<P: Codec + Clone + Send + 'static> NodeScheduler<P> {
 
     /// Schedules `payload` for `id`, due at `deadline`. Returns once the row
     /// is committed (durable in PostgreSQL): it then fires at least once
-    /// unless cancelled, whichever node dies.
+    /// unless cancelled, whichever node dies. Idempotent: the same id,
+    /// deadline and payload again answers `Ok` while the row exists.
     pub fn schedule(
         &self,
         id: u64,
