@@ -822,17 +822,7 @@ impl Driver {
     fn missing_deliveries(&self) -> usize {
         self.orders
             .iter()
-            .filter(|o| {
-                o.sched == Sched::Ok
-                    && matches!(
-                        o.cancel,
-                        CancelState::NoPayment
-                            | CancelState::Fired
-                            | CancelState::NotFound
-                            | CancelState::Skipped
-                    )
-                    && o.deliveries.is_empty()
-            })
+            .filter(|o| cluster_checks::must_fire(o) && o.deliveries.is_empty())
             .count()
     }
 

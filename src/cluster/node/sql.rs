@@ -74,6 +74,15 @@ struct Statements {
 const FENCE: &str = "f AS MATERIALIZED (SELECT shard_id, epoch FROM shards
                        WHERE shard_id = ANY($1::int[]) ORDER BY shard_id FOR SHARE)";
 
+/// The shard rows `owner` ($3) still holds at the epochs sent (`$1`
+/// shards, `$2` epochs), locked in shard order: what renew and release
+/// update.
+const HELD: &str = "(SELECT sh.shard_id FROM shards sh
+                      JOIN unnest($1::int[], $2::bigint[]) AS x(id, e)
+                        ON sh.shard_id = x.id AND sh.epoch = x.e
+                      WHERE sh.owner = $3
+                      ORDER BY sh.shard_id FOR NO KEY UPDATE OF sh)";
+
 impl Statements {
     fn prepare(c: &mut postgres::Client) -> Result<Self, postgres::Error> {
         Ok(Self {
@@ -142,16 +151,10 @@ impl Statements {
                    RETURNING 1)
                  SELECT f.shard_id, f.epoch, (SELECT count(*) FROM d) FROM f"
             ))?,
-            renew: c.prepare(
+            renew: c.prepare(&format!(
                 "UPDATE shards s SET lease_expires_at = now() + $4::bigint * interval '1 millisecond'
-                 FROM (SELECT sh.shard_id FROM shards sh
-                       JOIN unnest($1::int[], $2::bigint[]) AS x(id, e)
-                         ON sh.shard_id = x.id AND sh.epoch = x.e
-                       WHERE sh.owner = $3
-                       ORDER BY sh.shard_id FOR NO KEY UPDATE OF sh) c
-                 WHERE s.shard_id = c.shard_id
-                 RETURNING s.shard_id",
-            )?,
+                 FROM {HELD} c WHERE s.shard_id = c.shard_id RETURNING s.shard_id"
+            ))?,
             // The backstop sweeper and the balancer in one: free shards, our
             // own from an earlier incarnation, and shards whose lease expired
             // more than `grace` ago, skipping rows another node is taking.
@@ -170,21 +173,18 @@ impl Statements {
                  WHERE s.shard_id = c.shard_id
                  RETURNING s.shard_id, s.epoch",
             )?,
-            release: c.prepare(
+            release: c.prepare(&format!(
                 "UPDATE shards s SET owner = NULL, epoch = s.epoch + 1,
                    lease_expires_at = '-infinity'
-                 FROM (SELECT sh.shard_id FROM shards sh
-                       JOIN unnest($1::int[], $2::bigint[]) AS x(id, e)
-                         ON sh.shard_id = x.id AND sh.epoch = x.e
-                       WHERE sh.owner = $3
-                       ORDER BY sh.shard_id FOR NO KEY UPDATE OF sh) c
-                 WHERE s.shard_id = c.shard_id
-                 RETURNING s.shard_id",
-            )?,
+                 FROM {HELD} c WHERE s.shard_id = c.shard_id RETURNING s.shard_id"
+            ))?,
+            // The upsert runs whether or not the query reads it (a
+            // data-modifying CTE always runs to completion); the count sees
+            // the table as it was, so it counts the others and adds one.
             heartbeat: c.prepare(
                 "WITH hb AS (INSERT INTO nodes (node_id, seen_at) VALUES ($1, now())
-                   ON CONFLICT (node_id) DO UPDATE SET seen_at = now() RETURNING 1)
-                 SELECT 1 + count(*) + 0 * (SELECT count(*) FROM hb) FROM nodes
+                   ON CONFLICT (node_id) DO UPDATE SET seen_at = now())
+                 SELECT 1 + count(*) FROM nodes
                  WHERE node_id <> $1 AND seen_at > now() - $2::bigint * interval '1 millisecond'",
             )?,
             leave: c.prepare("DELETE FROM nodes WHERE node_id = $1")?,
