@@ -94,8 +94,8 @@ pub mod wheel;
 pub use clock::{Clock, Deadline, ManualClock, SystemClock};
 pub use codec::{Codec, DecodeError};
 pub use engine::{
-    Builder, Consumer, Engine, Event, EventKind, GroupStats, Lateness, MAX_REMINDERS, PendingTimer,
-    Scheduler, Shutdown, Stats, SubscribeError,
+    Builder, Consumer, Engine, Event, EventKind, GroupStats, Hooks, Lateness, MAX_REMINDERS,
+    PendingTimer, Round, Scheduler, Shutdown, Stats, SubscribeError,
 };
 pub use error::{
     AckError, BuildError, Cancel, CancelError, RescheduleError, ScheduleError, SnoozeError,

@@ -95,6 +95,7 @@ where
             self.durable_async(accepted.seq)
                 .await
                 .map_err(|_| AckError::Storage)?;
+            self.inner.ended(&id);
         }
         Ok(())
     }

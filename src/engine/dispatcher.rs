@@ -155,13 +155,12 @@ impl<K: Clone, P: Clone> Outbox<K, P> {
     where
         K: Hash + Eq,
     {
-        #[cfg(feature = "postgres")]
         if let Some(hooks) = &inner.hooks {
             // Cluster mode: deliver only what the store claimed; what it
             // refused (cancelled elsewhere, or the shard is no longer ours)
             // leaves the engine.
             let mut dropped = Vec::new();
-            hooks.admit(&mut self.fired, &mut dropped);
+            hooks.admit(&mut super::hooks::Round::new(&mut self.fired, &mut dropped));
             for id in dropped {
                 inner.shard_of(&id).lock().discard(&id);
             }

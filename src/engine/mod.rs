@@ -31,14 +31,14 @@ mod async_scheduler;
 mod consumer;
 mod dispatcher;
 mod event;
-#[cfg(feature = "postgres")]
-pub(crate) mod hooks;
+mod hooks;
 mod shard;
 mod stats;
 mod wake;
 
 pub use self::consumer::Consumer;
 pub use self::event::{Event, EventKind};
+pub use self::hooks::{Hooks, Round};
 pub use self::shard::PendingTimer;
 pub use self::stats::{GroupStats, Lateness, Stats};
 
@@ -104,14 +104,21 @@ pub(crate) struct Inner<K, P> {
     delivering_since_ms: AtomicU64,
     /// Events that shutdown interrupted before every group had them.
     undelivered: Mutex<Vec<Undelivered<K, P>>>,
-    /// Cluster mode: the store that claims before delivery (see `hooks`).
-    #[cfg(feature = "postgres")]
-    hooks: Option<Arc<dyn hooks::Hooks<K, P>>>,
+    /// A store that claims before delivery (see `hooks`), if any.
+    hooks: Option<Arc<dyn Hooks<K, P>>>,
 }
 
 impl<K, P> Inner<K, P> {
     fn shards(&self) -> impl Iterator<Item = &Mutex<Shard<K, P>>> {
         self.shards.iter().map(|s| &s.0)
+    }
+
+    /// `id`'s timer ended by acknowledgement: the one place that tells the
+    /// store (see `hooks`), whichever ack call ended it.
+    fn ended(&self, id: &K) {
+        if let Some(hooks) = &self.hooks {
+            hooks.ended(id);
+        }
     }
 
     fn unpark(&self) {
@@ -149,7 +156,6 @@ struct Settled {
 
 impl<K: Hash + Eq + Clone, P: Clone> Inner<K, P> {
     /// The shard that owns `id`.
-    #[cfg(feature = "postgres")]
     fn shard_of(&self, id: &K) -> &Mutex<Shard<K, P>> {
         &self.shards[shard_index(id, self.shards.len())].0
     }
@@ -212,8 +218,7 @@ pub struct Builder<K, P> {
     groups: Vec<String>,
     durable: Option<DurableOpen<K, P>>,
     wal: WalOptions,
-    #[cfg(feature = "postgres")]
-    hooks: Option<Arc<dyn hooks::Hooks<K, P>>>,
+    hooks: Option<Arc<dyn Hooks<K, P>>>,
     checkpoint_every: Duration,
     _types: PhantomData<fn(K, P)>,
 }
@@ -241,7 +246,6 @@ where
             groups: Vec::new(),
             durable: None,
             wal: WalOptions::default(),
-            #[cfg(feature = "postgres")]
             hooks: None,
             checkpoint_every: Duration::from_secs(60),
             _types: PhantomData,
@@ -422,7 +426,6 @@ where
             settled_cv: Condvar::new(),
             delivering_since_ms: AtomicU64::new(u64::MAX),
             undelivered: Mutex::new(Vec::new()),
-            #[cfg(feature = "postgres")]
             hooks: self.hooks,
         });
         // Consumers declared up front exist before the first event; the
@@ -490,10 +493,11 @@ where
     K: Hash + Eq + Clone + Send + 'static + Codec,
     P: Clone + Send + 'static + Codec,
 {
-    /// Cluster mode: every round is claimed through `hooks` before delivery,
-    /// and ended timers are reported to it.
-    #[cfg(feature = "postgres")]
-    pub(crate) fn hooks(mut self, hooks: Arc<dyn hooks::Hooks<K, P>>) -> Self {
+    /// Plugs in a store that shares timers with other processes (the
+    /// cluster): every round of fired events goes through
+    /// [`Hooks::admit`] before delivery, and every timer acknowledged by all
+    /// groups is reported to [`Hooks::ended`]. See [`Hooks`].
+    pub fn hooks(mut self, hooks: Arc<dyn Hooks<K, P>>) -> Self {
         self.hooks = Some(hooks);
         self
     }
@@ -999,10 +1003,7 @@ where
         let accepted = self.shard(id).lock().ack(id, group, now_ms)?;
         if accepted.value {
             self.durable(accepted.seq).map_err(|_| AckError::Storage)?;
-            #[cfg(feature = "postgres")]
-            if let Some(hooks) = &self.inner.hooks {
-                hooks.ended(id);
-            }
+            self.inner.ended(id);
         }
         Ok(())
     }

@@ -529,7 +529,6 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
 
     /// Forgets `id`'s timer if it is in flight (cluster mode: the store
     /// refused to deliver it, so no ack will come; see `engine::hooks`).
-    #[cfg(feature = "postgres")]
     pub(crate) fn discard(&mut self, id: &K) {
         let Lookup::Live(key) = self.lookup(id) else {
             return;

@@ -11,7 +11,7 @@
 use super::sql::NodeDb;
 use super::{KeeperMsg, Shared, bump};
 use crate::cluster::error::QueryError;
-use crate::engine::hooks::{Fired, Hooks};
+use crate::{Hooks, Round};
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
@@ -36,16 +36,16 @@ impl Gate {
 }
 
 impl<P: Clone> Hooks<u64, P> for Gate {
-    fn admit(&self, fired: &mut Vec<Fired<u64, P>>, dropped: &mut Vec<u64>) {
+    fn admit(&self, round: &mut Round<'_, u64, P>) {
         let shared = &*self.shared;
         let mut backoff = Duration::from_millis(50);
         loop {
             // Only shards this node holds now; the rest left with their
             // shard (the new owner fires them from its own load).
-            let mut items = Vec::with_capacity(fired.len());
-            let mut redeliver = Vec::with_capacity(fired.len());
+            let mut items = Vec::with_capacity(round.len());
+            let mut redeliver = Vec::with_capacity(round.len());
             let mut marked = shared.redeliver.lock();
-            fired.retain(|(_, _, event)| {
+            round.retain(|event| {
                 let shard = shared.map.shard_of_id(event.id);
                 match shared.epoch_of(shard) {
                     Some(epoch) if !shared.stopping() => {
@@ -57,7 +57,6 @@ impl<P: Clone> Hooks<u64, P> for Gate {
                     }
                     _ => {
                         marked.remove(&event.id);
-                        dropped.push(event.id);
                         false
                     }
                 }
@@ -85,7 +84,7 @@ impl<P: Clone> Hooks<u64, P> for Gate {
                     let attempts: FxHashMap<u64, u32> = claimed.ids.into_iter().collect();
                     let mut claim_epochs = shared.claim_epochs.lock();
                     let mut marked = shared.redeliver.lock();
-                    fired.retain_mut(|(_, _, event)| match attempts.get(&event.id) {
+                    round.retain(|event| match attempts.get(&event.id) {
                         Some(&attempt) => {
                             marked.remove(&event.id);
                             event.attempt = attempt.max(1);
@@ -103,7 +102,6 @@ impl<P: Clone> Hooks<u64, P> for Gate {
                         // not due by the table's deadline: nothing to deliver.
                         None => {
                             marked.remove(&event.id);
-                            dropped.push(event.id);
                             false
                         }
                     });
@@ -134,7 +132,7 @@ impl<P: Clone> Hooks<u64, P> for Gate {
                     for (shard, epoch) in shards {
                         let _ = shared.keeper.send(KeeperMsg::Reacquire { shard, epoch });
                     }
-                    dropped.extend(fired.drain(..).map(|(_, _, event)| event.id));
+                    round.drop_all();
                     return;
                 }
             }
