@@ -46,6 +46,7 @@
 //! | `prometheus` | [`prometheus::Exporter`]: the engine's [`Stats`] as Prometheus text (`duewheel_pending_timers`, `duewheel_fired_total`, the `duewheel_lateness_seconds` histogram, `duewheel_consumer_lag`, `duewheel_oldest_overdue_seconds`, ...), rendered on demand or served over HTTP; `duewheel simulate --metrics-addr`. Implies `metrics` |
 //! | `metrics` | [`Stats::publish`] into the `metrics` facade; the dispatcher publishes once a second to the global recorder |
 //! | `tracing` | `tracing` events (target `duewheel`) for dispatcher batches and stalls, consumer backpressure, WAL commits, checkpoints and recovery; never one per timer |
+//! | `serde` | [`Serde`]: a [`Codec`] for any `Serialize + DeserializeOwned` payload or id (postcard's compact format), so a struct payload goes through the durable log as is |
 //! | `postgres` | `cluster`: the PostgreSQL layer of scale-out (versioned schema, fixed logical shards, epoch-fenced leases, a store whose ownership-dependent writes are fenced by a `FOR SHARE` lock on the shard row). The cluster node built on it is not there yet: `docs/SCALE_OUT.md` |
 //!
 //! # The wheel alone
@@ -87,6 +88,9 @@ mod key;
 #[cfg(feature = "prometheus")]
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
 pub mod prometheus;
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+mod serde_codec;
 mod trace;
 pub mod wal;
 pub mod wheel;
@@ -103,6 +107,8 @@ pub use error::{
 };
 
 pub use key::TimerKey;
+#[cfg(feature = "serde")]
+pub use serde_codec::Serde;
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]
