@@ -398,3 +398,63 @@ fn connections_killed_mid_statement_lose_nothing() {
     b.shutdown();
     drop_schema(&dsn, &schema);
 }
+
+/// Rows left in the timers table.
+fn rows(dsn: &str, schema: &str) -> i64 {
+    let mut c = postgres::Client::connect(dsn, postgres::NoTls).unwrap();
+    c.query_one(&format!("SELECT count(*) FROM \"{schema}\".timers"), &[])
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn an_async_ack_ends_the_row_and_no_other_node_redelivers_it() {
+    let Some(dsn) = dsn() else { return };
+    let schema = schema("async_ack");
+    let a = config(&dsn, &schema, "a").start::<String>().unwrap();
+    eventually(Duration::from_secs(10), "a owns every shard", || {
+        a.stats().owned == 16
+    });
+    let mut ca = a.subscribe("orders").unwrap();
+    let now = a.scheduler().now_ms();
+    let timers = (1..=40u64).map(|id| (id, Deadline::at_unix_ms(now + 300), format!("p{id}")));
+    for r in a.scheduler().schedule_batch(timers) {
+        r.unwrap();
+    }
+    // Half acked with `ack`, half with `ack_async`: both must end the row.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut acked = HashSet::new();
+    let until = Instant::now() + Duration::from_secs(15);
+    while acked.len() < 40 && Instant::now() < until {
+        if let Ok(e) = ca.recv_timeout(Duration::from_millis(50)) {
+            if e.id % 2 == 0 {
+                ca.ack(&e).unwrap();
+            } else {
+                runtime.block_on(ca.ack_async(&e)).unwrap();
+            }
+            acked.insert(e.id);
+        }
+    }
+    assert_eq!(acked.len(), 40, "every timer fired on a");
+    eventually(
+        Duration::from_secs(10),
+        "every ack reached the table",
+        || a.stats().acked == 40 && rows(&dsn, &schema) == 0,
+    );
+    // A handover must not deliver any of them again.
+    let b = config(&dsn, &schema, "b").start::<String>().unwrap();
+    let mut cb = b.subscribe("orders").unwrap();
+    drop(ca);
+    a.shutdown();
+    eventually(Duration::from_secs(5), "b took every shard", || {
+        b.stats().owned == 16
+    });
+    let again = cb.recv_timeout(Duration::from_secs(2));
+    assert!(again.is_err(), "redelivered after an ack: {again:?}");
+    assert_eq!(b.stats().claimed, 0);
+    drop(cb);
+    b.shutdown();
+    drop_schema(&dsn, &schema);
+}
