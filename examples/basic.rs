@@ -9,7 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let engine = Engine::<u64, &str>::builder()
         .clock(clock.clone())
         .build()?;
-    let mut expiries = engine.subscribe("orders");
+    let mut expiries = engine.subscribe("orders")?;
     let scheduler = engine.scheduler();
 
     let window = Duration::from_secs(30 * 60);

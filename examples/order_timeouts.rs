@@ -56,9 +56,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .max_snoozes(3)
         .build()?;
     let (mut orders, mut inventory, mut notifier) = (
-        engine.subscribe("orders"),
-        engine.subscribe("inventory"),
-        engine.subscribe("notifier"),
+        engine.subscribe("orders")?,
+        engine.subscribe("inventory")?,
+        engine.subscribe("notifier")?,
     );
     let timers = engine.scheduler();
 

@@ -215,7 +215,7 @@ impl<K, P> Registry<K, P> {
 ///
 /// let clock = ManualClock::new(0);
 /// let engine = Engine::<u64, &str>::builder().clock(clock.clone()).build()?;
-/// let mut orders = engine.subscribe("orders");
+/// let mut orders = engine.subscribe("orders")?;
 /// engine.scheduler().schedule(7, Duration::from_secs(60), "order 7").unwrap();
 ///
 /// clock.advance(Duration::from_secs(60));

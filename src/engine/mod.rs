@@ -556,7 +556,7 @@ where
 ///
 /// let clock = ManualClock::new(1_700_000_000_000);
 /// let engine = Engine::<u64, String>::builder().clock(clock.clone()).build()?;
-/// let mut orders = engine.subscribe("order-cancel");
+/// let mut orders = engine.subscribe("order-cancel")?;
 /// let payments = engine.scheduler();
 ///
 /// // Two unpaid orders with a 30-minute window and a reminder 5 minutes before.
@@ -639,10 +639,14 @@ where
 
     /// A consumer of group `group`, creating the group if needed. A group
     /// created now receives the events fired from now on.
-    pub fn subscribe(&self, group: &str) -> Consumer<K, P> {
-        self.scheduler
-            .subscribe(group)
-            .expect("the registry is open while the engine lives")
+    ///
+    /// # Errors
+    ///
+    /// [`SubscribeError::UnknownGroup`] when acknowledgements are on (they
+    /// fix the groups at build, see [`Builder::group`]) and `group` was not
+    /// declared; [`SubscribeError::TooManyGroups`] for a 65th group.
+    pub fn subscribe(&self, group: &str) -> Result<Consumer<K, P>, SubscribeError> {
+        self.scheduler.subscribe(group)
     }
 
     /// A snapshot of the engine's statistics.
