@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! eval "$(scripts/pg-up.sh)"                    # or any DUEWHEEL_PG_DSN
-//! cargo build --release --features postgres     # the node binary
-//! cargo run --release --features postgres --example cluster_bench
+//! cargo build --release -p duewheel-cli         # the node binary
+//! cargo run --release -p duewheel-cli --example cluster_bench
 //! ```
 //!
 //! Measures, and prints as a markdown table with the machine's core count
@@ -32,10 +32,11 @@
 //! out, error or not.
 
 use duewheel_cluster::{NewTimer, StoreConfig};
+use duewheel_testkit::protocol::{Command, Line};
 use postgres::{Client, NoTls};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::process::{Child, ChildStdin, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -202,6 +203,17 @@ fn payload(id: u64) -> String {
     format!("{id:0>64}")
 }
 
+/// The `s` line scheduling `id` at `deadline_ms`.
+fn schedule(id: u64, deadline_ms: u64) -> String {
+    let payload = payload(id);
+    Command::Schedule {
+        id,
+        deadline_ms,
+        payload,
+    }
+    .to_string()
+}
+
 struct Row {
     what: String,
     nodes: u32,
@@ -294,15 +306,15 @@ impl Bench {
         let nodes = self.cluster(&mut schema, n)?;
         let deadline_ms = wall_ms() + 86_400_000;
         let ids: Vec<u64> = (1..=timers).collect();
-        let sched = nodes.feed(
-            &ids,
-            0,
-            |id| format!("s {id} {deadline_ms} {}", payload(id)),
-            Counter::Ok,
-        )?;
+        let sched = nodes.feed(&ids, 0, |id| schedule(id, deadline_ms), Counter::Ok)?;
         // Cancel each through the next node, not the one that scheduled it
         // (the owner is the shard's, by hash: a third of the time either).
-        let cancel = nodes.feed(&ids, 1, |id| format!("c {id}"), Counter::Cancelled)?;
+        let cancel = nodes.feed(
+            &ids,
+            1,
+            |id| Command::Cancel { id }.to_string(),
+            Counter::Cancelled,
+        )?;
         nodes.quit();
         schema.drop_now();
         Ok((sched, cancel))
@@ -317,12 +329,7 @@ impl Bench {
         let ahead_ms = (timers as f64 / schedules_per_s.max(1_000.0) * 1.5e3) as u64 + 2_000;
         let due_ms = wall_ms() + ahead_ms;
         let ids: Vec<u64> = (1..=timers).collect();
-        let sched = nodes.feed(
-            &ids,
-            0,
-            |id| format!("s {id} {due_ms} {}", payload(id)),
-            Counter::Ok,
-        )?;
+        let sched = nodes.feed(&ids, 0, |id| schedule(id, due_ms), Counter::Ok)?;
         if wall_ms() > due_ms {
             eprintln!("note: the schedules finished after the due moment; fires overlap them");
         }
@@ -561,49 +568,48 @@ impl Counts {
         }
     }
 
-    fn read(&self, line: &str) {
-        let word = line.split(' ').next().unwrap_or("");
+    fn read(&self, text: &str) {
         let now = wall_ms();
-        let note = |line: &str| {
+        let note = |text: &str| {
             if let Ok(mut e) = self.example.lock()
                 && e.is_empty()
             {
-                *e = line.to_string();
+                *e = text.to_string();
             }
         };
-        match word {
-            "ok" => {
+        match Line::parse(text) {
+            Line::Ok(_) => {
                 self.ok.fetch_add(1, Relaxed);
                 self.last_answer_ms.store(now, Relaxed);
             }
-            "err" => {
+            Line::Err { .. } => {
                 self.err.fetch_add(1, Relaxed);
-                note(line);
+                note(text);
             }
-            "cancelled" => {
+            Line::Cancelled(_) => {
                 self.cancelled.fetch_add(1, Relaxed);
                 self.last_answer_ms.store(now, Relaxed);
             }
-            "fired" | "notfound" | "cerr" => {
+            Line::Fired(_) | Line::NotFound(_) | Line::Cerr { .. } => {
                 self.cancel_other.fetch_add(1, Relaxed);
-                note(line);
+                note(text);
             }
-            "ev" => {
+            Line::Ev(_) => {
                 if self.ev.fetch_add(1, Relaxed) == 0 {
                     self.first_ev_ms.store(now, Relaxed);
                 }
                 self.last_ev_ms.store(now, Relaxed);
             }
-            "ready" => {
+            Line::Ready(_) => {
                 self.ready.store(1, Relaxed);
             }
-            "stats" => {
+            Line::Stats(_) => {
                 if let Ok(mut s) = self.stats.lock() {
                     s.0 += 1;
-                    s.1 = line.to_string();
+                    s.1 = text.to_string();
                 }
             }
-            _ => note(line),
+            Line::Unknown(_) => note(text),
         }
     }
 }
@@ -620,7 +626,7 @@ struct Node {
 
 impl Node {
     fn start(bin: &PathBuf, dsn: &str, schema: &str, name: &str, extra: &[&str]) -> Result<Node> {
-        let mut child = Command::new(bin)
+        let mut child = std::process::Command::new(bin)
             .args(["node", "--pg", dsn, "--schema", schema, "--node-id", name])
             .args(extra)
             .stdin(Stdio::piped())
@@ -700,17 +706,21 @@ impl Node {
         let until = Instant::now() + timeout;
         let mut asked = 0;
         loop {
-            let (seen, line) = self
+            let (seen, text) = self
                 .counts
                 .stats
                 .lock()
                 .map(|s| s.clone())
                 .unwrap_or_default();
             if seen == asked {
+                let stats = match Line::parse(&text) {
+                    Line::Stats(kv) => kv,
+                    _ => Vec::new(),
+                };
                 let field = |k: &str| {
-                    line.split(' ')
-                        .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
-                        .and_then(|v| v.parse::<u64>().ok())
+                    stats
+                        .iter()
+                        .find_map(|(name, v)| (name == k).then_some(*v))
                         .unwrap_or(0)
                 };
                 if field("owned") == 1 && field("pending") >= rows {
@@ -718,11 +728,11 @@ impl Node {
                 }
                 if Instant::now() > until {
                     return Err(format!(
-                        "{}: not all {rows} timers loaded after {timeout:?}: {line}",
+                        "{}: not all {rows} timers loaded after {timeout:?}: {text}",
                         self.name
                     ));
                 }
-                self.send("stats")?;
+                self.send(&Command::Stats.to_string())?;
                 asked += 1;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -846,7 +856,7 @@ impl Cluster {
     /// shards; the drop kills whatever is left.
     fn quit(self) {
         for node in &self.0 {
-            let _ = node.send("quit");
+            let _ = node.send(&Command::Quit.to_string());
         }
         for node in &self.0 {
             if let Ok(mut stdin) = node.stdin.lock() {

@@ -1,7 +1,7 @@
 //! Cluster nodes as separate OS processes on a real PostgreSQL: `duewheel
 //! node` killed with SIGKILL, frozen with SIGSTOP, racing cancels against
 //! fires across nodes, losing its database, and refusing bad input — driven
-//! through the line protocol of `briefs/protocol.md` and checked against
+//! through the line protocol (`duewheel_testkit::protocol`) and checked against
 //! what the nodes printed and what the database holds.
 //!
 //! Needs `DUEWHEEL_PG_DSN` (`eval "$(scripts/pg-up.sh)"`); without it the
@@ -22,13 +22,13 @@ use duewheel_testkit::pg;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cluster::{Cluster, Entry, Ev, Line, Rng, env_u64, lock, wait_timeout, wall_ms};
+use cluster::{Cluster, Command, Entry, Ev, Line, Rng, env_u64, lock, wait_timeout, wall_ms};
 use duewheel_cluster::{SCHEMA_VERSION, ShardMap};
 use pg::TestSchema;
 
@@ -87,7 +87,16 @@ fn payload(id: u64) -> String {
 }
 
 fn schedule_line(id: u64, deadline_ms: u64) -> String {
-    format!("s {id} {deadline_ms} {}\n", payload(id))
+    let command = Command::Schedule {
+        id,
+        deadline_ms,
+        payload: payload(id),
+    };
+    format!("{command}\n")
+}
+
+fn cancel_line(id: u64) -> String {
+    format!("{}\n", Command::Cancel { id })
 }
 
 // ---------------------------------------------------------------------------
@@ -737,7 +746,7 @@ fn kill9_takeover_loses_nothing() {
                 let live: Vec<usize> = (0..3).filter(|&n| cluster.live(n).is_some()).collect();
                 if ledger.ok.contains_key(&id) && !live.is_empty() {
                     let node = live[rng.range(0, live.len() as u64) as usize];
-                    if let Some(inc) = cluster.send(node, format!("c {id}\n")) {
+                    if let Some(inc) = cluster.send(node, cancel_line(id)) {
                         ledger.cancel_sent.insert(id, (node, inc));
                     }
                 } else if ledger.ok.contains_key(&id) {
@@ -1308,7 +1317,7 @@ fn cancel_vs_fire_across_nodes() {
         let chunk = ids.len().div_ceil(CHUNKS);
         for (k, slice) in ids.chunks(chunk).enumerate() {
             sleep_until_wall(first_ms + (k as i64 * WINDOW_MS / CHUNKS as i64) as u64);
-            let text: String = slice.iter().map(|id| format!("c {id}\n")).collect();
+            let text: String = slice.iter().map(|&id| cancel_line(id)).collect();
             cluster.send(a, text).unwrap();
         }
         for &id in &ids {
@@ -1564,7 +1573,7 @@ fn database_restart_mid_run() {
 
         thread::sleep(Duration::from_secs(3));
         let from = cluster.log.now();
-        let status = Command::new("sh")
+        let status = std::process::Command::new("sh")
             .args(["-c", &restart])
             .stdout(Stdio::null())
             .status()
@@ -1720,7 +1729,7 @@ fn as_refs(v: &[String]) -> Vec<&str> {
 /// how long it took); kills it after `limit`.
 fn run_node(args: &[&str], limit: Duration) -> (Option<i32>, String, Duration) {
     let start = Instant::now();
-    let mut child = Command::new(bin())
+    let mut child = std::process::Command::new(bin())
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -1,6 +1,9 @@
 //! The harness duewheel's command-line tool and its tests share, so that
 //! each thing is written once:
 //!
+//! - [`protocol`]: the line protocol of `duewheel node` (its stdin
+//!   commands and stdout lines), with `Display` and `FromStr`: the node
+//!   writes it, the simulator, the benchmark and the tests read it.
 //! - [`prom_text`]: a strict reader of the Prometheus text format, for the
 //!   tests of `duewheel::prometheus` and of `duewheel simulate
 //!   --metrics-addr`.
@@ -15,3 +18,4 @@
 #[cfg(feature = "pg")]
 pub mod pg;
 pub mod prom_text;
+pub mod protocol;

@@ -2,12 +2,9 @@
 //! stdout (the protocol drivers such as `simulate --cluster` and the
 //! process tests speak; see `docs/SCALE_OUT.md`).
 //!
-//! stdin, one command per line: `s <id> <deadline_ms> <payload>`, `c <id>`,
-//! `stats`, `quit` (EOF is `quit`). stdout, one line per answer or event:
-//! `ready <node>`, `ok <id>`, `err <id> <kind> <message>`, `cancelled <id>`,
-//! `fired <id>`, `notfound <id>`, `cerr <id> <kind> <message>`,
-//! `ev <id> <attempt> <fired_at_ms> <deadline_ms> <epoch> <payload>`,
-//! `stats k=v ...`.
+//! The lines, both ways, are `duewheel_testkit::protocol`'s types: stdin
+//! one [`Command`] per line (EOF is `quit`), stdout one [`Line`] per answer
+//! or event.
 //!
 //! Invariant: an `ev` line is written and flushed before its delivery is
 //! acknowledged, so every acked delivery is on stdout even if the process
@@ -19,7 +16,9 @@ use duewheel::{Cancel, Clock, Deadline};
 use duewheel_cluster::{
     NodeCancelError, NodeConfig, NodeScheduleError, NodeScheduler, NodeStats, StoreConfig,
 };
+use duewheel_testkit::protocol::{Command, Ev, Line};
 use parking_lot::Mutex;
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -124,6 +123,15 @@ impl Clock for SharedScaledClock {
 
 type Out = Arc<Mutex<BufWriter<std::io::Stdout>>>;
 
+/// Appends `line` and its newline to `buf`.
+fn push(buf: &mut String, line: &Line) {
+    let _ = writeln!(buf, "{line}");
+}
+
+fn write_line(out: &Out, line: &Line) {
+    write_lines(out, &format!("{line}\n"));
+}
+
 fn write_lines(out: &Out, lines: &str) {
     let mut out = out.lock();
     // A closed stdout (the driver went away) leaves nothing to tell.
@@ -164,7 +172,7 @@ pub(crate) fn run(args: Args) -> Result<(), Error> {
         }
     })?;
     let out: Out = Arc::new(Mutex::new(BufWriter::new(std::io::stdout())));
-    write_lines(&out, &format!("ready {}\n", args.node_id));
+    write_line(&out, &Line::Ready(args.node_id.clone()));
 
     let scheduler = node.scheduler();
     let stop = Arc::new(AtomicBool::new(false));
@@ -182,11 +190,15 @@ pub(crate) fn run(args: Args) -> Result<(), Error> {
                 batch.extend(events.drain_ready());
                 let mut lines = String::new();
                 for e in &batch {
-                    let epoch = scheduler.claim_epoch(e.id).unwrap_or(0);
-                    lines.push_str(&format!(
-                        "ev {} {} {} {} {} {}\n",
-                        e.id, e.attempt, e.fired_at_ms, e.deadline_ms, epoch, e.payload
-                    ));
+                    let ev = Ev {
+                        id: e.id,
+                        attempt: e.attempt,
+                        fired_at_ms: e.fired_at_ms,
+                        deadline_ms: e.deadline_ms,
+                        epoch: scheduler.claim_epoch(e.id).unwrap_or(0),
+                        payload: e.payload.clone(),
+                    };
+                    push(&mut lines, &Line::Ev(ev));
                 }
                 // Written and flushed before the acks (see the module doc).
                 write_lines(&out, &lines);
@@ -230,31 +242,28 @@ fn read_commands(node: &duewheel_cluster::Node<String>, work: &Sender<Work>, out
     loop {
         line.clear();
         let eof = !matches!(input.read_line(&mut line), Ok(n) if n > 0);
-        if !eof {
-            let mut fields = line.split_whitespace();
-            match (fields.next(), fields.next(), fields.next(), fields.next()) {
-                (Some("s"), Some(id), Some(deadline), Some(payload)) if fields.next().is_none() => {
-                    match (id.parse::<u64>(), deadline.parse::<u64>()) {
-                        (Ok(id), Ok(deadline)) => {
-                            schedules.push((id, deadline, payload.to_owned()))
-                        }
-                        _ => write_lines(
-                            out,
-                            &format!("err {id} invalid id and deadline must be u64\n"),
-                        ),
-                    }
+        if !eof && !line.trim().is_empty() {
+            match line.parse::<Command>() {
+                Ok(Command::Schedule {
+                    id,
+                    deadline_ms,
+                    payload,
+                }) => schedules.push((id, deadline_ms, payload)),
+                Ok(Command::Cancel { id }) => cancels.push(id),
+                Ok(Command::Stats) => write_line(out, &stats_line(&node.stats())),
+                Ok(Command::Quit) => break,
+                Err(e) => {
+                    let id = Command::id_of(&line);
+                    let (kind, message) = ("invalid".to_string(), Line::one_line(&e.0));
+                    write_line(
+                        out,
+                        &if line.trim_start().starts_with("c ") {
+                            Line::Cerr { id, kind, message }
+                        } else {
+                            Line::Err { id, kind, message }
+                        },
+                    );
                 }
-                (Some("c"), Some(id), None, None) => match id.parse::<u64>() {
-                    Ok(id) => cancels.push(id),
-                    Err(_) => write_lines(out, &format!("cerr {id} invalid id must be u64\n")),
-                },
-                (Some("stats"), None, None, None) => write_lines(out, &stats_line(&node.stats())),
-                (Some("quit"), None, None, None) => break,
-                (None, ..) => {}
-                _ => write_lines(
-                    out,
-                    &format!("err - invalid unknown command: {}\n", line.trim()),
-                ),
             }
         }
         // Hand over what is gathered once nothing more is buffered.
@@ -286,38 +295,52 @@ fn worker(rx: &Receiver<Work>, scheduler: &NodeScheduler<String>, out: &Out) {
                 let timers = timers
                     .into_iter()
                     .map(|(id, at, p)| (id, Deadline::at_unix_ms(at), p));
-                for (id, result) in ids.iter().zip(scheduler.schedule_batch(timers)) {
-                    lines.push_str(&match result {
-                        Ok(()) => format!("ok {id}\n"),
-                        Err(e) => {
-                            let kind = match &e {
-                                NodeScheduleError::AlreadyScheduled(_) => "duplicate",
-                                NodeScheduleError::Invalid { .. } => "invalid",
-                                NodeScheduleError::Unavailable { .. } => "unavailable",
-                                NodeScheduleError::InDoubt(_) => "indoubt",
-                                NodeScheduleError::ShuttingDown(_) => "shutdown",
-                            };
-                            format!("err {id} {kind} {}\n", one_line(&e.to_string()))
-                        }
-                    });
+                for (&id, result) in ids.iter().zip(scheduler.schedule_batch(timers)) {
+                    push(
+                        &mut lines,
+                        &match result {
+                            Ok(()) => Line::Ok(id),
+                            Err(e) => {
+                                let kind = match &e {
+                                    NodeScheduleError::AlreadyScheduled(_) => "duplicate",
+                                    NodeScheduleError::Invalid { .. } => "invalid",
+                                    NodeScheduleError::Unavailable { .. } => "unavailable",
+                                    NodeScheduleError::InDoubt(_) => "indoubt",
+                                    NodeScheduleError::ShuttingDown(_) => "shutdown",
+                                };
+                                Line::Err {
+                                    id: Some(id),
+                                    kind: kind.into(),
+                                    message: Line::one_line(&e.to_string()),
+                                }
+                            }
+                        },
+                    );
                 }
             }
             Work::Cancel(ids) => {
-                for (id, result) in ids.iter().zip(scheduler.cancel_batch(ids.iter().copied())) {
-                    lines.push_str(&match result {
-                        Ok(Cancel::Cancelled(_)) => format!("cancelled {id}\n"),
-                        Ok(Cancel::AlreadyFired) => format!("fired {id}\n"),
-                        Ok(Cancel::NotFound) => format!("notfound {id}\n"),
-                        Err(e) => {
-                            let kind = match &e {
-                                NodeCancelError::Unavailable(_) => "unavailable",
-                                NodeCancelError::InDoubt => "indoubt",
-                                NodeCancelError::ShuttingDown => "shutdown",
-                                NodeCancelError::Corrupt(_) => "corrupt",
-                            };
-                            format!("cerr {id} {kind} {}\n", one_line(&e.to_string()))
-                        }
-                    });
+                for (&id, result) in ids.iter().zip(scheduler.cancel_batch(ids.iter().copied())) {
+                    push(
+                        &mut lines,
+                        &match result {
+                            Ok(Cancel::Cancelled(_)) => Line::Cancelled(id),
+                            Ok(Cancel::AlreadyFired) => Line::Fired(id),
+                            Ok(Cancel::NotFound) => Line::NotFound(id),
+                            Err(e) => {
+                                let kind = match &e {
+                                    NodeCancelError::Unavailable(_) => "unavailable",
+                                    NodeCancelError::InDoubt => "indoubt",
+                                    NodeCancelError::ShuttingDown => "shutdown",
+                                    NodeCancelError::Corrupt(_) => "corrupt",
+                                };
+                                Line::Cerr {
+                                    id: Some(id),
+                                    kind: kind.into(),
+                                    message: Line::one_line(&e.to_string()),
+                                }
+                            }
+                        },
+                    );
                 }
             }
         }
@@ -325,29 +348,24 @@ fn worker(rx: &Receiver<Work>, scheduler: &NodeScheduler<String>, out: &Out) {
     }
 }
 
-fn one_line(s: &str) -> String {
-    s.replace(['\n', '\r'], " ")
-}
-
-fn stats_line(s: &NodeStats) -> String {
-    format!(
-        "stats owned={} pending={} scheduled={} cancelled={} claimed={} redelivered={} acked={} \
-         fenced={} lost={} acquired={} released={} loaded={} swept={} notified={} db_errors={} overdue={}\n",
-        s.owned,
-        s.pending,
-        s.scheduled,
-        s.cancelled,
-        s.claimed,
-        s.redelivered,
-        s.acked,
-        s.fenced,
-        s.lost,
-        s.acquired,
-        s.released,
-        s.loaded,
-        s.swept,
-        s.notified,
-        s.db_errors,
-        s.overdue
-    )
+fn stats_line(s: &NodeStats) -> Line {
+    let kv = [
+        ("owned", s.owned as u64),
+        ("pending", s.pending as u64),
+        ("scheduled", s.scheduled),
+        ("cancelled", s.cancelled),
+        ("claimed", s.claimed),
+        ("redelivered", s.redelivered),
+        ("acked", s.acked),
+        ("fenced", s.fenced),
+        ("lost", s.lost),
+        ("acquired", s.acquired),
+        ("released", s.released),
+        ("loaded", s.loaded),
+        ("swept", s.swept),
+        ("notified", s.notified),
+        ("db_errors", s.db_errors),
+        ("overdue", s.overdue),
+    ];
+    Line::Stats(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
 }

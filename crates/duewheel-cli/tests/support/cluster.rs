@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -51,100 +51,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// One delivery (`ev` line).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Ev {
-    pub(crate) id: u64,
-    pub(crate) attempt: u64,
-    pub(crate) fired_at_ms: u64,
-    pub(crate) deadline_ms: u64,
-    pub(crate) epoch: u64,
-    pub(crate) payload: String,
-}
-
-/// One stdout line of a node, parsed per `briefs/protocol.md`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Line {
-    Ready(String),
-    Ok(u64),
-    /// `err <id> <kind> <message>`; `id` is `None` for `-`.
-    Err {
-        id: Option<u64>,
-        kind: String,
-        message: String,
-    },
-    Cancelled(u64),
-    Fired(u64),
-    NotFound(u64),
-    Cerr {
-        id: Option<u64>,
-        kind: String,
-        message: String,
-    },
-    Ev(Ev),
-    Stats(BTreeMap<String, i64>),
-    /// Anything the protocol does not name (kept, and reported by the tests).
-    Other(String),
-}
-
-impl Line {
-    pub(crate) fn parse(text: &str) -> Line {
-        let other = || Line::Other(text.to_string());
-        let mut words = text.split(' ');
-        let verb = words.next().unwrap_or("");
-        let rest: Vec<&str> = words.collect();
-        let id = |i: usize| rest.get(i).and_then(|w| w.parse::<u64>().ok());
-        let num = id;
-        let failure = |rest: &[&str]| {
-            let id = rest.first().and_then(|w| w.parse::<u64>().ok());
-            let kind = rest.get(1).unwrap_or(&"").to_string();
-            let message = rest.get(2..).map(|m| m.join(" ")).unwrap_or_default();
-            (id, kind, message)
-        };
-        match verb {
-            "ready" if rest.len() == 1 => Line::Ready(rest[0].to_string()),
-            "ok" => id(0).map_or_else(other, Line::Ok),
-            "cancelled" => id(0).map_or_else(other, Line::Cancelled),
-            "fired" => id(0).map_or_else(other, Line::Fired),
-            "notfound" => id(0).map_or_else(other, Line::NotFound),
-            "err" if rest.len() >= 2 => {
-                let (id, kind, message) = failure(&rest);
-                Line::Err { id, kind, message }
-            }
-            "cerr" if rest.len() >= 2 => {
-                let (id, kind, message) = failure(&rest);
-                Line::Cerr { id, kind, message }
-            }
-            "ev" if rest.len() == 6 => match (num(0), num(1), num(2), num(3), num(4)) {
-                (Some(id), Some(attempt), Some(fired_at_ms), Some(deadline_ms), Some(epoch)) => {
-                    Line::Ev(Ev {
-                        id,
-                        attempt,
-                        fired_at_ms,
-                        deadline_ms,
-                        epoch,
-                        payload: rest[5].to_string(),
-                    })
-                }
-                _ => other(),
-            },
-            "stats" => {
-                let mut map = BTreeMap::new();
-                for kv in &rest {
-                    let Some((k, v)) = kv.split_once('=') else {
-                        return other();
-                    };
-                    // Non-numeric values (if any) are kept out of the map.
-                    if let Ok(v) = v.parse::<i64>() {
-                        map.insert(k.to_string(), v);
-                    }
-                }
-                Line::Stats(map)
-            }
-            _ => other(),
-        }
-    }
-}
+pub(crate) use duewheel_testkit::protocol::{Command, Ev, Line};
 
 /// One received line: which slot and incarnation wrote it, and when it
 /// arrived (since the cluster was created, and as wall-clock ms).
@@ -342,7 +249,7 @@ impl Cluster {
         slot.started += 1;
         let inc = slot.started;
         let stderr = File::create(self.stderr_path(node, inc)).unwrap();
-        let mut child = Command::new(&self.bin)
+        let mut child = std::process::Command::new(&self.bin)
             .args(&self.args)
             .args(["--node-id", &self.names[node]])
             .stdin(Stdio::piped())
@@ -414,7 +321,7 @@ impl Cluster {
     /// (the tests forbid `unsafe`, so no libc).
     pub(crate) fn signal(&self, node: usize, signal: &str) {
         let pid = self.pid(node).expect("node running");
-        let status = Command::new("kill")
+        let status = std::process::Command::new("kill")
             .args([format!("-{signal}"), pid.to_string()])
             .status()
             .expect("run kill(1)");
@@ -442,12 +349,16 @@ impl Cluster {
     pub(crate) fn stats(&self, node: usize, timeout: Duration) -> BTreeMap<String, i64> {
         let from = self.log.len();
         let inc = self
-            .send(node, "stats\n".to_string())
+            .send(node, format!("{}\n", Command::Stats))
             .expect("node running");
         self.log
             .wait_for(from, timeout, |entries| {
                 entries.iter().find_map(|e| match &e.line {
-                    Line::Stats(m) if e.node == node && e.inc == inc => Some(m.clone()),
+                    Line::Stats(kv) if e.node == node && e.inc == inc => Some(
+                        kv.iter()
+                            .map(|(k, v)| (k.clone(), i64::try_from(*v).unwrap_or(i64::MAX)))
+                            .collect(),
+                    ),
                     _ => None,
                 })
             })
@@ -459,7 +370,7 @@ impl Cluster {
     pub(crate) fn quit(&self, node: usize, timeout: Duration) -> Option<ExitStatus> {
         let proc = lock(&self.slots[node]).proc.take()?;
         if let Some(lines) = &proc.lines {
-            let _ = lines.send("quit\n".to_string());
+            let _ = lines.send(format!("{}\n", Command::Quit));
         }
         proc.finish(timeout)
     }
@@ -499,14 +410,14 @@ fn read_lines(stdout: ChildStdout, log: &Log, node: usize, inc: u32) {
             Ok(0) | Err(_) => return,
             Ok(_) => {
                 // A torn last line (the process died mid-write) has no '\n';
-                // it is kept as `Other` so no half-line counts as an answer.
+                // it is kept as `Unknown` so no half-line counts as an answer.
                 let whole = buf.last() == Some(&b'\n');
                 let text = String::from_utf8_lossy(&buf);
                 let text = text.trim_end_matches(['\n', '\r']);
                 let line = if whole {
                     Line::parse(text)
                 } else {
-                    Line::Other(text.to_string())
+                    Line::Unknown(text.to_string())
                 };
                 log.push(node, inc, line);
             }

@@ -29,7 +29,7 @@ use super::Error;
 use super::args::Config;
 use super::buyers::{Rng, SALE_OPENS_MS, Sale};
 use super::cluster_db::{Database, Leftover, ShardRow};
-use super::cluster_nodes::{Ev, Fate, Line, Nodes, Received, wall_now_ms};
+use super::cluster_nodes::{Command, Ev, Fate, Line, Nodes, Received, wall_now_ms};
 use super::{cluster_checks, cluster_report};
 use duewheel_cluster::ShardMap;
 use std::collections::BTreeMap;
@@ -480,7 +480,7 @@ impl Driver {
             {
                 Ok(Received {
                     node,
-                    line: Line::Ready(name),
+                    line: Some(Line::Ready(name)),
                     ..
                 }) => {
                     if name != self.nodes.name(node) {
@@ -492,9 +492,7 @@ impl Driver {
                     ready[node] = true;
                 }
                 Ok(Received {
-                    node,
-                    line: Line::Eof,
-                    ..
+                    node, line: None, ..
                 }) => {
                     // Let its exit status and stderr arrive.
                     std::thread::sleep(Duration::from_millis(200));
@@ -571,10 +569,10 @@ impl Driver {
     }
 
     /// Sends `line` to a random node that takes it; the node, or `None`.
-    fn send_somewhere(&mut self, line: &str) -> Option<usize> {
+    fn send_somewhere(&mut self, command: &Command) -> Option<usize> {
         loop {
             let node = self.pick_node()?;
-            if self.nodes.send(node, line) {
+            if self.nodes.send(node, command) {
                 self.runs[node].sent += 1;
                 self.outstanding += 1;
                 if self.first_send_wall_ms == 0 {
@@ -587,12 +585,12 @@ impl Driver {
 
     fn schedule(&mut self, order: usize) {
         let deadline_ms = self.orders[order].deadline_ms;
-        let line = format!(
-            "s {} {deadline_ms} {}",
-            Order::id_of(order),
-            Order::payload_of(order)
-        );
-        if let Some(node) = self.send_somewhere(&line) {
+        let command = Command::Schedule {
+            id: Order::id_of(order),
+            deadline_ms,
+            payload: Order::payload_of(order).to_string(),
+        };
+        if let Some(node) = self.send_somewhere(&command) {
             let o = &mut self.orders[order];
             o.sched = Sched::Pending;
             o.sched_node = node;
@@ -610,8 +608,10 @@ impl Driver {
     }
 
     fn cancel(&mut self, order: usize) {
-        let line = format!("c {}", Order::id_of(order));
-        match self.send_somewhere(&line) {
+        let command = Command::Cancel {
+            id: Order::id_of(order),
+        };
+        match self.send_somewhere(&command) {
             Some(node) => {
                 let o = &mut self.orders[order];
                 o.cancel = CancelState::Pending;
@@ -695,16 +695,17 @@ impl Driver {
             let order = usize::try_from(id.checked_sub(1)?).ok()?;
             (order < orders.len()).then_some(order)
         };
-        match r.line {
+        let Some(line) = r.line else {
+            self.closed(node);
+            return;
+        };
+        match line {
             Line::Ok(id) | Line::Err { id: Some(id), .. } => {
-                let ok = matches!(r.line, Line::Ok(_));
+                let ok = matches!(line, Line::Ok(_));
                 let Some(order) = order_of(id, &self.orders).filter(|&o| {
                     self.orders[o].sched == Sched::Pending && self.orders[o].sched_node == node
                 }) else {
-                    self.stray(format!(
-                        "{name}: {:?} answers no schedule sent to it",
-                        r.line
-                    ));
+                    self.stray(format!("{name}: `{line}` answers no schedule sent to it"));
                     return;
                 };
                 self.outstanding -= 1;
@@ -713,7 +714,7 @@ impl Driver {
                 if ok {
                     o.sched = Sched::Ok;
                     self.last_ok_wall_ms = r.wall_ms;
-                } else if let Line::Err { kind, .. } = &r.line {
+                } else if let Line::Err { kind, .. } = &line {
                     o.sched = Sched::Refused(ErrKind::parse(kind));
                 }
                 if o.cancel == CancelState::Deferred {
@@ -750,10 +751,11 @@ impl Driver {
                     )),
                 }
             }
-            Line::Stats(kv) => self.runs[node].stats = kv.into_iter().collect(),
-            Line::Eof => self.closed(node),
+            Line::Stats(kv) => {
+                self.runs[node].stats = kv.into_iter().map(|(k, v)| (k, v.to_string())).collect();
+            }
             Line::Err { id: None, .. } | Line::Cerr { id: None, .. } => {
-                self.stray(format!("{name}: {:?}: the driver sent no bad line", r.line));
+                self.stray(format!("{name}: `{line}`: the driver sent no bad line"));
             }
             Line::Ready(_) => self.stray(format!("{name}: a second `ready`")),
             Line::Unknown(text) => {
@@ -924,14 +926,14 @@ impl Driver {
             .filter(|&k| self.nodes.is_up(k))
             .collect();
         for &k in &up {
-            self.nodes.send(k, "stats");
+            self.nodes.send(k, &Command::Stats);
         }
         self.nodes.flush();
         let until = Instant::now() + STATS_TIMEOUT;
         let mut got = vec![false; self.nodes.len()];
         while up.iter().any(|&k| !got[k]) && Instant::now() < until {
             if let Ok(r) = self.nodes.lines().recv_timeout(Duration::from_millis(50)) {
-                if matches!(r.line, Line::Stats(_)) {
+                if matches!(r.line, Some(Line::Stats(_))) {
                     got[r.node] = true;
                 }
                 self.receive(r);

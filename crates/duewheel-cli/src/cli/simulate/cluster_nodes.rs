@@ -2,7 +2,8 @@
 //! writing their commands, reading their answers, killing them.
 //!
 //! The protocol (`duewheel node`'s stdin and stdout, one line each way) is
-//! parsed here and nowhere else: the driver sees [`Line`] values.
+//! `duewheel_testkit::protocol`'s: the driver writes [`Command`]s and sees
+//! [`Line`] values.
 //!
 //! Invariant: every child spawned here is killed (SIGKILL) and reaped when
 //! the [`Nodes`] is dropped, unless it already exited, whichever way the
@@ -17,10 +18,11 @@
 //! messages.
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
+pub(super) use duewheel_testkit::protocol::{Command, Ev, Line};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -32,123 +34,14 @@ const STDERR_TAIL: usize = 20;
 /// (the node's lines are short: the payloads are the driver's own).
 const MAX_LINE_BYTES: usize = 64 * 1024;
 
-/// One `ev` line: a delivery of an expired timer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Ev {
-    pub(super) id: u64,
-    pub(super) attempt: u32,
-    pub(super) fired_at_ms: u64,
-    pub(super) deadline_ms: u64,
-    pub(super) epoch: u64,
-    pub(super) payload: String,
-}
-
-/// One line of a node's stdout, parsed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum Line {
-    /// `ready <node-id>`.
-    Ready(String),
-    /// `ok <id>`: the schedule is committed.
-    Ok(u64),
-    /// `err <id|-> <kind> <message>`: the schedule was not accepted.
-    Err {
-        id: Option<u64>,
-        kind: String,
-        message: String,
-    },
-    /// `cancelled <id>`.
-    Cancelled(u64),
-    /// `fired <id>`: the fire won the race with the cancel.
-    Fired(u64),
-    /// `notfound <id>`.
-    NotFound(u64),
-    /// `cerr <id|-> <kind> <message>`.
-    Cerr {
-        id: Option<u64>,
-        kind: String,
-        message: String,
-    },
-    /// `ev ...`.
-    Ev(Ev),
-    /// `stats k=v ...`.
-    Stats(Vec<(String, String)>),
-    /// A line outside the protocol, kept whole.
-    Unknown(String),
-    /// The node's stdout closed.
-    Eof,
-}
-
-impl Line {
-    /// Parses one stdout line (without its newline).
-    pub(super) fn parse(line: &str) -> Line {
-        Self::try_parse(line).unwrap_or_else(|| Line::Unknown(line.to_string()))
-    }
-
-    fn try_parse(line: &str) -> Option<Line> {
-        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
-        let id = |s: &str| s.parse::<u64>().ok();
-        let one_id = || {
-            if rest.contains(' ') { None } else { id(rest) }
-        };
-        let failure = || {
-            let mut parts = rest.splitn(3, ' ');
-            let id_field = parts.next()?;
-            let kind = parts.next()?.to_string();
-            let message = parts.next().unwrap_or("").to_string();
-            let id = if id_field == "-" {
-                None
-            } else {
-                Some(id(id_field)?)
-            };
-            Some((id, kind, message))
-        };
-        Some(match word {
-            "ready" if !rest.is_empty() => Line::Ready(rest.to_string()),
-            "ok" => Line::Ok(one_id()?),
-            "cancelled" => Line::Cancelled(one_id()?),
-            "fired" => Line::Fired(one_id()?),
-            "notfound" => Line::NotFound(one_id()?),
-            "err" => {
-                let (id, kind, message) = failure()?;
-                Line::Err { id, kind, message }
-            }
-            "cerr" => {
-                let (id, kind, message) = failure()?;
-                Line::Cerr { id, kind, message }
-            }
-            "ev" => {
-                let f: Vec<&str> = rest.splitn(6, ' ').collect();
-                if f.len() != 6 || f[5].contains(' ') {
-                    return None;
-                }
-                Line::Ev(Ev {
-                    id: id(f[0])?,
-                    attempt: f[1].parse().ok()?,
-                    fired_at_ms: f[2].parse().ok()?,
-                    deadline_ms: f[3].parse().ok()?,
-                    epoch: f[4].parse().ok()?,
-                    payload: f[5].to_string(),
-                })
-            }
-            "stats" => Line::Stats(
-                rest.split_whitespace()
-                    .map(|kv| {
-                        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                        (k.to_string(), v.to_string())
-                    })
-                    .collect(),
-            ),
-            _ => return None,
-        })
-    }
-}
-
 /// A line from node `node`, read at `wall_ms` (UTC milliseconds).
 #[derive(Debug)]
 pub(super) struct Received {
     pub(super) node: usize,
     pub(super) wall_ms: u64,
-    pub(super) line: Line,
+    /// `None`: the node's stdout closed (after a kill: everything it wrote
+    /// before it died has been read).
+    pub(super) line: Option<Line>,
 }
 
 /// What became of a node process.
@@ -210,7 +103,7 @@ impl Nodes {
         name: &str,
         tx: &Sender<Received>,
     ) -> Result<(), String> {
-        let mut child = Command::new(exe)
+        let mut child = std::process::Command::new(exe)
             .arg("node")
             .args(common)
             .args(["--node-id", name])
@@ -285,7 +178,7 @@ impl Nodes {
     /// Writes one command line to node `node` (buffered until
     /// [`flush`](Self::flush)). `false` if the node cannot take it (dead or
     /// its stdin closed): the command was not sent.
-    pub(super) fn send(&mut self, node: usize, line: &str) -> bool {
+    pub(super) fn send(&mut self, node: usize, command: &Command) -> bool {
         let p = &mut self.procs[node];
         let Some(stdin) = p.stdin.as_mut() else {
             return false;
@@ -293,9 +186,7 @@ impl Nodes {
         if p.fate != Fate::Running {
             return false;
         }
-        let written = stdin
-            .write_all(line.as_bytes())
-            .and_then(|()| stdin.write_all(b"\n"));
+        let written = writeln!(stdin, "{command}");
         if written.is_err() {
             // A broken pipe: the node is gone; its end of the story comes
             // as `Eof` on stdout.
@@ -358,7 +249,7 @@ impl Nodes {
     ) -> Vec<(usize, Result<ExitStatus, String>)> {
         for node in 0..self.procs.len() {
             if self.is_up(node) {
-                self.send(node, "quit");
+                self.send(node, &Command::Quit);
             }
         }
         self.flush();
@@ -438,11 +329,13 @@ fn read_stdout(node: usize, stdout: impl std::io::Read, tx: &Sender<Received>) {
                 if reader.read_until(b'\n', &mut rest).is_err() {
                     break;
                 }
-                Line::Unknown(format!("{head}... (a line over {MAX_LINE_BYTES} bytes)"))
+                Some(Line::Unknown(format!(
+                    "{head}... (a line over {MAX_LINE_BYTES} bytes)"
+                )))
             }
             Ok(_) => {
                 let text = String::from_utf8_lossy(&buf);
-                Line::parse(text.trim_end_matches(['\n', '\r']))
+                Some(Line::parse(text.trim_end_matches(['\n', '\r'])))
             }
         };
         let received = Received {
@@ -457,7 +350,7 @@ fn read_stdout(node: usize, stdout: impl std::io::Read, tx: &Sender<Received>) {
     let _ = tx.send(Received {
         node,
         wall_ms: wall_now_ms(),
-        line: Line::Eof,
+        line: None,
     });
 }
 
@@ -470,57 +363,6 @@ fn read_stderr(stderr: impl std::io::Read, tail: &Mutex<VecDeque<String>>) {
                 tail.pop_front();
             }
             tail.push_back(String::from_utf8_lossy(&line).into_owned());
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn protocol_lines_parse_and_others_are_kept_whole() {
-        assert_eq!(Line::parse("ok 17"), Line::Ok(17));
-        assert_eq!(Line::parse("ready simN-1"), Line::Ready("simN-1".into()));
-        assert_eq!(Line::parse("cancelled 3"), Line::Cancelled(3));
-        assert_eq!(Line::parse("fired 3"), Line::Fired(3));
-        assert_eq!(Line::parse("notfound 3"), Line::NotFound(3));
-        assert_eq!(
-            Line::parse("err 5 indoubt connection reset by peer"),
-            Line::Err {
-                id: Some(5),
-                kind: "indoubt".into(),
-                message: "connection reset by peer".into()
-            }
-        );
-        assert_eq!(
-            Line::parse("err - invalid bad line"),
-            Line::Err {
-                id: None,
-                kind: "invalid".into(),
-                message: "bad line".into()
-            }
-        );
-        assert_eq!(
-            Line::parse("ev 9 2 1005 1000 4 o8"),
-            Line::Ev(Ev {
-                id: 9,
-                attempt: 2,
-                fired_at_ms: 1005,
-                deadline_ms: 1000,
-                epoch: 4,
-                payload: "o8".into()
-            })
-        );
-        assert_eq!(
-            Line::parse("stats owned=3 pending=10"),
-            Line::Stats(vec![
-                ("owned".into(), "3".into()),
-                ("pending".into(), "10".into())
-            ])
-        );
-        for bad in ["ok", "ok x", "ok 1 2", "ev 1 2 3", "hello", ""] {
-            assert_eq!(Line::parse(bad), Line::Unknown(bad.into()), "{bad:?}");
         }
     }
 }
