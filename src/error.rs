@@ -8,6 +8,7 @@ use std::fmt;
 /// Why [`Scheduler::schedule`](crate::Scheduler::schedule) refused a timer.
 /// Every variant carries the caller's payload.
 #[derive(Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ScheduleError<P> {
     /// A timer with this id is already pending; cancel or reschedule it.
     #[error("a timer with this id is already pending")]
@@ -118,6 +119,7 @@ impl<P> fmt::Debug for Cancel<P> {
 /// Why [`Scheduler::reschedule`](crate::Scheduler::reschedule) failed. The
 /// timer, if pending, keeps its old deadline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RescheduleError {
     /// No timer with this id is pending.
     #[error("no pending timer has this id")]
@@ -143,6 +145,7 @@ pub enum RescheduleError {
 
 /// Why [`Scheduler::cancel`](crate::Scheduler::cancel) could not decide.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CancelError {
     /// The engine is shutting down or was dropped; pending timers were
     /// handed back by `shutdown`.
@@ -156,6 +159,7 @@ pub enum CancelError {
 
 /// Why [`Consumer::ack`](crate::Consumer::ack) was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AckError {
     /// The event is not awaiting acks: already acked, snoozed, cancelled, a
     /// reminder, or acknowledgements are off.
@@ -170,6 +174,7 @@ pub enum AckError {
 /// Why [`Consumer::snooze`](crate::Consumer::snooze) was refused. The event
 /// stays in flight: ack it, or it is redelivered after the ack timeout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SnoozeError {
     /// The event is not awaiting acks.
     #[error("the event is not in flight")]
@@ -188,10 +193,26 @@ pub enum SnoozeError {
 /// The write-ahead log failed: the engine is fail-stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("the write-ahead log failed; the engine accepts no more changes")]
+#[non_exhaustive]
 pub struct StorageError;
 
 /// Why [`Builder::build`](crate::Builder::build) refused a configuration.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+///
+/// ```
+/// use duewheel::wal::OpenDirError;
+/// use duewheel::{BuildError, Engine};
+///
+/// let dir = std::env::temp_dir().join(format!("duewheel-doc-lock-{}", std::process::id()));
+/// let build = || Engine::<u64, u64>::builder().group("g").durable(&dir).build();
+/// let first = build()?;
+/// // The directory is the first engine's: the cause is there to match.
+/// assert!(matches!(build(), Err(BuildError::Storage(OpenDirError::Locked { .. }))));
+/// # drop(first);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BuildError {
     /// A setting is out of range; the message names it.
     #[error("invalid configuration: {0}")]
@@ -199,12 +220,71 @@ pub enum BuildError {
     /// A thread could not be started.
     #[error("could not start a thread: {0}")]
     Spawn(String),
-    /// The data directory could not be opened (or is locked by another
-    /// engine).
-    #[error("{0}")]
-    Storage(String),
+    /// The data directory could not be opened, or is locked by another
+    /// engine: [`OpenDirError::Locked`](crate::wal::OpenDirError::Locked),
+    /// or [`OpenDirError::Io`](crate::wal::OpenDirError::Io) with the
+    /// `io::Error` as its source.
+    #[error(transparent)]
+    Storage(#[from] crate::wal::OpenDirError),
     /// The log could not be replayed: corruption (with file and offset) or
     /// a record that does not decode.
     #[error("recovery failed: {0}")]
     Recovery(String),
+}
+
+/// Why [`Consumer::recv`](crate::Consumer::recv) returned no event: the
+/// engine shut down and every event queued for this consumer was received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the engine shut down and every queued event was received")]
+#[non_exhaustive]
+pub struct RecvError;
+
+/// Why [`Consumer::try_recv`](crate::Consumer::try_recv) returned no event.
+///
+/// Exhaustive, as `std::sync::mpsc::TryRecvError` is: a receive has no
+/// third way to come back empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TryRecvError {
+    /// No event is ready now.
+    #[error("no event is ready")]
+    Empty,
+    /// The engine shut down and every queued event was received.
+    #[error("the engine shut down and every queued event was received")]
+    Disconnected,
+}
+
+/// Why [`Consumer::recv_timeout`](crate::Consumer::recv_timeout) returned
+/// no event.
+///
+/// Exhaustive, as `std::sync::mpsc::RecvTimeoutError` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecvTimeoutError {
+    /// No event arrived within the timeout.
+    #[error("no event arrived within the timeout")]
+    Timeout,
+    /// The engine shut down and every queued event was received.
+    #[error("the engine shut down and every queued event was received")]
+    Disconnected,
+}
+
+// Conversions from the channel's errors stay crate-private functions, not
+// `From` impls: a public impl would put crossbeam-channel's types (whose
+// semver is not ours) into this crate's API.
+
+pub(crate) fn recv_error(_: crossbeam_channel::RecvError) -> RecvError {
+    RecvError
+}
+
+pub(crate) fn try_recv_error(e: crossbeam_channel::TryRecvError) -> TryRecvError {
+    match e {
+        crossbeam_channel::TryRecvError::Empty => TryRecvError::Empty,
+        crossbeam_channel::TryRecvError::Disconnected => TryRecvError::Disconnected,
+    }
+}
+
+pub(crate) fn recv_timeout_error(e: crossbeam_channel::RecvTimeoutError) -> RecvTimeoutError {
+    match e {
+        crossbeam_channel::RecvTimeoutError::Timeout => RecvTimeoutError::Timeout,
+        crossbeam_channel::RecvTimeoutError::Disconnected => RecvTimeoutError::Disconnected,
+    }
 }

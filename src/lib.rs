@@ -90,11 +90,18 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
+// The fuzz target files (`fuzz/src`) name the crate; under test they are
+// compiled inside it (see `fuzz_corpus`).
+#[cfg(test)]
+extern crate self as duewheel;
+
 mod clock;
 mod codec;
 mod durable;
 mod engine;
 mod error;
+#[cfg(all(test, not(loom)))]
+mod fuzz_corpus;
 mod key;
 #[cfg(feature = "prometheus")]
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
@@ -110,8 +117,8 @@ pub use engine::{
     PendingTimer, Round, Scheduler, Shutdown, Stats, SubscribeError,
 };
 pub use error::{
-    AckError, BuildError, Cancel, CancelError, RescheduleError, ScheduleError, SnoozeError,
-    StorageError,
+    AckError, BuildError, Cancel, CancelError, RecvError, RecvTimeoutError, RescheduleError,
+    ScheduleError, SnoozeError, StorageError, TryRecvError,
 };
 
 pub use key::TimerKey;

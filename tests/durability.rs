@@ -248,7 +248,9 @@ fn corruption_in_the_log_is_a_clear_error_at_build() {
     std::mem::forget(e);
     let crashed = storage.reboot();
     let segment = "wal-0000000000000000.log";
-    crashed.flip_byte(segment, duewheel::wal::segment::HEADER_BYTES + 20);
+    // 20 bytes of segment header (`docs/WAL_FORMAT.md`), then the first
+    // record's 20th byte.
+    crashed.flip_byte(segment, 20 + 20);
     let text = engine(&clock, &crashed).unwrap_err().to_string();
     assert!(
         text.contains(segment) && text.contains("offset 20"),

@@ -169,6 +169,11 @@ async fn consume(shared: Arc<Shared>, mut events: duewheel::Consumer<u64, u64>) 
                 // the engine's hands.
                 let _ = events.ack_async(&event).await;
             }
+            // `EventKind` is non-exhaustive: a kind this service does not
+            // know is acknowledged and otherwise ignored.
+            _ => {
+                let _ = events.ack_async(&event).await;
+            }
         }
     }
 }

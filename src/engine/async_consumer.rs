@@ -19,7 +19,7 @@
 
 use super::consumer::Consumer;
 use super::event::Event;
-use crossbeam_channel::TryRecvError;
+use crate::error::TryRecvError;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;

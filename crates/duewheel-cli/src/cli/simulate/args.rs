@@ -400,8 +400,9 @@ impl Config {
                 Some(Durable {
                     dir,
                     sync_every_ms: match args.sync {
-                        SyncPolicy::Always => None,
                         SyncPolicy::EveryMs(n) => Some(n),
+                        // `Always`, the flag's only other value.
+                        _ => None,
                     },
                     crash_at_ms,
                 })

@@ -32,10 +32,9 @@ use super::lockstep::{IDLE, LockStep};
 use super::world::{
     NEVER, Record, SEEN_BY_INVENTORY, SEEN_BY_NOTIFIER, SEEN_BY_ORDERS, State, World,
 };
-use crossbeam_channel::RecvTimeoutError;
+use duewheel::RecvTimeoutError;
 use duewheel::{
-    AckError, Cancel, CancelError, Codec, Consumer, DecodeError, Event, EventKind, Scheduler,
-    SnoozeError,
+    Cancel, CancelError, Codec, Consumer, DecodeError, Event, EventKind, Scheduler, SnoozeError,
 };
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
@@ -99,6 +98,8 @@ impl Receipts {
         match event.kind {
             EventKind::Reminder(_) => self.lost_reminders += 1,
             EventKind::Expired => self.lost_expired += 1,
+            // A kind this simulation does not schedule.
+            _ => {}
         }
     }
 
@@ -106,6 +107,7 @@ impl Receipts {
         match event.kind {
             EventKind::Reminder(_) => self.reminders += 1,
             EventKind::Expired => self.expired += 1,
+            _ => {}
         }
         self.repeats += u64::from(event.attempt > 1);
         if event.fired_at_ms < event.due_ms {
@@ -217,7 +219,9 @@ pub(crate) fn work<S: Service>(
 fn ack(consumer: &Orders, event: &TimerEvent, refused: &mut u64) {
     match consumer.ack(event) {
         Ok(()) => {}
-        Err(AckError::NotInFlight | AckError::Storage) => *refused += 1,
+        // `NotInFlight`, `Storage`, and whatever a later version adds
+        // (`AckError` is non-exhaustive): a refusal.
+        Err(_) => *refused += 1,
     }
 }
 
@@ -313,7 +317,8 @@ impl Service for OrderService {
                     // Our own bound equals the engine's, so the engine
                     // refusing means they disagree: cancel, and count it.
                     Err(SnoozeError::LimitReached { .. }) => self.anomalies += 1,
-                    Err(SnoozeError::NotInFlight | SnoozeError::Storage) => {
+                    // `NotInFlight`, `Storage`, or a later refusal.
+                    Err(_) => {
                         self.anomalies += 1;
                         self.decided(record, event.attempt);
                         return;
@@ -487,6 +492,8 @@ impl Service for Notifier {
                 record.seen.fetch_or(SEEN_BY_NOTIFIER, SeqCst);
                 ack(consumer, &event, &mut self.ack_refused);
             }
+            // A kind this simulation does not schedule: done with it.
+            _ => ack(consumer, &event, &mut self.ack_refused),
         }
     }
 }

@@ -1,11 +1,15 @@
 //! The fuzz targets as ordinary tests: every file of the committed corpus,
 //! plus deterministic pseudo-random inputs, so CI exercises them without a
 //! nightly toolchain. `cargo fuzz run <target>` (in `fuzz/`) explores further.
+//!
+//! Inside the crate (a unit test module) because `wal_decode` drives the
+//! log's private record, segment and snapshot decoders; the target files
+//! name the crate `duewheel`, which `lib.rs` aliases to `self` under test.
 
-#[allow(unreachable_pub)] // `pub` for the fuzz crate that also includes it
+#[allow(unreachable_pub, dead_code)] // `pub` for the fuzz crate that also includes it
 #[path = "../fuzz/src/wal_decode.rs"]
 mod wal_decode;
-#[allow(unreachable_pub)]
+#[allow(unreachable_pub, dead_code)]
 #[path = "../fuzz/src/wheel_ops.rs"]
 mod wheel_ops;
 
