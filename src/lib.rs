@@ -106,6 +106,7 @@ mod key;
 #[cfg(feature = "prometheus")]
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
 pub mod prometheus;
+mod schedule;
 mod trace;
 pub mod wal;
 pub mod wheel;
@@ -122,6 +123,7 @@ pub use error::{
 };
 
 pub use key::TimerKey;
+pub use schedule::Schedule;
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -78,10 +78,7 @@ pub use error::{
     QueryError,
 };
 pub use lease::{Acquire, Lease, MAX_LEASE_TTL, MAX_OWNER_BYTES};
-pub use node::{
-    CancelError as NodeCancelError, Node, NodeConfig, NodeError, NodeScheduler, NodeStats,
-    ScheduleError as NodeScheduleError,
-};
+pub use node::{Node, NodeConfig, NodeError, NodeScheduler, NodeStats};
 pub use schema::SCHEMA_VERSION;
 pub use shard_map::{DEFAULT_SHARDS, InvalidShardCount, MAX_SHARDS, ShardMap};
 pub use store::{

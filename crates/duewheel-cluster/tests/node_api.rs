@@ -7,8 +7,9 @@
 //! `tests/cluster_nodes.rs`. Needs `DUEWHEEL_PG_DSN`; with `CI=true` a
 //! missing DSN fails instead of skipping.
 
-use duewheel::{Cancel, Deadline};
-use duewheel_cluster::{Node, NodeConfig, NodeError, NodeScheduleError, StoreConfig};
+use duewheel::{Cancel, Deadline, ScheduleError};
+use duewheel_cluster::{Node, NodeConfig, NodeError, StoreConfig};
+
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -106,7 +107,7 @@ fn schedule_on_one_node_cancel_on_the_other_exactly_one_outcome() {
         .schedule(7, Duration::from_secs(60), "again".to_string());
     assert_eq!(
         dup,
-        Err(NodeScheduleError::AlreadyScheduled("again".to_string()))
+        Err(ScheduleError::AlreadyScheduled("again".to_string()))
     );
     // Cancel every third id through b while they start firing.
     std::thread::sleep(Duration::from_millis(900));
@@ -162,7 +163,7 @@ fn schedule_on_one_node_cancel_on_the_other_exactly_one_outcome() {
     eventually(Duration::from_secs(5), "the acks reached the table", || {
         a.stats().acked + b.stats().acked == seen.len() as u64
     });
-    assert_eq!(a.scheduler().cancel(some_fired), Ok(Cancel::NotFound));
+    assert_eq!(a.scheduler().cancel(&some_fired), Ok(Cancel::NotFound));
     drop((ca, cb));
     a.shutdown();
     b.shutdown();
@@ -230,14 +231,14 @@ fn a_payload_too_large_or_a_deadline_beyond_range_is_refused_and_handed_back() {
     let s = a.scheduler();
     let big = "x".repeat((1 << 20) + 1);
     match s.schedule(1, Duration::from_secs(60), big.clone()) {
-        Err(NodeScheduleError::Invalid { payload, .. }) => assert_eq!(payload, big),
+        Err(ScheduleError::Invalid { payload, .. }) => assert_eq!(payload, big),
         other => panic!("{other:?}"),
     }
     match s.schedule(2, Deadline::at_unix_ms(u64::MAX), "p".into()) {
-        Err(NodeScheduleError::Invalid { payload, .. }) => assert_eq!(payload, "p"),
+        Err(ScheduleError::Invalid { payload, .. }) => assert_eq!(payload, "p"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(s.cancel(3), Ok(Cancel::NotFound));
+    assert_eq!(s.cancel(&3), Ok(Cancel::NotFound));
     a.shutdown();
     drop_schema(&dsn, &schema);
 }
@@ -319,7 +320,7 @@ fn connections_killed_mid_statement_lose_nothing() {
                     Ok(()) => {
                         scheduled.insert(id);
                     }
-                    Err(NodeScheduleError::InDoubt(_) | NodeScheduleError::Unavailable { .. }) => {
+                    Err(ScheduleError::InDoubt(_) | ScheduleError::Unavailable { .. }) => {
                         retried += 1;
                         again.push(id);
                     }

@@ -12,10 +12,8 @@
 
 use clap::Args as ClapArgs;
 use crossbeam_channel::{Receiver, Sender};
-use duewheel::{Cancel, Clock, Deadline};
-use duewheel_cluster::{
-    NodeCancelError, NodeConfig, NodeScheduleError, NodeScheduler, NodeStats, StoreConfig,
-};
+use duewheel::{Cancel, CancelError, Clock, Deadline, ScheduleError};
+use duewheel_cluster::{NodeConfig, NodeScheduler, NodeStats, StoreConfig};
 use duewheel_testkit::protocol::{Command, Ev, Line};
 use parking_lot::Mutex;
 use std::fmt::Write as _;
@@ -302,11 +300,14 @@ fn worker(rx: &Receiver<Work>, scheduler: &NodeScheduler<String>, out: &Out) {
                             Ok(()) => Line::Ok(id),
                             Err(e) => {
                                 let kind = match &e {
-                                    NodeScheduleError::AlreadyScheduled(_) => "duplicate",
-                                    NodeScheduleError::Invalid { .. } => "invalid",
-                                    NodeScheduleError::Unavailable { .. } => "unavailable",
-                                    NodeScheduleError::InDoubt(_) => "indoubt",
-                                    NodeScheduleError::ShuttingDown(_) => "shutdown",
+                                    ScheduleError::AlreadyScheduled(_) => "duplicate",
+                                    ScheduleError::Invalid { .. } => "invalid",
+                                    ScheduleError::Unavailable { .. } => "unavailable",
+                                    ScheduleError::InDoubt(_) => "indoubt",
+                                    ScheduleError::ShuttingDown(_) => "shutdown",
+                                    // The engine's own refusals; a node
+                                    // does not answer them.
+                                    _ => "other",
                                 };
                                 Line::Err {
                                     id: Some(id),
@@ -328,10 +329,11 @@ fn worker(rx: &Receiver<Work>, scheduler: &NodeScheduler<String>, out: &Out) {
                             Ok(Cancel::NotFound) => Line::NotFound(id),
                             Err(e) => {
                                 let kind = match &e {
-                                    NodeCancelError::Unavailable(_) => "unavailable",
-                                    NodeCancelError::InDoubt => "indoubt",
-                                    NodeCancelError::ShuttingDown => "shutdown",
-                                    NodeCancelError::Corrupt(_) => "corrupt",
+                                    CancelError::Unavailable(_) => "unavailable",
+                                    CancelError::InDoubt => "indoubt",
+                                    CancelError::ShuttingDown => "shutdown",
+                                    CancelError::Corrupt(_) => "corrupt",
+                                    _ => "other",
                                 };
                                 Line::Cerr {
                                     id: Some(id),

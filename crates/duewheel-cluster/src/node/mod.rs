@@ -40,12 +40,15 @@ mod pager;
 mod sql;
 mod writer;
 
-pub use error::{CancelError, NodeError, ScheduleError};
+pub use error::NodeError;
 
 use super::config::StoreConfig;
 use super::shard_map::ShardMap;
 use crossbeam_channel::Sender;
-use duewheel::{Cancel, Clock, Codec, Consumer, Deadline, Engine, SubscribeError, SystemClock};
+use duewheel::{
+    Cancel, CancelError, Clock, Codec, Consumer, Deadline, Engine, RescheduleError, Schedule,
+    ScheduleError, SubscribeError, SystemClock,
+};
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 use sql::NodeDb;
@@ -731,8 +734,8 @@ impl<P: Codec + Clone + Send + 'static> NodeScheduler<P> {
     /// `Cancelled(payload)` (it will never fire), `AlreadyFired` (it was
     /// claimed: it fired or is firing), or `NotFound` (never scheduled,
     /// already cancelled, or fired and acked).
-    pub fn cancel(&self, id: u64) -> Result<Cancel<P>, CancelError> {
-        self.cancel_batch([id])
+    pub fn cancel(&self, id: &u64) -> Result<Cancel<P>, CancelError> {
+        self.cancel_batch([*id])
             .pop()
             .unwrap_or(Err(CancelError::ShuttingDown))
     }
@@ -779,6 +782,40 @@ impl<P: Codec + Clone + Send + 'static> NodeScheduler<P> {
     /// delivered now (until every group acked it).
     pub fn claim_epoch(&self, id: u64) -> Option<u64> {
         self.shared.claim_epochs.lock().get(&id).copied()
+    }
+
+    /// Always [`RescheduleError::Unsupported`]: a node has no atomic way
+    /// to move a stored deadline (the row may be claimed by its owner
+    /// meanwhile). [`cancel`](Self::cancel), which hands the payload back on
+    /// `Cancelled`, then [`schedule`](Self::schedule) again.
+    pub fn reschedule(
+        &self,
+        _id: &u64,
+        _deadline: impl Into<Deadline>,
+    ) -> Result<(), RescheduleError> {
+        Err(RescheduleError::Unsupported)
+    }
+}
+
+/// The scheduling interface the engine's `Scheduler` has too. The `_async`
+/// forms (core feature `tokio`) are the trait's defaults: they make the
+/// blocking call (a database commit) when the future is created.
+impl<P: Codec + Clone + Send + Sync + 'static> Schedule<u64, P> for NodeScheduler<P> {
+    fn schedule(
+        &self,
+        id: u64,
+        deadline: impl Into<Deadline>,
+        payload: P,
+    ) -> Result<(), ScheduleError<P>> {
+        NodeScheduler::schedule(self, id, deadline, payload)
+    }
+
+    fn cancel(&self, id: &u64) -> Result<Cancel<P>, CancelError> {
+        NodeScheduler::cancel(self, id)
+    }
+
+    fn reschedule(&self, id: &u64, deadline: impl Into<Deadline>) -> Result<(), RescheduleError> {
+        NodeScheduler::reschedule(self, id, deadline)
     }
 }
 

@@ -8,12 +8,12 @@
 //! `Unavailable` answer only when no statement carrying the row can have
 //! committed. Anything else is `InDoubt`.
 
-use super::error::CancelError;
 use super::sql::{NodeDb, is_transient};
 use super::{Shared, bump};
 use crate::error::QueryError;
 use crate::{MAX_PAYLOAD_BYTES, ShardMap};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use duewheel::CancelError;
 use duewheel::Codec;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::time::{Duration, Instant};
