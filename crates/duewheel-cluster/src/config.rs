@@ -24,6 +24,7 @@ use super::store::PgStore;
 /// # Ok::<(), duewheel_cluster::OpenError>(())
 /// ```
 #[derive(Clone, Debug)]
+#[must_use = "a configuration does nothing until used; each setter returns the updated one"]
 pub struct StoreConfig {
     pub(super) dsn: String,
     pub(super) schema: String,

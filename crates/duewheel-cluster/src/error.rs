@@ -16,6 +16,7 @@
 
 /// A statement failed. Says whether it may have taken effect.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum QueryError {
     /// PostgreSQL refused the statement with an `ERROR` (constraint,
     /// statement timeout, lock failure, ...). Every statement here runs in its
@@ -56,6 +57,7 @@ impl From<postgres::Error> for QueryError {
 
 /// Why [`PgStore::open`](super::PgStore::open) failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OpenError {
     /// The configuration is invalid (DSN syntax, schema name, shard count,
     /// timeouts); the message names what is wrong.
@@ -96,6 +98,7 @@ pub enum OpenError {
 /// [`renew`](super::PgStore::renew), [`release`](super::PgStore::release))
 /// failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LeaseError {
     /// The shard is outside the store's shard map.
     #[error("shard {shard} does not exist (the map has {shards} shards)")]
@@ -132,6 +135,7 @@ pub struct Fenced {
 /// [`insert_unfenced`](super::PgStore::insert_unfenced) wrote nothing.
 /// The batch was borrowed and is still the caller's.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum InsertError {
     /// The epoch is stale (only from the fenced `insert`).
     #[error(transparent)]
@@ -168,6 +172,7 @@ pub enum InsertError {
 
 /// Why [`PgStore::claim_due`](super::PgStore::claim_due) claimed nothing.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClaimError {
     /// The epoch is stale: nothing was claimed.
     #[error(transparent)]
@@ -193,6 +198,7 @@ pub enum ClaimError {
 
 /// Why [`PgStore::ack`](super::PgStore::ack) deleted nothing.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AckError {
     /// The epoch is stale: nothing was deleted; the new owner redelivers.
     #[error(transparent)]
@@ -220,6 +226,7 @@ pub enum AckError {
 
 /// Why [`PgStore::cancel`](super::PgStore::cancel) could not decide.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CancelError {
     /// The shard is outside the store's shard map.
     #[error("shard {shard} does not exist (the map has {shards} shards)")]
@@ -240,6 +247,7 @@ pub enum CancelError {
 /// Why [`PgStore::load`](super::PgStore::load) (or one of the rows it
 /// streams) failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LoadError {
     /// The shard is outside the store's shard map.
     #[error("shard {shard} does not exist (the map has {shards} shards)")]

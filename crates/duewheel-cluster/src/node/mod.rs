@@ -76,6 +76,7 @@ use std::time::{Duration, Instant};
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]
+#[must_use = "a configuration does nothing until `start`; each setter returns the updated one"]
 pub struct NodeConfig {
     store: StoreConfig,
     node_id: String,
