@@ -17,7 +17,7 @@
 //! which starts after the bump, sees it), or it waits for the bump, reads the
 //! new epoch and writes nothing ([`Fenced`]). An epoch check without the lock
 //! reads the epoch from a snapshot that may predate a concurrent bump; the
-//! prototype in `../shared/SCALE-OUT.md` lost 158 acknowledged inserts in 60
+//! scale-out prototype (`docs/SCALE_OUT.md`) lost 158 acknowledged inserts in 60
 //! of 100 takeovers that way, and 0 of 49,309 with the lock.
 //!
 //! [`insert`]: PgStore::insert
@@ -39,7 +39,7 @@ use super::shard_map::{MAX_SHARDS, ShardMap};
 
 /// At most this many timers per [`insert`](PgStore::insert), ids per
 /// [`ack`](PgStore::ack), rows per [`claim_due`](PgStore::claim_due). The
-/// measured sweet spot is ~1000 rows per commit (`../shared/SCALE-OUT.md`);
+/// measured sweet spot is ~1000 rows per commit (`docs/SCALE_OUT.md`);
 /// the limit keeps one statement's memory and lock count bounded.
 pub const MAX_BATCH: usize = 10_000;
 

@@ -78,7 +78,7 @@ fn load_all(store: &mut PgStore, shard: u32) -> Vec<StoredTimer> {
 
 const TTL: Duration = Duration::from_secs(30);
 
-/// The race from ../shared/SCALE-OUT.md: writers insert and claim with epoch
+/// The race of the scale-out prototype (`docs/SCALE_OUT.md`): writers insert and claim with epoch
 /// e while another connection takes the shard over (epoch e+1) and loads it.
 /// Every acknowledged insert and claim must be in that load; every write that
 /// starts after the takeover returned must be fenced; and no fenced insert

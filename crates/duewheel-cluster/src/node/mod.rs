@@ -57,7 +57,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-/// How a node runs. Defaults follow `../shared/SCALE-OUT.md`: 10 s leases
+/// How a node runs. Defaults follow the prototype's measurements
+/// (`docs/SCALE_OUT.md`): 10 s leases
 /// renewed every 2.5 s, commits of up to 1000 rows or 2 ms.
 ///
 /// ```no_run
