@@ -140,6 +140,11 @@ fn groups_are_fixed_when_acks_are_on() {
         engine.scheduler().subscribe("audit").unwrap_err(),
         SubscribeError::UnknownGroup("audit".into())
     );
+    // The engine's own `subscribe` says the same, as a value, not a panic.
+    assert_eq!(
+        engine.subscribe("audit").unwrap_err(),
+        SubscribeError::UnknownGroup("audit".into())
+    );
     let no_groups = Engine::<u64, u64>::builder()
         .clock(clock)
         .ack_timeout(Duration::from_secs(1))

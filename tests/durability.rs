@@ -1,6 +1,6 @@
 //! The durable engine across restarts, downtime, faults and corruption.
 
-use duewheel::wal::{Fault, FaultStorage, Storage};
+use duewheel::wal::{Fault, FaultStorage, OpenDirError, Storage};
 use duewheel::{BuildError, Cancel, Engine, EventKind, ManualClock, ScheduleError, Scheduler};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -231,6 +231,11 @@ fn a_second_engine_on_the_same_directory_is_refused() {
     let first = build().unwrap();
     let err = build().unwrap_err();
     assert!(err.to_string().contains("locked"), "{err}");
+    // The cause is a value to match, not only text.
+    assert!(
+        matches!(err, BuildError::Storage(OpenDirError::Locked { .. })),
+        "{err:?}"
+    );
     drop(first);
     drop(build().unwrap());
     let _ = std::fs::remove_dir_all(&dir);

@@ -95,7 +95,7 @@ fn run() -> Result<()> {
     );
     if !bin.is_file() {
         return Err(format!(
-            "{} not found: `cargo build --release --features postgres` first, or set DUEWHEEL_BIN",
+            "{} not found: `cargo build --release -p duewheel-cli` first, or set DUEWHEEL_BIN",
             bin.display()
         ));
     }

@@ -4,10 +4,10 @@
 //! per second through `cancel_batch`, and the whole path of a batch due at
 //! once (commit, fire, fenced claim, delivery, ack).
 //!
-//! `eval "$(scripts/pg-up.sh)"; cargo bench --features postgres --bench
+//! `eval "$(scripts/pg-up.sh)"; cargo bench -p duewheel-cluster --bench
 //! cluster`. Without `DUEWHEEL_PG_DSN` it prints a note and measures
 //! nothing. The multi-process figures (1 and 3 node processes, takeover of
-//! a 1M-row shard) come from `cargo run --release --features postgres
+//! a 1M-row shard) come from `cargo run --release -p duewheel-cli
 //! --example cluster_bench`; see docs/BENCHMARKS.md.
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 

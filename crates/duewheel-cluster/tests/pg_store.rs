@@ -889,7 +889,7 @@ fn bad_arguments_are_errors_not_panics() {
 
 /// Throughput of the fenced statements, for docs/SCALE_OUT.md. Measures, never
 /// asserts a time:
-/// `cargo test --release --features postgres --test pg_store -- --ignored --nocapture throughput`
+/// `cargo test --release -p duewheel-cluster --test pg_store -- --ignored --nocapture throughput`
 #[test]
 #[ignore = "a measurement; run by hand"]
 fn throughput_of_fenced_insert_claim_and_ack() {

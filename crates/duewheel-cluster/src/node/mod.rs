@@ -1,5 +1,5 @@
 //! A cluster node: the engine running on the shared PostgreSQL table
-//! instead of its local write-ahead log (feature `postgres`).
+//! instead of its local write-ahead log.
 //!
 //! The wheel, the dispatcher and the consumers are the engine's own; what
 //! changes is who decides. **The table decides; the wheel only says when to

@@ -163,8 +163,8 @@ pub(crate) struct Args {
     #[arg(long, value_name = "ADDR", conflicts_with = "cluster")]
     metrics_addr: Option<std::net::SocketAddr>,
     /// Run the sale on N `duewheel node` processes (1..=16) of this
-    /// executable, sharing the timers through PostgreSQL (needs a build with
-    /// `--features postgres`). Each order's deadline is scheduled, and each
+    /// executable, sharing the timers through PostgreSQL. Each order's
+    /// deadline is scheduled, and each
     /// payment cancels it, through a node drawn at random (often not the
     /// owner of the order's shard).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16))]

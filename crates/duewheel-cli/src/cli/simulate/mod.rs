@@ -18,7 +18,7 @@
 //! - [`checks`]: the invariants;
 //! - [`report`], [`html`], [`memory`]: what the run tells people and
 //!   machines;
-//! - `cluster` (feature `postgres`): the same sale on N `duewheel node`
+//! - `cluster`: the same sale on N `duewheel node`
 //!   processes sharing PostgreSQL, with `cluster_nodes` (the processes and
 //!   their pipes), `cluster_checks` (its invariants) and `cluster_report`.
 //!
