@@ -86,7 +86,7 @@ fn dispatch(c: &mut Criterion) {
                     let consumers: Vec<_> = groups
                         .iter()
                         .map(|g| {
-                            let mut consumer = engine.subscribe(g);
+                            let mut consumer = engine.subscribe(g).unwrap();
                             thread::spawn(move || {
                                 let mut got = 0;
                                 while got < N {
@@ -121,7 +121,7 @@ fn lateness(_: &mut Criterion) {
         .build()
         .unwrap();
     let s = engine.scheduler();
-    let mut consumer = engine.subscribe("g");
+    let mut consumer = engine.subscribe("g").unwrap();
     let drain = thread::spawn(move || {
         for _ in 0..N {
             consumer.recv().unwrap();

@@ -9,7 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let engine = Engine::<u64, &str>::builder()
         .clock(clock.clone())
         .build()?;
-    let mut expiries = engine.subscribe("orders");
+    let mut expiries = engine.subscribe("orders")?;
     let scheduler = engine.scheduler();
 
     let window = Duration::from_secs(30 * 60);
@@ -28,6 +28,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{} expired unpaid (deadline {} ms)",
         event.payload, event.deadline_ms
     );
-    engine.shutdown();
+    // Shutdown hands back what was still pending: here, nothing.
+    let left = engine.shutdown();
+    println!("{} timers left pending", left.pending.len());
     Ok(())
 }

@@ -3,8 +3,8 @@
 //! process per contender and run, median of 3 runs.
 //!
 //! ```text
-//! cargo run --release --example compare                # table + docs/BENCHMARKS.md
-//! cargo run --release --example compare -- --no-doc   # table only
+//! cargo run --release --example compare               # the table, printed
+//! cargo run --release --example compare -- --write   # ... and into docs/BENCHMARKS.md
 //! cargo run --release --example compare -- --contender heap --scenario payment --n 1000000
 //! ```
 //!
@@ -12,8 +12,9 @@
 //! size, run) with `--contender NAME --scenario S --n N`; each child runs one
 //! contender, prints one JSON line and exits, so the counting allocator's
 //! peak belongs to that contender alone. The parent prints the markdown
-//! table and rewrites the section of `docs/BENCHMARKS.md` between
-//! `<!-- compare:begin -->` and `<!-- compare:end -->`.
+//! table; with `--write` it also rewrites the section of
+//! `docs/BENCHMARKS.md` between `<!-- compare:begin -->` and
+//! `<!-- compare:end -->` (a tracked file: never without being asked).
 
 // The counting allocator needs `unsafe impl GlobalAlloc`; nothing else in
 // this file is unsafe. The crate's lint table denies unsafe code and the
@@ -238,7 +239,7 @@ fn main() -> ExitCode {
     }
     let report = compare(args.iter().any(|a| a == "--quick"));
     println!("{report}");
-    if !args.iter().any(|a| a == "--no-doc") {
+    if args.iter().any(|a| a == "--write") {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/BENCHMARKS.md");
         match rewrite_doc(path, &report) {
             Ok(()) => eprintln!("rewrote the compare section of {path}"),
@@ -627,7 +628,7 @@ fn machine() -> String {
         .unwrap_or_else(|_| "unknown".to_string());
     format!(
         "**Machine**: {} cores (nproc), CPU \"{}\", {mem_gib} GiB, Linux {}, {rustc}, release profile. \
-         Written by `cargo run --release --example compare`.",
+         Written by `cargo run --release --example compare -- --write`.",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         field(&cpuinfo, "model name"),
         read("/proc/sys/kernel/osrelease").trim(),

@@ -56,9 +56,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .max_snoozes(3)
         .build()?;
     let (mut orders, mut inventory, mut notifier) = (
-        engine.subscribe("orders"),
-        engine.subscribe("inventory"),
-        engine.subscribe("notifier"),
+        engine.subscribe("orders")?,
+        engine.subscribe("inventory")?,
+        engine.subscribe("notifier")?,
     );
     let timers = engine.scheduler();
 
@@ -151,6 +151,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "done: 1 reminder, {} re-checks, order cancelled once, stock back to {stock}",
         stats.snoozed_total
     );
-    engine.shutdown();
+    // Nothing is pending any more: the one order expired.
+    let left = engine.shutdown();
+    assert!(left.pending.is_empty() && left.undelivered.is_empty());
     Ok(())
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts a throwaway PostgreSQL for the `postgres` feature's tests and prints
-# the DSN. Same recipe as .ci/run (see ../shared/SCALE-OUT.md): a fresh data
+# the DSN. Same recipe as .ci/run (docs/SCALE_OUT.md): a fresh data
 # directory, a private socket directory, no TCP listener, trust auth.
 #
 #   eval "$(scripts/pg-up.sh)"      # exports DUEWHEEL_PG_DSN, DUEWHEEL_PG_RESTART, PG_DOWN

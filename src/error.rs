@@ -5,9 +5,15 @@
 
 use std::fmt;
 
-/// Why [`Scheduler::schedule`](crate::Scheduler::schedule) refused a timer.
-/// Every variant carries the caller's payload.
+/// Why a schedule ([`Schedule::schedule`](crate::Schedule::schedule), on the
+/// engine's [`Scheduler`](crate::Scheduler) or a cluster node's) refused a
+/// timer. Every variant carries the caller's payload.
+///
+/// The engine answers the first six; a cluster node, whose timers live in a
+/// database, answers `AlreadyScheduled`, `Invalid`, `Unavailable`, `InDoubt`
+/// and `ShuttingDown`.
 #[derive(Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ScheduleError<P> {
     /// A timer with this id is already pending; cancel or reschedule it.
     #[error("a timer with this id is already pending")]
@@ -41,6 +47,31 @@ pub enum ScheduleError<P> {
     /// (fail-stop). Nothing about this timer was made durable.
     #[error("the write-ahead log failed; the engine accepts no more changes")]
     Storage(P),
+    /// The request is invalid for the store (a cluster node: a deadline
+    /// beyond `i64::MAX` ms, a payload too large); the reason says which.
+    /// Nothing was stored.
+    #[error("invalid timer: {reason}")]
+    Invalid {
+        /// What was wrong.
+        reason: &'static str,
+        /// The caller's payload, returned untouched.
+        payload: P,
+    },
+    /// The store was unreachable or refused the write (a cluster node's
+    /// database): the timer is definitely **not** stored.
+    #[error("the store is unavailable; the timer is not stored: {reason}")]
+    Unavailable {
+        /// What failed.
+        reason: String,
+        /// The caller's payload, returned untouched.
+        payload: P,
+    },
+    /// The connection failed while the commit was in flight and the outcome
+    /// could not be learned in time (a cluster node): the timer **may** be
+    /// stored. Scheduling the same id, deadline and payload again is
+    /// idempotent there: it answers `Ok` if the row is stored.
+    #[error("the commit is in doubt: the timer may or may not be stored; retry the same schedule")]
+    InDoubt(P),
 }
 
 impl<P> ScheduleError<P> {
@@ -51,8 +82,11 @@ impl<P> ScheduleError<P> {
             | Self::TooManyReminders(p)
             | Self::ShuttingDown(p)
             | Self::Storage(p)
+            | Self::InDoubt(p)
             | Self::Full { payload: p, .. }
-            | Self::DeadlineTooFar { payload: p, .. } => p,
+            | Self::DeadlineTooFar { payload: p, .. }
+            | Self::Invalid { payload: p, .. }
+            | Self::Unavailable { payload: p, .. } => p,
         }
     }
 }
@@ -78,12 +112,25 @@ impl<P> fmt::Debug for ScheduleError<P> {
             Self::TooManyReminders(_) => f.write_str("TooManyReminders(..)"),
             Self::ShuttingDown(_) => f.write_str("ShuttingDown(..)"),
             Self::Storage(_) => f.write_str("Storage(..)"),
+            Self::Invalid { reason, .. } => f
+                .debug_struct("Invalid")
+                .field("reason", reason)
+                .finish_non_exhaustive(),
+            Self::Unavailable { reason, .. } => f
+                .debug_struct("Unavailable")
+                .field("reason", reason)
+                .finish_non_exhaustive(),
+            Self::InDoubt(_) => f.write_str("InDoubt(..)"),
         }
     }
 }
 
-/// What [`Scheduler::cancel`](crate::Scheduler::cancel) found. Cancel and
-/// fire are decided under the same lock: exactly one of them wins.
+/// What a cancel ([`Schedule::cancel`](crate::Schedule::cancel)) found.
+/// Cancel and fire are decided atomically (the engine: under the shard's
+/// lock; a cluster node: by the row in the database): exactly one wins.
+///
+/// Exhaustive on purpose: a race between a cancel and an expiry has these
+/// three outcomes and no other, and a caller must handle each.
 #[must_use = "the outcome says whether the cancel beat the expiry"]
 #[derive(Clone, PartialEq, Eq)]
 pub enum Cancel<P> {
@@ -94,7 +141,9 @@ pub enum Cancel<P> {
     /// the consumer groups) before this call.
     AlreadyFired,
     /// No timer with this id is pending, and none fired within the engine's
-    /// fired-id memory (see [`Builder::fired_memory`](crate::Builder::fired_memory)).
+    /// fired-id memory (see [`Builder::fired_memory`](crate::Builder::fired_memory));
+    /// on a cluster node: never scheduled, already cancelled, or fired and
+    /// acknowledged.
     NotFound,
 }
 
@@ -115,9 +164,10 @@ impl<P> fmt::Debug for Cancel<P> {
     }
 }
 
-/// Why [`Scheduler::reschedule`](crate::Scheduler::reschedule) failed. The
-/// timer, if pending, keeps its old deadline.
+/// Why a reschedule ([`Schedule::reschedule`](crate::Schedule::reschedule))
+/// failed. The timer, if pending, keeps its old deadline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RescheduleError {
     /// No timer with this id is pending.
     #[error("no pending timer has this id")]
@@ -139,10 +189,18 @@ pub enum RescheduleError {
     /// The write-ahead log failed (fail-stop); the deadline may not have moved.
     #[error("the write-ahead log failed; the engine accepts no more changes")]
     Storage,
+    /// This scheduler cannot move a deadline atomically (a cluster node:
+    /// its timers are rows another node may be claiming). Cancel, which
+    /// hands the payload back, and schedule again.
+    #[error("this scheduler cannot reschedule; cancel and schedule again")]
+    Unsupported,
 }
 
-/// Why [`Scheduler::cancel`](crate::Scheduler::cancel) could not decide.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+/// Why a cancel ([`Schedule::cancel`](crate::Schedule::cancel)) could not
+/// decide. The engine answers `ShuttingDown` and `Storage`; a cluster node
+/// `ShuttingDown`, `Unavailable`, `InDoubt` and `Corrupt`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CancelError {
     /// The engine is shutting down or was dropped; pending timers were
     /// handed back by `shutdown`.
@@ -152,10 +210,24 @@ pub enum CancelError {
     /// the timer may fire after a restart.
     #[error("the write-ahead log failed; the cancel is not durable")]
     Storage,
+    /// The store was unreachable or refused the delete (a cluster node's
+    /// database): nothing changed.
+    #[error("the store is unavailable; nothing was cancelled: {0}")]
+    Unavailable(String),
+    /// The connection failed mid-statement (a cluster node): the timer may
+    /// or may not be cancelled. A second cancel answers `NotFound` if the
+    /// first one won.
+    #[error("the cancel is in doubt: it may or may not have taken effect")]
+    InDoubt,
+    /// The cancel won, but the stored payload does not decode as `P` (a
+    /// cluster node).
+    #[error("the cancel won, but the stored payload does not decode: {0}")]
+    Corrupt(String),
 }
 
 /// Why [`Consumer::ack`](crate::Consumer::ack) was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AckError {
     /// The event is not awaiting acks: already acked, snoozed, cancelled, a
     /// reminder, or acknowledgements are off.
@@ -170,6 +242,7 @@ pub enum AckError {
 /// Why [`Consumer::snooze`](crate::Consumer::snooze) was refused. The event
 /// stays in flight: ack it, or it is redelivered after the ack timeout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SnoozeError {
     /// The event is not awaiting acks.
     #[error("the event is not in flight")]
@@ -188,10 +261,26 @@ pub enum SnoozeError {
 /// The write-ahead log failed: the engine is fail-stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("the write-ahead log failed; the engine accepts no more changes")]
+#[non_exhaustive]
 pub struct StorageError;
 
 /// Why [`Builder::build`](crate::Builder::build) refused a configuration.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+///
+/// ```
+/// use duewheel::wal::OpenDirError;
+/// use duewheel::{BuildError, Engine};
+///
+/// let dir = std::env::temp_dir().join(format!("duewheel-doc-lock-{}", std::process::id()));
+/// let build = || Engine::<u64, u64>::builder().group("g").durable(&dir).build();
+/// let first = build()?;
+/// // The directory is the first engine's: the cause is there to match.
+/// assert!(matches!(build(), Err(BuildError::Storage(OpenDirError::Locked { .. }))));
+/// # drop(first);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BuildError {
     /// A setting is out of range; the message names it.
     #[error("invalid configuration: {0}")]
@@ -199,12 +288,71 @@ pub enum BuildError {
     /// A thread could not be started.
     #[error("could not start a thread: {0}")]
     Spawn(String),
-    /// The data directory could not be opened (or is locked by another
-    /// engine).
-    #[error("{0}")]
-    Storage(String),
+    /// The data directory could not be opened, or is locked by another
+    /// engine: [`OpenDirError::Locked`](crate::wal::OpenDirError::Locked),
+    /// or [`OpenDirError::Io`](crate::wal::OpenDirError::Io) with the
+    /// `io::Error` as its source.
+    #[error(transparent)]
+    Storage(#[from] crate::wal::OpenDirError),
     /// The log could not be replayed: corruption (with file and offset) or
     /// a record that does not decode.
     #[error("recovery failed: {0}")]
     Recovery(String),
+}
+
+/// Why [`Consumer::recv`](crate::Consumer::recv) returned no event: the
+/// engine shut down and every event queued for this consumer was received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the engine shut down and every queued event was received")]
+#[non_exhaustive]
+pub struct RecvError;
+
+/// Why [`Consumer::try_recv`](crate::Consumer::try_recv) returned no event.
+///
+/// Exhaustive, as `std::sync::mpsc::TryRecvError` is: a receive has no
+/// third way to come back empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TryRecvError {
+    /// No event is ready now.
+    #[error("no event is ready")]
+    Empty,
+    /// The engine shut down and every queued event was received.
+    #[error("the engine shut down and every queued event was received")]
+    Disconnected,
+}
+
+/// Why [`Consumer::recv_timeout`](crate::Consumer::recv_timeout) returned
+/// no event.
+///
+/// Exhaustive, as `std::sync::mpsc::RecvTimeoutError` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecvTimeoutError {
+    /// No event arrived within the timeout.
+    #[error("no event arrived within the timeout")]
+    Timeout,
+    /// The engine shut down and every queued event was received.
+    #[error("the engine shut down and every queued event was received")]
+    Disconnected,
+}
+
+// Conversions from the channel's errors stay crate-private functions, not
+// `From` impls: a public impl would put crossbeam-channel's types (whose
+// semver is not ours) into this crate's API.
+
+pub(crate) fn recv_error(_: crossbeam_channel::RecvError) -> RecvError {
+    RecvError
+}
+
+pub(crate) fn try_recv_error(e: crossbeam_channel::TryRecvError) -> TryRecvError {
+    match e {
+        crossbeam_channel::TryRecvError::Empty => TryRecvError::Empty,
+        crossbeam_channel::TryRecvError::Disconnected => TryRecvError::Disconnected,
+    }
+}
+
+pub(crate) fn recv_timeout_error(e: crossbeam_channel::RecvTimeoutError) -> RecvTimeoutError {
+    match e {
+        crossbeam_channel::RecvTimeoutError::Timeout => RecvTimeoutError::Timeout,
+        crossbeam_channel::RecvTimeoutError::Disconnected => RecvTimeoutError::Disconnected,
+    }
 }

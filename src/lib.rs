@@ -15,7 +15,7 @@
 //!
 //! let clock = ManualClock::new(0); // tests drive time; the default is the system clock
 //! let engine = Engine::<u64, &str>::builder().clock(clock.clone()).build()?;
-//! let mut expiries = engine.subscribe("order-cancel");
+//! let mut expiries = engine.subscribe("order-cancel")?;
 //! let payments = engine.scheduler(); // Clone + Send + Sync
 //!
 //! let window = Duration::from_secs(30 * 60);
@@ -34,7 +34,23 @@
 //! acknowledgements with redelivery and snooze ([`Builder::ack_timeout`]),
 //! and a durable mode on a write-ahead log ([`Builder::durable`]) build on
 //! this. What is promised, and the test behind each promise, is in
-//! `docs/GUARANTEES.md`; measured numbers in `docs/BENCHMARKS.md`.
+//! [GUARANTEES.md]; how the pieces fit, in [ARCHITECTURE.md]; measured
+//! numbers, in [BENCHMARKS.md].
+//!
+//! [GUARANTEES.md]: https://github.com/duewheel/duewheel/blob/main/docs/GUARANTEES.md
+//! [ARCHITECTURE.md]: https://github.com/duewheel/duewheel/blob/main/docs/ARCHITECTURE.md
+//! [BENCHMARKS.md]: https://github.com/duewheel/duewheel/blob/main/docs/BENCHMARKS.md
+//!
+//! # The crates
+//!
+//! This crate is the embeddable core: the wheel, the engine and its durable
+//! log, with no command-line, HTTP or database dependency. Around it:
+//!
+//! - `duewheel-cluster`: scale-out, nodes sharing the deadline space through
+//!   PostgreSQL with shard ownership fenced by epoch; it plugs into the
+//!   engine through [`Hooks`] and implements [`Schedule`] as the engine does.
+//! - `duewheel-cli`: the `duewheel` command (`simulate`, the flash sale end
+//!   to end; `node`, a cluster node over stdin/stdout).
 //!
 //! # Feature flags
 //!
@@ -43,11 +59,10 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `tokio` | async consumers: [`Consumer`] is a `futures_core::Stream` of events and has `recv_async`, `ack_async`, `snooze_async`; `Scheduler::schedule_async`, `cancel_async`, `reschedule_async`, whose durable-mode wait for the commit is an `.await` (no thread blocked, none spawned per consumer); [`wal::Wal::wait_async`] |
-//! | `prometheus` | [`prometheus::Exporter`]: the engine's [`Stats`] as Prometheus text (`duewheel_pending_timers`, `duewheel_fired_total`, the `duewheel_lateness_seconds` histogram, `duewheel_consumer_lag`, `duewheel_oldest_overdue_seconds`, ...), rendered on demand or served over HTTP; `duewheel simulate --metrics-addr`. Implies `metrics` |
+//! | `prometheus` | [`prometheus::Exporter`]: the engine's [`Stats`] as Prometheus text (`duewheel_pending_timers`, `duewheel_fired_total`, the `duewheel_lateness_seconds` histogram, `duewheel_consumer_lag`, `duewheel_oldest_overdue_seconds`, ...), rendered on demand ([`prometheus::Exporter::render`]; the host serves it, as the example service does with axum). Implies `metrics` |
 //! | `metrics` | [`Stats::publish`] into the `metrics` facade; the dispatcher publishes once a second to the global recorder |
 //! | `tracing` | `tracing` events (target `duewheel`) for dispatcher batches and stalls, consumer backpressure, WAL commits, checkpoints and recovery; never one per timer |
 //! | `serde` | [`Serde`]: a [`Codec`] for any `Serialize + DeserializeOwned` payload or id (postcard's compact format), so a struct payload goes through the durable log as is |
-//! | `postgres` | `cluster`: the PostgreSQL layer of scale-out (versioned schema, fixed logical shards, epoch-fenced leases, a store whose ownership-dependent writes are fenced by a `FOR SHARE` lock on the shard row). The cluster node built on it is not there yet: `docs/SCALE_OUT.md` |
 //!
 //! # The wheel alone
 //!
@@ -76,18 +91,23 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
+// The fuzz target files (`fuzz/src`) name the crate; under test they are
+// compiled inside it (see `fuzz_corpus`).
+#[cfg(test)]
+extern crate self as duewheel;
+
 mod clock;
-#[cfg(feature = "postgres")]
-#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-pub mod cluster;
 mod codec;
 mod durable;
 mod engine;
 mod error;
+#[cfg(all(test, not(loom)))]
+mod fuzz_corpus;
 mod key;
 #[cfg(feature = "prometheus")]
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
 pub mod prometheus;
+mod schedule;
 #[cfg(feature = "serde")]
 #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
 mod serde_codec;
@@ -102,11 +122,12 @@ pub use engine::{
     PendingTimer, Round, Scheduler, Shutdown, Stats, SubscribeError,
 };
 pub use error::{
-    AckError, BuildError, Cancel, CancelError, RescheduleError, ScheduleError, SnoozeError,
-    StorageError,
+    AckError, BuildError, Cancel, CancelError, RecvError, RecvTimeoutError, RescheduleError,
+    ScheduleError, SnoozeError, StorageError, TryRecvError,
 };
 
 pub use key::TimerKey;
+pub use schedule::Schedule;
 #[cfg(feature = "serde")]
 pub use serde_codec::Serde;
 

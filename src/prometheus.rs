@@ -35,7 +35,9 @@
 //! engine.scheduler().schedule(1, Duration::from_secs(60), ()).unwrap();
 //! let metrics = Exporter::new(&engine);
 //! assert!(metrics.render().contains("duewheel_pending_timers 1"));
-//! // Or serve it: `let server = metrics.serve("127.0.0.1:9464")?;`
+//! // The host serves it: answer `GET /metrics` with `metrics.render()` and
+//! // content type `text/plain; version=0.0.4` (the example service does so
+//! // with axum, `duewheel simulate --metrics-addr` too).
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -43,12 +45,7 @@ use crate::engine::{Engine, Lateness, Scheduler, Stats};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use std::fmt::Write as _;
 use std::hash::Hash;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::{self, JoinHandle};
-use std::time::Duration;
 
 /// Samples an engine's [`Stats`] into Prometheus text. Cheap to clone.
 #[derive(Clone)]
@@ -115,102 +112,11 @@ impl Exporter {
         render_lateness(&mut text, &stats.lateness, stats.tick_ms);
         text
     }
-
-    /// Serves [`render`](Self::render) over HTTP at `addr` (any path; say
-    /// `/metrics`) on a thread of its own, until the returned server is
-    /// dropped. One scrape at a time, each bounded by a 5 s timeout.
-    pub fn serve(&self, addr: impl ToSocketAddrs) -> io::Result<MetricsServer> {
-        let listener = TcpListener::bind(addr)?;
-        let local_addr = listener.local_addr()?;
-        listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let exporter = self.clone();
-        let stopping = stop.clone();
-        let thread = thread::Builder::new()
-            .name("duewheel-metrics".into())
-            .spawn(move || {
-                while !stopping.load(Ordering::SeqCst) {
-                    match listener.accept() {
-                        Ok((stream, _)) => {
-                            // A broken scrape is the scraper's problem; the
-                            // next one starts afresh.
-                            let _ = answer(&exporter, stream);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            thread::sleep(ACCEPT_POLL);
-                        }
-                        Err(_) => thread::sleep(ACCEPT_POLL),
-                    }
-                }
-            })?;
-        Ok(MetricsServer {
-            local_addr,
-            stop,
-            thread: Some(thread),
-        })
-    }
 }
 
-/// How often the server's accept loop looks for a connection or a stop.
-const ACCEPT_POLL: Duration = Duration::from_millis(20);
-
-/// Longest request head read before answering.
-const MAX_REQUEST_BYTES: usize = 8 * 1024;
-
-/// Reads one request head and answers it with the metrics.
-fn answer(exporter: &Exporter, mut stream: TcpStream) -> io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_BYTES {
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let (status, body) = if head.starts_with(b"GET ") || head.starts_with(b"HEAD ") {
-        ("200 OK", exporter.render())
-    } else {
-        ("405 Method Not Allowed", String::from("only GET\n"))
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(response.as_bytes())?;
-    if !head.starts_with(b"HEAD ") {
-        stream.write_all(body.as_bytes())?;
-    }
-    stream.flush()
-}
-
-/// An HTTP endpoint serving an [`Exporter`]; stops when dropped.
-#[derive(Debug)]
-pub struct MetricsServer {
-    local_addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl MetricsServer {
-    /// The address it listens on (useful after binding port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
+/// The `Content-Type` of [`Exporter::render`]'s text, for the host's
+/// `/metrics` answer.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// `# HELP` lines for every series published through the facade.
 fn describe() {

@@ -23,8 +23,8 @@ fn engine(clock: &ManualClock) -> Engine<u64, u64> {
 fn unacked_expiry_is_redelivered_only_to_the_groups_that_did_not_ack() {
     let clock = ManualClock::new(T0);
     let engine = engine(&clock);
-    let mut orders = engine.subscribe("orders");
-    let mut stock = engine.subscribe("stock");
+    let mut orders = engine.subscribe("orders").unwrap();
+    let mut stock = engine.subscribe("stock").unwrap();
     let s = engine.scheduler();
     s.schedule(1, Duration::from_secs(60), 1).unwrap();
     clock.advance(Duration::from_secs(60));
@@ -75,8 +75,8 @@ fn unacked_expiry_is_redelivered_only_to_the_groups_that_did_not_ack() {
 fn snooze_fires_again_later_and_a_payment_can_still_win_meanwhile() {
     let clock = ManualClock::new(T0);
     let engine = engine(&clock);
-    let mut orders = engine.subscribe("orders");
-    let mut stock = engine.subscribe("stock");
+    let mut orders = engine.subscribe("orders").unwrap();
+    let mut stock = engine.subscribe("stock").unwrap();
     let s = engine.scheduler();
     s.schedule(1, Duration::from_secs(60), 10).unwrap();
     s.schedule(2, Duration::from_secs(60), 20).unwrap();
@@ -117,7 +117,7 @@ fn snooze_fires_again_later_and_a_payment_can_still_win_meanwhile() {
 fn reminders_need_no_ack() {
     let clock = ManualClock::new(T0);
     let engine = engine(&clock);
-    let mut orders = engine.subscribe("orders");
+    let mut orders = engine.subscribe("orders").unwrap();
     let s = engine.scheduler();
     s.schedule_with_reminders(1, Duration::from_secs(60), &[Duration::from_secs(10)], 1)
         .unwrap();
@@ -140,6 +140,11 @@ fn groups_are_fixed_when_acks_are_on() {
         engine.scheduler().subscribe("audit").unwrap_err(),
         SubscribeError::UnknownGroup("audit".into())
     );
+    // The engine's own `subscribe` says the same, as a value, not a panic.
+    assert_eq!(
+        engine.subscribe("audit").unwrap_err(),
+        SubscribeError::UnknownGroup("audit".into())
+    );
     let no_groups = Engine::<u64, u64>::builder()
         .clock(clock)
         .ack_timeout(Duration::from_secs(1))
@@ -151,7 +156,7 @@ fn groups_are_fixed_when_acks_are_on() {
 fn shutdown_hands_back_in_flight_timers_too() {
     let clock = ManualClock::new(T0);
     let engine = engine(&clock);
-    let mut orders = engine.subscribe("orders");
+    let mut orders = engine.subscribe("orders").unwrap();
     let s = engine.scheduler();
     s.schedule(1, Duration::from_secs(1), 1).unwrap();
     s.schedule(2, Duration::from_secs(100), 2).unwrap();

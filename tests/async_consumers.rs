@@ -68,7 +68,7 @@ fn a_slow_async_consumer_loses_nothing_and_the_runtime_keeps_running() {
             .batch_size(4)
             .build()
             .unwrap();
-        let mut consumer = engine.subscribe("orders");
+        let mut consumer = engine.subscribe("orders").unwrap();
         let scheduler = engine.scheduler();
         const N: u64 = 600;
         for id in 0..N {
@@ -117,7 +117,7 @@ fn an_idle_async_consumer_wakes_for_an_event_fired_later_and_ends_at_shutdown() 
             .clock(clock.clone())
             .build()
             .unwrap();
-        let mut consumer = engine.subscribe("orders");
+        let mut consumer = engine.subscribe("orders").unwrap();
         let scheduler = engine.scheduler();
         let waiter = tokio::spawn(async move {
             let first = consumer.recv_async().await;
@@ -155,7 +155,7 @@ fn a_receive_dropped_while_waiting_loses_no_event() {
             .clock(clock.clone())
             .build()
             .unwrap();
-        let mut consumer = engine.subscribe("orders");
+        let mut consumer = engine.subscribe("orders").unwrap();
         // Receives that give up after 5 ms, again and again, while nothing
         // has fired: each drops its future mid-wait.
         for _ in 0..10 {
@@ -204,7 +204,7 @@ fn many_async_consumers_share_one_thread_and_a_group_shares_its_events() {
         let received = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for _ in 0..CONSUMERS {
-            let mut consumer = engine.subscribe("billing");
+            let mut consumer = engine.subscribe("billing").unwrap();
             let received = received.clone();
             tasks.push(tokio::spawn(async move {
                 while let Some(event) = next(&mut consumer).await {
@@ -247,8 +247,8 @@ fn async_consumers_on_a_multi_thread_runtime_receive_every_event_fired_from_othe
             .channel_capacity(4)
             .build()
             .unwrap();
-        let a = engine.subscribe("g");
-        let b = engine.subscribe("g");
+        let a = engine.subscribe("g").unwrap();
+        let b = engine.subscribe("g").unwrap();
         let count = Arc::new(AtomicU64::new(0));
         let spawn = |mut c: duewheel::Consumer<u64, ()>, count: Arc<AtomicU64>| {
             tokio::spawn(async move {
@@ -375,7 +375,7 @@ fn durable_async_calls_await_the_commit_while_the_runtime_runs_other_tasks() {
         assert!(beats.load(Ordering::Relaxed) - before >= 20);
 
         // An async ack, durable too.
-        let mut orders = engine.subscribe("orders");
+        let mut orders = engine.subscribe("orders").unwrap();
         clock.advance(Duration::from_secs(10));
         let expiry = orders.recv_async().await.unwrap();
         assert_eq!((expiry.id, expiry.kind), (1, EventKind::Expired));

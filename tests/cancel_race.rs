@@ -37,7 +37,7 @@ fn race(ids: u64) {
         s.schedule(id, Duration::from_millis(1 + id % TICKS), id)
             .unwrap();
     }
-    let mut consumer = engine.subscribe("orders");
+    let mut consumer = engine.subscribe("orders").unwrap();
     let collector = thread::spawn(move || {
         let mut fired = vec![false; ids as usize];
         let mut duplicates = 0u64;

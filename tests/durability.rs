@@ -1,6 +1,6 @@
 //! The durable engine across restarts, downtime, faults and corruption.
 
-use duewheel::wal::{Fault, FaultStorage, Storage};
+use duewheel::wal::{Fault, FaultStorage, OpenDirError, Storage};
 use duewheel::{BuildError, Cancel, Engine, EventKind, ManualClock, ScheduleError, Scheduler};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -44,7 +44,7 @@ fn timers_survive_a_restart_and_overdue_ones_fire_once_future_ones_not_early() {
     let e = engine(&clock, &storage).unwrap();
     let recovered = e.recovered().unwrap().clone();
     assert_eq!((recovered.timers, recovered.overdue), (80, 31));
-    let mut orders = e.subscribe("orders");
+    let mut orders = e.subscribe("orders").unwrap();
     let s = e.scheduler();
     assert!(s.settle(WAIT));
     let mut fired: Vec<u64> = Vec::new();
@@ -93,7 +93,7 @@ fn after_a_restart_exactly_the_unacked_events_come_again() {
     let clock = ManualClock::new(T0);
     let storage = FaultStorage::new();
     let e = engine(&clock, &storage).unwrap();
-    let mut orders = e.subscribe("orders");
+    let mut orders = e.subscribe("orders").unwrap();
     let s = e.scheduler();
     for id in 0..10u64 {
         s.schedule(id, secs(1), id.to_string()).unwrap();
@@ -110,7 +110,7 @@ fn after_a_restart_exactly_the_unacked_events_come_again() {
     let e = engine(&clock, &storage).unwrap();
     let recovered = e.recovered().unwrap();
     assert_eq!((recovered.timers, recovered.in_flight), (5, 5));
-    let mut orders = e.subscribe("orders");
+    let mut orders = e.subscribe("orders").unwrap();
     assert!(e.scheduler().settle(WAIT));
     let again = orders.drain_ready();
     let ids: BTreeSet<u64> = again.iter().map(|e| e.id).collect();
@@ -142,14 +142,14 @@ fn an_fsync_failure_fail_stops_and_nothing_unsynced_is_acknowledged() {
     ));
     assert!(s.cancel(&1).is_err());
     assert!(e.stats().storage_failed);
-    let mut orders = e.subscribe("orders");
+    let mut orders = e.subscribe("orders").unwrap();
     clock.advance(secs(10));
     assert!(orders.recv_timeout(Duration::from_millis(300)).is_err());
     drop(e);
     storage.power_loss();
     let storage = storage.reboot();
     let e = engine(&clock, &storage).unwrap();
-    let mut orders = e.subscribe("orders");
+    let mut orders = e.subscribe("orders").unwrap();
     let event = orders.recv_timeout(WAIT).unwrap();
     assert_eq!((event.id, event.payload.as_str()), (1, "kept"));
     assert!(e.scheduler().settle(WAIT));
@@ -196,7 +196,7 @@ fn a_fault_at_any_io_keeps_every_acknowledged_change() {
             drop(e);
             storage.power_loss();
             let e = engine(&clock, &storage.reboot()).unwrap_or_else(|err| panic!("k={k}: {err}"));
-            let mut orders = e.subscribe("orders");
+            let mut orders = e.subscribe("orders").unwrap();
             clock.advance(secs(200));
             assert!(e.scheduler().settle(WAIT));
             let fired: BTreeSet<u64> = orders.drain_ready().iter().map(|e| e.id).collect();
@@ -231,6 +231,11 @@ fn a_second_engine_on_the_same_directory_is_refused() {
     let first = build().unwrap();
     let err = build().unwrap_err();
     assert!(err.to_string().contains("locked"), "{err}");
+    // The cause is a value to match, not only text.
+    assert!(
+        matches!(err, BuildError::Storage(OpenDirError::Locked { .. })),
+        "{err:?}"
+    );
     drop(first);
     drop(build().unwrap());
     let _ = std::fs::remove_dir_all(&dir);
@@ -248,7 +253,9 @@ fn corruption_in_the_log_is_a_clear_error_at_build() {
     std::mem::forget(e);
     let crashed = storage.reboot();
     let segment = "wal-0000000000000000.log";
-    crashed.flip_byte(segment, duewheel::wal::segment::HEADER_BYTES + 20);
+    // 20 bytes of segment header (`docs/WAL_FORMAT.md`), then the first
+    // record's 20th byte.
+    crashed.flip_byte(segment, 20 + 20);
     let text = engine(&clock, &crashed).unwrap_err().to_string();
     assert!(
         text.contains(segment) && text.contains("offset 20"),
@@ -305,7 +312,7 @@ fn a_batch_is_durable_together_and_a_failed_fsync_hands_every_payload_back() {
     storage.power_loss();
     let e = engine(&clock, &storage.reboot()).unwrap();
     assert_eq!(e.recovered().unwrap().timers, 100, "the first batch, whole");
-    let mut orders = e.subscribe("orders");
+    let mut orders = e.subscribe("orders").unwrap();
     clock.advance(secs(200));
     assert!(e.scheduler().settle(WAIT));
     let fired: BTreeSet<u64> = orders.drain_ready().iter().map(|e| e.id).collect();

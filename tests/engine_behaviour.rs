@@ -30,7 +30,7 @@ fn ms(n: u64) -> Duration {
 fn nothing_fires_before_its_deadline_and_everything_fires_at_it() {
     let clock = ManualClock::new(T0);
     let engine = engine(&clock);
-    let mut orders = engine.subscribe("orders");
+    let mut orders = engine.subscribe("orders").unwrap();
     let s = engine.scheduler();
     for id in 0..1_000u64 {
         s.schedule(id, ms(1 + id % 100), id).unwrap();
@@ -56,7 +56,7 @@ fn nothing_fires_before_its_deadline_and_everything_fires_at_it() {
 fn events_reach_the_groups_in_deadline_order_across_shards() {
     let clock = ManualClock::new(T0);
     let engine = engine(&clock);
-    let mut orders = engine.subscribe("orders");
+    let mut orders = engine.subscribe("orders").unwrap();
     let s = engine.scheduler();
     // Ids spread over all shards, deadlines interleaved.
     for id in 0..5_000u64 {
@@ -75,7 +75,7 @@ fn events_reach_the_groups_in_deadline_order_across_shards() {
 fn deadline_in_the_past_fires_on_the_next_round_not_inside_schedule() {
     let clock = ManualClock::new(T0);
     let engine = engine(&clock);
-    let mut orders = engine.subscribe("orders");
+    let mut orders = engine.subscribe("orders").unwrap();
     let s = engine.scheduler();
     s.schedule(1, duewheel::Deadline::at_unix_ms(T0 - 5_000), 1)
         .unwrap();
@@ -136,7 +136,7 @@ fn pending_cap_holds_and_counters_never_drift() {
         .group("g")
         .build()
         .unwrap();
-    let mut g = engine.subscribe("g");
+    let mut g = engine.subscribe("g").unwrap();
     let s = engine.scheduler();
     let mut accepted = 0u64;
     let mut refused = 0u64;
@@ -178,7 +178,7 @@ fn pending_cap_holds_and_counters_never_drift() {
 fn reminders_come_in_order_before_the_expiry() {
     let clock = ManualClock::new(T0);
     let engine = engine(&clock);
-    let mut orders = engine.subscribe("orders");
+    let mut orders = engine.subscribe("orders").unwrap();
     let s = engine.scheduler();
     let window = Duration::from_secs(30 * 60);
     let reminders = [Duration::from_secs(60), Duration::from_secs(5 * 60)];
@@ -225,7 +225,7 @@ fn reminders_come_in_order_before_the_expiry() {
 fn reschedule_moves_the_deadline_both_ways() {
     let clock = ManualClock::new(T0);
     let engine = engine(&clock);
-    let mut orders = engine.subscribe("orders");
+    let mut orders = engine.subscribe("orders").unwrap();
     let s = engine.scheduler();
     s.schedule(1, ms(100), 1).unwrap();
     s.schedule(2, ms(100), 2).unwrap();
@@ -261,7 +261,7 @@ fn every_group_gets_every_event_and_consumers_of_a_group_share_them() {
         s.schedule(id, ms(1 + id % 50), id).unwrap();
     }
     let spawn = |group: &'static str| {
-        let mut c = engine.subscribe(group);
+        let mut c = engine.subscribe(group).unwrap();
         thread::spawn(move || {
             let mut ids = Vec::new();
             while let Ok(e) = c.recv() {
@@ -305,7 +305,7 @@ fn slow_consumer_loses_nothing_and_memory_stays_bounded() {
         s.schedule(id, ms(1), id).unwrap();
     }
     clock.advance(ms(1));
-    let mut slow = engine.subscribe("slow");
+    let mut slow = engine.subscribe("slow").unwrap();
     let mut got = HashSet::new();
     let mut max_lag = 0;
     while got.len() < n as usize {
@@ -338,10 +338,10 @@ fn events_fired_while_no_consumer_is_attached_wait_in_the_group() {
     assert!(s.settle(WAIT));
     assert_eq!(engine.stats().groups[0].lag, 100);
     // A consumer that takes a batch and is dropped hands the rest back.
-    let mut first = engine.subscribe("orders");
+    let mut first = engine.subscribe("orders").unwrap();
     let one = first.recv_timeout(WAIT).unwrap();
     drop(first);
-    let mut second = engine.subscribe("orders");
+    let mut second = engine.subscribe("orders").unwrap();
     let mut ids: Vec<u64> = second.drain_ready().into_iter().map(|e| e.id).collect();
     ids.push(one.id);
     ids.sort_unstable();
@@ -362,7 +362,7 @@ fn with_no_group_at_all_timers_are_held_not_dropped() {
     let stats = engine.stats();
     assert_eq!(stats.pending, 1);
     assert_eq!(stats.oldest_overdue_ms, Some(T0 + 5));
-    let mut late = engine.subscribe("late");
+    let mut late = engine.subscribe("late").unwrap();
     let e = late.recv_timeout(WAIT).unwrap();
     assert_eq!(e.id, 1);
     assert!(e.fired_at_ms >= T0 + 50);
@@ -411,7 +411,7 @@ fn shutdown_hands_back_events_a_full_group_could_not_take() {
     while engine.stats().expired_total < 8 {
         thread::yield_now();
     }
-    let mut stuck = engine.subscribe("stuck");
+    let mut stuck = engine.subscribe("stuck").unwrap();
     let shutdown = engine.shutdown();
     let queued: Vec<Event<u64, u64>> = stuck.iter().collect();
     let mut ids: Vec<u64> = queued.iter().map(|e| e.id).collect();
@@ -437,7 +437,7 @@ fn earlier_deadlines_on_other_shards_wake_the_dispatcher() {
         .group("g")
         .build()
         .unwrap();
-    let mut g = engine.subscribe("g");
+    let mut g = engine.subscribe("g").unwrap();
     let s = engine.scheduler();
     s.schedule(u64::MAX, Duration::from_secs(3_000), 0).unwrap();
     for round in 0..20u64 {
@@ -495,7 +495,7 @@ fn coarse_ticks_round_deadlines_up_never_down() {
         .group("g")
         .build()
         .unwrap();
-    let mut g = engine.subscribe("g");
+    let mut g = engine.subscribe("g").unwrap();
     let s = engine.scheduler();
     s.schedule(1, duewheel::Deadline::at_unix_ms(T0 + 11), 1)
         .unwrap();
@@ -528,7 +528,7 @@ fn a_catch_up_of_timers_at_distinct_ticks_goes_out_in_full_batches() {
         .group("orders")
         .build()
         .unwrap();
-    let mut orders = engine.subscribe("orders");
+    let mut orders = engine.subscribe("orders").unwrap();
     let s = engine.scheduler();
     for id in 0..500u64 {
         s.schedule(id, ms(1 + id), id).unwrap();
@@ -549,7 +549,7 @@ fn fired_ids_are_remembered_within_the_memory_then_forgotten() {
         .group("orders")
         .build()
         .unwrap();
-    let mut orders = engine.subscribe("orders");
+    let mut orders = engine.subscribe("orders").unwrap();
     let s = engine.scheduler();
     for id in 0..5u64 {
         s.schedule(id, ms(1 + id), id).unwrap();

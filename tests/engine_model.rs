@@ -72,7 +72,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         .group("g")
         .build()
         .unwrap();
-    let mut consumer = engine.subscribe("g");
+    let mut consumer = engine.subscribe("g").unwrap();
     let s = engine.scheduler();
     let mut now = T0;
     let mut pending: BTreeMap<u64, Timer> = BTreeMap::new();

@@ -33,7 +33,7 @@ fn kill9_child() {
     };
     let base: u64 = base.parse().unwrap();
     let engine = engine(&dir);
-    let mut orders = engine.subscribe("orders");
+    let mut orders = engine.subscribe("orders").unwrap();
     std::thread::spawn(move || {
         while let Ok(event) = orders.recv() {
             println!("F {} {} {}", event.id, event.deadline_ms, event.fired_at_ms);
@@ -170,7 +170,7 @@ fn kill9_loop_loses_no_acknowledged_deadline() {
 
         // Reopen and watch every outstanding timer fire.
         let engine = engine(&dir_str);
-        let mut orders = engine.subscribe("orders");
+        let mut orders = engine.subscribe("orders").unwrap();
         let mut outstanding = ledger.outstanding();
         let give_up = Instant::now() + Duration::from_secs(30);
         while !outstanding.is_empty() {

@@ -5,8 +5,7 @@
 //! outcome, and `/metrics` is Prometheus text with the expected numbers.
 #![cfg(all(feature = "tokio", feature = "prometheus"))]
 
-#[path = "support/prom_text.rs"]
-mod prom_text;
+use duewheel_testkit::prom_text;
 #[path = "../examples/order_service/service.rs"]
 mod service;
 

@@ -1,13 +1,10 @@
-//! Feature `prometheus`: the engine's `Stats` as Prometheus text, over HTTP.
+//! Feature `prometheus`: the engine's `Stats` as Prometheus text.
 #![cfg(feature = "prometheus")]
 
-#[path = "support/prom_text.rs"]
-mod prom_text;
+use duewheel_testkit::prom_text;
 
-use duewheel::prometheus::Exporter;
+use duewheel::prometheus::{CONTENT_TYPE, Exporter};
 use duewheel::{Engine, EventKind, ManualClock};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 const T0: u64 = 1_700_000_000_000;
@@ -28,7 +25,7 @@ fn the_text_has_every_series_with_the_engines_numbers() {
         .batch_size(6)
         .build()
         .unwrap();
-    let mut orders = engine.subscribe("orders");
+    let mut orders = engine.subscribe("orders").unwrap();
     let s = engine.scheduler();
     for id in 0..10 {
         s.schedule_with_reminders(id, secs(60), &[secs(30)], ())
@@ -99,32 +96,21 @@ fn a_stalled_engine_shows_its_oldest_overdue_age() {
     assert_eq!(m.value("duewheel_pending_timers", &[]), Some(1.0));
 }
 
-/// GET `path` from `addr` over a real connection; the status line and body.
-fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_string(), body.to_string())
-}
-
+/// Each scrape is a fresh snapshot: an exporter created once (as a host
+/// keeps it behind its `/metrics` route, here on a `Scheduler` handle) shows
+/// the numbers of the moment it renders, and counters never go down. The
+/// HTTP side is the host's: `tests/order_service.rs` scrapes the example
+/// service's axum route, the CLI's tests `simulate --metrics-addr`.
 #[test]
-fn the_http_endpoint_serves_fresh_numbers_and_counters_never_go_down() {
+fn every_render_is_a_fresh_snapshot_and_counters_never_go_down() {
     let clock = ManualClock::new(T0);
     let engine = Engine::<u64, ()>::builder()
         .clock(clock.clone())
         .build()
         .unwrap();
-    let mut orders = engine.subscribe("orders");
-    let server = Exporter::new(&engine).serve("127.0.0.1:0").unwrap();
-    let addr = server.local_addr();
-    assert!(addr.ip().is_loopback());
+    let mut orders = engine.subscribe("orders").unwrap();
+    let exporter = Exporter::for_scheduler(engine.scheduler());
+    assert!(CONTENT_TYPE.starts_with("text/plain; version=0.0.4"));
 
     let mut last_fired = 0.0;
     for round in 1..=3u64 {
@@ -138,8 +124,7 @@ fn the_http_endpoint_serves_fresh_numbers_and_counters_never_go_down() {
         for _ in 0..5 {
             orders.recv_timeout(WAIT).unwrap();
         }
-        let (status, body) = get(addr, "/metrics");
-        assert_eq!(status, "HTTP/1.1 200 OK");
+        let body = exporter.render();
         let m = prom_text::parse(&body).unwrap_or_else(|e| panic!("{e}\n{body}"));
         let fired = m
             .value("duewheel_fired_total", &[("kind", "expired")])
@@ -152,6 +137,4 @@ fn the_http_endpoint_serves_fresh_numbers_and_counters_never_go_down() {
             Some(0.0)
         );
     }
-    drop(server);
-    assert!(TcpStream::connect(addr).is_err(), "the server stopped");
 }

@@ -54,7 +54,7 @@ fn struct_payloads_survive_a_restart_field_for_field() {
 
     let e = engine(&clock, &storage);
     assert_eq!(e.recovered().unwrap().timers, 49);
-    let mut orders = e.subscribe("orders");
+    let mut orders = e.subscribe("orders").unwrap();
     clock.advance(Duration::from_secs(200));
     assert!(e.scheduler().settle(Duration::from_secs(30)));
     let mut seen = 0;

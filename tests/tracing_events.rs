@@ -73,7 +73,7 @@ fn operators_see_batches_stalls_backpressure_and_wal_work_but_no_line_per_timer(
         .shards(2)
         .build()
         .unwrap();
-    let mut orders = engine.subscribe("orders");
+    let mut orders = engine.subscribe("orders").unwrap();
     const N: u64 = 20_000;
     for id in 0..N {
         engine
@@ -100,7 +100,7 @@ fn operators_see_batches_stalls_backpressure_and_wal_work_but_no_line_per_timer(
         .clock(clock.clone())
         .build()
         .unwrap();
-    let mut orders = engine.subscribe("orders");
+    let mut orders = engine.subscribe("orders").unwrap();
     engine
         .scheduler()
         .schedule(1, Duration::from_secs(10), ())
@@ -125,7 +125,7 @@ fn operators_see_batches_stalls_backpressure_and_wal_work_but_no_line_per_timer(
         .channel_capacity(1)
         .build()
         .unwrap();
-    let mut slow = engine.subscribe("slow");
+    let mut slow = engine.subscribe("slow").unwrap();
     for id in 0..5 {
         engine
             .scheduler()

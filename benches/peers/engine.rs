@@ -47,7 +47,7 @@ impl Contender for Driver {
             .build()
             .expect("the default engine builds");
         Driver {
-            consumer: engine.subscribe("expired"),
+            consumer: engine.subscribe("expired").unwrap(),
             scheduler: engine.scheduler(),
             engine: Some(engine),
             clock,

@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use duewheel::prometheus::Exporter;
-use duewheel::{BuildError, Cancel, Clock, Engine, EventKind, Scheduler};
+use duewheel::{BuildError, Cancel, Clock, Engine, EventKind, Scheduler, SubscribeError};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -79,10 +79,21 @@ pub(crate) struct OrderService {
     consumer: JoinHandle<()>,
 }
 
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    /// The engine refused its configuration.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// The expiry consumer could not subscribe.
+    #[error(transparent)]
+    Subscribe(#[from] SubscribeError),
+}
+
 impl OrderService {
     /// Starts the engine on `clock` and the expiry consumer. Call from
     /// inside a tokio runtime (the consumer is a task on it, not a thread).
-    pub(crate) fn start(settings: Settings, clock: impl Clock) -> Result<Self, BuildError> {
+    pub(crate) fn start(settings: Settings, clock: impl Clock) -> Result<Self, StartError> {
         let engine = Engine::<u64, u64>::builder()
             .clock(clock)
             .group("orders")
@@ -99,7 +110,7 @@ impl OrderService {
             settings,
             metrics: Exporter::new(&engine),
         });
-        let consumer = tokio::spawn(consume(shared.clone(), engine.subscribe("orders")));
+        let consumer = tokio::spawn(consume(shared.clone(), engine.subscribe("orders")?));
         Ok(Self {
             shared,
             engine,
@@ -156,6 +167,11 @@ async fn consume(shared: Arc<Shared>, mut events: duewheel::Consumer<u64, u64>) 
                 *shared.available.lock() += released;
                 // Only a shut-down engine refuses; the expiry is then back in
                 // the engine's hands.
+                let _ = events.ack_async(&event).await;
+            }
+            // `EventKind` is non-exhaustive: a kind this service does not
+            // know is acknowledged and otherwise ignored.
+            _ => {
                 let _ = events.ack_async(&event).await;
             }
         }
@@ -266,7 +282,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            duewheel::prometheus::CONTENT_TYPE,
         )],
         shared.metrics.render(),
     )

@@ -19,7 +19,7 @@
 
 use super::consumer::Consumer;
 use super::event::Event;
-use crossbeam_channel::TryRecvError;
+use crate::error::TryRecvError;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -39,7 +39,7 @@ impl<K, P> Consumer<K, P> {
     ///
     /// let clock = ManualClock::new(0);
     /// let engine = Engine::<u64, &str>::builder().clock(clock.clone()).build()?;
-    /// let mut orders = engine.subscribe("orders");
+    /// let mut orders = engine.subscribe("orders")?;
     /// engine.scheduler().schedule_async(7, Duration::from_secs(60), "order 7").await?;
     ///
     /// clock.advance(Duration::from_secs(60));

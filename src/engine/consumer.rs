@@ -14,8 +14,9 @@
 
 use super::event::{Event, EventKind};
 use super::{Scheduler, SubscribeError};
+use crate::error::{self, RecvError, RecvTimeoutError, TryRecvError};
 use crate::error::{AckError, SnoozeError};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -215,7 +216,7 @@ impl<K, P> Registry<K, P> {
 ///
 /// let clock = ManualClock::new(0);
 /// let engine = Engine::<u64, &str>::builder().clock(clock.clone()).build()?;
-/// let mut orders = engine.subscribe("orders");
+/// let mut orders = engine.subscribe("orders")?;
 /// engine.scheduler().schedule(7, Duration::from_secs(60), "order 7").unwrap();
 ///
 /// clock.advance(Duration::from_secs(60));
@@ -265,12 +266,12 @@ impl<K, P> Consumer<K, P> {
 
     /// Blocks until an event arrives. Fails only after the engine shut down
     /// and every queued event was received.
-    pub fn recv(&mut self) -> Result<Event<K, P>, crossbeam_channel::RecvError> {
+    pub fn recv(&mut self) -> Result<Event<K, P>, RecvError> {
         loop {
             if let Some(event) = self.next_local() {
                 return Ok(event);
             }
-            let batch = self.rx.recv()?;
+            let batch = self.rx.recv().map_err(error::recv_error)?;
             if let Some(event) = self.take(batch) {
                 return Ok(event);
             }
@@ -283,7 +284,7 @@ impl<K, P> Consumer<K, P> {
             if let Some(event) = self.next_local() {
                 return Ok(event);
             }
-            let batch = self.rx.try_recv()?;
+            let batch = self.rx.try_recv().map_err(error::try_recv_error)?;
             if let Some(event) = self.take(batch) {
                 return Ok(event);
             }
@@ -297,7 +298,10 @@ impl<K, P> Consumer<K, P> {
             if let Some(event) = self.next_local() {
                 return Ok(event);
             }
-            let batch = self.rx.recv_deadline(deadline)?;
+            let batch = self
+                .rx
+                .recv_deadline(deadline)
+                .map_err(error::recv_timeout_error)?;
             if let Some(event) = self.take(batch) {
                 return Ok(event);
             }

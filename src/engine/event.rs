@@ -2,6 +2,7 @@
 
 /// Which stage of a timer an [`Event`] reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum EventKind {
     /// The `n`-th reminder (1-based, in firing order) before the deadline.
     Reminder(u8),
@@ -20,6 +21,7 @@ pub enum EventKind {
 /// [`Cancel::Cancelled`]: crate::Cancel::Cancelled
 /// [`Cancel::AlreadyFired`]: crate::Cancel::AlreadyFired
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Event<K, P> {
     /// The caller's id (an order id).
     pub id: K,

@@ -88,7 +88,7 @@ impl<'a, K: Clone, P> Round<'a, K, P> {
 ///     .hooks(Arc::new(EvenOnly))
 ///     .group("out")
 ///     .build()?;
-/// let mut out = engine.subscribe("out");
+/// let mut out = engine.subscribe("out")?;
 /// engine.scheduler().schedule(1, Duration::from_millis(10), ())?;
 /// engine.scheduler().schedule(2, Duration::from_millis(10), ())?;
 /// clock.advance(Duration::from_millis(10));

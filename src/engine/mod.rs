@@ -189,6 +189,7 @@ fn shard_index<K: Hash>(id: &K, shards: usize) -> usize {
 
 /// What the durable mode recovered at open.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Recovered {
     /// Timers restored (waiting or in flight).
     pub timers: usize,
@@ -204,6 +205,7 @@ pub struct Recovered {
 }
 
 /// Configures an [`Engine`]. From [`Engine::builder`].
+#[must_use = "a builder does nothing until `build`; each setter returns the updated builder"]
 pub struct Builder<K, P> {
     tick: Duration,
     shards: usize,
@@ -308,9 +310,10 @@ where
     }
 
     /// The longest the dispatcher sleeps without looking at the shards
-    /// (default 1 s). A safety net only: wake-ups do not depend on it. Tests
-    /// raise it to prove that.
-    #[doc(hidden)]
+    /// (default 1 s). A safety net only: every schedule, clock advance and
+    /// consumer wakes it, so wake-ups do not depend on this (the tests raise
+    /// it to an hour to prove that). Lower it only to bound the damage of a
+    /// custom [`Clock`] that does not report its advances.
     pub fn max_idle(mut self, max_idle: Duration) -> Self {
         self.max_idle = max_idle;
         self
@@ -512,8 +515,7 @@ where
     pub fn durable(mut self, dir: impl AsRef<std::path::Path>) -> Self {
         let dir = dir.as_ref().to_path_buf();
         self.durable = Some(Box::new(move |opts, shards| {
-            let storage = crate::wal::FsStorage::open(&dir)
-                .map_err(|e| BuildError::Storage(e.to_string()))?;
+            let storage = crate::wal::FsStorage::open(&dir)?;
             crate::durable::open(Arc::new(storage), opts, shards, &|id| {
                 shard_index(id, shards)
             })
@@ -521,8 +523,39 @@ where
         self
     }
 
-    /// Durable mode on any [`Storage`]: tests put a fault-injecting one here.
-    #[doc(hidden)]
+    /// Durable mode on any [`Storage`] backend, as
+    /// [`durable`](Self::durable) is on a directory ([`FsStorage`]): the log
+    /// lives wherever the backend puts its files. A backend must keep the
+    /// trait's durability contract (what `sync` and `sync_dir` promise),
+    /// or the engine's does not hold. [`FaultStorage`] is one that fails,
+    /// tears and forgets on command, for crash tests of a service built on
+    /// the engine.
+    ///
+    /// ```
+    /// use duewheel::wal::{FaultStorage, Storage};
+    /// use duewheel::{Engine, ManualClock};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    ///
+    /// let disk = FaultStorage::new();
+    /// let open = |disk: &FaultStorage| {
+    ///     Engine::<u64, String>::builder()
+    ///         .clock(ManualClock::new(0))
+    ///         .group("orders")
+    ///         .durable_storage(Arc::new(disk.clone()) as Arc<dyn Storage>)
+    ///         .build()
+    /// };
+    /// let engine = open(&disk)?;
+    /// engine.scheduler().schedule(7, Duration::from_secs(60), "order 7".into())?;
+    /// std::mem::forget(engine); // a crash: no shutdown
+    /// // After the "reboot", the unsynced writes are gone, the synced ones stay.
+    /// let engine = open(&disk.reboot())?;
+    /// assert_eq!(engine.stats().pending, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// [`FsStorage`]: crate::wal::FsStorage
+    /// [`FaultStorage`]: crate::wal::FaultStorage
     pub fn durable_storage(mut self, storage: Arc<dyn Storage>) -> Self {
         self.durable = Some(Box::new(move |opts, shards| {
             crate::durable::open(storage, opts, shards, &|id| shard_index(id, shards))
@@ -556,7 +589,7 @@ where
 ///
 /// let clock = ManualClock::new(1_700_000_000_000);
 /// let engine = Engine::<u64, String>::builder().clock(clock.clone()).build()?;
-/// let mut orders = engine.subscribe("order-cancel");
+/// let mut orders = engine.subscribe("order-cancel")?;
 /// let payments = engine.scheduler();
 ///
 /// // Two unpaid orders with a 30-minute window and a reminder 5 minutes before.
@@ -610,6 +643,8 @@ fn checkpoint_loop<K: Hash + Eq + Clone, P: Clone>(inner: &Inner<K, P>, every: D
 
 /// What [`Engine::shutdown`] hands back: nothing accepted is lost.
 #[derive(Debug)]
+#[must_use = "the timers it hands back are lost unless read (nothing accepted is lost)"]
+#[non_exhaustive]
 pub struct Shutdown<K, P> {
     /// Timers that were still pending, with their remaining reminders. Empty
     /// in durable mode: there they stay in the log and come back on the next
@@ -639,10 +674,14 @@ where
 
     /// A consumer of group `group`, creating the group if needed. A group
     /// created now receives the events fired from now on.
-    pub fn subscribe(&self, group: &str) -> Consumer<K, P> {
-        self.scheduler
-            .subscribe(group)
-            .expect("the registry is open while the engine lives")
+    ///
+    /// # Errors
+    ///
+    /// [`SubscribeError::UnknownGroup`] when acknowledgements are on (they
+    /// fix the groups at build, see [`Builder::group`]) and `group` was not
+    /// declared; [`SubscribeError::TooManyGroups`] for a 65th group.
+    pub fn subscribe(&self, group: &str) -> Result<Consumer<K, P>, SubscribeError> {
+        self.scheduler.subscribe(group)
     }
 
     /// A snapshot of the engine's statistics.
@@ -783,6 +822,7 @@ impl<K, P> std::fmt::Debug for Scheduler<K, P> {
 
 /// Why [`Scheduler::subscribe`] failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SubscribeError {
     /// The engine is shutting down.
     #[error("the engine is shutting down")]

@@ -7,6 +7,7 @@
 
 /// Engine statistics, from [`Scheduler::stats`](crate::Scheduler::stats).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// The engine clock's time (UTC milliseconds) when the snapshot was taken.
     pub now_ms: u64,
@@ -98,6 +99,7 @@ impl Stats {
 /// A summary of the lateness histogram (`hdrhistogram`, 3 significant
 /// digits): how many ticks after its due tick each event left the wheel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Lateness {
     /// Events recorded.
     pub count: u64,
@@ -146,6 +148,7 @@ impl Lateness {
 
 /// One consumer group's state.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GroupStats {
     /// The group's name.
     pub name: String,

@@ -16,11 +16,26 @@
 //! - any failed write or fsync poisons the log (fail-stop, see
 //!   `writer.rs`).
 
-pub mod fault;
+// The on-disk layer is private: its layout is `docs/WAL_FORMAT.md`'s, not
+// an API. `cargo fuzz` (`--cfg fuzzing`) opens the decoders to the fuzz
+// targets; the crate's own tests reach them as `crate::wal::...`.
+mod fault;
+#[cfg(fuzzing)]
 pub mod record;
+#[cfg(not(fuzzing))]
+#[allow(unreachable_pub, dead_code)] // the fuzz targets use more of it
+pub(crate) mod record;
+#[cfg(fuzzing)]
 pub mod segment;
+#[cfg(not(fuzzing))]
+#[allow(unreachable_pub)]
+pub(crate) mod segment;
+#[cfg(fuzzing)]
 pub mod snapshot;
-pub mod storage;
+#[cfg(not(fuzzing))]
+#[allow(unreachable_pub)]
+pub(crate) mod snapshot;
+mod storage;
 mod writer;
 
 pub use self::fault::{Fault, FaultStorage};
@@ -36,6 +51,7 @@ use std::thread::JoinHandle;
 
 /// When [`Wal::wait`] may return.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SyncPolicy {
     /// After the record is fsynced (default). Concurrent callers share one
     /// fsync (group commit).
@@ -115,6 +131,7 @@ pub struct CheckpointReport {
 
 /// Why the log refused an operation.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum WalError {
     /// A write or fsync failed earlier; the log accepts nothing more.
     #[error("the log is poisoned after an I/O failure: {0}")]
@@ -137,6 +154,7 @@ pub enum WalError {
 
 /// Why a log could not be opened.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WalOpenError<E> {
     /// Reading or preparing the directory failed.
     #[error("I/O error opening the log: {0}")]

@@ -1,0 +1,284 @@
+//! The pager: what of the table the wheel holds.
+//!
+//! - **Takeover**: a newly acquired shard's claimed rows (an earlier
+//!   owner's deliveries that were never acked) go into the wheel due at
+//!   once, and its pending rows due before the horizon's end as they are.
+//! - **Horizon**: every `page_every` the horizon's end moves to `now +
+//!   horizon` and the rows between the old and the new end are paged in, so
+//!   the wheel never needs the whole table.
+//! - **Sweep**: every `sweep_every` the pending rows of owned shards that
+//!   are due now are read, and those the wheel lacks are put in (due at
+//!   once). This is what fires rows written by other nodes, or committed
+//!   after a takeover's load or a page; it bounds how late they fire.
+//!
+//! Invariant: the pager only ever *adds* to the wheel; whether anything
+//! fires is the gate's claim's decision.
+
+use super::sql::{Loaded, NodeDb};
+use super::{Shared, bump, ms};
+use crate::error::QueryError;
+use crossbeam_channel::Receiver;
+use duewheel::{Codec, Deadline, ScheduleError, Scheduler};
+use std::time::{Duration, Instant};
+
+/// Most due rows one sweep reads.
+const SWEEP_LIMIT: i64 = 10_000;
+
+/// How overdue a pending row must be to count in the alarm.
+const OVERDUE_MS: u64 = 60_000;
+
+pub(super) fn run<P: Codec + Clone + Send + 'static>(
+    shared: &Shared,
+    db: NodeDb,
+    rx: &Receiver<(u32, u64)>,
+    refetch: &Receiver<Vec<u64>>,
+    engine: &Scheduler<u64, P>,
+) {
+    let mut db =
+        Some(db).and_then(|mut conn| conn.listen(&shared.config.store.schema).ok().map(|()| conn));
+    let mut fresh: Vec<(u32, u64)> = Vec::new();
+    let mut next_page = Instant::now() + shared.config.page_every;
+    let mut next_sweep = Instant::now() + shared.config.sweep_every;
+    let mut next_alarm = Instant::now();
+    loop {
+        if shared.stopping() {
+            return;
+        }
+        if db.as_ref().is_none_or(NodeDb::is_closed) {
+            // Notifications sent while we were away are lost; the sweep
+            // finds their rows.
+            db = shared
+                .reconnect(Some(Instant::now() + shared.config.sweep_every))
+                .and_then(|mut conn| conn.listen(&shared.config.store.schema).ok().map(|()| conn));
+        }
+        let Some(conn) = db.as_mut() else {
+            continue;
+        };
+        let wait = next_page
+            .min(next_sweep)
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(20));
+        let mut put = Put { shared, engine };
+        let result = (|| -> Result<(), QueryError> {
+            // Rows other nodes wrote into our shards, due soon.
+            let notified = conn.notified(wait)?;
+            if !notified.is_empty() {
+                fetch_notified(shared, conn, &notified, &mut put)?;
+            }
+            while let Ok(shard) = rx.try_recv() {
+                fresh.push(shard);
+            }
+            while let Ok(ids) = refetch.try_recv() {
+                fetch_claimed_again(shared, conn, &ids, &mut put)?;
+            }
+            if !fresh.is_empty() {
+                take_over(shared, conn, &mut fresh, &mut put)?;
+            }
+            if Instant::now() >= next_page {
+                next_page = Instant::now() + shared.config.page_every;
+                page(shared, conn, &mut put)?;
+            }
+            if Instant::now() >= next_sweep {
+                next_sweep = Instant::now() + shared.config.sweep_every;
+                let shards = owned(shared);
+                if !shards.is_empty() {
+                    let now = shared.now_ms();
+                    conn.sweep(&shards, now, SWEEP_LIMIT, &mut |row| {
+                        if put.row(row) {
+                            bump(&shared.counters.swept, 1);
+                        }
+                    })?;
+                    if Instant::now() >= next_alarm {
+                        next_alarm = Instant::now() + Duration::from_secs(10);
+                        let overdue = conn.overdue(&shards, now.saturating_sub(OVERDUE_MS))?;
+                        shared
+                            .counters
+                            .overdue
+                            .store(overdue, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            bump(&shared.counters.db_errors, 1);
+            crate::trace::warning!(error = e.to_string(), "pager statement failed; retrying");
+            if matches!(e, QueryError::InDoubt(_)) {
+                db = None;
+            }
+        }
+    }
+}
+
+fn owned(shared: &Shared) -> Vec<u32> {
+    shared.owned.read().keys().copied().collect()
+}
+
+/// Puts rows into the wheel.
+struct Put<'a, P> {
+    shared: &'a Shared,
+    engine: &'a Scheduler<u64, P>,
+}
+
+impl<P: Codec + Clone + Send + 'static> Put<'_, P> {
+    /// Puts one row in the wheel at its deadline (one already past fires at
+    /// once); `true` if the wheel did not hold it. Rows of shards no longer
+    /// ours are skipped.
+    fn row(&mut self, row: Loaded) -> bool {
+        if self.shared.epoch_of(row.shard).is_none() {
+            return false;
+        }
+        let payload = match P::decode(&row.payload) {
+            Ok(p) => p,
+            Err(e) => {
+                // It stays in the table (and in the overdue alarm).
+                bump(&self.shared.counters.db_errors, 1);
+                crate::trace::error!(
+                    id = row.id,
+                    error = e.to_string(),
+                    "stored payload does not decode"
+                );
+                return false;
+            }
+        };
+        match self
+            .engine
+            .schedule(row.id, Deadline::at_unix_ms(row.deadline_ms), payload)
+        {
+            Ok(()) => true,
+            Err(ScheduleError::AlreadyScheduled(_)) => false,
+            Err(e) => {
+                bump(&self.shared.counters.db_errors, 1);
+                crate::trace::error!(
+                    id = row.id,
+                    error = e.to_string(),
+                    "the wheel refused a row"
+                );
+                false
+            }
+        }
+    }
+}
+
+/// Puts claimed rows back in the wheel, marked for redelivery (see the
+/// acker: their delivery was claimed under an older epoch).
+fn fetch_claimed_again<P: Codec + Clone + Send + 'static>(
+    shared: &Shared,
+    conn: &mut NodeDb,
+    ids: &[u64],
+    put: &mut Put<'_, P>,
+) -> Result<(), QueryError> {
+    let mut keys: Vec<(i32, i64)> = ids
+        .iter()
+        .map(|&id| {
+            (
+                i32::try_from(shared.map.shard_of_id(id)).unwrap_or(i32::MAX),
+                id as i64,
+            )
+        })
+        .collect();
+    keys.sort_unstable();
+    let (shards, ids): (Vec<i32>, Vec<i64>) = keys.into_iter().unzip();
+    conn.fetch(&shards, &ids, 1, &mut |row| {
+        shared.redeliver.lock().insert(row.id);
+        put.row(row);
+    })
+}
+
+/// Puts the pending rows named in notifications (comma-separated ids) into
+/// the wheel, for the shards this node owns.
+fn fetch_notified<P: Codec + Clone + Send + 'static>(
+    shared: &Shared,
+    conn: &mut NodeDb,
+    notified: &[String],
+    put: &mut Put<'_, P>,
+) -> Result<(), QueryError> {
+    let (mut shards, mut ids) = (Vec::new(), Vec::new());
+    for id in notified.iter().flat_map(|n| n.split(',')) {
+        let Ok(id) = id.parse::<u64>() else { continue };
+        let shard = shared.map.shard_of_id(id);
+        if shared.epoch_of(shard).is_some() {
+            shards.push(i32::try_from(shard).unwrap_or(i32::MAX));
+            ids.push(id as i64);
+        }
+    }
+    for (s, i) in shards
+        .chunks(crate::MAX_BATCH)
+        .zip(ids.chunks(crate::MAX_BATCH))
+    {
+        conn.fetch(s, i, 0, &mut |row| {
+            if put.row(row) {
+                bump(&shared.counters.notified, 1);
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// Loads newly acquired shards: claimed rows (to redeliver at once) and
+/// pending rows up to the horizon's end.
+fn take_over<P: Codec + Clone + Send + 'static>(
+    shared: &Shared,
+    conn: &mut NodeDb,
+    fresh: &mut Vec<(u32, u64)>,
+    put: &mut Put<'_, P>,
+) -> Result<(), QueryError> {
+    let shards: Vec<u32> = fresh
+        .iter()
+        .filter(|&&(s, e)| shared.epoch_of(s) == Some(e))
+        .map(|&(s, _)| s)
+        .collect();
+    if !shards.is_empty() {
+        let mut loaded = 0;
+        conn.load_claimed(&shards, &mut |row| {
+            shared.redeliver.lock().insert(row.id);
+            loaded += u64::from(put.row(row));
+        })?;
+        let end = shared
+            .horizon_end_ms
+            .load(std::sync::atomic::Ordering::SeqCst);
+        conn.load_pending(&shards, 0, end, &mut |row| {
+            loaded += u64::from(put.row(row));
+        })?;
+        bump(&shared.counters.loaded, loaded);
+        crate::trace::info!(
+            shards = shards.len(),
+            rows = loaded,
+            "loaded acquired shards"
+        );
+    }
+    fresh.clear();
+    Ok(())
+}
+
+/// Moves the horizon's end forward and pages in the rows it passed.
+fn page<P: Codec + Clone + Send + 'static>(
+    shared: &Shared,
+    conn: &mut NodeDb,
+    put: &mut Put<'_, P>,
+) -> Result<(), QueryError> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let new_end = shared.now_ms().saturating_add(ms(shared.config.horizon));
+    // Moved before the read: a schedule committed after this read sees the
+    // new end and hints the wheel itself (see `NodeScheduler::hint`).
+    let old_end = shared.horizon_end_ms.fetch_max(new_end, SeqCst);
+    if new_end <= old_end {
+        return Ok(());
+    }
+    let shards = owned(shared);
+    if shards.is_empty() {
+        return Ok(());
+    }
+    let mut loaded = 0;
+    let result = conn.load_pending(&shards, old_end, new_end, &mut |row| {
+        loaded += u64::from(put.row(row));
+    });
+    bump(&shared.counters.loaded, loaded);
+    if result.is_err() {
+        // Page the same span again next time (the sweep covers it meanwhile).
+        let _ = shared
+            .horizon_end_ms
+            .compare_exchange(new_end, old_end, SeqCst, SeqCst);
+    }
+    result
+}

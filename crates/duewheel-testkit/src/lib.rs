@@ -1,0 +1,21 @@
+//! The harness duewheel's command-line tool and its tests share, so that
+//! each thing is written once:
+//!
+//! - [`protocol`]: the line protocol of `duewheel node` (its stdin
+//!   commands and stdout lines), with `Display` and `FromStr`: the node
+//!   writes it, the simulator, the benchmark and the tests read it.
+//! - [`prom_text`]: a strict reader of the Prometheus text format, for the
+//!   tests of `duewheel::prometheus` and of `duewheel simulate
+//!   --metrics-addr`.
+//! - [`pg`] (feature `pg`): the real-server plumbing of the PostgreSQL
+//!   tests: where the DSN comes from, when a missing one skips and when it
+//!   fails, a schema of one's own per test.
+//!
+//! Not published: it has no stability promise outside this repository.
+
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "pg")]
+pub mod pg;
+pub mod prom_text;
+pub mod protocol;
