@@ -83,6 +83,7 @@ mod codec;
 mod durable;
 mod engine;
 mod error;
+mod journal;
 mod key;
 #[cfg(feature = "prometheus")]
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]

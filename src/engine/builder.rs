@@ -2,12 +2,13 @@
 
 use super::consumer::Registry;
 use super::lifecycle::checkpoint_loop;
-use super::shard::{Acks, FiredMemory, Journal, Shard};
+use super::shard::{Acks, FiredMemory, Shard};
 use super::{Engine, Hooks, Inner, Padded, Scheduler, Settled, dispatcher, shard_index, wake};
 use crate::clock::{Clock, SystemClock, Ticks};
 use crate::codec::Codec;
 use crate::durable::Opened;
 use crate::error::BuildError;
+use crate::journal::Journal;
 use crate::trace;
 use crate::wal::{Storage, SyncPolicy, WalOptions};
 use hdrhistogram::Histogram;
@@ -34,6 +35,7 @@ pub struct Builder<K, P> {
     batch: usize,
     clock: Option<Arc<dyn Clock>>,
     fired_memory: FiredMemory,
+    capacity: usize,
     max_idle: Duration,
     ack_timeout: Option<Duration>,
     max_snoozes: u8,
@@ -62,6 +64,7 @@ where
                 max_ids: 1 << 20,
                 max_age_ms: 10 * 60 * 1_000,
             },
+            capacity: 0,
             max_idle: Duration::from_secs(1),
             ack_timeout: None,
             max_snoozes: 10,
@@ -121,11 +124,25 @@ where
     /// How many fired ids to remember, and for how long, so that a cancel
     /// arriving after the expiry hears [`Cancel::AlreadyFired`] rather than
     /// [`Cancel::NotFound`] (default: the last 2^20 ids, up to 10 minutes).
+    /// `max_ids` bounds the whole engine: it is split evenly across the
+    /// shards as `max_pending` is, each shard forgetting its oldest beyond
+    /// its share (so with ids hashed over the shards an id may be forgotten
+    /// slightly before `max_ids` newer ones fired). Each remembered id costs
+    /// about `size_of::<K>() + 8` bytes plus its slot in a hash table.
     pub fn fired_memory(mut self, max_ids: usize, max_age: Duration) -> Self {
         self.fired_memory = FiredMemory {
             max_ids,
             max_age_ms: u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX),
         };
+        self
+    }
+
+    /// How many timers to size the id index for at build (default 0: it
+    /// grows as needed). The index is split into small tables, so growing
+    /// rehashes at most 1/32 of one shard under its lock; a hint avoids even
+    /// that on the way up to `timers`. Capped at `max_pending`.
+    pub fn capacity(mut self, timers: usize) -> Self {
+        self.capacity = timers;
         self
     }
 
@@ -218,16 +235,22 @@ where
             .map(|i| {
                 let journal = store.clone().map(|s| s as Arc<dyn Journal<K, P>>);
                 // An even share; the first shards take the remainder.
-                let cap = self.max_pending / self.shards
-                    + usize::from(i < self.max_pending % self.shards);
-                Padded(Mutex::new(Shard::new(
+                let share =
+                    |total: usize| total / self.shards + usize::from(i < total % self.shards);
+                let memory = FiredMemory {
+                    max_ids: share(self.fired_memory.max_ids),
+                    ..self.fired_memory
+                };
+                let mut shard = Shard::new(
                     ticks,
                     now_ms,
-                    self.fired_memory,
+                    memory,
                     acks,
                     journal,
-                    cap,
-                )))
+                    share(self.max_pending),
+                );
+                shard.reserve(share(self.capacity.min(self.max_pending)));
+                Padded(Mutex::new(shard))
             })
             .collect();
         let inner = Arc::new(Inner {

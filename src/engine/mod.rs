@@ -31,8 +31,11 @@ mod async_scheduler;
 mod builder;
 mod consumer;
 mod dispatcher;
+mod entry;
 mod event;
+mod fired;
 mod hooks;
+mod index;
 mod lifecycle;
 mod recovery;
 mod scheduler;
@@ -52,20 +55,19 @@ pub use self::stats::{GroupStats, Lateness, Stats};
 
 use self::consumer::Registry;
 use self::shard::Shard;
-pub(crate) use self::shard::{Journal, Pending, Reminders};
 use crate::clock::{Clock, Ticks};
 use crate::durable::Store;
 use crate::error::StorageError;
 use hdrhistogram::Histogram;
 use parking_lot::{Condvar, Mutex};
-use std::hash::{BuildHasher, Hash};
+use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::Duration;
 
 /// The most reminders one timer may carry.
-pub const MAX_REMINDERS: usize = 4;
+pub const MAX_REMINDERS: usize = crate::journal::MAX_REMINDERS;
 
 /// Keeps each shard's lock on its own cache lines, so two cores working on
 /// two shards do not share a line.
@@ -160,6 +162,11 @@ impl<K: Hash + Eq + Clone, P: Clone> Inner<K, P> {
         &self.shards[shard_index(id, self.shards.len())].0
     }
 
+    /// The shard that owns the id whose hash is `hash` ([`index::hash_id`]).
+    fn shard_at(&self, hash: u64) -> &Mutex<Shard<K, P>> {
+        &self.shards[index::shard_of(hash, self.shards.len())].0
+    }
+
     /// Snapshots every shard (one at a time) into the log's checkpoint.
     fn checkpoint(&self) -> Result<(), StorageError> {
         let Some(store) = &self.journal else {
@@ -167,15 +174,16 @@ impl<K: Hash + Eq + Clone, P: Clone> Inner<K, P> {
         };
         store.checkpoint(&mut |each| {
             for shard in self.shards() {
-                shard.lock().for_each(|timer| each(timer));
+                shard
+                    .lock()
+                    .for_each(|id, payload, state| each(id, payload, state));
             }
         })
     }
 }
 
-/// choice and the shard's own hash map do not use the same bits.
+/// The shard of `shards` that owns `id` (the same hash the shard's index
+/// uses: see [`index`]).
 fn shard_index<K: Hash>(id: &K, shards: usize) -> usize {
-    let hash = rustc_hash::FxBuildHasher.hash_one(id);
-    let mixed = hash.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(32);
-    usize::try_from(mixed % shards.max(1) as u64).unwrap_or(0)
+    index::shard_of(index::hash_id(id), shards)
 }

@@ -37,8 +37,8 @@ where
     ) -> Result<Recovered, BuildError> {
         let timers = opened.shards.iter().map(Vec::len).sum();
         let all = || opened.shards.iter().flatten();
-        let overdue = all().filter(|timer| timer.due_ms <= now_ms).count();
-        let in_flight = all().filter(|timer| timer.flight.is_some()).count();
+        let overdue = all().filter(|timer| timer.state.due_ms <= now_ms).count();
+        let in_flight = all().filter(|timer| timer.state.flight.is_some()).count();
         let shards = &self.inner.shards;
         thread::scope(|scope| {
             let restoring: Vec<_> = opened

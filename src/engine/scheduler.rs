@@ -1,8 +1,10 @@
 //! The handle that schedules, cancels and reschedules by id.
 
 use super::consumer::Acker;
-use super::shard::{self, Reminders, Shard};
-use super::{Consumer, GroupStats, Inner, Lateness, Settled, Stats, shard_index};
+use super::entry::Reminders;
+use super::index::hash_id;
+use super::shard::{self, Shard};
+use super::{Consumer, Event, EventKind, GroupStats, Inner, Lateness, Settled, Stats};
 use crate::clock::Deadline;
 use crate::error::{
     AckError, Cancel, CancelError, RescheduleError, ScheduleError, SnoozeError, StorageError,
@@ -54,6 +56,18 @@ impl<K, P> std::fmt::Debug for Scheduler<K, P> {
     }
 }
 
+/// The acks of a batch as accepted under the shard locks (see
+/// [`Scheduler::accept_acks`]).
+pub(super) struct AckResults<K> {
+    pub(super) each: Vec<Result<(), AckError>>,
+    /// The events whose timer ended (acked by every group): position, id.
+    pub(super) ended: Vec<(usize, K)>,
+    /// The last record to wait for, if a timer ended.
+    pub(super) last_seq: Option<u64>,
+    /// A timer ended but its record could not be logged.
+    pub(super) failed: bool,
+}
+
 /// Why [`Scheduler::subscribe`] failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SubscribeError {
@@ -78,8 +92,18 @@ where
         Self { inner }
     }
 
-    pub(super) fn shard(&self, id: &K) -> &Mutex<Shard<K, P>> {
-        &self.inner.shards[shard_index(id, self.inner.shards.len())].0
+    /// `id`'s hash (the one hash of the operation) and its shard.
+    pub(super) fn shard(&self, id: &K) -> (u64, &Mutex<Shard<K, P>>) {
+        let hash = hash_id(id);
+        (hash, self.inner.shard_at(hash))
+    }
+
+    /// `deadline` in UTC milliseconds; reads the clock only for a delay.
+    pub(super) fn deadline_ms(&self, deadline: Deadline) -> u64 {
+        match deadline {
+            Deadline::AtUnixMs(ms) => ms,
+            after => after.to_unix_ms(self.now_ms()),
+        }
     }
 
     /// The engine clock's time, UTC milliseconds.
@@ -130,14 +154,14 @@ where
         ) else {
             return Err(ScheduleError::TooManyReminders(payload));
         };
-        let deadline_ms = deadline.to_unix_ms(self.now_ms());
+        let deadline_ms = self.deadline_ms(deadline);
         // In durable mode the payload is kept until the record is durable, so
         // a log failure can still hand it back.
         let backup = self.inner.journal.as_ref().map(|_| payload.clone());
-        let accepted = self
-            .shard(&id)
+        let (hash, shard) = self.shard(&id);
+        let accepted = shard
             .lock()
-            .schedule(id, deadline_ms, reminders, payload)?;
+            .schedule(hash, id, deadline_ms, reminders, payload)?;
         self.inner.note_due(accepted.value);
         Ok((accepted.seq, backup))
     }
@@ -216,7 +240,8 @@ where
     /// cancel and expiry wins, and the answer says which. In durable mode it
     /// returns once the cancel is logged.
     pub fn cancel(&self, id: &K) -> Result<Cancel<P>, CancelError> {
-        let accepted = self.shard(id).lock().cancel(id)?;
+        let (hash, shard) = self.shard(id);
+        let accepted = shard.lock().cancel(hash, id)?;
         if accepted.value.is_cancelled() {
             self.durable(accepted.seq)
                 .map_err(|_| CancelError::Storage)?;
@@ -227,28 +252,110 @@ where
     /// Moves `id`'s deadline, earlier or later. Reminders already sent stay
     /// sent; the remaining ones follow the new deadline.
     pub fn reschedule(&self, id: &K, deadline: impl Into<Deadline>) -> Result<(), RescheduleError> {
-        let deadline_ms = deadline.into().to_unix_ms(self.now_ms());
-        let accepted = self.shard(id).lock().reschedule(id, deadline_ms)?;
+        let deadline_ms = self.deadline_ms(deadline.into());
+        let (hash, shard) = self.shard(id);
+        let accepted = shard.lock().reschedule(hash, id, deadline_ms)?;
         self.inner.note_due(accepted.value);
         self.durable(accepted.seq)
             .map_err(|_| RescheduleError::Storage)
     }
 
-    pub(crate) fn ack(&self, id: &K, group: u32) -> Result<(), AckError> {
-        let now_ms = self.now_ms();
-        let accepted = self.shard(id).lock().ack(id, group, now_ms)?;
-        if accepted.value {
-            self.durable(accepted.seq).map_err(|_| AckError::Storage)?;
-            self.inner.ended(id);
-        }
-        Ok(())
+    pub(crate) fn ack(&self, event: &Event<K, P>, group: u32) -> Result<(), AckError> {
+        let mut results = self.accept_acks(std::slice::from_ref(event), group);
+        let outcome = results
+            .last_seq
+            .map_or(Ok(()), |seq| self.durable(Some(seq)));
+        self.finish_acks(&mut results, outcome);
+        results.each.pop().unwrap_or(Ok(()))
     }
 
-    pub(crate) fn snooze(&self, id: &K, delay: Duration) -> Result<(), SnoozeError> {
+    /// [`ack`](Self::ack) of many events: one durable wait for all.
+    pub(crate) fn ack_batch(
+        &self,
+        events: &[Event<K, P>],
+        group: u32,
+    ) -> Vec<Result<(), AckError>> {
+        let mut results = self.accept_acks(events, group);
+        let outcome = results
+            .last_seq
+            .map_or(Ok(()), |seq| self.durable(Some(seq)));
+        self.finish_acks(&mut results, outcome);
+        results.each
+    }
+
+    /// The part of acking done under the shard locks, one event at a time:
+    /// each event's result, and the record to wait for if any timer ended.
+    pub(super) fn accept_acks(&self, events: &[Event<K, P>], group: u32) -> AckResults<K> {
+        let now_ms = self.now_ms();
+        let mut results = AckResults {
+            each: Vec::with_capacity(events.len()),
+            ended: Vec::new(),
+            last_seq: None,
+            failed: false,
+        };
+        for (at, event) in events.iter().enumerate() {
+            if let EventKind::Reminder(_) = event.kind {
+                results.each.push(Ok(()));
+                continue;
+            }
+            let (hash, shard) = self.shard(&event.id);
+            let accepted = shard
+                .lock()
+                .ack(hash, &event.id, event.token, group, now_ms);
+            results.each.push(accepted.map(|accepted| {
+                if accepted.value {
+                    results.ended.push((at, event.id.clone()));
+                    match accepted.seq {
+                        Some(seq) => {
+                            results.last_seq =
+                                Some(results.last_seq.map_or(seq, |s: u64| s.max(seq)));
+                        }
+                        // Not logged: the journal failed.
+                        None if self.inner.journal.is_some() => results.failed = true,
+                        None => {}
+                    }
+                }
+            }));
+        }
+        results
+    }
+
+    /// After the durable wait (`outcome`): the timers that ended are
+    /// reported to the store's hooks, or, if the log failed, their acks
+    /// become `Storage` errors.
+    pub(super) fn finish_acks(
+        &self,
+        results: &mut AckResults<K>,
+        outcome: Result<(), StorageError>,
+    ) {
+        let durable = outcome.is_ok() && !results.failed;
+        for (at, id) in &results.ended {
+            if durable {
+                self.inner.ended(id);
+            } else {
+                results.each[*at] = Err(AckError::Storage);
+            }
+        }
+    }
+
+    pub(crate) fn snooze(&self, event: &Event<K, P>, delay: Duration) -> Result<(), SnoozeError> {
+        let seq = self.accept_snooze(event, delay)?;
+        self.durable(seq).map_err(|_| SnoozeError::Storage)
+    }
+
+    /// The part of a snooze done under the shard lock: the record to wait for.
+    pub(super) fn accept_snooze(
+        &self,
+        event: &Event<K, P>,
+        delay: Duration,
+    ) -> Result<Option<u64>, SnoozeError> {
         let until_ms = Deadline::after(delay).to_unix_ms(self.now_ms());
-        let accepted = self.shard(id).lock().snooze(id, until_ms)?;
+        let (hash, shard) = self.shard(&event.id);
+        let accepted = shard
+            .lock()
+            .snooze(hash, &event.id, event.token, until_ms)?;
         self.inner.note_due(accepted.value);
-        self.durable(accepted.seq).map_err(|_| SnoozeError::Storage)
+        Ok(accepted.seq)
     }
 
     /// A consumer of group `group`, creating the group if needed.
@@ -297,11 +404,15 @@ where
         let now_tick = inner.ticks.now_tick(now_ms);
         let mut counters = shard::Counters::default();
         let mut pending = 0;
+        let mut fired_remembered = 0;
+        let mut heap_bytes = 0;
         let mut oldest_tick: Option<u64> = None;
         for shard in inner.shards() {
             let shard = shard.lock();
             counters.add(&shard.counters);
             pending += shard.len();
+            fired_remembered += shard.fired_remembered();
+            heap_bytes += shard.heap_bytes();
             if let Some(next) = shard.next_tick().filter(|&t| t <= now_tick) {
                 oldest_tick = Some(oldest_tick.map_or(next, |o| o.min(next)));
             }
@@ -345,6 +456,8 @@ where
             groups,
             storage_failed: inner.journal.as_ref().is_some_and(|j| j.failed()),
             oldest_overdue_ms,
+            fired_remembered,
+            heap_bytes,
         }
     }
 }

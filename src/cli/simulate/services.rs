@@ -217,7 +217,7 @@ pub(crate) fn work<S: Service>(
 fn ack(consumer: &Orders, event: &TimerEvent, refused: &mut u64) {
     match consumer.ack(event) {
         Ok(()) => {}
-        Err(AckError::NotInFlight | AckError::Storage) => *refused += 1,
+        Err(AckError::NotInFlight | AckError::Stale | AckError::Storage) => *refused += 1,
     }
 }
 
@@ -313,7 +313,7 @@ impl Service for OrderService {
                     // Our own bound equals the engine's, so the engine
                     // refusing means they disagree: cancel, and count it.
                     Err(SnoozeError::LimitReached { .. }) => self.anomalies += 1,
-                    Err(SnoozeError::NotInFlight | SnoozeError::Storage) => {
+                    Err(SnoozeError::NotInFlight | SnoozeError::Stale | SnoozeError::Storage) => {
                         self.anomalies += 1;
                         self.decided(record, event.attempt);
                         return;
