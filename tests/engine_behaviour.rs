@@ -587,3 +587,36 @@ fn fired_ids_are_remembered_within_the_memory_then_forgotten() {
     assert!(matches!(s.cancel(&6).unwrap(), Cancel::NotFound));
     assert!(matches!(s.cancel(&7).unwrap(), Cancel::AlreadyFired));
 }
+
+/// Issue #13: the fired-id memory bounds the whole engine, not each shard.
+#[test]
+fn fired_memory_is_bounded_for_the_whole_engine_with_many_shards() {
+    let clock = ManualClock::new(T0);
+    let max_ids = 1_000;
+    let engine: Engine<u64, u64> = Engine::builder()
+        .clock(clock.clone())
+        .shards(64)
+        .fired_memory(max_ids, Duration::from_secs(3_600))
+        .group("orders")
+        .build()
+        .unwrap();
+    let mut orders = engine.subscribe("orders");
+    let s = engine.scheduler();
+    let n = 20_000u64;
+    for id in 0..n {
+        s.schedule(id, ms(1 + id % 50), id).unwrap();
+    }
+    clock.advance(ms(50));
+    assert!(s.settle(WAIT));
+    assert_eq!(orders.drain_ready().len(), n as usize);
+    let remembered = engine.stats().fired_remembered;
+    assert!(remembered <= max_ids, "{remembered} fired ids remembered");
+    assert!(
+        remembered >= max_ids * 9 / 10,
+        "{remembered}: shares unused"
+    );
+    let already_fired = (0..n)
+        .filter(|id| matches!(s.cancel(id).unwrap(), Cancel::AlreadyFired))
+        .count();
+    assert_eq!(already_fired, remembered);
+}
