@@ -241,16 +241,15 @@ where
                     max_ids: share(self.fired_memory.max_ids),
                     ..self.fired_memory
                 };
-                let mut shard = Shard::new(
+                Padded(Mutex::new(Shard::new(
                     ticks,
                     now_ms,
                     memory,
                     acks,
                     journal,
                     share(self.max_pending),
-                );
-                shard.reserve(share(self.capacity.min(self.max_pending)));
-                Padded(Mutex::new(shard))
+                    share(self.capacity.min(self.max_pending)),
+                )))
             })
             .collect();
         let inner = Arc::new(Inner {

@@ -16,6 +16,7 @@
 //!   capacity hint).
 
 use hashbrown::HashTable;
+use hashbrown::hash_table::{Entry, OccupiedEntry, VacantEntry};
 use std::hash::{BuildHasher, Hash};
 
 /// Tables per shard: the most of a shard one growth rehashes is `1/SUBTABLES`.
@@ -64,6 +65,39 @@ impl IdIndex {
         self.tables[table_of(hash)]
             .find(table_hash(hash), |&at| is(at))
             .copied()
+    }
+
+    /// The row for `hash` that `is` accepts, ready to be removed: one probe
+    /// for a find and a remove.
+    pub(crate) fn find_row(
+        &mut self,
+        hash: u64,
+        mut is: impl FnMut(u32) -> bool,
+    ) -> Option<OccupiedEntry<'_, u32>> {
+        self.tables[table_of(hash)]
+            .find_entry(table_hash(hash), |&at| is(at))
+            .ok()
+    }
+
+    /// The row for `hash` that `is` accepts (`Err` with its slab index), or
+    /// the place for a new one: one probe for a check and an insert.
+    /// `rehash` gives the hash of an existing row's id, should the table
+    /// grow first.
+    pub(crate) fn vacant(
+        &mut self,
+        hash: u64,
+        mut is: impl FnMut(u32) -> bool,
+        rehash: impl Fn(u32) -> u64,
+    ) -> Result<VacantEntry<'_, u32>, u32> {
+        let entry = self.tables[table_of(hash)].entry(
+            table_hash(hash),
+            |&at| is(at),
+            |&row| table_hash(rehash(row)),
+        );
+        match entry {
+            Entry::Vacant(vacant) => Ok(vacant),
+            Entry::Occupied(row) => Err(*row.get()),
+        }
     }
 
     /// Adds a row; `rehash` gives the hash of an existing row's id, for

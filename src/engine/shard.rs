@@ -130,6 +130,34 @@ pub(crate) struct Shard<K, P> {
     scratch: Vec<Timer<Entry<K, P>>>,
 }
 
+/// Where a waiting timer goes: its due tick, and either a plain entry's
+/// `early_ms` or the side state it needs (stored in `extras`).
+fn placement(
+    ticks: Ticks,
+    extras: &mut Extras,
+    deadline_ms: u64,
+    reminders: Reminders,
+) -> (u64, u32, u32) {
+    match plain_early_ms(ticks, deadline_ms) {
+        Some(early_ms) if reminders.is_empty() => {
+            (ticks.deadline_tick(deadline_ms), early_ms, NO_EXTRA)
+        }
+        _ => {
+            let extra = Extra::waiting(deadline_ms, reminders);
+            let tick = ticks.deadline_tick(extra.due_ms);
+            (tick, 0, extras.insert(extra))
+        }
+    }
+}
+
+/// `true` if slab index `at` holds a live entry for `id`.
+fn holds<K: Eq, P>(wheel: &Wheel<Entry<K, P>>, at: u32, id: &K) -> bool {
+    wheel
+        .key_at(at)
+        .and_then(|key| wheel.get(key))
+        .is_some_and(|entry| entry.id == *id)
+}
+
 /// The hash of the id of the live entry at slab index `at` (for a table
 /// that grows; every row names a live entry, so the fallback is never used).
 fn rehash<K: Hash, P>(wheel: &Wheel<Entry<K, P>>, at: u32) -> u64 {
@@ -140,6 +168,8 @@ fn rehash<K: Hash, P>(wheel: &Wheel<Entry<K, P>>, at: u32) -> u64 {
 }
 
 impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
+    /// A shard with room for `capacity` timers before it allocates (a
+    /// hint; it grows past it up to `cap`).
     pub(crate) fn new(
         ticks: Ticks,
         now_ms: u64,
@@ -147,10 +177,13 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         acks: Option<Acks>,
         journal: Option<Arc<dyn Journal<K, P>>>,
         cap: usize,
+        capacity: usize,
     ) -> Self {
+        let mut index = IdIndex::new();
+        index.reserve(capacity, |_| 0);
         Self {
-            wheel: Wheel::with_capacity_at(0, ticks.now_tick(now_ms)),
-            index: IdIndex::new(),
+            wheel: Wheel::with_capacity_at(capacity, ticks.now_tick(now_ms)),
+            index,
             extras: Extras::default(),
             fired: FiredIds::new(memory.max_ids, memory.max_age_ms),
             acks,
@@ -185,12 +218,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
     /// The live timer of `id` (whose hash is `hash`), if any: one probe.
     fn find(&self, hash: u64, id: &K) -> Option<TimerKey> {
         let wheel = &self.wheel;
-        let at = self.index.find(hash, |at| {
-            wheel
-                .key_at(at)
-                .and_then(|key| wheel.get(key))
-                .is_some_and(|entry| entry.id == *id)
-        })?;
+        let at = self.index.find(hash, |at| holds(wheel, at, id))?;
         wheel.key_at(at)
     }
 
@@ -248,21 +276,6 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         self.journal.as_ref()?.remove(id).ok()
     }
 
-    /// Where a waiting timer goes: its due tick, and either a plain entry's
-    /// `early_ms` or the side state it needs.
-    fn placement(&mut self, deadline_ms: u64, reminders: Reminders) -> (u64, u32, u32) {
-        match plain_early_ms(self.ticks, deadline_ms) {
-            Some(early_ms) if reminders.is_empty() => {
-                (self.ticks.deadline_tick(deadline_ms), early_ms, NO_EXTRA)
-            }
-            _ => {
-                let extra = Extra::waiting(deadline_ms, reminders);
-                let tick = self.ticks.deadline_tick(extra.due_ms);
-                (tick, 0, self.extras.insert(extra))
-            }
-        }
-    }
-
     /// Adds a timer. Returns the tick the dispatcher must wake for.
     pub(crate) fn schedule(
         &mut self,
@@ -285,10 +298,10 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                 payload,
             });
         }
-        if self.find(hash, &id).is_some() {
-            return Err(ScheduleError::AlreadyScheduled(payload));
-        }
         if self.wheel.len() >= self.cap {
+            if self.find(hash, &id).is_some() {
+                return Err(ScheduleError::AlreadyScheduled(payload));
+            }
             self.counters.rejected_full += 1;
             return Err(ScheduleError::Full {
                 max_pending: self.cap,
@@ -299,27 +312,41 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             // A new timer for the id: its old end no longer answers.
             self.fired.forget(hash, &id);
         }
-        let (due_tick, early_ms, extra) = self.placement(deadline_ms, reminders);
+        let Self {
+            wheel,
+            index,
+            extras,
+            ticks,
+            ..
+        } = self;
+        let Ok(row) = index.vacant(hash, |at| holds(wheel, at, &id), |at| rehash(wheel, at)) else {
+            return Err(ScheduleError::AlreadyScheduled(payload));
+        };
+        let (due_tick, early_ms, extra) = placement(*ticks, extras, deadline_ms, reminders);
         let entry = Entry {
             id,
             payload,
             early_ms,
             extra,
         };
-        let key = match self.wheel.insert(due_tick, entry) {
+        let key = match wheel.insert(due_tick, entry) {
             Ok(key) => key,
             // Unreachable in practice: the range was checked above (and
             // reminders are never after the deadline), and the engine caps
             // `max_pending` below the wheel's `u32` index space.
             Err(InsertError::Full(entry)) => {
-                self.free_extra(entry.extra);
+                if entry.extra != NO_EXTRA {
+                    extras.remove(entry.extra);
+                }
                 return Err(ScheduleError::Full {
-                    max_pending: self.wheel.len(),
+                    max_pending: wheel.len(),
                     payload: entry.payload,
                 });
             }
             Err(InsertError::DeadlineTooFar { payload: entry, .. }) => {
-                self.free_extra(entry.extra);
+                if entry.extra != NO_EXTRA {
+                    extras.remove(entry.extra);
+                }
                 return Err(ScheduleError::DeadlineTooFar {
                     deadline_ms,
                     max_ms,
@@ -327,8 +354,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                 });
             }
         };
-        let wheel = &self.wheel;
-        self.index.insert(hash, key.index(), |at| rehash(wheel, at));
+        row.insert(key.index());
         self.counters.scheduled += 1;
         Ok(Accepted {
             value: due_tick,
@@ -362,33 +388,41 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
     }
 
     pub(crate) fn cancel(&mut self, hash: u64, id: &K) -> Result<Accepted<Cancel<P>>, CancelError> {
-        let key = match self.lookup(hash, id) {
-            Lookup::Absent => {
-                return Ok(Accepted {
-                    value: Cancel::NotFound,
-                    seq: None,
-                });
-            }
-            Lookup::Fired => {
-                return Ok(Accepted {
-                    value: Cancel::AlreadyFired,
-                    seq: None,
-                });
-            }
-            Lookup::Live(key) => key,
+        let writable = self.writable();
+        let Self {
+            wheel,
+            index,
+            extras,
+            fired,
+            ..
+        } = self;
+        let Some(row) = index.find_row(hash, |at| holds(wheel, at, id)) else {
+            let fired = !fired.is_empty() && fired.contains(hash, id);
+            return Ok(Accepted {
+                value: if fired {
+                    Cancel::AlreadyFired
+                } else {
+                    Cancel::NotFound
+                },
+                seq: None,
+            });
         };
-        if self.in_flight(key) {
+        let key = wheel.key_at(*row.get()).expect("rows name live entries");
+        let extra = wheel.get(key).expect("rows name live entries").extra;
+        if extra != NO_EXTRA && extras.get(extra).in_flight {
             return Ok(Accepted {
                 value: Cancel::AlreadyFired,
                 seq: None,
             });
         }
-        match self.writable() {
+        match writable {
             Ok(()) => {}
             Err(Refusal::Closed) => return Err(CancelError::ShuttingDown),
             Err(Refusal::Storage) => return Err(CancelError::Storage),
         }
-        let entry = self.take(hash, key).expect("looked up live");
+        row.remove();
+        let entry = wheel.cancel(key).expect("rows name live entries");
+        self.free_extra(entry.extra);
         self.counters.cancelled += 1;
         Ok(Accepted {
             value: Cancel::Cancelled(entry.payload),
@@ -426,7 +460,8 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         }
         let extra = self.wheel.get(key).expect("looked up live").extra;
         let due_tick = if extra == NO_EXTRA {
-            let (tick, early_ms, extra) = self.placement(deadline_ms, Reminders::NONE);
+            let (tick, early_ms, extra) =
+                placement(self.ticks, &mut self.extras, deadline_ms, Reminders::NONE);
             let entry = self.wheel.get_mut(key).expect("looked up live");
             entry.early_ms = early_ms;
             entry.extra = extra;
