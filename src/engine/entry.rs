@@ -1,21 +1,64 @@
 //! The engine's entry: what a shard's wheel holds for one timer, and the
 //! side state that only some timers need.
 //!
-//! Invariant: an [`Entry`] with `extra == NO_EXTRA` is a *plain* timer: no
-//! reminders, never fired, attempt 1, due at its deadline; its deadline is
-//! the start of its wheel tick less `early_ms`, so it is not stored twice.
-//! Every other timer (reminders, a tick longer than `u32::MAX` ms, or once
-//! its `Expired` event awaits acks) has an [`Extra`] in its shard's
-//! [`Extras`] under `extra`, which holds its deadline and stages; freeing
-//! the timer frees its `Extra`. A plain timer with `K = P = u64` costs the
-//! wheel one 48-byte slab entry (links and generation included; a unit test
-//! pins it), and nothing else but its 4-byte slot in the id index.
+//! Invariant: an [`Entry`] is one of three kinds ([`Side`]):
+//! - *plain*: no reminder left, never fired, attempt 1, due at its
+//!   deadline; the deadline is the start of its wheel tick less `early_ms`,
+//!   so it is not stored twice;
+//! - *one reminder*: exactly one reminder, not fired yet, and nothing
+//!   else; the entry sits at the reminder's tick, `early_ms` (less the
+//!   [`INLINE_REMINDER`] bit) places the reminder's due time in that tick
+//!   and `extra` holds the reminder's offset, so the deadline is their sum;
+//! - every other timer (more reminders, an offset or tick beyond 32 bits,
+//!   or once its `Expired` event awaits acks) has an [`Extra`] in its
+//!   shard's [`Extras`] under `extra`, which holds its deadline and stages;
+//!   freeing the timer frees its `Extra`.
+//!
+//! So a timer with `K = P = u64` and at most one reminder costs the wheel
+//! one 48-byte slab entry (links and generation included; a unit test pins
+//! it), and nothing else but its 4-byte slot in the id index.
 
 use crate::clock::Ticks;
 use crate::journal::{MAX_REMINDERS, TimerState};
 
 /// `Entry::extra` of a plain timer.
 pub(crate) const NO_EXTRA: u32 = u32::MAX;
+
+/// The bit of `Entry::early_ms` that marks a one-reminder entry.
+pub(crate) const INLINE_REMINDER: u32 = 1 << 31;
+
+/// What kind of entry (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    Plain { early_ms: u32 },
+    Reminder { early_ms: u32, before_ms: u64 },
+    Extra(u32),
+}
+
+impl<K, P> Entry<K, P> {
+    pub(crate) fn side(&self) -> Side {
+        if self.early_ms & INLINE_REMINDER != 0 {
+            Side::Reminder {
+                early_ms: self.early_ms & !INLINE_REMINDER,
+                before_ms: u64::from(self.extra),
+            }
+        } else if self.extra == NO_EXTRA {
+            Side::Plain {
+                early_ms: self.early_ms,
+            }
+        } else {
+            Side::Extra(self.extra)
+        }
+    }
+
+    /// The index of its `Extra`, if it has one.
+    pub(crate) fn extra_index(&self) -> Option<u32> {
+        match self.side() {
+            Side::Extra(at) => Some(at),
+            _ => None,
+        }
+    }
+}
 
 /// One timer as its shard's wheel holds it.
 pub(crate) struct Entry<K, P> {
@@ -110,7 +153,38 @@ pub(crate) fn plain_deadline_ms(ticks: Ticks, tick: u64, early_ms: u32) -> u64 {
 /// the tick is too long for it (the timer then needs an `Extra`).
 pub(crate) fn plain_early_ms(ticks: Ticks, deadline_ms: u64) -> Option<u32> {
     let start_ms = ticks.start_ms(ticks.deadline_tick(deadline_ms));
-    u32::try_from(start_ms.checked_sub(deadline_ms)?).ok()
+    u32::try_from(start_ms.checked_sub(deadline_ms)?)
+        .ok()
+        .filter(|early| early & INLINE_REMINDER == 0)
+}
+
+/// Where a waiting timer goes: its due tick and its entry's `early_ms` and
+/// `extra` (see the module docs), storing an `Extra` in `extras` if it
+/// needs one.
+pub(crate) fn placement(
+    ticks: Ticks,
+    extras: &mut Extras,
+    deadline_ms: u64,
+    reminders: Reminders,
+) -> (u64, u32, u32) {
+    if !reminders.remaining() {
+        if let Some(early_ms) = plain_early_ms(ticks, deadline_ms) {
+            return (ticks.deadline_tick(deadline_ms), early_ms, NO_EXTRA);
+        }
+    } else if let Some(before_ms) = reminders.single_unfired() {
+        let due_ms = deadline_ms.checked_sub(before_ms);
+        let early = due_ms.and_then(|due_ms| Some((due_ms, plain_early_ms(ticks, due_ms)?)));
+        if let (Some((due_ms, early_ms)), Ok(before)) = (early, u32::try_from(before_ms)) {
+            return (
+                ticks.deadline_tick(due_ms),
+                early_ms | INLINE_REMINDER,
+                before,
+            );
+        }
+    }
+    let extra = Extra::waiting(deadline_ms, reminders);
+    let tick = ticks.deadline_tick(extra.due_ms);
+    (tick, 0, extras.insert(extra))
 }
 
 /// Reminder offsets before the deadline, earliest reminder first, and how
@@ -142,13 +216,15 @@ impl Reminders {
         Some(reminders)
     }
 
-    pub(crate) const fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Offsets, count and fired count, for the journal.
     fn parts(&self) -> ([u64; MAX_REMINDERS], u8, u8) {
         (self.before_ms, self.len, self.fired)
+    }
+
+    /// The offset of the one reminder, if there is exactly one and it has
+    /// not fired.
+    pub(crate) fn single_unfired(&self) -> Option<u64> {
+        (self.len == 1 && self.fired == 0).then_some(self.before_ms[0])
     }
 
     /// `true` while a reminder has not fired yet.
@@ -236,6 +312,36 @@ mod tests {
         let per_entry = wheel.heap_bytes() / capacity;
         assert!(per_entry <= 64, "{per_entry} B per wheel entry");
         assert_eq!(size_of::<Entry<u64, u64>>(), 24);
+    }
+
+    #[test]
+    fn one_unfired_reminder_needs_no_side_state_and_more_do() {
+        let ticks = Ticks::new(10);
+        let mut extras = Extras::default();
+        let one = Reminders::new([60_005]).unwrap();
+        let (tick, early_ms, extra) = placement(ticks, &mut extras, 1_000_003, one);
+        let entry = Entry {
+            id: 1u64,
+            payload: 1u64,
+            early_ms,
+            extra,
+        };
+        let Side::Reminder {
+            early_ms,
+            before_ms,
+        } = entry.side()
+        else {
+            panic!("{:?}", entry.side());
+        };
+        let due_ms = plain_deadline_ms(ticks, tick, early_ms);
+        assert_eq!(
+            (due_ms, due_ms + before_ms),
+            (1_000_003 - 60_005, 1_000_003)
+        );
+        assert_eq!(extras.slots.len(), 0);
+        let two = Reminders::new([60_000, 5_000]).unwrap();
+        let (_, _, extra) = placement(ticks, &mut extras, 1_000_000, two);
+        assert_eq!(extra, 0, "two reminders go to the side table");
     }
 
     #[test]

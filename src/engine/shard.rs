@@ -8,8 +8,8 @@
 //! - a timer that ended by firing (expired, and acked if acks are on) is in
 //!   `fired` until forgotten, so a late cancel hears `AlreadyFired`; a
 //!   cancel, or a new schedule of the id, makes it unknown again;
-//! - side state ([`Extra`]) exists exactly for the entries whose `extra`
-//!   names it, and is freed with them;
+//! - side state ([`Extra`]) exists exactly for the entries of kind
+//!   [`Side::Extra`], and is freed with them;
 //! - counters change on the transition itself, in one place each, so they
 //!   cannot drift (Netty #14959).
 //!
@@ -19,7 +19,7 @@
 //! Cancel and fire both run here under the lock: whichever takes the lock
 //! first wins, and the other sees the result.
 
-use super::entry::{Entry, Extra, Extras, NO_EXTRA, Reminders, plain_deadline_ms, plain_early_ms};
+use super::entry::{Entry, Extra, Extras, Reminders, Side, placement, plain_deadline_ms};
 use super::event::{Event, EventKind};
 use super::fired::FiredIds;
 use super::index::{IdIndex, hash_id};
@@ -130,26 +130,6 @@ pub(crate) struct Shard<K, P> {
     scratch: Vec<Timer<Entry<K, P>>>,
 }
 
-/// Where a waiting timer goes: its due tick, and either a plain entry's
-/// `early_ms` or the side state it needs (stored in `extras`).
-fn placement(
-    ticks: Ticks,
-    extras: &mut Extras,
-    deadline_ms: u64,
-    reminders: Reminders,
-) -> (u64, u32, u32) {
-    match plain_early_ms(ticks, deadline_ms) {
-        Some(early_ms) if reminders.is_empty() => {
-            (ticks.deadline_tick(deadline_ms), early_ms, NO_EXTRA)
-        }
-        _ => {
-            let extra = Extra::waiting(deadline_ms, reminders);
-            let tick = ticks.deadline_tick(extra.due_ms);
-            (tick, 0, extras.insert(extra))
-        }
-    }
-}
-
 /// `true` if slab index `at` holds a live entry for `id`.
 fn holds<K: Eq, P>(wheel: &Wheel<Entry<K, P>>, at: u32, id: &K) -> bool {
     wheel
@@ -254,11 +234,23 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
 
     /// The journal's view of the live timer under `key`.
     fn state(&self, key: TimerKey, entry: &Entry<K, P>) -> TimerState {
-        if entry.extra == NO_EXTRA {
-            let tick = self.wheel.deadline(key).unwrap_or_default();
-            TimerState::plain(plain_deadline_ms(self.ticks, tick, entry.early_ms))
-        } else {
-            self.extras.get(entry.extra).state()
+        let tick = self.wheel.deadline(key).unwrap_or_default();
+        match entry.side() {
+            Side::Plain { early_ms } => {
+                TimerState::plain(plain_deadline_ms(self.ticks, tick, early_ms))
+            }
+            Side::Reminder {
+                early_ms,
+                before_ms,
+            } => {
+                let due_ms = plain_deadline_ms(self.ticks, tick, early_ms);
+                let mut state = TimerState::plain(due_ms.saturating_add(before_ms));
+                state.due_ms = due_ms;
+                state.reminders_before_ms[0] = before_ms;
+                state.reminders_len = 1;
+                state
+            }
+            Side::Extra(at) => self.extras.get(at).state(),
         }
     }
 
@@ -335,8 +327,8 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             // reminders are never after the deadline), and the engine caps
             // `max_pending` below the wheel's `u32` index space.
             Err(InsertError::Full(entry)) => {
-                if entry.extra != NO_EXTRA {
-                    extras.remove(entry.extra);
+                if let Some(at) = entry.extra_index() {
+                    extras.remove(at);
                 }
                 return Err(ScheduleError::Full {
                     max_pending: wheel.len(),
@@ -344,8 +336,8 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                 });
             }
             Err(InsertError::DeadlineTooFar { payload: entry, .. }) => {
-                if entry.extra != NO_EXTRA {
-                    extras.remove(entry.extra);
+                if let Some(at) = entry.extra_index() {
+                    extras.remove(at);
                 }
                 return Err(ScheduleError::DeadlineTooFar {
                     deadline_ms,
@@ -362,16 +354,17 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         })
     }
 
-    fn free_extra(&mut self, extra: u32) {
-        if extra != NO_EXTRA {
-            self.extras.remove(extra);
+    /// Frees the side state of an entry leaving the wheel.
+    fn free_side(&mut self, entry: &Entry<K, P>) {
+        if let Some(at) = entry.extra_index() {
+            self.extras.remove(at);
         }
     }
 
     /// The side state of a live entry, if it has one.
     fn extra_of(&self, key: TimerKey) -> Option<&Extra> {
         let entry = self.wheel.get(key)?;
-        (entry.extra != NO_EXTRA).then(|| self.extras.get(entry.extra))
+        entry.extra_index().map(|at| self.extras.get(at))
     }
 
     fn in_flight(&self, key: TimerKey) -> bool {
@@ -383,7 +376,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
     fn take(&mut self, hash: u64, key: TimerKey) -> Option<Entry<K, P>> {
         let entry = self.wheel.cancel(key)?;
         self.index.remove(hash, key.index());
-        self.free_extra(entry.extra);
+        self.free_side(&entry);
         Some(entry)
     }
 
@@ -408,8 +401,11 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             });
         };
         let key = wheel.key_at(*row.get()).expect("rows name live entries");
-        let extra = wheel.get(key).expect("rows name live entries").extra;
-        if extra != NO_EXTRA && extras.get(extra).in_flight {
+        let extra = wheel
+            .get(key)
+            .expect("rows name live entries")
+            .extra_index();
+        if extra.is_some_and(|at| extras.get(at).in_flight) {
             return Ok(Accepted {
                 value: Cancel::AlreadyFired,
                 seq: None,
@@ -422,7 +418,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         }
         row.remove();
         let entry = wheel.cancel(key).expect("rows name live entries");
-        self.free_extra(entry.extra);
+        self.free_side(&entry);
         self.counters.cancelled += 1;
         Ok(Accepted {
             value: Cancel::Cancelled(entry.payload),
@@ -458,19 +454,27 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         if self.in_flight(key) {
             return Err(RescheduleError::AlreadyFired);
         }
-        let extra = self.wheel.get(key).expect("looked up live").extra;
-        let due_tick = if extra == NO_EXTRA {
-            let (tick, early_ms, extra) =
-                placement(self.ticks, &mut self.extras, deadline_ms, Reminders::NONE);
-            let entry = self.wheel.get_mut(key).expect("looked up live");
-            entry.early_ms = early_ms;
-            entry.extra = extra;
-            tick
-        } else {
-            let x = self.extras.get_mut(extra);
-            x.deadline_ms = deadline_ms;
-            x.due_ms = x.reminders.next_due_ms(deadline_ms);
-            self.ticks.deadline_tick(x.due_ms)
+        let side = self.wheel.get(key).expect("looked up live").side();
+        let due_tick = match side {
+            Side::Extra(at) => {
+                let x = self.extras.get_mut(at);
+                x.deadline_ms = deadline_ms;
+                x.due_ms = x.reminders.next_due_ms(deadline_ms);
+                self.ticks.deadline_tick(x.due_ms)
+            }
+            Side::Plain { .. } | Side::Reminder { .. } => {
+                let reminders = match side {
+                    Side::Reminder { before_ms, .. } => Reminders::new([before_ms]),
+                    _ => Some(Reminders::NONE),
+                }
+                .expect("one reminder fits");
+                let (tick, early_ms, extra) =
+                    placement(self.ticks, &mut self.extras, deadline_ms, reminders);
+                let entry = self.wheel.get_mut(key).expect("looked up live");
+                entry.early_ms = early_ms;
+                entry.extra = extra;
+                tick
+            }
         };
         self.wheel
             .reschedule(key, due_tick)
@@ -514,8 +518,8 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                 Stale::NotInFlight => AckError::NotInFlight,
                 Stale::OtherEvent => AckError::Stale,
             })?;
-        let at = self.wheel.get(key).expect("looked up live").extra;
-        let x = self.extras.get_mut(at);
+        let at = self.wheel.get(key).and_then(Entry::extra_index);
+        let x = self.extras.get_mut(at.expect("in flight: has side state"));
         x.acked |= 1 << group;
         if x.acked & acks.all_groups != acks.all_groups {
             return Ok(Accepted {
@@ -557,8 +561,8 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                 Stale::OtherEvent => SnoozeError::Stale,
             })?;
         let max_ms = self.max_deadline_ms();
-        let at = self.wheel.get(key).expect("looked up live").extra;
-        let x = self.extras.get_mut(at);
+        let at = self.wheel.get(key).and_then(Entry::extra_index);
+        let x = self.extras.get_mut(at.expect("in flight: has side state"));
         if x.snoozes >= acks.max_snoozes {
             return Err(SnoozeError::LimitReached { snoozes: x.snoozes });
         }
@@ -607,13 +611,21 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         if self.find(hash, &id).is_some() {
             return Err("a timer was recovered twice".into());
         }
-        let plain = TimerState::plain(state.deadline_ms) == state;
-        let (tick, early_ms, extra) = match plain_early_ms(self.ticks, state.deadline_ms) {
-            Some(early_ms) if plain => (
-                self.ticks.deadline_tick(state.deadline_ms),
-                early_ms,
-                NO_EXTRA,
-            ),
+        let fresh = state.attempt == 1 && state.snoozes == 0 && state.flight.is_none();
+        let reminders = Reminders::new(state.reminders().iter().copied())
+            .filter(|r| state.reminders_fired <= r.len)
+            .map(|mut r| {
+                r.fired = state.reminders_fired;
+                r
+            });
+        let (tick, early_ms, extra) = match reminders {
+            // Waiting for its next stage as a new timer would: placed as
+            // one (a plain or one-reminder entry if it can be).
+            Some(reminders)
+                if fresh && state.due_ms == reminders.next_due_ms(state.deadline_ms) =>
+            {
+                placement(self.ticks, &mut self.extras, state.deadline_ms, reminders)
+            }
             _ => {
                 let mut extra = Extra::from_state(&state).ok_or("malformed reminders")?;
                 if extra.in_flight {
@@ -643,10 +655,10 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                     InsertError::Full(entry)
                     | InsertError::DeadlineTooFar { payload: entry, .. } => entry,
                 };
-                if self.extra_in_flight(entry.extra) {
+                if self.extra_in_flight(&entry) {
                     self.counters.in_flight -= 1;
                 }
-                self.free_extra(entry.extra);
+                self.free_side(&entry);
                 return Err(message);
             }
         };
@@ -655,8 +667,10 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         Ok(())
     }
 
-    fn extra_in_flight(&self, extra: u32) -> bool {
-        extra != NO_EXTRA && self.extras.get(extra).in_flight
+    fn extra_in_flight(&self, entry: &Entry<K, P>) -> bool {
+        entry
+            .extra_index()
+            .is_some_and(|at| self.extras.get(at).in_flight)
     }
 
     /// Fires what is due at or before `tick`, at most `limit` stages, and
@@ -695,10 +709,18 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
     /// One fired stage of `entry` (out of the wheel and the index): its
     /// event, and the entry back in both if it has more to do.
     fn fire_one(&mut self, due_tick: u64, mut entry: Entry<K, P>, now_ms: u64) -> Fired<K, P> {
-        if entry.extra == NO_EXTRA {
+        if let Side::Reminder {
+            early_ms,
+            before_ms,
+        } = entry.side()
+        {
+            return self.fire_inline_reminder(due_tick, entry, early_ms, before_ms, now_ms);
+        }
+        if let Side::Plain { early_ms } = entry.side() {
             // A plain timer expires.
-            let deadline_ms = plain_deadline_ms(self.ticks, due_tick, entry.early_ms);
+            let deadline_ms = plain_deadline_ms(self.ticks, due_tick, early_ms);
             if self.acks.is_some() {
+                entry.early_ms = 0;
                 entry.extra = self
                     .extras
                     .insert(Extra::waiting(deadline_ms, Reminders::NONE));
@@ -720,7 +742,8 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             }
         }
         let acks = self.acks;
-        let x = self.extras.get_mut(entry.extra);
+        let at = entry.extra_index().expect("neither plain nor one-reminder");
+        let x = self.extras.get_mut(at);
         let due_ms = x.due_ms;
         debug_assert!(due_ms <= now_ms, "fired before its due time");
         let mut groups = u64::MAX;
@@ -796,10 +819,53 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                 let _ = j.upsert(&entry.id, &entry.payload, &self.state(key, entry));
             }
         } else {
-            self.extras.remove(entry.extra);
+            self.extras.remove(at);
             self.fired.remember(hash, entry.id, now_ms);
         }
         (due_tick, groups, event)
+    }
+
+    /// The reminder of a one-reminder entry fires; the entry goes back to
+    /// wait for its deadline (as a plain entry if it can be).
+    fn fire_inline_reminder(
+        &mut self,
+        due_tick: u64,
+        mut entry: Entry<K, P>,
+        early_ms: u32,
+        before_ms: u64,
+        now_ms: u64,
+    ) -> Fired<K, P> {
+        let due_ms = plain_deadline_ms(self.ticks, due_tick, early_ms);
+        let deadline_ms = due_ms.saturating_add(before_ms);
+        debug_assert!(due_ms <= now_ms, "fired before its due time");
+        self.counters.reminders += 1;
+        let event = Event {
+            id: entry.id.clone(),
+            kind: EventKind::Reminder(1),
+            deadline_ms,
+            due_ms,
+            fired_at_ms: now_ms,
+            attempt: 1,
+            token: 0,
+            payload: entry.payload.clone(),
+        };
+        let mut fired = Reminders::new([before_ms]).expect("one reminder fits");
+        fired.fired = 1;
+        let (tick, early, extra) = placement(self.ticks, &mut self.extras, deadline_ms, fired);
+        entry.early_ms = early;
+        entry.extra = extra;
+        let hash = hash_id(&entry.id);
+        let key = self
+            .wheel
+            .insert(tick.min(self.wheel.max_deadline()), entry)
+            .unwrap_or_else(|_| unreachable!("re-inserting a stage cannot fail"));
+        let wheel = &self.wheel;
+        self.index.insert(hash, key.index(), |at| rehash(wheel, at));
+        if let Some(j) = &self.journal {
+            let entry = self.wheel.get(key).expect("just inserted");
+            let _ = j.upsert(&entry.id, &entry.payload, &self.state(key, entry));
+        }
+        (due_tick, u64::MAX, event)
     }
 
     /// Calls `f` for every timer in the wheel (for a checkpoint).
@@ -820,13 +886,24 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         let (ticks, extras) = (self.ticks, &self.extras);
         self.wheel.drain(|timer| {
             let entry = timer.payload;
-            let (deadline_ms, reminders_ms, in_flight) = if entry.extra == NO_EXTRA {
-                let deadline_ms = plain_deadline_ms(ticks, timer.deadline, entry.early_ms);
-                (deadline_ms, Vec::new(), false)
-            } else {
-                let x = extras.get(entry.extra);
-                let remaining = x.reminders.remaining_ms(x.deadline_ms).collect();
-                (x.deadline_ms, remaining, x.in_flight)
+            let (deadline_ms, reminders_ms, in_flight) = match entry.side() {
+                Side::Plain { early_ms } => (
+                    plain_deadline_ms(ticks, timer.deadline, early_ms),
+                    Vec::new(),
+                    false,
+                ),
+                Side::Reminder {
+                    early_ms,
+                    before_ms,
+                } => {
+                    let due_ms = plain_deadline_ms(ticks, timer.deadline, early_ms);
+                    (due_ms.saturating_add(before_ms), vec![due_ms], false)
+                }
+                Side::Extra(at) => {
+                    let x = extras.get(at);
+                    let remaining = x.reminders.remaining_ms(x.deadline_ms).collect();
+                    (x.deadline_ms, remaining, x.in_flight)
+                }
             };
             out.push(PendingTimer {
                 id: entry.id,
