@@ -1,14 +1,18 @@
 //! The engine: schedule + cancel throughput from 1, 2 and 4 producer
 //! threads with 1M timers pending, and expiry events per second from the
-//! dispatcher to 1 and to 3 consumer groups.
+//! dispatcher to 1 and to 3 consumer groups; 1M schedules then 1M cancels
+//! in random order, the engine beside the bare `Wheel` in the same run; and
+//! (printed) the engine's bytes per pending timer at 1M and 10M.
 //!
-//! `cargo bench --bench engine`.
+//! `cargo bench --bench engine`; `cargo bench --bench engine -- memory`
+//! prints the memory alone.
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 
 mod common;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use duewheel::{Engine, ManualClock};
+use duewheel::wheel::Wheel;
+use duewheel::{Deadline, Engine, ManualClock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -140,5 +144,111 @@ fn lateness(_: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, lateness, schedule_cancel, dispatch);
+/// A permutation of `0..n` (an LCG-driven Fisher-Yates: the same every run).
+fn shuffled(n: u64) -> Vec<u64> {
+    let mut ids: Vec<u64> = (0..n).collect();
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    for i in (1..ids.len()).rev() {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        ids.swap(i, ((x >> 33) % (i as u64 + 1)) as usize);
+    }
+    ids
+}
+
+/// 1M timers with random deadlines in a 30-minute window scheduled, then
+/// all cancelled in another random order: the engine by id (one producer,
+/// default shards) and the bare `Wheel` by key, in the same run.
+fn schedule_cancel_random(c: &mut Criterion) {
+    const N: u64 = 1_000_000;
+    let order = shuffled(N);
+    let deadline_ms = |id: u64| 1 + id.wrapping_mul(0x9e37_79b9_7f4a_7c15) % WINDOW_MS;
+    let mut group = c.benchmark_group("engine/schedule_cancel_random_1M");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    group.throughput(Throughput::Elements(N));
+    group.bench_function("wheel", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let mut wheel = Wheel::with_capacity(N as usize);
+                let mut keys = Vec::with_capacity(N as usize);
+                let began = Instant::now();
+                for id in 0..N {
+                    keys.push(wheel.insert(deadline_ms(id), id).unwrap());
+                }
+                for &id in &order {
+                    wheel.cancel(keys[id as usize]).unwrap();
+                }
+                total += began.elapsed();
+            }
+            total
+        });
+    });
+    group.bench_function("engine", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let engine: Engine<u64, u64> = Engine::builder()
+                    .clock(ManualClock::new(T0))
+                    .capacity(N as usize)
+                    .build()
+                    .unwrap();
+                let s = engine.scheduler();
+                let began = Instant::now();
+                for id in 0..N {
+                    s.schedule(id, Deadline::at_unix_ms(T0 + deadline_ms(id)), id)
+                        .unwrap();
+                }
+                for id in &order {
+                    assert!(s.cancel(id).unwrap().is_cancelled());
+                }
+                total += began.elapsed();
+                drop(engine.shutdown());
+            }
+            total
+        });
+    });
+    group.finish();
+}
+
+/// Heap bytes per pending timer (`Stats::heap_bytes`: wheel entries, id
+/// index, side state), `K = P = u64`, at 1M and 10M, without and with one
+/// reminder. Printed, not timed.
+fn memory(_: &mut Criterion) {
+    for n in [1_000_000u64, 10_000_000] {
+        for reminders in [&[][..], &[Duration::from_secs(60)][..]] {
+            let engine: Engine<u64, u64> = Engine::builder()
+                .clock(ManualClock::new(T0))
+                .build()
+                .unwrap();
+            let s = engine.scheduler();
+            for id in shuffled(n) {
+                let d = Duration::from_millis(
+                    120_000 + id.wrapping_mul(0x9e37_79b9_7f4a_7c15) % WINDOW_MS,
+                );
+                s.schedule_with_reminders(id, d, reminders, id).unwrap();
+            }
+            let stats = engine.stats();
+            eprintln!(
+                "engine memory: {n} pending, {} reminder(s): {:.1} B per pending timer; loadavg {}",
+                reminders.len(),
+                stats.heap_bytes as f64 / stats.pending as f64,
+                std::fs::read_to_string("/proc/loadavg")
+                    .unwrap_or_default()
+                    .trim()
+            );
+            drop(engine.shutdown());
+        }
+    }
+}
+
+criterion_group!(
+    benches,
+    memory,
+    lateness,
+    schedule_cancel_random,
+    schedule_cancel,
+    dispatch
+);
 criterion_main!(benches);

@@ -14,19 +14,15 @@
 //! restart neither fires early (Pulsar #22716) nor forgets how late it is:
 //! overdue timers fire at once on open (catch-up), the rest wait.
 //!
-//! Upsert body layout (little-endian):
-//!
-//! ```text
-//! id_len u32 | id | deadline_ms u64 | due_ms u64 | attempt u32 | snoozes u8 |
-//! flags u8 (bit 0: in flight) | acked u64 | n u8 | fired u8 | n × offset_ms u64 | payload
-//! ```
-//!
-//! A remove body is the encoded id alone.
+//! The record layout is in [`crate::journal`]; this module does not know
+//! the engine's in-memory entry.
 
 use crate::codec::{Codec, DecodeError};
-use crate::engine::{Journal, Pending, Reminders};
 use crate::error::BuildError;
 use crate::error::StorageError;
+use crate::journal::{
+    Journal, KIND_REMOVE, KIND_UPSERT, TimerRecord, TimerState, decode_upsert, encode_upsert,
+};
 use crate::wal::{RecoveryReport, Source, Storage, Wal, WalError, WalOptions};
 use rustc_hash::FxHashMap;
 use std::cell::RefCell;
@@ -34,97 +30,13 @@ use std::hash::Hash;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-pub(crate) const KIND_UPSERT: u8 = 1;
-pub(crate) const KIND_REMOVE: u8 = 2;
-
 thread_local! {
     /// Scratch for encoding a record: no allocation per logged change.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-pub(crate) fn encode_upsert<K: Codec, P: Codec>(timer: &Pending<K, P>, out: &mut Vec<u8>) {
-    let id_at = out.len();
-    out.extend_from_slice(&[0; 4]);
-    timer.id.encode(out);
-    let id_len = u32::try_from(out.len() - id_at - 4).unwrap_or(u32::MAX);
-    out[id_at..id_at + 4].copy_from_slice(&id_len.to_le_bytes());
-    out.extend_from_slice(&timer.deadline_ms.to_le_bytes());
-    out.extend_from_slice(&timer.due_ms.to_le_bytes());
-    out.extend_from_slice(&timer.attempt.to_le_bytes());
-    out.push(timer.snoozes);
-    out.push(u8::from(timer.flight.is_some()));
-    out.extend_from_slice(&timer.flight.unwrap_or(0).to_le_bytes());
-    let (offsets, fired) = timer.reminders.parts();
-    out.push(u8::try_from(offsets.len()).unwrap_or(u8::MAX));
-    out.push(fired);
-    for offset in offsets {
-        out.extend_from_slice(&offset.to_le_bytes());
-    }
-    timer.payload.encode(out);
-}
-
-/// Reads a little-endian body front to back; every read is checked.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let (head, rest) = self
-            .0
-            .split_at_checked(n)
-            .ok_or_else(|| DecodeError::new("record body too short"))?;
-        self.0 = rest;
-        Ok(head)
-    }
-    fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u32(&mut self) -> Result<u32, DecodeError> {
-        u32::decode(self.take(4)?)
-    }
-    fn u64(&mut self) -> Result<u64, DecodeError> {
-        u64::decode(self.take(8)?)
-    }
-}
-
-pub(crate) fn decode_upsert<K: Codec, P: Codec>(body: &[u8]) -> Result<Pending<K, P>, DecodeError> {
-    let mut r = Reader(body);
-    let id_len = r.u32()? as usize;
-    let id = K::decode(r.take(id_len)?)?;
-    let deadline_ms = r.u64()?;
-    let due_ms = r.u64()?;
-    let attempt = r.u32()?;
-    let snoozes = r.u8()?;
-    let in_flight = r.u8()?;
-    let acked = r.u64()?;
-    let n = r.u8()? as usize;
-    let fired = r.u8()?;
-    let mut offsets = [0u64; crate::MAX_REMINDERS];
-    let offsets = offsets
-        .get_mut(..n)
-        .ok_or_else(|| DecodeError::new("too many reminders"))?;
-    for offset in offsets.iter_mut() {
-        *offset = r.u64()?;
-    }
-    let reminders = Reminders::from_parts(offsets, fired)
-        .ok_or_else(|| DecodeError::new("malformed reminders"))?;
-    let payload = P::decode(r.0)?;
-    if in_flight > 1 {
-        return Err(DecodeError::new("bad flags"));
-    }
-    Ok(Pending {
-        id,
-        payload,
-        deadline_ms,
-        reminders,
-        due_ms,
-        attempt,
-        snoozes,
-        flight: (in_flight == 1).then_some(acked),
-    })
-}
-
 /// Yields every timer to the callback it is given (one shard at a time).
-pub(crate) type VisitTimers<'a, K, P> = dyn FnMut(&mut dyn FnMut(&Pending<K, P>)) + 'a;
+pub(crate) type VisitTimers<'a, K, P> = dyn FnMut(&mut dyn FnMut(&K, &P, &TimerState)) + 'a;
 
 /// The journal and checkpoints, type-erased for the engine.
 pub(crate) trait Store<K, P>: Journal<K, P> {
@@ -155,10 +67,10 @@ fn storage(_: WalError) -> StorageError {
 }
 
 impl<K: Codec, P: Codec> Journal<K, P> for WalStore<K, P> {
-    fn upsert(&self, timer: &Pending<K, P>) -> Result<u64, StorageError> {
+    fn upsert(&self, id: &K, payload: &P, state: &TimerState) -> Result<u64, StorageError> {
         SCRATCH.with_borrow_mut(|buf| {
             buf.clear();
-            encode_upsert(timer, buf);
+            encode_upsert(id, payload, state, buf);
             self.wal.append(KIND_UPSERT, buf).map_err(storage)
         })
     }
@@ -194,12 +106,12 @@ impl<K: Codec, P: Codec> Store<K, P> for WalStore<K, P> {
             .checkpoint(|snapshot| {
                 let mut buf = Vec::new();
                 let mut failed = None;
-                visit(&mut |timer| {
+                visit(&mut |id, payload, state| {
                     if failed.is_some() {
                         return;
                     }
                     buf.clear();
-                    encode_upsert(timer, &mut buf);
+                    encode_upsert(id, payload, state, &mut buf);
                     if let Err(e) = snapshot.append(KIND_UPSERT, &buf) {
                         failed = Some(e);
                     }
@@ -219,7 +131,7 @@ impl<K: Codec, P: Codec> Store<K, P> for WalStore<K, P> {
 pub(crate) struct Opened<K, P> {
     pub(crate) store: Arc<dyn Store<K, P>>,
     /// The timers to restore, one list per shard (`shard_of` at open).
-    pub(crate) shards: Vec<Vec<Pending<K, P>>>,
+    pub(crate) shards: Vec<Vec<TimerRecord<K, P>>>,
     pub(crate) report: RecoveryReport,
 }
 
@@ -256,10 +168,10 @@ where
 /// which may touch an id many times, goes through a map, and it is applied
 /// over the snapshot at the end.
 pub(crate) struct Replay<'a, K, P> {
-    shards: Vec<Vec<Pending<K, P>>>,
+    shards: Vec<Vec<TimerRecord<K, P>>>,
     shard_of: &'a dyn Fn(&K) -> usize,
     /// Each id the log tail touched: its last state, `None` if removed.
-    tail: FxHashMap<K, Option<Pending<K, P>>>,
+    tail: FxHashMap<K, Option<TimerRecord<K, P>>>,
 }
 
 impl<'a, K: Codec + Hash + Eq + Clone, P: Codec> Replay<'a, K, P> {
@@ -301,14 +213,14 @@ impl<'a, K: Codec + Hash + Eq + Clone, P: Codec> Replay<'a, K, P> {
         Ok(())
     }
 
-    fn place(&mut self, timer: Pending<K, P>) {
+    fn place(&mut self, timer: TimerRecord<K, P>) {
         let shard = (self.shard_of)(&timer.id).min(self.shards.len() - 1);
         self.shards[shard].push(timer);
     }
 
     /// The surviving timers, per shard: the snapshot's, less every id the
     /// log touched, plus the log's last upserts.
-    pub(crate) fn finish(mut self) -> Vec<Vec<Pending<K, P>>> {
+    pub(crate) fn finish(mut self) -> Vec<Vec<TimerRecord<K, P>>> {
         if !self.tail.is_empty() {
             for list in &mut self.shards {
                 list.retain(|timer| !self.tail.contains_key(&timer.id));
@@ -325,22 +237,17 @@ impl<'a, K: Codec + Hash + Eq + Clone, P: Codec> Replay<'a, K, P> {
 mod tests {
     use super::*;
 
-    fn timer(id: u64, deadline_ms: u64) -> Pending<u64, u64> {
-        Pending {
+    fn timer(id: u64, deadline_ms: u64) -> TimerRecord<u64, u64> {
+        TimerRecord {
             id,
             payload: id * 10,
-            deadline_ms,
-            reminders: Reminders::NONE,
-            due_ms: deadline_ms,
-            attempt: 1,
-            snoozes: 0,
-            flight: None,
+            state: TimerState::plain(deadline_ms),
         }
     }
 
-    fn upsert(replay: &mut Replay<'_, u64, u64>, source: Source, t: &Pending<u64, u64>) {
+    fn upsert(replay: &mut Replay<'_, u64, u64>, source: Source, t: &TimerRecord<u64, u64>) {
         let mut body = Vec::new();
-        encode_upsert(t, &mut body);
+        encode_upsert(&t.id, &t.payload, &t.state, &mut body);
         replay.apply(source, KIND_UPSERT, &body).unwrap();
     }
 
@@ -368,7 +275,7 @@ mod tests {
         let mut got: Vec<(usize, u64, u64)> = shards
             .iter()
             .enumerate()
-            .flat_map(|(s, list)| list.iter().map(move |t| (s, t.id, t.deadline_ms)))
+            .flat_map(|(s, list)| list.iter().map(move |t| (s, t.id, t.state.deadline_ms)))
             .collect();
         got.sort_unstable();
         assert_eq!(got, [(0, 4, 104), (1, 1, 101), (1, 3, 500), (1, 5, 700)]);
@@ -381,16 +288,5 @@ mod tests {
         let mut body = Vec::new();
         7u64.encode(&mut body);
         assert!(replay.apply(Source::Snapshot, KIND_REMOVE, &body).is_err());
-    }
-
-    #[test]
-    fn too_many_reminders_in_a_record_is_a_decode_error_not_a_panic() {
-        let mut body = Vec::new();
-        encode_upsert(&timer(1, 100), &mut body);
-        // The reminder count sits right after id_len, id, deadline, due,
-        // attempt, snoozes, flags and acked.
-        let at = 4 + 8 + 8 + 8 + 4 + 1 + 1 + 8;
-        body[at] = u8::try_from(crate::MAX_REMINDERS + 1).unwrap();
-        assert!(decode_upsert::<u64, u64>(&body).is_err());
     }
 }

@@ -233,6 +233,11 @@ pub enum AckError {
     /// reminder, or acknowledgements are off.
     #[error("the event is not in flight")]
     NotInFlight,
+    /// The event names an earlier expiry of its id: the id was scheduled
+    /// again since, and its new timer is another event (see
+    /// [`Event::token`](crate::Event::token)). Nothing changed.
+    #[error("the event is stale: its id was scheduled again since")]
+    Stale,
     /// The write-ahead log failed (fail-stop); the ack is not durable and the
     /// event will come again after a restart.
     #[error("the write-ahead log failed; the ack is not durable")]
@@ -247,6 +252,10 @@ pub enum SnoozeError {
     /// The event is not awaiting acks.
     #[error("the event is not in flight")]
     NotInFlight,
+    /// The event names an earlier expiry of its id (see
+    /// [`AckError::Stale`]). Nothing changed.
+    #[error("the event is stale: its id was scheduled again since")]
+    Stale,
     /// The timer was snoozed as often as the engine allows.
     #[error("the timer was already snoozed {snoozes} times, the limit")]
     LimitReached {

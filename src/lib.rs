@@ -103,6 +103,7 @@ mod engine;
 mod error;
 #[cfg(all(test, not(loom)))]
 mod fuzz_corpus;
+mod journal;
 mod key;
 #[cfg(feature = "prometheus")]
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]

@@ -171,3 +171,138 @@ fn shutdown_hands_back_in_flight_timers_too() {
     back.sort_unstable();
     assert_eq!(back, [(1, true), (2, false)]);
 }
+
+/// Issue #19 item 7: an ack names its event, not only its id.
+#[test]
+fn a_stale_ack_of_an_earlier_expiry_is_refused_and_the_new_one_still_redelivers() {
+    let clock = ManualClock::new(T0);
+    let engine = engine(&clock);
+    let mut orders = engine.subscribe("orders").unwrap();
+    let mut stock = engine.subscribe("stock").unwrap();
+    let s = engine.scheduler();
+    s.schedule(7, Duration::from_secs(1), 1).unwrap();
+    clock.advance(Duration::from_secs(1));
+    let first = orders.recv_timeout(WAIT).unwrap();
+    orders.ack(&first).unwrap();
+    let k = stock.recv_timeout(WAIT).unwrap();
+    stock.ack(&k).unwrap();
+
+    // Order 7 again (say, a retried checkout), and it expires again.
+    s.schedule(7, Duration::from_secs(1), 2).unwrap();
+    clock.advance(Duration::from_secs(1));
+    let second = orders.recv_timeout(WAIT).unwrap();
+    assert_eq!((second.id, second.payload), (7, 2));
+    assert_ne!(first.token, second.token);
+
+    // A consumer retries its ack of the first expiry: refused, and the
+    // second stays in flight, for this group too.
+    assert_eq!(orders.ack(&first), Err(AckError::Stale));
+    assert_eq!(
+        orders.snooze(&first, Duration::from_secs(5)),
+        Err(SnoozeError::Stale)
+    );
+    assert_eq!(engine.stats().in_flight, 1);
+    clock.advance(Duration::from_secs(30));
+    assert!(s.settle(WAIT));
+    let again = orders.drain_ready();
+    assert_eq!(again.len(), 1, "the new expiry is redelivered");
+    assert_eq!((again[0].id, again[0].attempt), (7, 2));
+    assert_eq!(
+        again[0].token, second.token,
+        "a redelivery is the same event"
+    );
+    orders.ack(&again[0]).unwrap();
+    // Stock holds the expiry twice (first delivery and redelivery): the
+    // first ack ends the timer, the second finds nothing in flight.
+    let stock_events = stock.drain_ready();
+    assert_eq!(
+        stock.ack_batch(&stock_events),
+        [Ok(()), Err(AckError::NotInFlight)]
+    );
+    assert_eq!(engine.stats().in_flight, 0);
+}
+
+#[test]
+fn a_batch_ack_answers_each_event_and_a_stale_one_fails_alone() {
+    let clock = ManualClock::new(T0);
+    let engine = engine(&clock);
+    let mut orders = engine.subscribe("orders").unwrap();
+    let mut stock = engine.subscribe("stock").unwrap();
+    let s = engine.scheduler();
+    s.schedule(1, Duration::from_secs(1), 1).unwrap();
+    clock.advance(Duration::from_secs(1));
+    let old = orders.recv_timeout(WAIT).unwrap();
+    orders.ack(&old).unwrap();
+    let k = stock.recv_timeout(WAIT).unwrap();
+    stock.ack(&k).unwrap();
+    for id in 1..=64 {
+        s.schedule_with_reminders(id, Duration::from_secs(10), &[Duration::from_secs(5)], id)
+            .unwrap();
+    }
+    clock.advance(Duration::from_secs(10));
+    assert!(s.settle(WAIT));
+    let mut events = orders.drain_ready();
+    assert_eq!(events.len(), 128, "64 reminders and 64 expiries");
+    events.push(old);
+    let results = orders.ack_batch(&events);
+    assert_eq!(results.len(), events.len());
+    assert!(results[..128].iter().all(Result::is_ok));
+    assert_eq!(results[128], Err(AckError::Stale));
+    // Stock has not acked: still in flight, redelivered to stock alone.
+    assert_eq!(engine.stats().in_flight, 64);
+    let stock_events = stock.drain_ready();
+    assert!(stock.ack_batch(&stock_events).iter().all(Result::is_ok));
+    let stats = engine.stats();
+    assert_eq!((stats.in_flight, stats.acked_total), (0, 65));
+    clock.advance(Duration::from_secs(60));
+    assert!(s.settle(WAIT));
+    assert!(orders.drain_ready().is_empty() && stock.drain_ready().is_empty());
+}
+
+/// Counts the timers reported ended (the cluster deletes their rows there).
+#[derive(Default)]
+struct Ends(std::sync::Mutex<Vec<u64>>);
+
+impl duewheel::Hooks<u64, u64> for Ends {
+    fn ended(&self, id: &u64) {
+        self.0.lock().unwrap().push(*id);
+    }
+}
+
+/// Every path that ends a timer by acknowledgement reports it: blocking,
+/// batch, async and async batch.
+#[test]
+fn every_ack_path_reports_the_ended_timer_to_the_hooks() {
+    let clock = ManualClock::new(T0);
+    let ends = std::sync::Arc::new(Ends::default());
+    let engine = Engine::<u64, u64>::builder()
+        .clock(clock.clone())
+        .ack_timeout(Duration::from_secs(30))
+        .group("orders")
+        .hooks(ends.clone())
+        .build()
+        .unwrap();
+    let mut orders = engine.subscribe("orders").unwrap();
+    let s = engine.scheduler();
+    for id in 1..=6 {
+        s.schedule(id, Duration::from_secs(1), id).unwrap();
+    }
+    clock.advance(Duration::from_secs(1));
+    assert!(s.settle(WAIT));
+    let mut events = orders.drain_ready();
+    events.sort_by_key(|e| e.id);
+    orders.ack(&events[0]).unwrap();
+    assert!(orders.ack_batch(&events[1..3]).iter().all(Result::is_ok));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(orders.ack_async(&events[3])).unwrap();
+    let batch = runtime.block_on(orders.ack_batch_async(&events[4..6]));
+    assert!(batch.iter().all(Result::is_ok));
+    let mut ended = ends.0.lock().unwrap().clone();
+    ended.sort_unstable();
+    assert_eq!(ended, [1, 2, 3, 4, 5, 6]);
+    // A refused (stale or repeated) ack reports nothing.
+    assert_eq!(orders.ack(&events[0]), Err(AckError::NotInFlight));
+    assert_eq!(ends.0.lock().unwrap().len(), 6);
+}

@@ -318,9 +318,12 @@ fn slow_consumer_loses_nothing_and_memory_stays_bounded() {
         }
     }
     // The dispatcher waited instead of buffering: the group never held more
-    // than its capacity (in whole batches) plus the one batch waiting to
-    // enter, which lag already counts.
-    let bound = capacity.div_ceil(batch) * batch + batch;
+    // than its capacity in channel slots plus the one delivery waiting to
+    // enter, which lag already counts. A delivery gathers shard rounds until
+    // it holds at least `batch` events, so one slot holds up to
+    // `2 * batch - 1` (when ids split unevenly over the shards, the last
+    // round of one shard joins the next shard's).
+    let bound = (capacity.div_ceil(batch) + 1) * (2 * batch - 1);
     assert!(max_lag <= bound as u64, "lag {max_lag} > {bound}");
     assert!(max_lag > 0);
     assert_eq!(engine.stats().expired_total, n);
@@ -583,4 +586,37 @@ fn fired_ids_are_remembered_within_the_memory_then_forgotten() {
     assert!(s.settle(WAIT));
     assert!(matches!(s.cancel(&6).unwrap(), Cancel::NotFound));
     assert!(matches!(s.cancel(&7).unwrap(), Cancel::AlreadyFired));
+}
+
+/// Issue #13: the fired-id memory bounds the whole engine, not each shard.
+#[test]
+fn fired_memory_is_bounded_for_the_whole_engine_with_many_shards() {
+    let clock = ManualClock::new(T0);
+    let max_ids = 1_000;
+    let engine: Engine<u64, u64> = Engine::builder()
+        .clock(clock.clone())
+        .shards(64)
+        .fired_memory(max_ids, Duration::from_secs(3_600))
+        .group("orders")
+        .build()
+        .unwrap();
+    let mut orders = engine.subscribe("orders").unwrap();
+    let s = engine.scheduler();
+    let n = 20_000u64;
+    for id in 0..n {
+        s.schedule(id, ms(1 + id % 50), id).unwrap();
+    }
+    clock.advance(ms(50));
+    assert!(s.settle(WAIT));
+    assert_eq!(orders.drain_ready().len(), n as usize);
+    let remembered = engine.stats().fired_remembered;
+    assert!(remembered <= max_ids, "{remembered} fired ids remembered");
+    assert!(
+        remembered >= max_ids * 9 / 10,
+        "{remembered}: shares unused"
+    );
+    let already_fired = (0..n)
+        .filter(|id| matches!(s.cancel(id).unwrap(), Cancel::AlreadyFired))
+        .count();
+    assert_eq!(already_fired, remembered);
 }

@@ -40,10 +40,11 @@ pub(crate) struct Driver {
 }
 
 impl Contender for Driver {
-    fn new(_n: usize) -> Self {
+    fn new(n: usize) -> Self {
         let clock = ManualClock::new(T0_MS);
         let engine = Engine::builder()
             .clock(clock.clone())
+            .capacity(n)
             .build()
             .expect("the default engine builds");
         Driver {

@@ -106,31 +106,45 @@ where
     P: Clone + Send + 'static,
 {
     /// [`ack`](Self::ack) for async code: in durable mode the wait for the
-    /// log is an `.await`. The future owns what it needs (`'static`), so it
-    /// can be spawned.
+    /// log is an `.await`. The ack itself is taken at the call; the future
+    /// only waits for it to be durable, and owns what it needs (`'static`),
+    /// so it can be spawned.
     pub fn ack_async(
         &self,
         event: &Event<K, P>,
     ) -> impl Future<Output = Result<(), crate::AckError>> + Send + 'static {
-        let work = match (&event.kind, &self.acker) {
-            (super::EventKind::Reminder(_), _) => Ok(None),
-            (super::EventKind::Expired, None) => Err(crate::AckError::NotInFlight),
-            (super::EventKind::Expired, Some(acker)) => Ok(Some((
-                acker.scheduler.clone(),
-                acker.group,
-                event.id.clone(),
-            ))),
-        };
+        let batch = self.ack_batch_async(std::slice::from_ref(event));
+        async move { batch.await.pop().unwrap_or(Ok(())) }
+    }
+
+    /// [`ack_batch`](Self::ack_batch) for async code: every ack is taken at
+    /// the call, and the future makes one durable wait for the batch.
+    pub fn ack_batch_async(
+        &self,
+        events: &[Event<K, P>],
+    ) -> impl Future<Output = Vec<Result<(), crate::AckError>>> + Send + 'static {
+        let work = self.acker.as_ref().map(|acker| {
+            let scheduler = acker.scheduler.clone();
+            let results = scheduler.accept_acks(events, acker.group);
+            (scheduler, results)
+        });
+        let refused = || Self::refused(events);
+        let refused = work.is_none().then(refused);
         async move {
-            match work? {
+            let Some((scheduler, mut results)) = work else {
+                return refused.unwrap_or_default();
+            };
+            let outcome = match results.last_seq {
+                Some(seq) => scheduler.durable_async(Some(seq)).await,
                 None => Ok(()),
-                Some((scheduler, group, id)) => scheduler.ack_async(id, group).await,
-            }
+            };
+            scheduler.finish_acks(&mut results, outcome);
+            results.each
         }
     }
 
     /// [`snooze`](Self::snooze) for async code: in durable mode the wait
-    /// for the log is an `.await`.
+    /// for the log is an `.await`. The snooze is taken at the call.
     pub fn snooze_async(
         &self,
         event: &Event<K, P>,
@@ -138,13 +152,19 @@ where
     ) -> impl Future<Output = Result<(), crate::SnoozeError>> + Send + 'static {
         let work = match (&self.acker, event.kind) {
             (Some(acker), super::EventKind::Expired) => {
-                Ok((acker.scheduler.clone(), event.id.clone()))
+                let scheduler = acker.scheduler.clone();
+                scheduler
+                    .accept_snooze(event, delay)
+                    .map(|seq| (scheduler, seq))
             }
             _ => Err(crate::SnoozeError::NotInFlight),
         };
         async move {
-            let (scheduler, id) = work?;
-            scheduler.snooze_async(id, delay).await
+            let (scheduler, seq) = work?;
+            scheduler
+                .durable_async(seq)
+                .await
+                .map_err(|_| crate::SnoozeError::Storage)
         }
     }
 }

@@ -15,9 +15,7 @@
 
 use super::Scheduler;
 use crate::clock::Deadline;
-use crate::error::{
-    AckError, Cancel, CancelError, RescheduleError, ScheduleError, SnoozeError, StorageError,
-};
+use crate::error::{Cancel, CancelError, RescheduleError, ScheduleError, StorageError};
 use std::hash::Hash;
 use std::time::Duration;
 
@@ -28,7 +26,7 @@ where
     P: Clone + Send + 'static,
 {
     /// Waits until a journaled change is durable, without blocking.
-    async fn durable_async(&self, seq: Option<u64>) -> Result<(), StorageError> {
+    pub(super) async fn durable_async(&self, seq: Option<u64>) -> Result<(), StorageError> {
         match (&self.inner.journal, seq) {
             (Some(journal), Some(seq)) => journal.wait_async(seq).await,
             (Some(_), None) => Err(StorageError),
@@ -64,7 +62,8 @@ where
 
     /// [`cancel`](Self::cancel) for async code.
     pub async fn cancel_async(&self, id: &K) -> Result<Cancel<P>, CancelError> {
-        let accepted = self.shard(id).lock().cancel(id)?;
+        let (hash, shard) = self.shard(id);
+        let accepted = shard.lock().cancel(hash, id)?;
         if accepted.value.is_cancelled() {
             self.durable_async(accepted.seq)
                 .await
@@ -79,33 +78,12 @@ where
         id: &K,
         deadline: impl Into<Deadline>,
     ) -> Result<(), RescheduleError> {
-        let deadline_ms = deadline.into().to_unix_ms(self.now_ms());
-        let accepted = self.shard(id).lock().reschedule(id, deadline_ms)?;
+        let deadline_ms = self.deadline_ms(deadline.into());
+        let (hash, shard) = self.shard(id);
+        let accepted = shard.lock().reschedule(hash, id, deadline_ms)?;
         self.inner.note_due(accepted.value);
         self.durable_async(accepted.seq)
             .await
             .map_err(|_| RescheduleError::Storage)
-    }
-
-    /// Takes the id by value, so the future is `Send` for any `K: Send`.
-    pub(crate) async fn ack_async(&self, id: K, group: u32) -> Result<(), AckError> {
-        let now_ms = self.now_ms();
-        let accepted = self.shard(&id).lock().ack(&id, group, now_ms)?;
-        if accepted.value {
-            self.durable_async(accepted.seq)
-                .await
-                .map_err(|_| AckError::Storage)?;
-            self.inner.ended(&id);
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn snooze_async(&self, id: K, delay: Duration) -> Result<(), SnoozeError> {
-        let until_ms = Deadline::after(delay).to_unix_ms(self.now_ms());
-        let accepted = self.shard(&id).lock().snooze(&id, until_ms)?;
-        self.inner.note_due(accepted.value);
-        self.durable_async(accepted.seq)
-            .await
-            .map_err(|_| SnoozeError::Storage)
     }
 }

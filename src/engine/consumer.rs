@@ -330,6 +330,11 @@ impl<K, P> Consumer<K, P> {
     /// every group acked, the timer ends (durably, in durable mode: this
     /// returns after the ack is logged). Unacked events are redelivered
     /// after the ack timeout. Acking a reminder is accepted and does nothing.
+    ///
+    /// The ack names the event, not only the id: an ack of an earlier
+    /// expiry of the same id (a retried ack, after the id was scheduled
+    /// again and fired again) is refused with [`AckError::Stale`] and
+    /// leaves the new expiry in flight.
     pub fn ack(&self, event: &Event<K, P>) -> Result<(), AckError>
     where
         K: Hash + Eq + Clone + Send + 'static,
@@ -339,14 +344,68 @@ impl<K, P> Consumer<K, P> {
             return Ok(());
         }
         let acker = self.acker.as_ref().ok_or(AckError::NotInFlight)?;
-        acker.scheduler.ack(&event.id, acker.group)
+        acker.scheduler.ack(event, acker.group)
+    }
+
+    /// Acknowledges many events at once, with one durable wait for the
+    /// whole batch (in durable mode: a batch of 64 pays one group commit,
+    /// not 64). Returns each event's result, in order, as
+    /// [`ack`](Self::ack) would give it: a stale or unknown event is
+    /// refused alone, without failing the rest. Every `Ok` is durable when
+    /// this returns.
+    ///
+    /// ```
+    /// use duewheel::{Engine, ManualClock};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new(0);
+    /// let engine = Engine::<u64, u64>::builder()
+    ///     .clock(clock.clone())
+    ///     .ack_timeout(Duration::from_secs(30))
+    ///     .group("orders")
+    ///     .build()?;
+    /// let mut orders = engine.subscribe("orders")?;
+    /// let s = engine.scheduler();
+    /// for id in 0..3 {
+    ///     s.schedule(id, Duration::from_secs(1), id).unwrap();
+    /// }
+    /// clock.advance(Duration::from_secs(1));
+    /// s.settle(Duration::from_secs(5));
+    /// let events = orders.drain_ready();
+    /// assert_eq!(events.len(), 3);
+    /// assert!(orders.ack_batch(&events).iter().all(Result::is_ok));
+    /// assert_eq!(engine.stats().in_flight, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn ack_batch(&self, events: &[Event<K, P>]) -> Vec<Result<(), AckError>>
+    where
+        K: Hash + Eq + Clone + Send + 'static,
+        P: Clone + Send + 'static,
+    {
+        match &self.acker {
+            Some(acker) => acker.scheduler.ack_batch(events, acker.group),
+            None => Self::refused(events),
+        }
+    }
+
+    /// Results for a consumer that takes no acks: reminders `Ok`, the rest
+    /// `NotInFlight`.
+    pub(crate) fn refused(events: &[Event<K, P>]) -> Vec<Result<(), AckError>> {
+        events
+            .iter()
+            .map(|event| match event.kind {
+                EventKind::Reminder(_) => Ok(()),
+                EventKind::Expired => Err(AckError::NotInFlight),
+            })
+            .collect()
     }
 
     /// Asks for an `Expired` event to come again after `delay` instead of
     /// acking it: the payment gateway still says "pending", so look again
     /// later. The timer waits again (a cancel can still win) and fires with
     /// `attempt + 1`, to every group. Limited by
-    /// [`Builder::max_snoozes`](crate::Builder::max_snoozes).
+    /// [`Builder::max_snoozes`](crate::Builder::max_snoozes). A snooze of an
+    /// earlier expiry of the id is refused with [`SnoozeError::Stale`].
     pub fn snooze(&self, event: &Event<K, P>, delay: Duration) -> Result<(), SnoozeError>
     where
         K: Hash + Eq + Clone + Send + 'static,
@@ -356,7 +415,7 @@ impl<K, P> Consumer<K, P> {
         if event.kind != EventKind::Expired {
             return Err(SnoozeError::NotInFlight);
         }
-        acker.scheduler.snooze(&event.id, delay)
+        acker.scheduler.snooze(event, delay)
     }
 
     /// A blocking iterator over events; it ends after shutdown, once every

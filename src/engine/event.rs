@@ -38,6 +38,17 @@ pub struct Event<K, P> {
     pub fired_at_ms: u64,
     /// Delivery attempt, starting at 1.
     pub attempt: u32,
+    /// Names this scheduling of `id`'s expiry (with acknowledgements on;
+    /// 0 for reminders and without acks). Every delivery of one expiry,
+    /// redeliveries and snoozed ones too, carries the same token; an expiry
+    /// of the id scheduled again carries another. [`Consumer::ack`] and
+    /// [`Consumer::snooze`] check it, so a retried ack of an earlier expiry
+    /// is refused as [`AckError::Stale`] instead of ending the new one.
+    ///
+    /// [`Consumer::ack`]: crate::Consumer::ack
+    /// [`Consumer::snooze`]: crate::Consumer::snooze
+    /// [`AckError::Stale`]: crate::AckError::Stale
+    pub token: u64,
     /// The payload given at schedule (cloned for reminders and for each group).
     pub payload: P,
 }

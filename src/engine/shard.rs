@@ -1,116 +1,35 @@
-//! One shard: a wheel, the id index that finds a timer by the caller's id,
-//! and the memory of recently fired ids.
+//! One shard: a wheel of compact entries ([`entry`](super::entry)), the id
+//! index that finds a timer by the caller's id ([`index`](super::index)),
+//! and the memory of recently fired ids ([`fired`](super::fired)).
 //!
 //! Invariants (all under the shard's mutex, so they hold between calls):
-//! - every timer in the wheel is named by `index[its id]`;
-//! - `index[id]` is a key that names `id`'s timer in the wheel (*live*), or
-//!   a stale key, left behind when that timer ended by firing (expired, and
-//!   acked if acks are on) and not forgotten yet: a late cancel hears
-//!   `AlreadyFired`. A cancel removes the row. So firing writes nothing to
-//!   the index: the wheel's generation check turns the key stale by itself,
-//!   which saves the dispatcher a random hash-map write per fired timer.
-//!   A key counts as live only if the wheel's timer under it has the same
-//!   id, so even a generation that wrapped (2^32 reuses of one slot) cannot
-//!   make a remembered key reach another id's timer;
-//! - `fired_order` lists the remembered ends, oldest first, with the key each
-//!   left behind; pruning removes a row only if it still holds that key (an
-//!   id scheduled again since has a newer one);
+//! - every timer in the wheel has exactly one row in `index`, and every row
+//!   names a timer in the wheel (waiting, or in flight with acks on);
+//! - a timer that ended by firing (expired, and acked if acks are on) is in
+//!   `fired` until forgotten, so a late cancel hears `AlreadyFired`; a
+//!   cancel, or a new schedule of the id, makes it unknown again;
+//! - side state ([`Extra`]) exists exactly for the entries of kind
+//!   [`Side::Extra`], and is freed with them;
 //! - counters change on the transition itself, in one place each, so they
 //!   cannot drift (Netty #14959).
+//!
+//! Every operation takes the id's hash from its caller ([`hash_id`], computed
+//! once, which also chose this shard) and probes the index once.
 //!
 //! Cancel and fire both run here under the lock: whichever takes the lock
 //! first wins, and the other sees the result.
 
+use super::entry::{Entry, Extra, Extras, Reminders, Side, placement, plain_deadline_ms};
 use super::event::{Event, EventKind};
+use super::fired::FiredIds;
+use super::index::{IdIndex, hash_id};
+use crate::TimerKey;
 use crate::clock::Ticks;
-use crate::error::{
-    AckError, Cancel, CancelError, RescheduleError, ScheduleError, SnoozeError, StorageError,
-};
+use crate::error::{AckError, Cancel, CancelError, RescheduleError, ScheduleError, SnoozeError};
+use crate::journal::{Journal, TimerRecord, TimerState};
 use crate::wheel::{Advanced, InsertError, Timer, Wheel};
-use crate::{MAX_REMINDERS, TimerKey};
-use rustc_hash::FxHashMap;
-use std::collections::VecDeque;
-use std::collections::hash_map::Entry;
 use std::hash::Hash;
 use std::sync::Arc;
-
-/// A timer as the wheel holds it.
-pub(crate) struct Pending<K, P> {
-    pub(crate) id: K,
-    pub(crate) payload: P,
-    pub(crate) deadline_ms: u64,
-    pub(crate) reminders: Reminders,
-    /// When its wheel entry is due (UTC ms): the next stage, or, once in
-    /// flight, the redelivery time, or a snooze's end.
-    pub(crate) due_ms: u64,
-    /// Delivery attempt of the `Expired` event (1 until redelivered or snoozed).
-    pub(crate) attempt: u32,
-    /// Snoozes taken so far.
-    pub(crate) snoozes: u8,
-    /// `Some(acked)` once `Expired` was emitted and awaits acks: bit `g` is
-    /// set once group `g` acked. Only with acknowledgements on.
-    pub(crate) flight: Option<u64>,
-}
-
-/// Reminder offsets before the deadline, earliest reminder first, and how
-/// many have fired.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Reminders {
-    before_ms: [u64; MAX_REMINDERS],
-    len: u8,
-    fired: u8,
-}
-
-impl Reminders {
-    pub(crate) const NONE: Self = Self {
-        before_ms: [0; MAX_REMINDERS],
-        len: 0,
-        fired: 0,
-    };
-
-    /// Offsets in any order; `None` if there are too many.
-    pub(crate) fn new(before_ms: impl IntoIterator<Item = u64>) -> Option<Self> {
-        let mut reminders = Self::NONE;
-        for offset in before_ms {
-            let slot = reminders.before_ms.get_mut(reminders.len as usize)?;
-            *slot = offset;
-            reminders.len += 1;
-        }
-        // Largest offset first: the earliest reminder fires first.
-        reminders.before_ms[..reminders.len as usize].sort_unstable_by(|a, b| b.cmp(a));
-        Some(reminders)
-    }
-
-    /// Offsets (ms before the deadline) and how many fired, for the journal.
-    pub(crate) fn parts(&self) -> (&[u64], u8) {
-        (&self.before_ms[..self.len as usize], self.fired)
-    }
-
-    /// Rebuilds reminders from [`parts`](Self::parts); `None` if malformed.
-    pub(crate) fn from_parts(before_ms: &[u64], fired: u8) -> Option<Self> {
-        let mut reminders = Self::new(before_ms.iter().copied())?;
-        (fired <= reminders.len).then(|| {
-            reminders.fired = fired;
-            reminders
-        })
-    }
-
-    /// When the next stage is due: the next reminder, or the deadline.
-    fn next_due_ms(&self, deadline_ms: u64) -> u64 {
-        if self.fired < self.len {
-            deadline_ms.saturating_sub(self.before_ms[self.fired as usize])
-        } else {
-            deadline_ms
-        }
-    }
-
-    /// Due times (UTC ms) of the reminders not yet fired.
-    fn remaining_ms(&self, deadline_ms: u64) -> impl Iterator<Item = u64> + '_ {
-        self.before_ms[self.fired as usize..self.len as usize]
-            .iter()
-            .map(move |before| deadline_ms.saturating_sub(*before))
-    }
-}
 
 /// A timer handed back by [`Engine::shutdown`](crate::Engine::shutdown).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,25 +103,6 @@ pub(crate) struct Acks {
     pub(crate) all_groups: u64,
 }
 
-/// Records every accepted change so it survives a restart. `upsert` writes
-/// a timer's whole state, `remove` its end; replay is last-writer-wins per
-/// id. Both only buffer (they never wait on I/O, so they may be called under
-/// the shard lock); `wait` blocks until a record is durable.
-pub(crate) trait Journal<K, P>: Send + Sync {
-    fn upsert(&self, timer: &Pending<K, P>) -> Result<u64, StorageError>;
-    fn remove(&self, id: &K) -> Result<u64, StorageError>;
-    fn wait(&self, seq: u64) -> Result<(), StorageError>;
-    /// [`wait`](Self::wait) as a future: the commit wait of the `_async`
-    /// scheduling calls.
-    #[cfg(feature = "tokio")]
-    fn wait_async(
-        &self,
-        seq: u64,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send + '_>>;
-    /// `true` once the log failed: the engine is fail-stopped.
-    fn failed(&self) -> bool;
-}
-
 /// What a fired stage must reach: the groups whose bits are set.
 pub(crate) type Fired<K, P> = (u64, u64, Event<K, P>);
 
@@ -213,11 +113,10 @@ pub(crate) struct Accepted<T> {
 }
 
 pub(crate) struct Shard<K, P> {
-    wheel: Wheel<Pending<K, P>>,
-    index: FxHashMap<K, TimerKey>,
-    /// Remembered ends, oldest first: id, the key it left, when (UTC ms).
-    fired_order: VecDeque<(K, TimerKey, u64)>,
-    memory: FiredMemory,
+    wheel: Wheel<Entry<K, P>>,
+    index: IdIndex,
+    extras: Extras,
+    fired: FiredIds<K>,
     acks: Option<Acks>,
     journal: Option<Arc<dyn Journal<K, P>>>,
     ticks: Ticks,
@@ -225,11 +124,32 @@ pub(crate) struct Shard<K, P> {
     closed: bool,
     /// This shard's share of `max_pending`.
     cap: usize,
+    /// The last delivery token handed out (see `Event::token`).
+    last_token: u64,
     pub(crate) counters: Counters,
-    scratch: Vec<Timer<Pending<K, P>>>,
+    scratch: Vec<Timer<Entry<K, P>>>,
+}
+
+/// `true` if slab index `at` holds a live entry for `id`.
+fn holds<K: Eq, P>(wheel: &Wheel<Entry<K, P>>, at: u32, id: &K) -> bool {
+    wheel
+        .key_at(at)
+        .and_then(|key| wheel.get(key))
+        .is_some_and(|entry| entry.id == *id)
+}
+
+/// The hash of the id of the live entry at slab index `at` (for a table
+/// that grows; every row names a live entry, so the fallback is never used).
+fn rehash<K: Hash, P>(wheel: &Wheel<Entry<K, P>>, at: u32) -> u64 {
+    wheel
+        .key_at(at)
+        .and_then(|key| wheel.get(key))
+        .map_or(0, |entry| hash_id(&entry.id))
 }
 
 impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
+    /// A shard with room for `capacity` timers before it allocates (a
+    /// hint; it grows past it up to `cap`).
     pub(crate) fn new(
         ticks: Ticks,
         now_ms: u64,
@@ -237,17 +157,21 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         acks: Option<Acks>,
         journal: Option<Arc<dyn Journal<K, P>>>,
         cap: usize,
+        capacity: usize,
     ) -> Self {
+        let mut index = IdIndex::new();
+        index.reserve(capacity, |_| 0);
         Self {
-            wheel: Wheel::with_capacity_at(0, ticks.now_tick(now_ms)),
-            index: FxHashMap::default(),
-            fired_order: VecDeque::new(),
-            memory,
+            wheel: Wheel::with_capacity_at(capacity, ticks.now_tick(now_ms)),
+            index,
+            extras: Extras::default(),
+            fired: FiredIds::new(memory.max_ids, memory.max_age_ms),
             acks,
             journal,
             ticks,
             closed: false,
             cap,
+            last_token: 0,
             counters: Counters::default(),
             scratch: Vec::new(),
         }
@@ -258,12 +182,32 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         self.wheel.len()
     }
 
+    /// Fired ids remembered now.
+    pub(crate) fn fired_remembered(&self) -> usize {
+        self.fired.len()
+    }
+
+    /// Heap bytes held by this shard's timers, index and fired memory.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.wheel.heap_bytes()
+            + self.index.heap_bytes()
+            + self.fired.heap_bytes()
+            + self.extras.heap_bytes()
+    }
+
+    /// The live timer of `id` (whose hash is `hash`), if any: one probe.
+    fn find(&self, hash: u64, id: &K) -> Option<TimerKey> {
+        let wheel = &self.wheel;
+        let at = self.index.find(hash, |at| holds(wheel, at, id))?;
+        wheel.key_at(at)
+    }
+
     /// What the index says of `id` (see the module invariants).
-    fn lookup(&self, id: &K) -> Lookup {
-        match self.index.get(id) {
+    fn lookup(&self, hash: u64, id: &K) -> Lookup {
+        match self.find(hash, id) {
+            Some(key) => Lookup::Live(key),
+            None if !self.fired.is_empty() && self.fired.contains(hash, id) => Lookup::Fired,
             None => Lookup::Absent,
-            Some(&key) if self.wheel.get(key).is_some_and(|t| t.id == *id) => Lookup::Live(key),
-            Some(_) => Lookup::Fired,
         }
     }
 
@@ -288,12 +232,36 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         Ok(())
     }
 
+    /// The journal's view of the live timer under `key`.
+    fn state(&self, key: TimerKey, entry: &Entry<K, P>) -> TimerState {
+        let tick = self.wheel.deadline(key).unwrap_or_default();
+        match entry.side() {
+            Side::Plain { early_ms } => {
+                TimerState::plain(plain_deadline_ms(self.ticks, tick, early_ms))
+            }
+            Side::Reminder {
+                early_ms,
+                before_ms,
+            } => {
+                let due_ms = plain_deadline_ms(self.ticks, tick, early_ms);
+                let mut state = TimerState::plain(due_ms.saturating_add(before_ms));
+                state.due_ms = due_ms;
+                state.reminders_before_ms[0] = before_ms;
+                state.reminders_len = 1;
+                state
+            }
+            Side::Extra(at) => self.extras.get(at).state(),
+        }
+    }
+
     fn log_upsert(&self, key: TimerKey) -> Option<u64> {
         let journal = self.journal.as_ref()?;
-        let timer = self.wheel.get(key).expect("logging a live timer");
+        let entry = self.wheel.get(key)?;
         // An append fails only once the log failed; `writable` refuses every
         // later change and the dispatcher stops, so the error is not lost.
-        journal.upsert(timer).ok()
+        journal
+            .upsert(&entry.id, &entry.payload, &self.state(key, entry))
+            .ok()
     }
 
     fn log_remove(&self, id: &K) -> Option<u64> {
@@ -303,6 +271,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
     /// Adds a timer. Returns the tick the dispatcher must wake for.
     pub(crate) fn schedule(
         &mut self,
+        hash: u64,
         id: K,
         deadline_ms: u64,
         reminders: Reminders,
@@ -321,56 +290,63 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                 payload,
             });
         }
-        let due_ms = reminders.next_due_ms(deadline_ms);
-        let due_tick = self.ticks.deadline_tick(due_ms);
-        let slot = match self.index.entry(id) {
-            Entry::Occupied(e) if self.wheel.get(*e.get()).is_some_and(|t| t.id == *e.key()) => {
+        if self.wheel.len() >= self.cap {
+            if self.find(hash, &id).is_some() {
                 return Err(ScheduleError::AlreadyScheduled(payload));
             }
-            entry => entry,
-        };
-        if self.wheel.len() >= self.cap {
             self.counters.rejected_full += 1;
             return Err(ScheduleError::Full {
                 max_pending: self.cap,
                 payload,
             });
         }
-        let pending = Pending {
-            id: slot.key().clone(),
-            payload,
-            deadline_ms,
-            reminders,
-            due_ms,
-            attempt: 1,
-            snoozes: 0,
-            flight: None,
+        if !self.fired.is_empty() {
+            // A new timer for the id: its old end no longer answers.
+            self.fired.forget(hash, &id);
+        }
+        let Self {
+            wheel,
+            index,
+            extras,
+            ticks,
+            ..
+        } = self;
+        let Ok(row) = index.vacant(hash, |at| holds(wheel, at, &id), |at| rehash(wheel, at)) else {
+            return Err(ScheduleError::AlreadyScheduled(payload));
         };
-        let key = match self.wheel.insert(due_tick, pending) {
+        let (due_tick, early_ms, extra) = placement(*ticks, extras, deadline_ms, reminders);
+        let entry = Entry {
+            id,
+            payload,
+            early_ms,
+            extra,
+        };
+        let key = match wheel.insert(due_tick, entry) {
             Ok(key) => key,
             // Unreachable in practice: the range was checked above (and
             // reminders are never after the deadline), and the engine caps
             // `max_pending` below the wheel's `u32` index space.
-            Err(InsertError::Full(p)) => {
+            Err(InsertError::Full(entry)) => {
+                if let Some(at) = entry.extra_index() {
+                    extras.remove(at);
+                }
                 return Err(ScheduleError::Full {
-                    max_pending: self.wheel.len(),
-                    payload: p.payload,
+                    max_pending: wheel.len(),
+                    payload: entry.payload,
                 });
             }
-            Err(InsertError::DeadlineTooFar { payload: p, .. }) => {
+            Err(InsertError::DeadlineTooFar { payload: entry, .. }) => {
+                if let Some(at) = entry.extra_index() {
+                    extras.remove(at);
+                }
                 return Err(ScheduleError::DeadlineTooFar {
                     deadline_ms,
                     max_ms,
-                    payload: p.payload,
+                    payload: entry.payload,
                 });
             }
         };
-        match slot {
-            Entry::Occupied(mut e) => *e.get_mut() = key,
-            Entry::Vacant(e) => {
-                e.insert(key);
-            }
-        }
+        row.insert(key.index());
         self.counters.scheduled += 1;
         Ok(Accepted {
             value: due_tick,
@@ -378,39 +354,74 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         })
     }
 
-    pub(crate) fn cancel(&mut self, id: &K) -> Result<Accepted<Cancel<P>>, CancelError> {
-        let key = match self.lookup(id) {
-            Lookup::Absent => {
-                return Ok(Accepted {
-                    value: Cancel::NotFound,
-                    seq: None,
-                });
-            }
-            Lookup::Fired => {
-                return Ok(Accepted {
-                    value: Cancel::AlreadyFired,
-                    seq: None,
-                });
-            }
-            Lookup::Live(key) => key,
+    /// Frees the side state of an entry leaving the wheel.
+    fn free_side(&mut self, entry: &Entry<K, P>) {
+        if let Some(at) = entry.extra_index() {
+            self.extras.remove(at);
+        }
+    }
+
+    /// The side state of a live entry, if it has one.
+    fn extra_of(&self, key: TimerKey) -> Option<&Extra> {
+        let entry = self.wheel.get(key)?;
+        entry.extra_index().map(|at| self.extras.get(at))
+    }
+
+    fn in_flight(&self, key: TimerKey) -> bool {
+        self.extra_of(key).is_some_and(|x| x.in_flight)
+    }
+
+    /// Takes a live timer out of the wheel and the index, freeing its side
+    /// state.
+    fn take(&mut self, hash: u64, key: TimerKey) -> Option<Entry<K, P>> {
+        let entry = self.wheel.cancel(key)?;
+        self.index.remove(hash, key.index());
+        self.free_side(&entry);
+        Some(entry)
+    }
+
+    pub(crate) fn cancel(&mut self, hash: u64, id: &K) -> Result<Accepted<Cancel<P>>, CancelError> {
+        let writable = self.writable();
+        let Self {
+            wheel,
+            index,
+            extras,
+            fired,
+            ..
+        } = self;
+        let Some(row) = index.find_row(hash, |at| holds(wheel, at, id)) else {
+            let fired = !fired.is_empty() && fired.contains(hash, id);
+            return Ok(Accepted {
+                value: if fired {
+                    Cancel::AlreadyFired
+                } else {
+                    Cancel::NotFound
+                },
+                seq: None,
+            });
         };
-        let timer = self.wheel.get(key).expect("looked up live");
-        if timer.flight.is_some() {
+        let key = wheel.key_at(*row.get()).expect("rows name live entries");
+        let extra = wheel
+            .get(key)
+            .expect("rows name live entries")
+            .extra_index();
+        if extra.is_some_and(|at| extras.get(at).in_flight) {
             return Ok(Accepted {
                 value: Cancel::AlreadyFired,
                 seq: None,
             });
         }
-        match self.writable() {
+        match writable {
             Ok(()) => {}
             Err(Refusal::Closed) => return Err(CancelError::ShuttingDown),
             Err(Refusal::Storage) => return Err(CancelError::Storage),
         }
-        self.index.remove(id);
-        let pending = self.wheel.cancel(key).expect("looked up live");
+        row.remove();
+        let entry = wheel.cancel(key).expect("rows name live entries");
+        self.free_side(&entry);
         self.counters.cancelled += 1;
         Ok(Accepted {
-            value: Cancel::Cancelled(pending.payload),
+            value: Cancel::Cancelled(entry.payload),
             seq: self.log_remove(id),
         })
     }
@@ -419,6 +430,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
     /// the rest follow the new deadline. Returns the tick to wake for.
     pub(crate) fn reschedule(
         &mut self,
+        hash: u64,
         id: &K,
         deadline_ms: u64,
     ) -> Result<Accepted<u64>, RescheduleError> {
@@ -427,7 +439,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             Err(Refusal::Closed) => return Err(RescheduleError::ShuttingDown),
             Err(Refusal::Storage) => return Err(RescheduleError::Storage),
         }
-        let key = match self.lookup(id) {
+        let key = match self.lookup(hash, id) {
             Lookup::Absent => return Err(RescheduleError::NotFound),
             Lookup::Fired => return Err(RescheduleError::AlreadyFired),
             Lookup::Live(key) => key,
@@ -439,13 +451,31 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                 max_ms,
             });
         }
-        let timer = self.wheel.get_mut(key).expect("looked up live");
-        if timer.flight.is_some() {
+        if self.in_flight(key) {
             return Err(RescheduleError::AlreadyFired);
         }
-        timer.deadline_ms = deadline_ms;
-        timer.due_ms = timer.reminders.next_due_ms(deadline_ms);
-        let due_tick = self.ticks.deadline_tick(timer.due_ms);
+        let side = self.wheel.get(key).expect("looked up live").side();
+        let due_tick = match side {
+            Side::Extra(at) => {
+                let x = self.extras.get_mut(at);
+                x.deadline_ms = deadline_ms;
+                x.due_ms = x.reminders.next_due_ms(deadline_ms);
+                self.ticks.deadline_tick(x.due_ms)
+            }
+            Side::Plain { .. } | Side::Reminder { .. } => {
+                let reminders = match side {
+                    Side::Reminder { before_ms, .. } => Reminders::new([before_ms]),
+                    _ => Some(Reminders::NONE),
+                }
+                .expect("one reminder fits");
+                let (tick, early_ms, extra) =
+                    placement(self.ticks, &mut self.extras, deadline_ms, reminders);
+                let entry = self.wheel.get_mut(key).expect("looked up live");
+                entry.early_ms = early_ms;
+                entry.extra = extra;
+                tick
+            }
+        };
         self.wheel
             .reschedule(key, due_tick)
             .expect("checked: live and in range");
@@ -456,22 +486,42 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         })
     }
 
-    /// Records group `group`'s ack of `id`'s `Expired` event. The timer ends
-    /// once every group acked. Returns whether it ended.
+    /// The in-flight timer of `id` that the event with `token` names.
+    fn flight_of(&self, hash: u64, id: &K, token: u64) -> Result<TimerKey, Stale> {
+        let Lookup::Live(key) = self.lookup(hash, id) else {
+            return Err(Stale::NotInFlight);
+        };
+        match self.extra_of(key) {
+            Some(x) if x.token != token => Err(Stale::OtherEvent),
+            Some(x) if x.in_flight => Ok(key),
+            Some(_) => Err(Stale::NotInFlight),
+            // A waiting plain timer: the event named an earlier one.
+            None => Err(Stale::OtherEvent),
+        }
+    }
+
+    /// Records group `group`'s ack of the `Expired` event of `id` that
+    /// carried `token`. The timer ends once every group acked. Returns
+    /// whether it ended.
     pub(crate) fn ack(
         &mut self,
+        hash: u64,
         id: &K,
+        token: u64,
         group: u32,
         now_ms: u64,
     ) -> Result<Accepted<bool>, AckError> {
         let acks = self.acks.ok_or(AckError::NotInFlight)?;
-        let Lookup::Live(key) = self.lookup(id) else {
-            return Err(AckError::NotInFlight);
-        };
-        let timer = self.wheel.get_mut(key).expect("looked up live");
-        let acked = timer.flight.ok_or(AckError::NotInFlight)? | (1 << group);
-        if acked & acks.all_groups != acks.all_groups {
-            timer.flight = Some(acked);
+        let key = self
+            .flight_of(hash, id, token)
+            .map_err(|stale| match stale {
+                Stale::NotInFlight => AckError::NotInFlight,
+                Stale::OtherEvent => AckError::Stale,
+            })?;
+        let at = self.wheel.get(key).and_then(Entry::extra_index);
+        let x = self.extras.get_mut(at.expect("in flight: has side state"));
+        x.acked |= 1 << group;
+        if x.acked & acks.all_groups != acks.all_groups {
             return Ok(Accepted {
                 value: false,
                 seq: None,
@@ -480,8 +530,8 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         if self.journal.as_ref().is_some_and(|j| j.failed()) {
             return Err(AckError::Storage);
         }
-        self.wheel.cancel(key);
-        self.remember_fired(id.clone(), key, now_ms);
+        let entry = self.take(hash, key).expect("looked up live");
+        self.fired.remember(hash, entry.id, now_ms);
         self.counters.acked += 1;
         self.counters.in_flight -= 1;
         Ok(Accepted {
@@ -490,31 +540,37 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         })
     }
 
-    /// Puts an in-flight `Expired` back to wait `delay_ms`; it fires again
-    /// (attempt + 1) unless cancelled meanwhile. Returns the tick to wake for.
-    pub(crate) fn snooze(&mut self, id: &K, until_ms: u64) -> Result<Accepted<u64>, SnoozeError> {
+    /// Puts an in-flight `Expired` back to wait until `until_ms`; it fires
+    /// again (attempt + 1) unless cancelled meanwhile. Returns the tick to
+    /// wake for.
+    pub(crate) fn snooze(
+        &mut self,
+        hash: u64,
+        id: &K,
+        token: u64,
+        until_ms: u64,
+    ) -> Result<Accepted<u64>, SnoozeError> {
         let acks = self.acks.ok_or(SnoozeError::NotInFlight)?;
         if self.journal.as_ref().is_some_and(|j| j.failed()) {
             return Err(SnoozeError::Storage);
         }
-        let Lookup::Live(key) = self.lookup(id) else {
-            return Err(SnoozeError::NotInFlight);
-        };
+        let key = self
+            .flight_of(hash, id, token)
+            .map_err(|stale| match stale {
+                Stale::NotInFlight => SnoozeError::NotInFlight,
+                Stale::OtherEvent => SnoozeError::Stale,
+            })?;
         let max_ms = self.max_deadline_ms();
-        let timer = self.wheel.get_mut(key).expect("looked up live");
-        if timer.flight.is_none() {
-            return Err(SnoozeError::NotInFlight);
-        }
-        if timer.snoozes >= acks.max_snoozes {
-            return Err(SnoozeError::LimitReached {
-                snoozes: timer.snoozes,
-            });
+        let at = self.wheel.get(key).and_then(Entry::extra_index);
+        let x = self.extras.get_mut(at.expect("in flight: has side state"));
+        if x.snoozes >= acks.max_snoozes {
+            return Err(SnoozeError::LimitReached { snoozes: x.snoozes });
         }
         let until_ms = until_ms.min(max_ms);
-        timer.flight = None;
-        timer.snoozes += 1;
-        timer.attempt += 1;
-        timer.due_ms = until_ms;
+        x.in_flight = false;
+        x.snoozes += 1;
+        x.attempt += 1;
+        x.due_ms = until_ms;
         let due_tick = self.ticks.deadline_tick(until_ms);
         self.wheel
             .reschedule(key, due_tick)
@@ -530,40 +586,91 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
     /// Forgets `id`'s timer if it is in flight (cluster mode: the store
     /// refused to deliver it, so no ack will come; see `engine::hooks`).
     pub(crate) fn discard(&mut self, id: &K) {
-        let Lookup::Live(key) = self.lookup(id) else {
+        let hash = hash_id(id);
+        let Lookup::Live(key) = self.lookup(hash, id) else {
             return;
         };
-        if self.wheel.get(key).is_some_and(|t| t.flight.is_some()) {
-            self.wheel.cancel(key);
-            self.index.remove(id);
+        if self.in_flight(key) {
+            self.take(hash, key);
             self.counters.in_flight -= 1;
         }
     }
 
     /// Makes room for `additional` more timers in the id index, so that a
-    /// large recovery does not rehash it over and over.
+    /// large recovery (or a capacity hint) does not grow it step by step.
     pub(crate) fn reserve(&mut self, additional: usize) {
-        self.index.reserve(additional);
+        let wheel = &self.wheel;
+        self.index.reserve(additional, |at| rehash(wheel, at));
     }
 
     /// Puts back a timer read from the journal at open. One that was in
     /// flight is redelivered at once (attempt + 1).
-    pub(crate) fn restore(&mut self, mut timer: Pending<K, P>, now_ms: u64) -> Result<(), String> {
-        if timer.flight.is_some() {
-            timer.due_ms = timer.due_ms.min(now_ms);
-            self.counters.in_flight += 1;
-        }
-        if matches!(self.lookup(&timer.id), Lookup::Live(_)) {
+    pub(crate) fn restore(&mut self, record: TimerRecord<K, P>, now_ms: u64) -> Result<(), String> {
+        let TimerRecord { id, payload, state } = record;
+        let hash = hash_id(&id);
+        if self.find(hash, &id).is_some() {
             return Err("a timer was recovered twice".into());
         }
-        let id = timer.id.clone();
-        let tick = self.ticks.deadline_tick(timer.due_ms);
-        let key = self
-            .wheel
-            .insert(tick, timer)
-            .map_err(|e| format!("a recovered timer does not fit the wheel: {e}"))?;
-        self.index.insert(id, key);
+        let fresh = state.attempt == 1 && state.snoozes == 0 && state.flight.is_none();
+        let reminders = Reminders::new(state.reminders().iter().copied())
+            .filter(|r| state.reminders_fired <= r.len)
+            .map(|mut r| {
+                r.fired = state.reminders_fired;
+                r
+            });
+        let (tick, early_ms, extra) = match reminders {
+            // Waiting for its next stage as a new timer would: placed as
+            // one (a plain or one-reminder entry if it can be).
+            Some(reminders)
+                if fresh && state.due_ms == reminders.next_due_ms(state.deadline_ms) =>
+            {
+                placement(self.ticks, &mut self.extras, state.deadline_ms, reminders)
+            }
+            _ => {
+                let mut extra = Extra::from_state(&state).ok_or("malformed reminders")?;
+                if extra.in_flight {
+                    extra.due_ms = extra.due_ms.min(now_ms);
+                    self.last_token += 1;
+                    extra.token = self.last_token;
+                    self.counters.in_flight += 1;
+                }
+                (
+                    self.ticks.deadline_tick(extra.due_ms),
+                    0,
+                    self.extras.insert(extra),
+                )
+            }
+        };
+        let entry = Entry {
+            id,
+            payload,
+            early_ms,
+            extra,
+        };
+        let key = match self.wheel.insert(tick, entry) {
+            Ok(key) => key,
+            Err(e) => {
+                let message = format!("a recovered timer does not fit the wheel: {e}");
+                let entry = match e {
+                    InsertError::Full(entry)
+                    | InsertError::DeadlineTooFar { payload: entry, .. } => entry,
+                };
+                if self.extra_in_flight(&entry) {
+                    self.counters.in_flight -= 1;
+                }
+                self.free_side(&entry);
+                return Err(message);
+            }
+        };
+        let wheel = &self.wheel;
+        self.index.insert(hash, key.index(), |at| rehash(wheel, at));
         Ok(())
+    }
+
+    fn extra_in_flight(&self, entry: &Entry<K, P>) -> bool {
+        entry
+            .extra_index()
+            .is_some_and(|at| self.extras.get(at).in_flight)
     }
 
     /// Fires what is due at or before `tick`, at most `limit` stages, and
@@ -579,107 +686,192 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         let advanced = self
             .wheel
             .advance_bounded(tick, limit, |timer| scratch.push(timer));
+        // Every fired timer's row goes first, while no slab index has been
+        // reused: a row is found by its old index, which is then unique.
+        for timer in &scratch {
+            self.index
+                .remove(hash_id(&timer.payload.id), timer.key.index());
+        }
         for Timer {
-            key: fired_key,
+            key: _,
             deadline: due_tick,
-            payload: mut timer,
+            payload: entry,
         } in scratch.drain(..)
         {
             debug_assert!(due_tick <= tick, "fired early");
-            debug_assert!(timer.due_ms <= now_ms, "fired before its due time");
-            let due_ms = timer.due_ms;
-            let mut groups = u64::MAX;
-            let kind = if let Some(acked) = timer.flight {
-                // Redelivery: only to the groups that have not acked.
-                timer.attempt += 1;
-                groups = !acked;
-                self.counters.redelivered += 1;
-                EventKind::Expired
-            } else if timer.reminders.fired < timer.reminders.len {
-                timer.reminders.fired += 1;
-                self.counters.reminders += 1;
-                EventKind::Reminder(timer.reminders.fired)
-            } else {
-                self.counters.expired += 1;
-                EventKind::Expired
-            };
-            let event = Event {
-                id: timer.id.clone(),
-                kind,
-                deadline_ms: timer.deadline_ms,
-                due_ms,
-                fired_at_ms: now_ms,
-                attempt: timer.attempt,
-                payload: timer.payload.clone(),
-            };
-            let stays = match (kind, self.acks) {
-                (EventKind::Reminder(_), _) => {
-                    timer.due_ms = timer.reminders.next_due_ms(timer.deadline_ms);
-                    true
-                }
-                (EventKind::Expired, Some(acks)) => {
-                    if timer.flight.is_none() {
-                        timer.flight = Some(0);
-                        self.counters.in_flight += 1;
-                    }
-                    timer.due_ms = now_ms.saturating_add(acks.timeout_ms);
-                    true
-                }
-                (EventKind::Expired, None) => false,
-            };
-            if stays {
-                // A timer just left the wheel, so there is room, and the new
-                // due time is within a deadline that was in range or clamped
-                // to the wheel's reach.
-                let id = timer.id.clone();
-                let next_tick = self
-                    .ticks
-                    .deadline_tick(timer.due_ms)
-                    .min(self.wheel.max_deadline());
-                let key = self
-                    .wheel
-                    .insert(next_tick, timer)
-                    .unwrap_or_else(|_| unreachable!("re-inserting a stage cannot fail"));
-                self.index.insert(id, key);
-                if let Some(j) = &self.journal {
-                    let _ = j.upsert(self.wheel.get(key).expect("just inserted"));
-                }
-            } else {
-                // The index keeps `fired_key`, stale now: it reads as fired.
-                self.remember_fired(timer.id, fired_key, now_ms);
-            }
-            out.push((due_tick, groups, event));
+            out.push(self.fire_one(due_tick, entry, now_ms));
         }
         self.scratch = scratch;
-        self.forget_fired(now_ms);
+        self.fired.forget_older(now_ms);
         advanced
     }
 
-    /// Remembers that `id`'s timer, last under `key`, ended by firing. The
-    /// index row already holds `key`: nothing to write there.
-    fn remember_fired(&mut self, id: K, key: TimerKey, now_ms: u64) {
-        debug_assert_eq!(self.index.get(&id), Some(&key));
-        self.fired_order.push_back((id, key, now_ms));
+    /// One fired stage of `entry` (out of the wheel and the index): its
+    /// event, and the entry back in both if it has more to do.
+    fn fire_one(&mut self, due_tick: u64, mut entry: Entry<K, P>, now_ms: u64) -> Fired<K, P> {
+        if let Side::Reminder {
+            early_ms,
+            before_ms,
+        } = entry.side()
+        {
+            return self.fire_inline_reminder(due_tick, entry, early_ms, before_ms, now_ms);
+        }
+        if let Side::Plain { early_ms } = entry.side() {
+            // A plain timer expires.
+            let deadline_ms = plain_deadline_ms(self.ticks, due_tick, early_ms);
+            if self.acks.is_some() {
+                entry.early_ms = 0;
+                entry.extra = self
+                    .extras
+                    .insert(Extra::waiting(deadline_ms, Reminders::NONE));
+            } else {
+                debug_assert!(deadline_ms <= now_ms, "fired before its due time");
+                self.counters.expired += 1;
+                let event = Event {
+                    id: entry.id.clone(),
+                    kind: EventKind::Expired,
+                    deadline_ms,
+                    due_ms: deadline_ms,
+                    fired_at_ms: now_ms,
+                    attempt: 1,
+                    token: 0,
+                    payload: entry.payload,
+                };
+                self.fired.remember(hash_id(&entry.id), entry.id, now_ms);
+                return (due_tick, u64::MAX, event);
+            }
+        }
+        let acks = self.acks;
+        let at = entry.extra_index().expect("neither plain nor one-reminder");
+        let x = self.extras.get_mut(at);
+        let due_ms = x.due_ms;
+        debug_assert!(due_ms <= now_ms, "fired before its due time");
+        let mut groups = u64::MAX;
+        let kind = if x.in_flight {
+            // Redelivery: only to the groups that have not acked.
+            x.attempt += 1;
+            groups = !x.acked;
+            self.counters.redelivered += 1;
+            EventKind::Expired
+        } else if x.reminders.remaining() {
+            x.reminders.fired += 1;
+            self.counters.reminders += 1;
+            EventKind::Reminder(x.reminders.fired)
+        } else {
+            self.counters.expired += 1;
+            EventKind::Expired
+        };
+        let stays = match (kind, acks) {
+            (EventKind::Reminder(_), _) => {
+                x.due_ms = x.reminders.next_due_ms(x.deadline_ms);
+                true
+            }
+            (EventKind::Expired, Some(acks)) => {
+                if !x.in_flight {
+                    x.in_flight = true;
+                    x.acked = 0;
+                    if x.token == 0 {
+                        self.last_token += 1;
+                        x.token = self.last_token;
+                    }
+                    self.counters.in_flight += 1;
+                }
+                x.due_ms = now_ms.saturating_add(acks.timeout_ms);
+                true
+            }
+            (EventKind::Expired, None) => false,
+        };
+        let event = Event {
+            id: entry.id.clone(),
+            kind,
+            deadline_ms: x.deadline_ms,
+            due_ms,
+            fired_at_ms: now_ms,
+            attempt: if kind == EventKind::Expired {
+                x.attempt
+            } else {
+                1
+            },
+            token: if kind == EventKind::Expired {
+                x.token
+            } else {
+                0
+            },
+            payload: entry.payload.clone(),
+        };
+        let hash = hash_id(&entry.id);
+        if stays {
+            // A timer just left the wheel, so there is room, and the new
+            // due time is within a deadline that was in range or clamped
+            // to the wheel's reach.
+            let next_tick = self
+                .ticks
+                .deadline_tick(x.due_ms)
+                .min(self.wheel.max_deadline());
+            let key = self
+                .wheel
+                .insert(next_tick, entry)
+                .unwrap_or_else(|_| unreachable!("re-inserting a stage cannot fail"));
+            let wheel = &self.wheel;
+            self.index.insert(hash, key.index(), |at| rehash(wheel, at));
+            if let Some(j) = &self.journal {
+                let entry = self.wheel.get(key).expect("just inserted");
+                let _ = j.upsert(&entry.id, &entry.payload, &self.state(key, entry));
+            }
+        } else {
+            self.extras.remove(at);
+            self.fired.remember(hash, entry.id, now_ms);
+        }
+        (due_tick, groups, event)
     }
 
-    /// Drops fired ids beyond the configured memory.
-    fn forget_fired(&mut self, now_ms: u64) {
-        while let Some((id, key, at_ms)) = self.fired_order.front() {
-            let too_many = self.fired_order.len() > self.memory.max_ids;
-            let too_old = now_ms.saturating_sub(*at_ms) > self.memory.max_age_ms;
-            if !too_many && !too_old {
-                break;
-            }
-            if self.index.get(id) == Some(key) {
-                self.index.remove(id);
-            }
-            self.fired_order.pop_front();
+    /// The reminder of a one-reminder entry fires; the entry goes back to
+    /// wait for its deadline (as a plain entry if it can be).
+    fn fire_inline_reminder(
+        &mut self,
+        due_tick: u64,
+        mut entry: Entry<K, P>,
+        early_ms: u32,
+        before_ms: u64,
+        now_ms: u64,
+    ) -> Fired<K, P> {
+        let due_ms = plain_deadline_ms(self.ticks, due_tick, early_ms);
+        let deadline_ms = due_ms.saturating_add(before_ms);
+        debug_assert!(due_ms <= now_ms, "fired before its due time");
+        self.counters.reminders += 1;
+        let event = Event {
+            id: entry.id.clone(),
+            kind: EventKind::Reminder(1),
+            deadline_ms,
+            due_ms,
+            fired_at_ms: now_ms,
+            attempt: 1,
+            token: 0,
+            payload: entry.payload.clone(),
+        };
+        let mut fired = Reminders::new([before_ms]).expect("one reminder fits");
+        fired.fired = 1;
+        let (tick, early, extra) = placement(self.ticks, &mut self.extras, deadline_ms, fired);
+        entry.early_ms = early;
+        entry.extra = extra;
+        let hash = hash_id(&entry.id);
+        let key = self
+            .wheel
+            .insert(tick.min(self.wheel.max_deadline()), entry)
+            .unwrap_or_else(|_| unreachable!("re-inserting a stage cannot fail"));
+        let wheel = &self.wheel;
+        self.index.insert(hash, key.index(), |at| rehash(wheel, at));
+        if let Some(j) = &self.journal {
+            let entry = self.wheel.get(key).expect("just inserted");
+            let _ = j.upsert(&entry.id, &entry.payload, &self.state(key, entry));
         }
+        (due_tick, u64::MAX, event)
     }
 
     /// Calls `f` for every timer in the wheel (for a checkpoint).
-    pub(crate) fn for_each(&self, mut f: impl FnMut(&Pending<K, P>)) {
-        self.wheel.for_each(|_, timer| f(timer));
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&K, &P, &TimerState)) {
+        self.wheel
+            .for_each(|key, entry| f(&entry.id, &entry.payload, &self.state(key, entry)));
     }
 
     /// Refuses every later change (durable shutdown, before the final
@@ -691,20 +883,48 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
     /// Closes the shard and hands back every timer in it.
     pub(crate) fn close(&mut self, out: &mut Vec<PendingTimer<K, P>>) {
         self.closed = true;
-        let index = &mut self.index;
+        let (ticks, extras) = (self.ticks, &self.extras);
         self.wheel.drain(|timer| {
-            let p = timer.payload;
-            index.remove(&p.id);
+            let entry = timer.payload;
+            let (deadline_ms, reminders_ms, in_flight) = match entry.side() {
+                Side::Plain { early_ms } => (
+                    plain_deadline_ms(ticks, timer.deadline, early_ms),
+                    Vec::new(),
+                    false,
+                ),
+                Side::Reminder {
+                    early_ms,
+                    before_ms,
+                } => {
+                    let due_ms = plain_deadline_ms(ticks, timer.deadline, early_ms);
+                    (due_ms.saturating_add(before_ms), vec![due_ms], false)
+                }
+                Side::Extra(at) => {
+                    let x = extras.get(at);
+                    let remaining = x.reminders.remaining_ms(x.deadline_ms).collect();
+                    (x.deadline_ms, remaining, x.in_flight)
+                }
+            };
             out.push(PendingTimer {
-                reminders_ms: p.reminders.remaining_ms(p.deadline_ms).collect(),
-                in_flight: p.flight.is_some(),
-                id: p.id,
-                deadline_ms: p.deadline_ms,
-                payload: p.payload,
+                id: entry.id,
+                deadline_ms,
+                reminders_ms,
+                in_flight,
+                payload: entry.payload,
             });
         });
+        self.index.clear();
+        self.extras.clear();
+        self.fired.clear();
         self.counters.in_flight = 0;
     }
+}
+
+/// Why an ack or snooze names no event in flight.
+enum Stale {
+    NotInFlight,
+    /// The id's timer is another scheduling than the event's.
+    OtherEvent,
 }
 
 enum Refusal {

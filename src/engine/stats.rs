@@ -50,6 +50,14 @@ pub struct Stats {
     /// overdue. A value far behind `now_ms` means a stalled dispatcher or a
     /// full group.
     pub oldest_overdue_ms: Option<u64>,
+    /// Fired ids remembered now, so that a late cancel hears
+    /// `AlreadyFired`: never more than
+    /// [`Builder::fired_memory`](crate::Builder::fired_memory)'s `max_ids`
+    /// for the whole engine.
+    pub fired_remembered: usize,
+    /// Heap bytes held by the shards: wheel entries, id index, side state
+    /// and fired-id memory (not the consumer groups' queues).
+    pub heap_bytes: usize,
 }
 
 impl Stats {

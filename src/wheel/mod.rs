@@ -234,6 +234,15 @@ impl<T> Wheel<T> {
         self.slab.is_live(key.index(), key.generation())
     }
 
+    /// The key of the timer pending in slab entry `index` (a key's 4-byte
+    /// index half), if any: lets an index outside the wheel store 4 bytes
+    /// per timer instead of a whole key (the engine's id index).
+    pub(crate) fn key_at(&self, index: u32) -> Option<TimerKey> {
+        self.slab
+            .live_generation(index)
+            .map(|generation| TimerKey::new(index, generation))
+    }
+
     /// The deadline of a pending timer.
     pub fn deadline(&self, key: TimerKey) -> Option<u64> {
         self.contains(key).then(|| self.slab.deadline(key.index()))

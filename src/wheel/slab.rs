@@ -179,6 +179,15 @@ impl<T> Slab<T> {
         }
     }
 
+    /// The generation of the entry at `index` if it exists and is occupied.
+    pub(crate) fn live_generation(&self, index: u32) -> Option<u32> {
+        let chunk = self.chunks.get((index >> CHUNK_SHIFT) as usize)?;
+        match chunk.get((index & CHUNK_MASK) as usize)? {
+            Entry::Occupied { generation, .. } => Some(*generation),
+            Entry::Vacant { .. } => None,
+        }
+    }
+
     pub(crate) fn generation(&self, index: u32) -> u32 {
         match self.entry(index) {
             Entry::Occupied { generation, .. } | Entry::Vacant { generation, .. } => *generation,

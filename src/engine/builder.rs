@@ -1,0 +1,424 @@
+//! The engine's configuration, and starting it.
+
+use super::consumer::Registry;
+use super::lifecycle::checkpoint_loop;
+use super::shard::{Acks, FiredMemory, Shard};
+use super::{Engine, Hooks, Inner, Padded, Scheduler, Settled, dispatcher, shard_index, wake};
+use crate::clock::{Clock, SystemClock, Ticks};
+use crate::codec::Codec;
+use crate::durable::Opened;
+use crate::error::BuildError;
+use crate::journal::Journal;
+use crate::trace;
+use crate::wal::{Storage, SyncPolicy, WalOptions};
+use hdrhistogram::Histogram;
+use parking_lot::{Condvar, Mutex};
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, OnceLock, Weak};
+use std::thread::{self};
+use std::time::Duration;
+
+/// Opens the log and replays it into the timers to restore.
+/// Opens the journal and replays it into one list per shard (the count, and
+/// [`shard_index`] to place each id).
+type DurableOpen<K, P> =
+    Box<dyn FnOnce(WalOptions, usize) -> Result<Opened<K, P>, BuildError> + Send>;
+
+/// Configures an [`Engine`]. From [`Engine::builder`].
+#[must_use = "a builder does nothing until `build`; each setter returns the updated builder"]
+pub struct Builder<K, P> {
+    tick: Duration,
+    shards: usize,
+    max_pending: usize,
+    channel_capacity: usize,
+    batch: usize,
+    clock: Option<Arc<dyn Clock>>,
+    fired_memory: FiredMemory,
+    capacity: usize,
+    max_idle: Duration,
+    ack_timeout: Option<Duration>,
+    max_snoozes: u8,
+    groups: Vec<String>,
+    durable: Option<DurableOpen<K, P>>,
+    wal: WalOptions,
+    hooks: Option<Arc<dyn Hooks<K, P>>>,
+    checkpoint_every: Duration,
+    _types: PhantomData<fn(K, P)>,
+}
+
+impl<K, P> Builder<K, P>
+where
+    K: Hash + Eq + Clone + Send + 'static,
+    P: Clone + Send + 'static,
+{
+    pub(super) fn new() -> Self {
+        Self {
+            tick: Duration::from_millis(1),
+            shards: thread::available_parallelism().map_or(1, |n| n.get()),
+            max_pending: 50_000_000,
+            channel_capacity: 65_536,
+            batch: 1_024,
+            clock: None,
+            fired_memory: FiredMemory {
+                max_ids: 1 << 20,
+                max_age_ms: 10 * 60 * 1_000,
+            },
+            capacity: 0,
+            max_idle: Duration::from_secs(1),
+            ack_timeout: None,
+            max_snoozes: 10,
+            groups: Vec::new(),
+            durable: None,
+            wal: WalOptions::default(),
+            hooks: None,
+            checkpoint_every: Duration::from_secs(60),
+            _types: PhantomData,
+        }
+    }
+
+    /// Tick length, a whole number of milliseconds (default 1 ms). Deadlines
+    /// round up to a tick, so events may be up to one tick late, never early.
+    pub fn tick(mut self, tick: Duration) -> Self {
+        self.tick = tick;
+        self
+    }
+
+    /// Number of shards (default: available parallelism).
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = shards;
+        self
+    }
+
+    /// Admission cap: schedules beyond it get [`ScheduleError::Full`]
+    /// (default 50 million). It is split evenly across the shards, each
+    /// enforcing its share exactly, so no counter is shared by every
+    /// producer; with ids hashed over the shards a schedule can be refused
+    /// slightly before the engine-wide total reaches the cap. Must be at
+    /// least the number of shards.
+    pub fn max_pending(mut self, max_pending: usize) -> Self {
+        self.max_pending = max_pending;
+        self
+    }
+
+    /// Events each consumer group may hold before the dispatcher waits
+    /// (default 65,536).
+    pub fn channel_capacity(mut self, events: usize) -> Self {
+        self.channel_capacity = events;
+        self
+    }
+
+    /// Most events taken from one shard per dispatcher round, and so the
+    /// delivery batch size (default 1,024).
+    pub fn batch_size(mut self, events: usize) -> Self {
+        self.batch = events;
+        self
+    }
+
+    /// The clock (default [`SystemClock`]).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// How many fired ids to remember, and for how long, so that a cancel
+    /// arriving after the expiry hears [`Cancel::AlreadyFired`] rather than
+    /// [`Cancel::NotFound`] (default: the last 2^20 ids, up to 10 minutes).
+    /// `max_ids` bounds the whole engine: it is split evenly across the
+    /// shards as `max_pending` is, each shard forgetting its oldest beyond
+    /// its share (so with ids hashed over the shards an id may be forgotten
+    /// slightly before `max_ids` newer ones fired). Each remembered id costs
+    /// about `size_of::<K>() + 8` bytes plus its slot in a hash table.
+    pub fn fired_memory(mut self, max_ids: usize, max_age: Duration) -> Self {
+        self.fired_memory = FiredMemory {
+            max_ids,
+            max_age_ms: u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX),
+        };
+        self
+    }
+
+    /// How many timers to size the id index for at build (default 0: it
+    /// grows as needed). The index is split into small tables, so growing
+    /// rehashes at most 1/32 of one shard under its lock; a hint avoids even
+    /// that on the way up to `timers`. Capped at `max_pending`.
+    pub fn capacity(mut self, timers: usize) -> Self {
+        self.capacity = timers;
+        self
+    }
+
+    /// The longest the dispatcher sleeps without looking at the shards
+    /// (default 1 s). A safety net only: every schedule, clock advance and
+    /// consumer wakes it, so wake-ups do not depend on this (the tests raise
+    /// it to an hour to prove that). Lower it only to bound the damage of a
+    /// custom [`Clock`] that does not report its advances.
+    pub fn max_idle(mut self, max_idle: Duration) -> Self {
+        self.max_idle = max_idle;
+        self
+    }
+
+    /// Turns on acknowledgements: an `Expired` event stays in flight until
+    /// every group [acks](Consumer::ack) it, and is redelivered
+    /// (`attempt + 1`) to the groups that have not, every `timeout`. The
+    /// groups are then fixed: declare them with [`group`](Self::group).
+    /// Off by default in memory; always on in durable mode.
+    pub fn ack_timeout(mut self, timeout: Duration) -> Self {
+        self.ack_timeout = Some(timeout);
+        self
+    }
+
+    /// How often one timer may be [snoozed](Consumer::snooze) (default 10).
+    pub fn max_snoozes(mut self, max: u8) -> Self {
+        self.max_snoozes = max;
+        self
+    }
+
+    /// Declares a consumer group up front, so that events buffer for it from
+    /// the start even before its first consumer subscribes.
+    pub fn group(mut self, name: impl Into<String>) -> Self {
+        self.groups.push(name.into());
+        self
+    }
+
+    /// Starts the engine and its dispatcher thread.
+    pub fn build(self) -> Result<Engine<K, P>, BuildError> {
+        let tick_ms = u64::try_from(self.tick.as_millis()).unwrap_or(u64::MAX);
+        if tick_ms == 0 || !self.tick.subsec_nanos().is_multiple_of(1_000_000) {
+            return Err(BuildError::Invalid(
+                "tick must be a whole number of milliseconds, at least 1",
+            ));
+        }
+        if self.shards == 0 || self.shards > 4096 {
+            return Err(BuildError::Invalid("shards must be between 1 and 4096"));
+        }
+        if self.max_pending < self.shards || self.max_pending >= u32::MAX as usize {
+            return Err(BuildError::Invalid(
+                "max_pending must be at least the number of shards and below 2^32 - 1",
+            ));
+        }
+        if self.channel_capacity == 0 {
+            return Err(BuildError::Invalid("channel_capacity must be at least 1"));
+        }
+        if self.batch == 0 || self.batch > 1 << 20 {
+            return Err(BuildError::Invalid("batch_size must be between 1 and 2^20"));
+        }
+        let ack_timeout = match (self.ack_timeout, &self.durable) {
+            (None, Some(_)) => Some(Duration::from_secs(30)),
+            (timeout, _) => timeout,
+        };
+        let acks = match ack_timeout {
+            None => None,
+            Some(timeout) if timeout.is_zero() => {
+                return Err(BuildError::Invalid("ack_timeout must be positive"));
+            }
+            Some(_) if self.groups.is_empty() => {
+                return Err(BuildError::Invalid(
+                    "acknowledgements need the consumer groups declared with `group`",
+                ));
+            }
+            Some(_) if self.groups.len() > 64 => {
+                return Err(BuildError::Invalid("at most 64 consumer groups"));
+            }
+            Some(timeout) => Some(Acks {
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                max_snoozes: self.max_snoozes,
+                all_groups: u64::MAX >> (64 - self.groups.len()),
+            }),
+        };
+        let opened = match self.durable {
+            Some(open) => Some(open(self.wal, self.shards)?),
+            None => None,
+        };
+        let store = opened.as_ref().map(|o| o.store.clone());
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock::new()));
+        let ticks = Ticks::new(tick_ms);
+        let now_ms = clock.now_ms();
+        let shards = (0..self.shards)
+            .map(|i| {
+                let journal = store.clone().map(|s| s as Arc<dyn Journal<K, P>>);
+                // An even share; the first shards take the remainder.
+                let share =
+                    |total: usize| total / self.shards + usize::from(i < total % self.shards);
+                let memory = FiredMemory {
+                    max_ids: share(self.fired_memory.max_ids),
+                    ..self.fired_memory
+                };
+                Padded(Mutex::new(Shard::new(
+                    ticks,
+                    now_ms,
+                    memory,
+                    acks,
+                    journal,
+                    share(self.max_pending),
+                    share(self.capacity.min(self.max_pending)),
+                )))
+            })
+            .collect();
+        let inner = Arc::new(Inner {
+            shards,
+            journal: store,
+            clock: clock.clone(),
+            ticks,
+            max_pending: self.max_pending,
+            batch: self.batch,
+            max_idle: self.max_idle,
+            registry: Registry::new(self.channel_capacity.div_ceil(self.batch)),
+            next_wake: wake::WakeAt::new(),
+            dispatcher: OnceLock::new(),
+            stopping: AtomicBool::new(false),
+            lateness: Mutex::new(Histogram::new(3).expect("3 significant figures is valid")),
+            settle_requests: AtomicU64::new(0),
+            settled: Mutex::new(Settled::default()),
+            settled_cv: Condvar::new(),
+            delivering_since_ms: AtomicU64::new(u64::MAX),
+            undelivered: Mutex::new(Vec::new()),
+            hooks: self.hooks,
+        });
+        // Consumers declared up front exist before the first event; the
+        // registry keeps their channels open.
+        for group in &self.groups {
+            drop(inner.registry.subscribe(group));
+        }
+        if acks.is_some() {
+            inner.registry.freeze();
+        }
+        let scheduler = Scheduler { inner };
+        let recovered = match opened {
+            Some(opened) => Some(scheduler.restore(opened, now_ms)?),
+            None => None,
+        };
+        if let Some(r) = &recovered {
+            trace::info!(
+                timers = r.timers,
+                overdue = r.overdue,
+                "durable engine recovered its timers; overdue ones fire at once"
+            );
+        }
+        trace::info!(
+            shards = self.shards,
+            tick_ms,
+            durable = scheduler.inner.journal.is_some(),
+            "engine started"
+        );
+        let inner = scheduler.inner;
+        let weak: Weak<Inner<K, P>> = Arc::downgrade(&inner);
+        clock.on_advance(Box::new(move || {
+            if let Some(inner) = weak.upgrade() {
+                inner.unpark();
+            }
+        }));
+        let for_thread = inner.clone();
+        let thread = thread::Builder::new()
+            .name("duewheel-dispatcher".into())
+            .spawn(move || dispatcher::run(for_thread))
+            .map_err(|e| BuildError::Spawn(e.to_string()))?;
+        let checkpointer = match &inner.journal {
+            Some(_) => {
+                let for_thread = inner.clone();
+                let every = self.checkpoint_every;
+                Some(
+                    thread::Builder::new()
+                        .name("duewheel-checkpoint".into())
+                        .spawn(move || checkpoint_loop(&for_thread, every))
+                        .map_err(|e| BuildError::Spawn(e.to_string()))?,
+                )
+            }
+            None => None,
+        };
+        Ok(Engine {
+            scheduler: Scheduler { inner },
+            thread: Some(thread),
+            checkpointer,
+            recovered,
+        })
+    }
+}
+
+impl<K, P> Builder<K, P>
+where
+    K: Hash + Eq + Clone + Send + 'static + Codec,
+    P: Clone + Send + 'static + Codec,
+{
+    /// Plugs in a store that shares timers with other processes (the
+    /// cluster): every round of fired events goes through
+    /// [`Hooks::admit`] before delivery, and every timer acknowledged by all
+    /// groups is reported to [`Hooks::ended`]. See [`Hooks`].
+    pub fn hooks(mut self, hooks: Arc<dyn Hooks<K, P>>) -> Self {
+        self.hooks = Some(hooks);
+        self
+    }
+
+    /// Makes the engine durable in directory `dir` (created if needed, and
+    /// locked: a second engine on it gets an error at build). Every accepted
+    /// schedule, cancel, reschedule, ack and snooze is in the write-ahead log
+    /// before the call returns `Ok`; on build the log is replayed: overdue
+    /// timers fire at once, the rest wait, none early. Acknowledgements are
+    /// on (default timeout 30 s), so groups must be declared with
+    /// [`group`](Self::group). Ids and payloads are stored with [`Codec`].
+    pub fn durable(mut self, dir: impl AsRef<std::path::Path>) -> Self {
+        let dir = dir.as_ref().to_path_buf();
+        self.durable = Some(Box::new(move |opts, shards| {
+            let storage = crate::wal::FsStorage::open(&dir)?;
+            crate::durable::open(Arc::new(storage), opts, shards, &|id| {
+                shard_index(id, shards)
+            })
+        }));
+        self
+    }
+
+    /// Durable mode on any [`Storage`] backend, as
+    /// [`durable`](Self::durable) is on a directory ([`FsStorage`]): the log
+    /// lives wherever the backend puts its files. A backend must keep the
+    /// trait's durability contract (what `sync` and `sync_dir` promise),
+    /// or the engine's does not hold. [`FaultStorage`] is one that fails,
+    /// tears and forgets on command, for crash tests of a service built on
+    /// the engine.
+    ///
+    /// ```
+    /// use duewheel::wal::{FaultStorage, Storage};
+    /// use duewheel::{Engine, ManualClock};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    ///
+    /// let disk = FaultStorage::new();
+    /// let open = |disk: &FaultStorage| {
+    ///     Engine::<u64, String>::builder()
+    ///         .clock(ManualClock::new(0))
+    ///         .group("orders")
+    ///         .durable_storage(Arc::new(disk.clone()) as Arc<dyn Storage>)
+    ///         .build()
+    /// };
+    /// let engine = open(&disk)?;
+    /// engine.scheduler().schedule(7, Duration::from_secs(60), "order 7".into())?;
+    /// std::mem::forget(engine); // a crash: no shutdown
+    /// // After the "reboot", the unsynced writes are gone, the synced ones stay.
+    /// let engine = open(&disk.reboot())?;
+    /// assert_eq!(engine.stats().pending, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// [`FsStorage`]: crate::wal::FsStorage
+    /// [`FaultStorage`]: crate::wal::FaultStorage
+    pub fn durable_storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.durable = Some(Box::new(move |opts, shards| {
+            crate::durable::open(storage, opts, shards, &|id| shard_index(id, shards))
+        }));
+        self
+    }
+
+    /// When a durable call may return (default [`SyncPolicy::Always`]: after
+    /// the fsync its group commit shares). [`SyncPolicy::EveryMs`] trades
+    /// that promise for speed: a machine crash can lose the last `n` ms of
+    /// acknowledged changes.
+    pub fn sync_policy(mut self, sync: SyncPolicy) -> Self {
+        self.wal.sync = sync;
+        self
+    }
+
+    /// How often the durable mode writes a checkpoint (default 60 s; one is
+    /// always written at clean shutdown).
+    pub fn checkpoint_every(mut self, every: Duration) -> Self {
+        self.checkpoint_every = every;
+        self
+    }
+}
