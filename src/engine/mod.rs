@@ -56,7 +56,7 @@ use crate::error::{
 use crate::trace;
 use crate::wal::{RecoveryReport, Storage, SyncPolicy, WalOptions};
 use hdrhistogram::Histogram;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use std::hash::{BuildHasher, Hash};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -94,12 +94,9 @@ pub(crate) struct Inner<K, P> {
     dispatcher: OnceLock<Thread>,
     stopping: AtomicBool,
     lateness: Mutex<Histogram<u64>>,
-    /// Settle requests made so far (see [`Scheduler::settle`]).
-    settle_requests: AtomicU64,
-    /// The latest dispatcher pass that caught up: the clock time it caught up
-    /// to, and the settle requests made before that pass began.
-    settled: Mutex<Settled>,
-    settled_cv: Condvar,
+    /// The right to run dispatch rounds, and what they hold undelivered
+    /// (see `dispatcher`).
+    rounds: dispatcher::Rounds<K, P>,
     /// `due_ms` of the oldest event in a delivery under way, or `u64::MAX`.
     delivering_since_ms: AtomicU64,
     /// Events that shutdown interrupted before every group had them.
@@ -133,25 +130,6 @@ impl<K, P> Inner<K, P> {
             self.unpark();
         }
     }
-
-    /// Records that a pass which began after `requests` settle requests has
-    /// handed over everything due at `now_ms`.
-    fn mark_settled(&self, now_ms: u64, requests: u64) {
-        let mut settled = self.settled.lock();
-        if settled.requests < requests || settled.now_ms < now_ms {
-            *settled = Settled {
-                now_ms: now_ms.max(settled.now_ms),
-                requests: requests.max(settled.requests),
-            };
-            self.settled_cv.notify_all();
-        }
-    }
-}
-
-#[derive(Clone, Copy, Default)]
-struct Settled {
-    now_ms: u64,
-    requests: u64,
 }
 
 impl<K: Hash + Eq + Clone, P: Clone> Inner<K, P> {
@@ -277,7 +255,9 @@ where
     }
 
     /// Events each consumer group may hold before the dispatcher waits
-    /// (default 65,536).
+    /// (default 65,536; a delivery larger than this still passes when the
+    /// group is empty). Memory is taken as events arrive, not reserved: a
+    /// capacity of 2^30 costs nothing until a group falls that far behind.
     pub fn channel_capacity(mut self, events: usize) -> Self {
         self.channel_capacity = events;
         self
@@ -416,14 +396,12 @@ where
             max_pending: self.max_pending,
             batch: self.batch,
             max_idle: self.max_idle,
-            registry: Registry::new(self.channel_capacity.div_ceil(self.batch)),
+            registry: Registry::new(self.channel_capacity),
             next_wake: wake::WakeAt::new(),
             dispatcher: OnceLock::new(),
             stopping: AtomicBool::new(false),
             lateness: Mutex::new(Histogram::new(3).expect("3 significant figures is valid")),
-            settle_requests: AtomicU64::new(0),
-            settled: Mutex::new(Settled::default()),
-            settled_cv: Condvar::new(),
+            rounds: dispatcher::Rounds::new(),
             delivering_since_ms: AtomicU64::new(u64::MAX),
             undelivered: Mutex::new(Vec::new()),
             hooks: self.hooks,
@@ -458,7 +436,7 @@ where
         let weak: Weak<Inner<K, P>> = Arc::downgrade(&inner);
         clock.on_advance(Box::new(move || {
             if let Some(inner) = weak.upgrade() {
-                inner.unpark();
+                dispatcher::clock_advanced(&inner);
             }
         }));
         let for_thread = inner.clone();
@@ -1033,25 +1011,7 @@ where
     /// advance, settle, then look at what the groups hold. It waits for
     /// room in full groups, so drain them from another thread if needed.
     pub fn settle(&self, timeout: Duration) -> bool {
-        // Everything scheduled before this call is seen by any pass that
-        // starts after the request is counted.
-        let request = self.inner.settle_requests.fetch_add(1, Ordering::SeqCst) + 1;
-        let target = self.now_ms();
-        let deadline = Instant::now() + timeout;
-        self.inner.unpark();
-        let mut settled = self.inner.settled.lock();
-        let done = |s: &Settled| s.requests >= request && s.now_ms >= target;
-        while !done(&settled) {
-            if self
-                .inner
-                .settled_cv
-                .wait_until(&mut settled, deadline)
-                .timed_out()
-            {
-                return done(&settled);
-            }
-        }
-        true
+        dispatcher::settle(&self.inner, timeout)
     }
 
     /// A snapshot of the engine's statistics.
