@@ -4,7 +4,8 @@
 //! steps, most with nothing due), then the same drain with one clock jump.
 //! Prints both times and `/proc/loadavg`.
 //!
-//! `cargo run --release --example step_drain [orders]`
+//! `cargo run --release --example step_drain [orders] [stepped|jump]`
+//! (both by default).
 
 use duewheel::{Engine, ManualClock};
 use std::thread;
@@ -64,14 +65,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(n) => n.parse()?,
         None => 1_000_000,
     };
+    let only = std::env::args().nth(2);
     println!("{orders} orders due uniformly over 30 min, 2 shards, one group");
     println!("loadavg {}", loadavg());
-    let jump = drain(orders, false)?;
-    println!(
-        "one jump:              {:>8.3} s   (loadavg {})",
-        jump.as_secs_f64(),
-        loadavg()
-    );
+    if only.as_deref() != Some("stepped") {
+        let jump = drain(orders, false)?;
+        println!(
+            "one jump:              {:>8.3} s   (loadavg {})",
+            jump.as_secs_f64(),
+            loadavg()
+        );
+    }
+    if only.as_deref() == Some("jump") {
+        return Ok(());
+    }
     let stepped = drain(orders, true)?;
     println!(
         "stepped 1 ms x {WINDOW_MS}: {:>8.3} s   {:.2} us per step   (loadavg {})",

@@ -42,7 +42,6 @@ use super::Inner;
 use super::consumer::{Batch, Group};
 use super::shard::Fired;
 use crate::trace;
-use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -285,19 +284,17 @@ where
         // A clock step stored after `now_ms` was read may have found the
         // scan's `MAX` in `next_wake` and woken no one: look again, after
         // the plan (see `wake`).
-        if planned <= inner.ticks.now_tick(inner.clock.now_ms()) {
+        // (`MAX` is "nothing planned", even once the clock stands there.)
+        if planned != u64::MAX && planned <= inner.ticks.now_tick(inner.clock.now_ms()) {
             continue;
         }
         return Caught::Up(planned);
     }
 }
 
-/// What has been fired and not yet handed to the groups, with the lateness
-/// it carries.
+/// What has been fired and not yet handed to the groups.
 pub(crate) struct Outbox<K, P> {
     fired: Vec<Fired<K, P>>,
-    /// Lateness of `fired`, merged into the engine's at each flush.
-    lateness: Histogram<u64>,
     /// Whether the dispatcher runs more than `BEHIND_MS` late, so a stall
     /// is reported once, not per batch.
     behind: bool,
@@ -307,7 +304,6 @@ impl<K, P> Outbox<K, P> {
     fn new() -> Self {
         Self {
             fired: Vec::new(),
-            lateness: Histogram::new(3).expect("3 significant figures is valid"),
             behind: false,
         }
     }
@@ -330,11 +326,12 @@ impl<K: Hash + Eq + Clone, P: Clone> Outbox<K, P> {
         }
         // Room first: the store claims nothing, and nothing is recorded,
         // for a delivery that must wait and be tried again.
-        if !wait_for_room(inner, groups, &counts(groups, &self.fired), wait) {
-            if !matches!(wait, Wait::Forever) {
-                return Some(Caught::Blocked);
-            }
-            // Shutdown: `deliver` hands back what a full group cannot take.
+        // At shutdown the dispatcher thread goes on: `deliver` hands back
+        // what a full group cannot take.
+        if !wait_for_room(inner, groups, &counts(groups, &self.fired), wait)
+            && !matches!(wait, Wait::Forever)
+        {
+            return Some(Caught::Blocked);
         }
         if let Some(hooks) = &inner.hooks {
             // Cluster mode: deliver only what the store claimed; what it
@@ -351,12 +348,16 @@ impl<K: Hash + Eq + Clone, P: Clone> Outbox<K, P> {
         }
         let now_tick = inner.ticks.now_tick(now_ms);
         let mut oldest_ms = u64::MAX;
-        for (due_tick, _, event) in &self.fired {
-            let _ = self.lateness.record(now_tick.saturating_sub(*due_tick));
-            oldest_ms = oldest_ms.min(event.due_ms);
+        {
+            // Recorded in place: merging a histogram, and clearing it, walk
+            // every bucket, which costs more than a stepped clock's
+            // handful of events.
+            let mut lateness = inner.lateness.lock();
+            for (due_tick, _, event) in &self.fired {
+                let _ = lateness.record(now_tick.saturating_sub(*due_tick));
+                oldest_ms = oldest_ms.min(event.due_ms);
+            }
         }
-        inner.lateness.lock().add(&self.lateness).ok();
-        self.lateness.reset();
         let late_ms = now_ms.saturating_sub(oldest_ms);
         trace::trace!(events = self.fired.len(), late_ms, "delivering a batch");
         if late_ms > BEHIND_MS && !self.behind {

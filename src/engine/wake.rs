@@ -67,9 +67,11 @@ impl WakeAt {
     }
 
     /// Step 4: whether work is planned at or before `tick` (the clock just
-    /// reached it).
+    /// reached it). `MAX` plans nothing, even for a clock standing at the
+    /// end of time.
     pub(crate) fn due_by(&self, tick: u64) -> bool {
-        self.0.load(Ordering::SeqCst) <= tick
+        let planned = self.0.load(Ordering::SeqCst);
+        planned != u64::MAX && planned <= tick
     }
 
     /// Step 3: the scan found `earliest`; returns the tick to sleep until.
