@@ -5,7 +5,8 @@
 //! consumers) it prints the CPU milliseconds it ran (from
 //! `/proc/thread-self/schedstat`, nanoseconds), and the throughput the
 //! busiest thread allows: events per second if every thread had a core of
-//! its own. Wall time and `/proc/loadavg` are printed beside them.
+//! its own. Wall time and `/proc/loadavg` are printed beside them. The
+//! 3-group run is repeated with `String` payloads, whose copies allocate.
 //!
 //! `cargo run --release --example dispatch_cpu [repeats]`
 
@@ -40,7 +41,12 @@ fn dispatcher_schedstat() -> Option<String> {
     None
 }
 
-fn run(groups: &[&str]) -> Result<(), Box<dyn std::error::Error>> {
+/// One run with payloads made by `payload` (a `u64`, or a 40-byte
+/// `String` whose copies allocate).
+fn run<P: Clone + Send + 'static>(
+    groups: &[&str],
+    payload: impl Fn(u64) -> P,
+) -> Result<(), Box<dyn std::error::Error>> {
     let clock = ManualClock::new(T0);
     let mut builder = Engine::builder()
         .clock(clock.clone())
@@ -50,10 +56,10 @@ fn run(groups: &[&str]) -> Result<(), Box<dyn std::error::Error>> {
     for g in groups {
         builder = builder.group(*g);
     }
-    let engine: Engine<u64, u64> = builder.build()?;
+    let engine: Engine<u64, P> = builder.build()?;
     let s = engine.scheduler();
     for id in 0..N {
-        s.schedule(id, Duration::from_millis(1 + id % 4), id)
+        s.schedule(id, Duration::from_millis(1 + id % 4), payload(id))
             .map_err(|e| e.to_string())?;
     }
     let consumers: Vec<_> = groups
@@ -91,9 +97,13 @@ fn run(groups: &[&str]) -> Result<(), Box<dyn std::error::Error>> {
         .max(1);
     let ms = |ns: u64| ns as f64 / 1e6;
     println!(
-        "{} group(s): dispatcher {:>6.1} ms + stepping thread {:>5.1} ms CPU, consumers {:?} ms CPU; \
+        "{} group(s), {}: dispatcher {:>6.1} ms + stepping thread {:>5.1} ms CPU, consumers {:?} ms CPU; \
          busiest thread allows {:>5.2} M events/s; wall {:>6.1} ms ({:.2} M/s); loadavg {}",
         groups.len(),
+        std::any::type_name::<P>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("?"),
         ms(dispatcher_ns),
         ms(stepper_ns),
         consumer_ns
@@ -115,8 +125,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     println!("1M expiries over 4 ticks, 2 shards, batch 4096, one clock jump");
     for _ in 0..repeats {
-        run(&["a"])?;
-        run(&["a", "b", "c"])?;
+        run(&["a"], |id| id)?;
+        run(&["a", "b", "c"], |id| id)?;
+        run(&["a", "b", "c"], |id| {
+            format!("order {id:>10} pending payment")
+        })?;
     }
     Ok(())
 }

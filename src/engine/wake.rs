@@ -26,11 +26,12 @@
 //!    due by then.
 //!
 //! Invariant: a step to a time by which something is due is never left
-//! unserved. The step's store and load, and the runner's `plan` and clock
-//! read, are all `SeqCst`: either the runner's second read sees the new time
-//! (and it runs the round), or the step's `due_by` sees the plan (and acts).
-//! A step that reads `MAX` during a scan read it before that scan's `plan`,
-//! so the runner's second read comes after the step's store. A runner other
+//! unserved. `due_by`, `begin_scan` and `plan` are all read-modify-writes
+//! of the one value, so they are totally ordered: if the step's `due_by`
+//! comes after the runner's `plan` it reads the plan (and acts); if before,
+//! the runner's `begin_scan` or `plan` reads from it, the clock step's store
+//! happens-before the runner's clock read that follows, and the runner sees
+//! the new time (and runs the round). A runner other
 //! than the dispatcher that plans earlier than the dispatcher sleeps until
 //! unparks it when the clock moves by itself (a `ManualClock` dispatcher
 //! sleeps until stepped or unparked, and steps read the plan).
@@ -48,9 +49,11 @@ impl WakeAt {
         Self(AtomicU64::new(u64::MAX))
     }
 
-    /// Step 1: the dispatcher is about to scan.
+    /// Step 1: the dispatcher is about to scan. A swap, not a store: it
+    /// reads the value a clock step's `due_by` left, so a step that came
+    /// first happens-before the scan's clock read (see step 4).
     pub(crate) fn begin_scan(&self) {
-        self.0.store(u64::MAX, Ordering::SeqCst);
+        self.0.swap(u64::MAX, Ordering::SeqCst);
     }
 
     /// Step 2: a timer due at `tick` was inserted. Returns `true` if the
@@ -70,7 +73,13 @@ impl WakeAt {
     /// reached it). `MAX` plans nothing, even for a clock standing at the
     /// end of time.
     pub(crate) fn due_by(&self, tick: u64) -> bool {
-        let planned = self.0.load(Ordering::SeqCst);
+        // A read-modify-write that changes nothing, not a load: it takes
+        // its place in the value's modification order, so either it reads
+        // the runner's plan, or the runner's next swap or plan reads it and
+        // the clock step's store happens-before the runner's clock read.
+        // The argument then needs release/acquire only, which is what loom
+        // checks (it models `SeqCst` loads and stores as acquire/release).
+        let planned = self.0.fetch_or(0, Ordering::SeqCst);
         planned != u64::MAX && planned <= tick
     }
 
