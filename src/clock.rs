@@ -8,7 +8,9 @@
 //!   and the present becomes a tick by rounding **down** ([`Ticks::now_tick`]),
 //!   so a timer can only fire once `now_ms >= deadline_ms`: never early;
 //! - the time a [`Clock`] reports never goes backwards, even if the system's
-//!   wall clock does ([`SystemClock`] counts from a monotonic `Instant`).
+//!   wall clock does ([`SystemClock`] counts from a monotonic `Instant`);
+//! - every sum of times saturates at `u64::MAX` ms: no step, delay or
+//!   deadline wraps round to the past.
 
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -115,10 +117,19 @@ impl ManualClock {
         clock
     }
 
-    /// Moves time forward by `by` (rounded down to whole milliseconds).
+    /// Moves time forward by `by` (rounded down to whole milliseconds). Time
+    /// saturates at `u64::MAX` ms: a step past the end of time stays there
+    /// rather than wrapping round to the past.
     pub fn advance(&self, by: Duration) {
         let by_ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
-        self.inner.now_ms.fetch_add(by_ms, Ordering::SeqCst);
+        // `fetch_add` would wrap; the closure never refuses, so the update
+        // always lands.
+        let _ = self
+            .inner
+            .now_ms
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now_ms| {
+                Some(now_ms.saturating_add(by_ms))
+            });
         self.wake();
     }
 
@@ -265,5 +276,23 @@ mod tests {
         clock.advance(Duration::from_millis(5));
         assert_eq!(clock.now_ms(), 105);
         assert_eq!(woken.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn advancing_by_duration_max_saturates_instead_of_wrapping() {
+        let clock = ManualClock::new(1_000);
+        clock.advance(Duration::MAX);
+        assert_eq!(clock.now_ms(), u64::MAX);
+        // Already at the end of time: a further step stays there.
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(clock.now_ms(), u64::MAX);
+    }
+
+    #[test]
+    fn ticks_at_the_end_of_time_do_not_overflow() {
+        let ticks = Ticks::new(7);
+        assert_eq!(ticks.deadline_tick(u64::MAX), u64::MAX.div_ceil(7));
+        assert_eq!(ticks.start_ms(u64::MAX), u64::MAX);
+        assert_eq!(ticks.now_tick(u64::MAX), u64::MAX / 7);
     }
 }

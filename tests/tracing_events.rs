@@ -90,8 +90,9 @@ fn operators_see_batches_stalls_backpressure_and_wal_work_but_no_line_per_timer(
     assert_eq!(count(&events, Level::INFO, "engine started"), 1);
     assert_eq!(count(&events, Level::INFO, "engine stopped"), 1);
     let batches = count(&events, Level::TRACE, "delivering a batch");
-    // 1,024 events a batch per shard: about 20, never one per timer.
-    assert!((19..=40).contains(&batches), "{batches} batch events");
+    // Up to 1,024 events a batch per shard (a round may carry more): about
+    // 20, never one per timer.
+    assert!((10..=40).contains(&batches), "{batches} batch events");
     assert!(events.len() < 100, "{} events for {N} timers", events.len());
 
     // A stall: the clock jumps 90 s past a deadline, so the event leaves

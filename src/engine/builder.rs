@@ -3,7 +3,7 @@
 use super::consumer::Registry;
 use super::lifecycle::checkpoint_loop;
 use super::shard::{Acks, FiredMemory, Shard};
-use super::{Engine, Hooks, Inner, Padded, Scheduler, Settled, dispatcher, shard_index, wake};
+use super::{Engine, Hooks, Inner, Padded, Scheduler, dispatcher, shard_index, wake};
 use crate::clock::{Clock, SystemClock, Ticks};
 use crate::codec::Codec;
 use crate::durable::Opened;
@@ -12,7 +12,7 @@ use crate::journal::Journal;
 use crate::trace;
 use crate::wal::{Storage, SyncPolicy, WalOptions};
 use hdrhistogram::Histogram;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use std::hash::Hash;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -103,7 +103,9 @@ where
     }
 
     /// Events each consumer group may hold before the dispatcher waits
-    /// (default 65,536).
+    /// (default 65,536; a delivery larger than this still passes when the
+    /// group is empty). Memory is taken as events arrive, not reserved: a
+    /// capacity of 2^30 costs nothing until a group falls that far behind.
     pub fn channel_capacity(mut self, events: usize) -> Self {
         self.channel_capacity = events;
         self
@@ -262,14 +264,12 @@ where
             max_pending: self.max_pending,
             batch: self.batch,
             max_idle: self.max_idle,
-            registry: Registry::new(self.channel_capacity.div_ceil(self.batch)),
+            registry: Registry::new(self.channel_capacity),
             next_wake: wake::WakeAt::new(),
             dispatcher: OnceLock::new(),
             stopping: AtomicBool::new(false),
             lateness: Mutex::new(Histogram::new(3).expect("3 significant figures is valid")),
-            settle_requests: AtomicU64::new(0),
-            settled: Mutex::new(Settled::default()),
-            settled_cv: Condvar::new(),
+            rounds: dispatcher::Rounds::new(),
             delivering_since_ms: AtomicU64::new(u64::MAX),
             undelivered: Mutex::new(Vec::new()),
             hooks: self.hooks,
@@ -304,7 +304,7 @@ where
         let weak: Weak<Inner<K, P>> = Arc::downgrade(&inner);
         clock.on_advance(Box::new(move || {
             if let Some(inner) = weak.upgrade() {
-                inner.unpark();
+                dispatcher::clock_advanced(&inner);
             }
         }));
         let for_thread = inner.clone();

@@ -1,29 +1,118 @@
 //! Consumer groups and bounded delivery.
 //!
 //! Every group receives every event; the consumers inside one group share its
-//! events, each event going to exactly one of them. A group is one bounded
-//! `crossbeam-channel` of event batches.
+//! events, each event going to exactly one of them. A group is one
+//! `crossbeam-channel` of event batches, bounded by the events it holds.
+//!
+//! # One batch per round, shared
+//!
+//! The dispatcher builds one [`Batch`] per delivery and sends the same
+//! `Arc` to every group: it copies nothing per group. The first consumer of
+//! each group to take the batch copies out the events its group gets (under
+//! the round's lock: events need only be `Send`, not `Sync`, so two threads
+//! never read one at once), on its own thread; the last group to take it
+//! moves the events out and copies nothing, so with one group no event is
+//! ever copied. An event's group mask says which groups get it (a
+//! redelivery goes only to the groups that have not acked).
+//!
+//! # Bounded by events, memory allocated as used
+//!
+//! The channel is crossbeam's unbounded (linked-block) flavour, whose memory
+//! grows with what it holds; the bound is kept here, in events: the
+//! dispatcher sends to a group only while `queued + batch <= capacity` (or
+//! the group holds nothing, so a delivery larger than the capacity still
+//! passes, alone). A capacity of 2^30 therefore reserves nothing up front;
+//! crossbeam's bounded flavour would allocate every slot at creation.
 //!
 //! Invariants:
 //! - an event handed to a group is never dropped: the registry keeps a
 //!   receiver of every group, so the channel stays open (and buffers, up to
 //!   its capacity) even while no consumer is attached;
-//! - when a group's channel is full the dispatcher waits: lateness grows,
-//!   memory does not (at most `capacity` events per group);
-//! - `queued` counts the events in the channel, so lag is visible.
+//! - when a group has no room the dispatcher waits: lateness grows, memory
+//!   does not (at most `capacity` events per group in its channel, or one
+//!   delivery if that is larger, plus what consumers hand back);
+//! - `queued` counts the group's events in the channel, so lag is visible,
+//!   and every decrease that a waiting dispatcher needs is signalled on
+//!   `room` (no lost wake-up: see [`GroupShared::wait_room`]).
 
 use super::event::{Event, EventKind};
+use super::shard::Fired;
 use super::{Scheduler, SubscribeError};
 use crate::error::{self, RecvError, RecvTimeoutError, TryRecvError};
 use crate::error::{AckError, SnoozeError};
 use crossbeam_channel::{Receiver, Sender};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-pub(crate) type Batch<K, P> = Vec<Event<K, P>>;
+/// One delivery as a group receives it: the round's events, shared by every
+/// group they reach; `count` of them are for this group.
+pub(crate) struct Batch<K, P> {
+    round: Arc<Mutex<Round<K, P>>>,
+    pub(crate) count: usize,
+}
+
+/// The events of one delivery and how many groups have yet to take them.
+pub(crate) struct Round<K, P> {
+    events: Vec<Fired<K, P>>,
+    takers: usize,
+}
+
+impl<K, P> Batch<K, P> {
+    /// Shares `events` among `takers` groups: [`Self::of`] makes each
+    /// group's batch.
+    pub(crate) fn share(events: Vec<Fired<K, P>>, takers: usize) -> Arc<Mutex<Round<K, P>>> {
+        Arc::new(Mutex::new(Round { events, takers }))
+    }
+
+    /// A group's batch of a shared round, holding `count` of its events.
+    pub(crate) fn of(round: Arc<Mutex<Round<K, P>>>, count: usize) -> Self {
+        Self { round, count }
+    }
+
+    /// A group that will never take its batch: the others need not wait
+    /// for it to move the events out.
+    pub(crate) fn refused(round: &Mutex<Round<K, P>>) {
+        round.lock().takers -= 1;
+    }
+
+    /// The events of group `bit`, each with its mask: the round itself for
+    /// the last group to take it, a copy for the others.
+    fn take(self, bit: u64, clone: fn(&Event<K, P>) -> Event<K, P>) -> Vec<Fired<K, P>> {
+        let mut round = self.round.lock();
+        round.takers -= 1;
+        if round.takers == 0 {
+            return std::mem::take(&mut round.events);
+        }
+        round
+            .events
+            .iter()
+            .filter(|(_, mask, _)| mask & bit != 0)
+            .map(|(tick, mask, event)| (*tick, *mask, clone(event)))
+            .collect()
+    }
+
+    /// The events of group `bit`, copied for a shutdown hand-back.
+    pub(crate) fn copy_for(round: &Mutex<Round<K, P>>, bit: u64) -> Vec<Event<K, P>>
+    where
+        K: Clone,
+        P: Clone,
+    {
+        round
+            .lock()
+            .events
+            .iter()
+            .filter(|(_, mask, _)| mask & bit != 0)
+            .map(|(_, _, event)| event.clone())
+            .collect()
+    }
+}
+
+/// The events a consumer has taken out of its group, in order; those
+/// whose mask lacks its group are skipped as they come.
+type Buffer<K, P> = std::vec::IntoIter<Fired<K, P>>;
 
 /// One group, as the dispatcher sees it.
 pub(crate) struct Group<K, P> {
@@ -38,10 +127,19 @@ pub(crate) struct GroupShared<K, P> {
     /// Events in the channel or handed back, not yet taken by a consumer.
     pub(crate) queued: AtomicU64,
     pub(crate) consumers: AtomicUsize,
+    /// This group's bit in an event's group mask.
+    pub(crate) bit: u64,
+    /// The most events the channel holds before the dispatcher waits.
+    capacity: u64,
+    /// Deliveries waiting for room (see [`Self::wait_room`]).
+    room_waiters: AtomicUsize,
+    room_lock: Mutex<()>,
+    room: Condvar,
     /// Lets a dropped consumer put its unread events back; `None` once the
     /// engine shut down (so the channel can disconnect).
     requeue: Mutex<Option<Sender<Batch<K, P>>>>,
-    /// Handed-back batches that did not fit in the channel; read first.
+    /// Handed-back batches that could not go back into the channel (it was
+    /// closed); read first.
     handed_back: Mutex<Vec<Batch<K, P>>>,
     handed_back_len: AtomicUsize,
     /// Wakes async consumers (see [`super::stream`]): signalled after every
@@ -54,10 +152,15 @@ pub(crate) struct GroupShared<K, P> {
 }
 
 impl<K, P> GroupShared<K, P> {
-    fn new(tx: Sender<Batch<K, P>>) -> Self {
+    fn new(tx: Sender<Batch<K, P>>, position: usize, capacity: u64) -> Self {
         Self {
             queued: AtomicU64::new(0),
             consumers: AtomicUsize::new(0),
+            bit: 1 << position,
+            capacity,
+            room_waiters: AtomicUsize::new(0),
+            room_lock: Mutex::new(()),
+            room: Condvar::new(),
             requeue: Mutex::new(Some(tx)),
             handed_back: Mutex::new(Vec::new()),
             handed_back_len: AtomicUsize::new(0),
@@ -77,12 +180,68 @@ impl<K, P> GroupShared<K, P> {
         self.notify.notify_waiters();
     }
 
+    /// Whether `count` more events fit: within the capacity, or the group
+    /// holds nothing (a delivery larger than the capacity passes alone).
+    pub(crate) fn has_room(&self, count: usize) -> bool {
+        let queued = self.queued.load(Ordering::SeqCst);
+        queued == 0 || queued.saturating_add(count as u64) <= self.capacity
+    }
+
+    /// Waits until `count` more events fit, or `until` passes, or `give_up`
+    /// says so (checked at least every `poll`); `true` if they fit.
+    ///
+    /// No lost wake-up: the waiter counts itself in `room_waiters` and then
+    /// checks the room, both `SeqCst`, holding `room_lock` until it sleeps;
+    /// a consumer lowers `queued` and then reads `room_waiters`, both
+    /// `SeqCst`, so one of the two sees the other, and a consumer that sees
+    /// a waiter takes `room_lock` (so the waiter is asleep) to notify.
+    pub(crate) fn wait_room(
+        &self,
+        count: usize,
+        until: Option<Instant>,
+        poll: Duration,
+        give_up: impl Fn() -> bool,
+    ) -> bool {
+        if self.has_room(count) {
+            return true;
+        }
+        let mut guard = self.room_lock.lock();
+        self.room_waiters.fetch_add(1, Ordering::SeqCst);
+        let fits = loop {
+            if self.has_room(count) {
+                break true;
+            }
+            if give_up() {
+                break false;
+            }
+            let now = Instant::now();
+            let wake = match until {
+                Some(until) if until <= now => break false,
+                Some(until) => until.min(now + poll),
+                None => now + poll,
+            };
+            self.room.wait_until(&mut guard, wake);
+        };
+        self.room_waiters.fetch_sub(1, Ordering::SeqCst);
+        fits
+    }
+
+    /// A consumer took `count` events out of the group.
+    fn taken(&self, count: usize) {
+        self.queued.fetch_sub(count as u64, Ordering::SeqCst);
+        if self.room_waiters.load(Ordering::SeqCst) > 0 {
+            let _asleep = self.room_lock.lock();
+            self.room.notify_all();
+        }
+    }
+
     fn hand_back(&self, batch: Batch<K, P>) {
-        self.queued.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.queued.fetch_add(batch.count as u64, Ordering::SeqCst);
         let batch = match self.requeue.lock().as_ref() {
-            Some(tx) => match tx.try_send(batch) {
+            // Unbounded underneath: only a closed channel refuses.
+            Some(tx) => match tx.send(batch) {
                 Ok(()) => return self.wake(),
-                Err(full_or_closed) => full_or_closed.into_inner(),
+                Err(closed) => closed.into_inner(),
             },
             None => batch,
         };
@@ -108,17 +267,20 @@ pub(crate) type Groups<K, P> = Arc<Vec<Group<K, P>>>;
 /// round, so subscribing never waits for a blocked delivery.
 pub(crate) struct Registry<K, P> {
     groups: Mutex<Option<Groups<K, P>>>,
-    capacity_batches: usize,
+    /// Each group's capacity, in events.
+    capacity: u64,
     /// With acknowledgements on, the groups are fixed at build: a group's
     /// position is its bit in the ack mask.
     frozen: AtomicBool,
 }
 
 impl<K, P> Registry<K, P> {
-    pub(crate) fn new(capacity_batches: usize) -> Self {
+    /// Groups that hold at most `capacity` events each (see the module
+    /// doc: memory is taken as events arrive, not reserved).
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             groups: Mutex::new(Some(Arc::new(Vec::new()))),
-            capacity_batches,
+            capacity: capacity as u64,
             frozen: AtomicBool::new(false),
         }
     }
@@ -148,7 +310,11 @@ impl<K, P> Registry<K, P> {
 
     /// A consumer of `name`, creating the group if needed, and the group's
     /// position.
-    pub(crate) fn subscribe(&self, name: &str) -> Result<(Consumer<K, P>, u32), SubscribeError> {
+    pub(crate) fn subscribe(&self, name: &str) -> Result<(Consumer<K, P>, u32), SubscribeError>
+    where
+        K: Clone,
+        P: Clone,
+    {
         let mut guard = self.groups.lock();
         let groups = guard.as_mut().ok_or(SubscribeError::ShuttingDown)?;
         let group = match groups.iter().find(|g| &*g.name == name) {
@@ -158,7 +324,8 @@ impl<K, P> Registry<K, P> {
             }
             None if groups.len() == 64 => return Err(SubscribeError::TooManyGroups),
             None => {
-                let (tx, rx) = crossbeam_channel::bounded(self.capacity_batches);
+                let (tx, rx) = crossbeam_channel::unbounded();
+                let position = groups.len();
                 let mut next: Vec<Group<K, P>> = groups
                     .iter()
                     .map(|g| Group {
@@ -170,7 +337,7 @@ impl<K, P> Registry<K, P> {
                     .collect();
                 next.push(Group {
                     name: name.into(),
-                    shared: Arc::new(GroupShared::new(tx.clone())),
+                    shared: Arc::new(GroupShared::new(tx.clone(), position, self.capacity)),
                     tx,
                     rx,
                 });
@@ -188,6 +355,7 @@ impl<K, P> Registry<K, P> {
             rx: group.rx.clone(),
             shared: group.shared.clone(),
             buffer: Vec::new().into_iter(),
+            clone: Event::clone,
             acker: None,
             #[cfg(feature = "tokio")]
             waiting: None,
@@ -228,7 +396,10 @@ pub struct Consumer<K, P> {
     group: Arc<str>,
     rx: Receiver<Batch<K, P>>,
     pub(crate) shared: Arc<GroupShared<K, P>>,
-    buffer: std::vec::IntoIter<Event<K, P>>,
+    buffer: Buffer<K, P>,
+    /// `Event::clone`, kept here so that the receive calls need no `Clone`
+    /// bound of their own.
+    clone: fn(&Event<K, P>) -> Event<K, P>,
     pub(crate) acker: Option<Acker<K, P>>,
     /// The wake-up an async receive waits on (see [`super::stream`]).
     #[cfg(feature = "tokio")]
@@ -249,19 +420,32 @@ impl<K, P> Consumer<K, P> {
 
     /// The next buffered or handed-back event, without touching the channel.
     fn next_local(&mut self) -> Option<Event<K, P>> {
-        if let Some(event) = self.buffer.next() {
+        if let Some(event) = self.pop() {
             return Some(event);
         }
-        let batch = self.shared.take_handed_back()?;
-        self.take(batch)
+        while let Some(batch) = self.shared.take_handed_back() {
+            if let Some(event) = self.take(batch) {
+                return Some(event);
+            }
+        }
+        None
     }
 
+    /// Makes `batch`, just taken from the group, the buffer, and returns its
+    /// first event.
     fn take(&mut self, batch: Batch<K, P>) -> Option<Event<K, P>> {
-        self.shared
-            .queued
-            .fetch_sub(batch.len() as u64, Ordering::Relaxed);
-        self.buffer = batch.into_iter();
-        self.buffer.next()
+        self.shared.taken(batch.count);
+        self.buffer = batch.take(self.shared.bit, self.clone).into_iter();
+        self.pop()
+    }
+
+    /// The next buffered event for this consumer's group.
+    #[inline]
+    fn pop(&mut self) -> Option<Event<K, P>> {
+        let bit = self.shared.bit;
+        self.buffer
+            .find(|(_, mask, _)| mask & bit != 0)
+            .map(|(_, _, event)| event)
     }
 
     /// Blocks until an event arrives. Fails only after the engine shut down
@@ -291,9 +475,12 @@ impl<K, P> Consumer<K, P> {
         }
     }
 
-    /// Waits at most `timeout` for an event.
+    /// Waits at most `timeout` for an event (a timeout too long to
+    /// represent waits as [`recv`](Self::recv) does).
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Event<K, P>, RecvTimeoutError> {
-        let deadline = Instant::now() + timeout;
+        let Some(deadline) = Instant::now().checked_add(timeout) else {
+            return self.recv().map_err(|_| RecvTimeoutError::Disconnected);
+        };
         loop {
             if let Some(event) = self.next_local() {
                 return Ok(event);
@@ -310,18 +497,9 @@ impl<K, P> Consumer<K, P> {
 
     /// Every event ready now, buffered ones first, without waiting.
     pub fn drain_ready(&mut self) -> Vec<Event<K, P>> {
-        let mut out: Vec<_> = self.buffer.by_ref().collect();
-        while let Some(batch) = self.shared.take_handed_back() {
-            self.shared
-                .queued
-                .fetch_sub(batch.len() as u64, Ordering::Relaxed);
-            out.extend(batch);
-        }
-        while let Ok(batch) = self.rx.try_recv() {
-            self.shared
-                .queued
-                .fetch_sub(batch.len() as u64, Ordering::Relaxed);
-            out.extend(batch);
+        let mut out = Vec::new();
+        while let Ok(event) = self.try_recv() {
+            out.push(event);
         }
         out
     }
@@ -438,9 +616,12 @@ impl<K, P> Drop for Consumer<K, P> {
         self.shared.consumers.fetch_sub(1, Ordering::Relaxed);
         // Events this consumer took out of the channel but never returned go
         // back to its group: dropping a consumer loses nothing.
-        let rest: Batch<K, P> = self.buffer.by_ref().collect();
+        let bit = self.shared.bit;
+        let rest: Vec<_> = self.buffer.by_ref().filter(|f| f.1 & bit != 0).collect();
         if !rest.is_empty() {
-            self.shared.hand_back(rest);
+            let count = rest.len();
+            self.shared
+                .hand_back(Batch::of(Batch::share(rest, 1), count));
         }
     }
 }

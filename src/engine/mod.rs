@@ -59,7 +59,7 @@ use crate::clock::{Clock, Ticks};
 use crate::durable::Store;
 use crate::error::StorageError;
 use hdrhistogram::Histogram;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, OnceLock};
@@ -96,12 +96,9 @@ pub(crate) struct Inner<K, P> {
     dispatcher: OnceLock<Thread>,
     stopping: AtomicBool,
     lateness: Mutex<Histogram<u64>>,
-    /// Settle requests made so far (see [`Scheduler::settle`]).
-    settle_requests: AtomicU64,
-    /// The latest dispatcher pass that caught up: the clock time it caught up
-    /// to, and the settle requests made before that pass began.
-    settled: Mutex<Settled>,
-    settled_cv: Condvar,
+    /// The right to run dispatch rounds, and what they hold undelivered
+    /// (see `dispatcher`).
+    rounds: dispatcher::Rounds<K, P>,
     /// `due_ms` of the oldest event in a delivery under way, or `u64::MAX`.
     delivering_since_ms: AtomicU64,
     /// Events that shutdown interrupted before every group had them.
@@ -135,25 +132,6 @@ impl<K, P> Inner<K, P> {
             self.unpark();
         }
     }
-
-    /// Records that a pass which began after `requests` settle requests has
-    /// handed over everything due at `now_ms`.
-    fn mark_settled(&self, now_ms: u64, requests: u64) {
-        let mut settled = self.settled.lock();
-        if settled.requests < requests || settled.now_ms < now_ms {
-            *settled = Settled {
-                now_ms: now_ms.max(settled.now_ms),
-                requests: requests.max(settled.requests),
-            };
-            self.settled_cv.notify_all();
-        }
-    }
-}
-
-#[derive(Clone, Copy, Default)]
-struct Settled {
-    now_ms: u64,
-    requests: u64,
 }
 
 impl<K: Hash + Eq + Clone, P: Clone> Inner<K, P> {

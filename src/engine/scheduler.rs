@@ -4,7 +4,7 @@ use super::consumer::Acker;
 use super::entry::Reminders;
 use super::index::hash_id;
 use super::shard::{self, Shard};
-use super::{Consumer, Event, EventKind, GroupStats, Inner, Lateness, Settled, Stats};
+use super::{Consumer, Event, EventKind, GroupStats, Inner, Lateness, Stats};
 use crate::clock::Deadline;
 use crate::error::{
     AckError, Cancel, CancelError, RescheduleError, ScheduleError, SnoozeError, StorageError,
@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A cheap, cloneable handle to an [`Engine`]: schedule, cancel and
 /// reschedule by the caller's id from any thread. With feature `tokio` each
@@ -377,25 +377,7 @@ where
     /// advance, settle, then look at what the groups hold. It waits for
     /// room in full groups, so drain them from another thread if needed.
     pub fn settle(&self, timeout: Duration) -> bool {
-        // Everything scheduled before this call is seen by any pass that
-        // starts after the request is counted.
-        let request = self.inner.settle_requests.fetch_add(1, Ordering::SeqCst) + 1;
-        let target = self.now_ms();
-        let deadline = Instant::now() + timeout;
-        self.inner.unpark();
-        let mut settled = self.inner.settled.lock();
-        let done = |s: &Settled| s.requests >= request && s.now_ms >= target;
-        while !done(&settled) {
-            if self
-                .inner
-                .settled_cv
-                .wait_until(&mut settled, deadline)
-                .timed_out()
-            {
-                return done(&settled);
-            }
-        }
-        true
+        super::dispatcher::settle(&self.inner, timeout)
     }
 
     /// A snapshot of the engine's statistics.
