@@ -100,6 +100,10 @@ pub struct RecoveryReport {
     pub last_seq: u64,
     /// A torn tail that was truncated, if any.
     pub torn_tail: Option<TornTail>,
+    /// Segments found without a complete header (a crash while creating
+    /// them; they hold no record): the last one is removed, any other
+    /// rewritten as an empty segment.
+    pub headerless: Vec<TornTail>,
 }
 
 /// What a checkpoint did.
@@ -151,6 +155,19 @@ pub enum WalOpenError<E> {
         offset: u64,
         /// What was wrong.
         reason: String,
+    },
+    /// A file the log needs is missing: a segment after the snapshot, or
+    /// the snapshot that replaced the segments before the first one left.
+    /// Sequence numbers are dense, so this is never a crash artefact and
+    /// never skipped.
+    #[error(
+        "log incomplete: {what} missing (the records after sequence number {after_seq} are gone)"
+    )]
+    Missing {
+        /// The missing file or range of files.
+        what: String,
+        /// The last sequence number recovered before the gap.
+        after_seq: u64,
     },
     /// The visitor refused an entry.
     #[error("replay refused an entry in {file} at offset {offset}")]
@@ -325,15 +342,39 @@ impl Wal {
             .copied()
             .filter(|&n| covers.is_none_or(|c| n >= c))
             .collect();
-        for pair in live.windows(2) {
-            if pair[1] != pair[0] + 1 {
-                return Err(WalOpenError::Corrupt {
-                    file: segment::name(pair[0] + 1),
-                    offset: 0,
-                    reason: "segment missing from the sequence".into(),
-                });
-            }
+        // The segments after the snapshot must start at the one it names
+        // (created before the snapshot was written) and follow each other;
+        // without a snapshot they start at 0 (the first snapshot is written
+        // before any segment is deleted). Sequence numbers, dense, then
+        // prove that no record is missing inside or between them.
+        let first = covers.unwrap_or(0);
+        let missing = match live.first() {
+            None if covers.is_some() => Some((first, first)),
+            Some(&n) if n != first => Some((first, n - 1)),
+            _ => live
+                .windows(2)
+                .find(|pair| pair[1] != pair[0] + 1)
+                .map(|pair| (pair[0] + 1, pair[1] - 1)),
+        };
+        if let Some((from, to)) = missing {
+            let range = if from == to {
+                segment::name(from)
+            } else {
+                format!("{}..={}", segment::name(from), segment::name(to))
+            };
+            // Without a snapshot, segments start at 0 unless one replaced
+            // them: either file could be the one lost.
+            let what = if covers.is_none() && from == 0 {
+                format!("{range} (or the snapshot that replaced them)")
+            } else {
+                range
+            };
+            return Err(WalOpenError::Missing {
+                what,
+                after_seq: last_seq,
+            });
         }
+        let mut headerless = Vec::new();
         for (i, &number) in live.iter().enumerate() {
             let file = segment::name(number);
             let bytes = storage.read(&file)?;
@@ -355,6 +396,14 @@ impl Wal {
             report.segments += 1;
             match end {
                 Ok(segment::End::Clean) => {}
+                Ok(segment::End::Headerless { len }) => {
+                    headerless.push((number, is_last));
+                    report.headerless.push(TornTail {
+                        segment: file,
+                        offset: 0,
+                        dropped: len,
+                    });
+                }
                 Ok(segment::End::Torn { offset, dropped }) => {
                     storage.truncate(&file, offset)?;
                     report.torn_tail = Some(TornTail {
@@ -378,6 +427,33 @@ impl Wal {
                     });
                 }
             }
+        }
+        // A segment whose creation a crash cut short held no record. Left
+        // as it is, it would sit between two segments once a later one
+        // exists, and every open after would refuse its missing header: the
+        // last one is removed (the new segment takes its number), any other
+        // (left by an older version) gets its header, so the numbers stay
+        // contiguous. Either way the directory is synced before anything
+        // is appended.
+        for &(number, is_last) in &headerless {
+            let file = segment::name(number);
+            if is_last {
+                storage.remove(&file)?;
+            } else {
+                let mut repaired = storage.create(&file)?;
+                repaired.write_all(&segment::header(number))?;
+                repaired.sync()?;
+            }
+        }
+        if !headerless.is_empty() {
+            storage.sync_dir()?;
+            trace::warning!(
+                segments = headerless.len() as u64,
+                "segments without a header (a crash while creating them) replaced"
+            );
+        }
+        if headerless.last().is_some_and(|&(_, is_last)| is_last) {
+            segments.pop();
         }
         report.last_seq = last_seq;
         if let Some(torn) = &report.torn_tail {
