@@ -472,3 +472,140 @@ fn a_missing_snapshot_or_first_live_segment_after_it_is_an_error() {
     let (what, after_seq) = missing(open(&no_first).expect_err("must not open"));
     assert_eq!((what, after_seq), (name(covers), 10));
 }
+
+/// Storage whose file syncs block while the gate is shut: a disk that
+/// stops.
+#[derive(Clone)]
+struct StallingStorage {
+    inner: FaultStorage,
+    shut: Arc<(parking_lot::Mutex<bool>, parking_lot::Condvar)>,
+}
+
+struct StallingFile {
+    inner: Box<dyn duewheel::wal::StorageFile>,
+    shut: Arc<(parking_lot::Mutex<bool>, parking_lot::Condvar)>,
+}
+
+impl duewheel::wal::StorageFile for StallingFile {
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.inner.write_all(buf)
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        let (lock, cv) = &*self.shut;
+        let mut shut = lock.lock();
+        while *shut {
+            cv.wait(&mut shut);
+        }
+        drop(shut);
+        self.inner.sync()
+    }
+}
+
+impl Storage for StallingStorage {
+    fn list(&self) -> std::io::Result<Vec<String>> {
+        self.inner.list()
+    }
+    fn read(&self, name: &str) -> std::io::Result<Vec<u8>> {
+        self.inner.read(name)
+    }
+    fn create(&self, name: &str) -> std::io::Result<Box<dyn duewheel::wal::StorageFile>> {
+        Ok(Box::new(StallingFile {
+            inner: self.inner.create(name)?,
+            shut: self.shut.clone(),
+        }))
+    }
+    fn truncate(&self, name: &str, len: u64) -> std::io::Result<()> {
+        self.inner.truncate(name, len)
+    }
+    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        self.inner.remove(name)
+    }
+    fn sync_dir(&self) -> std::io::Result<()> {
+        self.inner.sync_dir()
+    }
+}
+
+#[test]
+fn a_disk_that_stops_for_5_s_keeps_the_log_within_its_byte_bound_and_loses_nothing() {
+    const BOUND: usize = 64 << 10;
+    let storage = StallingStorage {
+        inner: FaultStorage::new(),
+        shut: Arc::new((parking_lot::Mutex::new(false), parking_lot::Condvar::new())),
+    };
+    let opts = WalOptions {
+        max_unflushed_bytes: BOUND,
+        ..WalOptions::default()
+    };
+    let shared: Arc<dyn Storage> = Arc::new(storage.clone());
+    let (wal, _) = Wal::open(shared, opts, |_, _, _, _| Ok::<(), Infallible>(())).unwrap();
+    let mut acked = workload(&wal, 10);
+
+    *storage.shut.0.lock() = true; // the disk stops
+    let appenders: Vec<_> = (0..8u64)
+        .map(|t| {
+            let wal = wal.clone();
+            std::thread::spawn(move || {
+                // Appends without waiting pile up until the bound stops
+                // them; every 100th waits for durability.
+                let mut seqs = Vec::new();
+                for i in 0..2_000u64 {
+                    seqs.push(wal.append(1, &[t as u8; 100]).unwrap());
+                    if i % 100 == 99 {
+                        wal.wait(*seqs.last().unwrap()).unwrap();
+                    }
+                }
+                wal.wait(*seqs.last().unwrap()).unwrap();
+                seqs
+            })
+        })
+        .collect();
+    let stalled_until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut most = 0;
+    let mut refused = false;
+    let mut extra = Vec::new();
+    while std::time::Instant::now() < stalled_until {
+        let stats = wal.stats();
+        most = most.max(stats.unflushed_bytes);
+        assert!(stats.unflushed_bytes <= BOUND, "{stats:?}");
+        if !refused && stats.unflushed_bytes + 200 > BOUND {
+            match wal.try_append(1, &[9; 100]) {
+                Err(WalError::Full { .. }) => refused = true,
+                Ok(seq) => extra.push(seq),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        most > BOUND / 2,
+        "the stall never filled the buffer: {most}"
+    );
+    assert!(
+        refused,
+        "try_append was never refused while the buffer was full"
+    );
+    assert!(
+        appenders.iter().all(|a| !a.is_finished()),
+        "nobody was held back"
+    );
+    let (lock, cv) = &*storage.shut;
+    *lock.lock() = false; // the disk resumes
+    cv.notify_all();
+    for appender in appenders {
+        acked.extend(appender.join().unwrap());
+    }
+    for seq in extra {
+        wal.wait(seq).unwrap();
+        acked.push(seq);
+    }
+    let stats = wal.stats();
+    assert!(stats.max_unflushed_bytes_seen <= BOUND, "{stats:?}");
+    assert!(stats.appends_waited > 0, "{stats:?}");
+    wal.close().unwrap();
+    acked.sort_unstable();
+    let (_, seen) = open(&storage.inner.reboot()).unwrap();
+    assert_eq!(seqs(&seen), acked, "every acknowledged record, in order");
+}

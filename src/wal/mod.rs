@@ -6,9 +6,15 @@
 //! argument: `docs/WAL_FORMAT.md`.
 //!
 //! Invariants:
-//! - [`Wal::append`] only buffers (never blocks on I/O), so the engine may
-//!   call it under a shard lock; [`Wal::wait`] returns `Ok` only once the
-//!   record is durable per the [`SyncPolicy`];
+//! - [`Wal::append`] only buffers (never does I/O), so the engine may call
+//!   it under a shard lock; [`Wal::wait`] returns `Ok` only once the record
+//!   is durable per the [`SyncPolicy`];
+//! - the log's unflushed bytes (buffered, plus the batch the writer is
+//!   writing) never pass [`WalOptions::max_unflushed_bytes`], except by the
+//!   one record let into an empty buffer (so a record up to the record cap
+//!   never waits forever): an append that would pass it waits for the
+//!   writer to drain (a slow disk pushes back instead of growing memory),
+//!   and [`Wal::try_append`] refuses it with [`WalError::Full`];
 //! - sequence numbers strictly increase for the life of the directory,
 //!   across restarts and checkpoints;
 //! - a snapshot replaces the segments below its number only after it is
@@ -55,6 +61,9 @@ pub struct WalOptions {
     pub segment_bytes: u64,
     /// Hard cap on one record's body (default 1 MiB).
     pub max_record_bytes: u32,
+    /// Most bytes of records not yet written to the disk (default 64 MiB):
+    /// past it, appends wait for the writer (see the module invariant).
+    pub max_unflushed_bytes: usize,
 }
 
 impl Default for WalOptions {
@@ -63,6 +72,7 @@ impl Default for WalOptions {
             sync: SyncPolicy::Always,
             segment_bytes: 64 << 20,
             max_record_bytes: 1 << 20,
+            max_unflushed_bytes: 64 << 20,
         }
     }
 }
@@ -137,6 +147,37 @@ pub enum WalError {
     /// A checkpoint failed; the log itself is intact.
     #[error("checkpoint failed: {0}")]
     Checkpoint(String),
+    /// [`Wal::try_append`] only: the unflushed bytes are at
+    /// [`WalOptions::max_unflushed_bytes`]; the disk has not caught up.
+    #[error(
+        "the log's buffer is full ({unflushed} unflushed bytes, bound {max}): the disk is behind"
+    )]
+    Full {
+        /// Unflushed bytes when refused.
+        unflushed: usize,
+        /// The bound.
+        max: usize,
+    },
+}
+
+/// What the log has done since it opened ([`Wal::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// Records appended.
+    pub records: u64,
+    /// Group commits: writes of one batch of records.
+    pub commits: u64,
+    /// fsyncs of segment files (group commits under `Always`, periodic ones
+    /// under `EveryMs`, and at rotation and close).
+    pub fsyncs: u64,
+    /// Bytes written to segments.
+    pub bytes_written: u64,
+    /// Bytes not yet written now (buffered plus being written).
+    pub unflushed_bytes: usize,
+    /// The most unflushed bytes seen at once since the log opened.
+    pub max_unflushed_bytes_seen: usize,
+    /// Appends that waited for room.
+    pub appends_waited: u64,
 }
 
 /// Why a log could not be opened.
@@ -190,6 +231,8 @@ pub(crate) struct Shared {
     work: Condvar,
     /// Wakes a checkpoint waiting for its rotation.
     rotated: Condvar,
+    /// Wakes appenders waiting for room under the byte bound.
+    room: Condvar,
     durable_seq: AtomicU64,
     durable_lock: Mutex<()>,
     durable_cv: Condvar,
@@ -203,6 +246,9 @@ pub(crate) struct Shared {
 
 struct State {
     buf: Vec<u8>,
+    /// Bytes of the batch the writer took and has not finished writing.
+    writing: usize,
+    stats: WalStats,
     next_seq: u64,
     last_appended: u64,
     segment: u64,
@@ -231,6 +277,7 @@ impl Shared {
         self.wake_async_waiters();
         let _st = self.state.lock();
         self.rotated.notify_all();
+        self.room.notify_all();
     }
 
     fn poisoned_error(&self) -> WalError {
@@ -490,6 +537,8 @@ impl Wal {
             opts,
             state: Mutex::new(State {
                 buf: Vec::new(),
+                writing: 0,
+                stats: WalStats::default(),
                 next_seq: last_seq + 1,
                 last_appended: last_seq,
                 segment: segment_no,
@@ -500,6 +549,7 @@ impl Wal {
             }),
             work: Condvar::new(),
             rotated: Condvar::new(),
+            room: Condvar::new(),
             durable_seq: AtomicU64::new(last_seq),
             durable_lock: Mutex::new(()),
             durable_cv: Condvar::new(),
@@ -524,8 +574,20 @@ impl Wal {
         ))
     }
 
-    /// Appends one record and returns its sequence number. Only buffers.
+    /// Appends one record and returns its sequence number. Only buffers;
+    /// waits (no I/O of its own) while the unflushed bytes are at
+    /// [`WalOptions::max_unflushed_bytes`].
     pub fn append(&self, kind: u8, body: &[u8]) -> Result<u64, WalError> {
+        self.append_inner(kind, body, true)
+    }
+
+    /// [`append`](Self::append) that never waits: past the byte bound it
+    /// returns [`WalError::Full`] and buffers nothing.
+    pub fn try_append(&self, kind: u8, body: &[u8]) -> Result<u64, WalError> {
+        self.append_inner(kind, body, false)
+    }
+
+    fn append_inner(&self, kind: u8, body: &[u8], wait: bool) -> Result<u64, WalError> {
         if body.len() > self.shared.opts.max_record_bytes as usize {
             return Err(WalError::TooLarge {
                 len: body.len(),
@@ -535,20 +597,51 @@ impl Wal {
         if self.is_poisoned() {
             return Err(self.shared.poisoned_error());
         }
+        let size = record::HEADER_BYTES + body.len();
+        let max = self.shared.opts.max_unflushed_bytes;
         let mut st = self.shared.state.lock();
-        if st.stop {
-            return Err(WalError::Closed);
+        let mut waited = false;
+        loop {
+            if st.stop {
+                return Err(WalError::Closed);
+            }
+            if self.is_poisoned() {
+                return Err(self.shared.poisoned_error());
+            }
+            let unflushed = st.buf.len() + st.writing;
+            if unflushed == 0 || unflushed + size <= max {
+                break;
+            }
+            if !wait {
+                return Err(WalError::Full { unflushed, max });
+            }
+            waited = true;
+            self.shared.work.notify_one();
+            self.shared.room.wait(&mut st);
         }
         let seq = st.next_seq;
         st.next_seq += 1;
         st.last_appended = seq;
         let was_empty = st.buf.is_empty();
         record::encode(&mut st.buf, seq, kind, body);
+        st.stats.records += 1;
+        st.stats.appends_waited += u64::from(waited);
+        let unflushed = st.buf.len() + st.writing;
+        st.stats.max_unflushed_bytes_seen = st.stats.max_unflushed_bytes_seen.max(unflushed);
         drop(st);
         if was_empty {
             self.shared.work.notify_one();
         }
         Ok(seq)
+    }
+
+    /// What the log has done since it opened, and its unflushed bytes now.
+    pub fn stats(&self) -> WalStats {
+        let st = self.shared.state.lock();
+        WalStats {
+            unflushed_bytes: st.buf.len() + st.writing,
+            ..st.stats
+        }
     }
 
     /// Blocks until record `seq` is durable (see [`SyncPolicy`]).
@@ -672,6 +765,7 @@ impl Wal {
     pub fn close(&self) -> Result<(), WalError> {
         self.shared.state.lock().stop = true;
         self.shared.work.notify_one();
+        self.shared.room.notify_all();
         if let Some(writer) = self.writer.lock().take() {
             let _ = writer.join();
         }

@@ -50,6 +50,7 @@ pub(super) fn run(shared: Arc<Shared>, mut file: Box<dyn StorageFile>, mut segme
                 }
             }
             std::mem::swap(&mut st.buf, &mut spare);
+            st.writing = spare.len();
             let rotate = std::mem::take(&mut st.rotate_requested);
             (st.last_appended, rotate, st.stop)
         };
@@ -69,6 +70,14 @@ pub(super) fn run(shared: Arc<Shared>, mut file: Box<dyn StorageFile>, mut segme
             } else {
                 unsynced = true;
             }
+            {
+                let mut st = shared.state.lock();
+                st.writing = 0;
+                st.stats.commits += 1;
+                st.stats.fsyncs += u64::from(every.is_none());
+                st.stats.bytes_written += bytes as u64;
+            }
+            shared.room.notify_all();
             shared.publish(last_seq);
             // One event per group commit, however many records it covers.
             let commit_us = started.elapsed().as_micros() as u64;
@@ -82,6 +91,7 @@ pub(super) fn run(shared: Arc<Shared>, mut file: Box<dyn StorageFile>, mut segme
             if let Err(e) = file.sync() {
                 return shared.poison(&format!("fsync failed: {e}"));
             }
+            shared.state.lock().stats.fsyncs += 1;
             unsynced = false;
             last_sync = Instant::now();
         }
