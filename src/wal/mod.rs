@@ -31,7 +31,17 @@ mod writer;
 
 pub use self::fault::{Fault, FaultStorage};
 pub use self::snapshot::SnapshotWriter;
-pub use self::storage::{FsStorage, OpenDirError, Storage, StorageFile};
+pub use self::storage::{FsStorage, OpenDirError, Storage, StorageFile, process_fsyncs};
+
+/// Records appended by every log of the process.
+static RECORDS: AtomicU64 = AtomicU64::new(0);
+
+/// How many records every [`Wal`] in this process has appended so far (a
+/// run's count is the difference between two readings; with
+/// [`process_fsyncs`], records per fsync).
+pub fn process_records() -> u64 {
+    RECORDS.load(Ordering::Relaxed)
+}
 
 use crate::trace;
 use parking_lot::{Condvar, Mutex};
@@ -626,6 +636,7 @@ impl Wal {
         record::encode(&mut st.buf, seq, kind, body);
         st.stats.records += 1;
         st.stats.appends_waited += u64::from(waited);
+        RECORDS.fetch_add(1, Ordering::Relaxed);
         let unflushed = st.buf.len() + st.writing;
         st.stats.max_unflushed_bytes_seen = st.stats.max_unflushed_bytes_seen.max(unflushed);
         drop(st);
