@@ -261,6 +261,10 @@ fn a_checkpoint_taken_while_appends_continue_leaves_a_log_that_opens_after_a_cra
                         break;
                     }
                     i += 1;
+                    if i % 16 == 0 {
+                        // Paced: every round copies and replays the log.
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
                 }
             })
         })

@@ -27,6 +27,7 @@ pub mod record;
 pub mod segment;
 pub mod snapshot;
 pub mod storage;
+mod stripes;
 mod writer;
 
 pub use self::fault::{Fault, FaultStorage};
@@ -47,7 +48,7 @@ use crate::trace;
 use parking_lot::{Condvar, Mutex};
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 /// When [`Wal::wait`] may return.
@@ -236,13 +237,24 @@ pub enum WalOpenError<E> {
 pub(crate) struct Shared {
     storage: Arc<dyn Storage>,
     opts: WalOptions,
-    state: Mutex<State>,
-    /// Wakes the writer.
-    work: Condvar,
-    /// Wakes a checkpoint waiting for its rotation.
-    rotated: Condvar,
+    /// The append buffers (appenders take only their stripe's lock).
+    stripes: stripes::Stripes,
+    /// Set by an appender after its push; the writer clears it when it
+    /// takes a batch. Only the appender that sets it wakes the writer.
+    dirty: AtomicBool,
+    /// The writer thread, to unpark.
+    writer_thread: std::sync::OnceLock<std::thread::Thread>,
+    /// Bytes appended and not yet written (reserved before the push).
+    unflushed: AtomicUsize,
+    room_lock: Mutex<()>,
     /// Wakes appenders waiting for room under the byte bound.
     room: Condvar,
+    room_waiters: AtomicUsize,
+    counters: Counters,
+    /// The writer's and checkpoints' state (never taken by an appender).
+    state: Mutex<State>,
+    /// Wakes a checkpoint waiting for its rotation.
+    rotated: Condvar,
     durable_seq: AtomicU64,
     durable_lock: Mutex<()>,
     durable_cv: Condvar,
@@ -254,20 +266,25 @@ pub(crate) struct Shared {
     stopped: AtomicBool,
 }
 
+/// [`WalStats`] as atomics, so appenders share no lock to count.
+#[derive(Default)]
+struct Counters {
+    records: AtomicU64,
+    commits: AtomicU64,
+    fsyncs: AtomicU64,
+    bytes_written: AtomicU64,
+    max_unflushed: AtomicUsize,
+    appends_waited: AtomicU64,
+}
+
 struct State {
-    buf: Vec<u8>,
-    /// Bytes of the batch the writer took and has not finished writing.
-    writing: usize,
-    stats: WalStats,
-    next_seq: u64,
-    last_appended: u64,
     segment: u64,
     rotate_requested: bool,
     rotations: u64,
     /// The last sequence number written to the segments below `segment`,
     /// as of the latest rotation: what a snapshot taken for it covers.
-    /// Appends go on while the writer rotates, so `last_appended` may
-    /// already name a record of the new segment.
+    /// Appends go on while the writer rotates, so a later number may
+    /// already be in the new segment's buffer.
     rotated_after_seq: u64,
     stop: bool,
 }
@@ -287,7 +304,24 @@ impl Shared {
         self.wake_async_waiters();
         let _st = self.state.lock();
         self.rotated.notify_all();
+        drop(_st);
+        let _room = self.room_lock.lock();
         self.room.notify_all();
+    }
+
+    fn wake_writer(&self) {
+        if let Some(writer) = self.writer_thread.get() {
+            writer.unpark();
+        }
+    }
+
+    /// After the writer wrote `bytes` of records: frees their room.
+    fn written(&self, bytes: usize) {
+        self.unflushed.fetch_sub(bytes, Ordering::SeqCst);
+        if self.room_waiters.load(Ordering::SeqCst) > 0 {
+            let _room = self.room_lock.lock();
+            self.room.notify_all();
+        }
     }
 
     fn poisoned_error(&self) -> WalError {
@@ -545,21 +579,22 @@ impl Wal {
         let shared = Arc::new(Shared {
             storage: storage.clone(),
             opts,
+            stripes: stripes::Stripes::new(last_seq + 1),
+            dirty: AtomicBool::new(false),
+            writer_thread: std::sync::OnceLock::new(),
+            unflushed: AtomicUsize::new(0),
+            room_lock: Mutex::new(()),
+            room: Condvar::new(),
+            room_waiters: AtomicUsize::new(0),
+            counters: Counters::default(),
             state: Mutex::new(State {
-                buf: Vec::new(),
-                writing: 0,
-                stats: WalStats::default(),
-                next_seq: last_seq + 1,
-                last_appended: last_seq,
                 segment: segment_no,
                 rotate_requested: false,
                 rotations: 0,
                 rotated_after_seq: last_seq,
                 stop: false,
             }),
-            work: Condvar::new(),
             rotated: Condvar::new(),
-            room: Condvar::new(),
             durable_seq: AtomicU64::new(last_seq),
             durable_lock: Mutex::new(()),
             durable_cv: Condvar::new(),
@@ -573,7 +608,8 @@ impl Wal {
         let for_thread = shared.clone();
         let writer = std::thread::Builder::new()
             .name("duewheel-wal".into())
-            .spawn(move || writer::run(for_thread, file, segment_no))?;
+            .spawn(move || writer::run(for_thread, file, segment_no, last_seq))?;
+        let _ = shared.writer_thread.set(writer.thread().clone());
         Ok((
             Self {
                 shared,
@@ -598,60 +634,98 @@ impl Wal {
     }
 
     fn append_inner(&self, kind: u8, body: &[u8], wait: bool) -> Result<u64, WalError> {
-        if body.len() > self.shared.opts.max_record_bytes as usize {
+        let shared = &*self.shared;
+        if body.len() > shared.opts.max_record_bytes as usize {
             return Err(WalError::TooLarge {
                 len: body.len(),
-                max: self.shared.opts.max_record_bytes,
+                max: shared.opts.max_record_bytes,
             });
         }
         if self.is_poisoned() {
-            return Err(self.shared.poisoned_error());
+            return Err(shared.poisoned_error());
         }
         let size = record::HEADER_BYTES + body.len();
-        let max = self.shared.opts.max_unflushed_bytes;
-        let mut st = self.shared.state.lock();
-        let mut waited = false;
-        loop {
-            if st.stop {
-                return Err(WalError::Closed);
-            }
-            if self.is_poisoned() {
-                return Err(self.shared.poisoned_error());
-            }
-            let unflushed = st.buf.len() + st.writing;
-            if unflushed == 0 || unflushed + size <= max {
-                break;
-            }
-            if !wait {
-                return Err(WalError::Full { unflushed, max });
-            }
-            waited = true;
-            self.shared.work.notify_one();
-            self.shared.room.wait(&mut st);
-        }
-        let seq = st.next_seq;
-        st.next_seq += 1;
-        st.last_appended = seq;
-        let was_empty = st.buf.is_empty();
-        record::encode(&mut st.buf, seq, kind, body);
-        st.stats.records += 1;
-        st.stats.appends_waited += u64::from(waited);
+        let waited = self.reserve(size, wait)?;
+        let Some(seq) = shared.stripes.push(kind, body) else {
+            shared.written(size);
+            return Err(WalError::Closed);
+        };
+        let counters = &shared.counters;
+        counters.records.fetch_add(1, Ordering::Relaxed);
+        counters
+            .appends_waited
+            .fetch_add(u64::from(waited), Ordering::Relaxed);
         RECORDS.fetch_add(1, Ordering::Relaxed);
-        let unflushed = st.buf.len() + st.writing;
-        st.stats.max_unflushed_bytes_seen = st.stats.max_unflushed_bytes_seen.max(unflushed);
-        drop(st);
-        if was_empty {
-            self.shared.work.notify_one();
+        if !shared.dirty.swap(true, Ordering::SeqCst) {
+            shared.wake_writer();
         }
         Ok(seq)
     }
 
+    /// Reserves `size` unflushed bytes under the bound; `Ok(true)` if it
+    /// had to wait for them.
+    fn reserve(&self, size: usize, wait: bool) -> Result<bool, WalError> {
+        let shared = &*self.shared;
+        let max = shared.opts.max_unflushed_bytes;
+        let mut waited = false;
+        loop {
+            let unflushed = shared.unflushed.load(Ordering::SeqCst);
+            let fits = unflushed == 0 || unflushed + size <= max;
+            if fits {
+                if shared
+                    .unflushed
+                    .compare_exchange_weak(
+                        unflushed,
+                        unflushed + size,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    )
+                    .is_ok()
+                {
+                    shared
+                        .counters
+                        .max_unflushed
+                        .fetch_max(unflushed + size, Ordering::Relaxed);
+                    return Ok(waited);
+                }
+                continue;
+            }
+            if !wait {
+                return Err(WalError::Full { unflushed, max });
+            }
+            if self.is_poisoned() {
+                return Err(shared.poisoned_error());
+            }
+            if shared.stopped.load(Ordering::SeqCst) {
+                return Err(WalError::Closed);
+            }
+            waited = true;
+            shared.wake_writer();
+            let mut room = shared.room_lock.lock();
+            shared.room_waiters.fetch_add(1, Ordering::SeqCst);
+            // Checked again after registering: a writer that freed room
+            // before it saw the registration freed it before this load.
+            let now = shared.unflushed.load(Ordering::SeqCst);
+            if !(now == 0 || now + size <= max || shared.stopped.load(Ordering::SeqCst)) {
+                shared
+                    .room
+                    .wait_for(&mut room, std::time::Duration::from_millis(100));
+            }
+            shared.room_waiters.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
     /// What the log has done since it opened, and its unflushed bytes now.
     pub fn stats(&self) -> WalStats {
-        let st = self.shared.state.lock();
+        let c = &self.shared.counters;
         WalStats {
-            unflushed_bytes: st.buf.len() + st.writing,
-            ..st.stats
+            records: c.records.load(Ordering::Relaxed),
+            commits: c.commits.load(Ordering::Relaxed),
+            fsyncs: c.fsyncs.load(Ordering::Relaxed),
+            bytes_written: c.bytes_written.load(Ordering::Relaxed),
+            unflushed_bytes: self.shared.unflushed.load(Ordering::SeqCst),
+            max_unflushed_bytes_seen: c.max_unflushed.load(Ordering::Relaxed),
+            appends_waited: c.appends_waited.load(Ordering::Relaxed),
         }
     }
 
@@ -725,7 +799,7 @@ impl Wal {
             let mut st = shared.state.lock();
             let before = st.rotations;
             st.rotate_requested = true;
-            shared.work.notify_one();
+            shared.wake_writer();
             while st.rotations == before {
                 if shared.poisoned.load(Ordering::SeqCst) {
                     return Err(shared.poisoned_error());
@@ -774,9 +848,9 @@ impl Wal {
     /// Writes and syncs what is buffered, then stops the writer. Later calls
     /// get [`WalError::Closed`].
     pub fn close(&self) -> Result<(), WalError> {
+        self.shared.stripes.close();
         self.shared.state.lock().stop = true;
-        self.shared.work.notify_one();
-        self.shared.room.notify_all();
+        self.shared.wake_writer();
         if let Some(writer) = self.writer.lock().take() {
             let _ = writer.join();
         }
