@@ -7,6 +7,11 @@
 //! `cargo run --release --example wal_throughput -- [RECOVER_N]`
 //! (default 1,000,000; `0` skips recovery). Data goes under the system temp
 //! dir and is removed afterwards.
+//!
+//! `... -- recover N DIR` only times recovery: it fills DIR with N pending
+//! timers if DIR holds none, and keeps it, so a profiler can watch the open
+//! alone (`perf record -g target/release/examples/wal_throughput recover
+//! 1000000 /tmp/r` twice: the second run is the open).
 
 use duewheel::wal::{FsStorage, Storage, SyncPolicy, Wal, WalOptions};
 use duewheel::{Engine, ManualClock};
@@ -75,7 +80,56 @@ fn report(what: &str, ops: u64, took: Duration, fsyncs: u64) {
     );
 }
 
+/// Fills `path` with `n` pending timers and shuts down cleanly.
+fn fill(path: &PathBuf, n: u64) {
+    let engine = open(path, SyncPolicy::EveryMs(50));
+    let s = engine.scheduler();
+    let ids: Vec<u64> = (0..n).collect();
+    for batch in ids.chunks(10_000) {
+        let results = s.schedule_batch(batch.iter().map(|&id| {
+            let d = Duration::from_millis(1 + id.wrapping_mul(0x9e37_79b9) % 1_800_000);
+            (id, d, id)
+        }));
+        assert!(results.iter().all(Result::is_ok));
+    }
+    drop(s);
+    drop(engine.shutdown());
+}
+
+/// Opens `path` and prints how long recovery took.
+fn time_recovery(path: &PathBuf, n: u64) {
+    let began = Instant::now();
+    let engine = open(path, SyncPolicy::Always);
+    let took = began.elapsed();
+    let recovered = engine.recovered().map_or(0, |r| r.timers);
+    assert_eq!(recovered as u64, n);
+    println!(
+        "{:<44} {:>10.3} s  load {}",
+        format!("recovery of {n} pending (open)"),
+        took.as_secs_f64(),
+        loadavg()
+    );
+    drop(engine.shutdown());
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("recover") {
+        let n: u64 = args
+            .get(2)
+            .ok_or("recover N DIR")?
+            .replace('_', "")
+            .parse()?;
+        let path = PathBuf::from(args.get(3).ok_or("recover N DIR")?);
+        let filled = std::fs::read_dir(&path).is_ok_and(|mut d| d.next().is_some());
+        if filled {
+            time_recovery(&path, n);
+        } else {
+            fill(&path, n);
+            println!("filled {} with {n} pending timers", path.display());
+        }
+        return Ok(());
+    }
     let recover_n: u64 = std::env::args()
         .nth(1)
         .map(|a| a.replace('_', "").parse())
@@ -151,30 +205,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     if recover_n > 0 {
         let path = dir("recover");
-        let engine = open(&path, SyncPolicy::EveryMs(50));
-        let s = engine.scheduler();
-        let ids: Vec<u64> = (0..recover_n).collect();
-        for batch in ids.chunks(10_000) {
-            let results = s.schedule_batch(batch.iter().map(|&id| {
-                let d = Duration::from_millis(1 + id.wrapping_mul(0x9e37_79b9) % 1_800_000);
-                (id, d, id)
-            }));
-            assert!(results.iter().all(Result::is_ok));
-        }
-        drop(s);
-        drop(engine.shutdown());
-        let began = Instant::now();
-        let engine = open(&path, SyncPolicy::Always);
-        let took = began.elapsed();
-        let recovered = engine.recovered().map_or(0, |r| r.timers);
-        assert_eq!(recovered as u64, recover_n);
-        println!(
-            "{:<44} {:>10.3} s  load {}",
-            format!("recovery of {recover_n} pending (open)"),
-            took.as_secs_f64(),
-            loadavg()
-        );
-        drop(engine.shutdown());
+        fill(&path, recover_n);
+        time_recovery(&path, recover_n);
         let _ = std::fs::remove_dir_all(&path);
     }
     Ok(())

@@ -650,13 +650,15 @@ impl Wal {
             shared.written(size);
             return Err(WalError::Closed);
         };
-        let counters = &shared.counters;
-        counters.records.fetch_add(1, Ordering::Relaxed);
-        counters
-            .appends_waited
-            .fetch_add(u64::from(waited), Ordering::Relaxed);
-        RECORDS.fetch_add(1, Ordering::Relaxed);
-        if !shared.dirty.swap(true, Ordering::SeqCst) {
+        if waited {
+            shared
+                .counters
+                .appends_waited
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        // Records are counted by the writer, per batch: no shared counter is
+        // written per append but the room and the sequence number.
+        if !shared.dirty.load(Ordering::SeqCst) && !shared.dirty.swap(true, Ordering::SeqCst) {
             shared.wake_writer();
         }
         Ok(seq)
@@ -669,26 +671,25 @@ impl Wal {
         let max = shared.opts.max_unflushed_bytes;
         let mut waited = false;
         loop {
+            // Read first: a full log costs waiting appenders no write to the
+            // shared counter.
             let unflushed = shared.unflushed.load(Ordering::SeqCst);
-            let fits = unflushed == 0 || unflushed + size <= max;
-            if fits {
+            if unflushed == 0 || unflushed + size <= max {
+                let now = unflushed + size;
                 if shared
                     .unflushed
-                    .compare_exchange_weak(
-                        unflushed,
-                        unflushed + size,
-                        Ordering::SeqCst,
-                        Ordering::SeqCst,
-                    )
-                    .is_ok()
+                    .compare_exchange_weak(unflushed, now, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_err()
                 {
+                    continue;
+                }
+                if now > shared.counters.max_unflushed.load(Ordering::Relaxed) {
                     shared
                         .counters
                         .max_unflushed
-                        .fetch_max(unflushed + size, Ordering::Relaxed);
-                    return Ok(waited);
+                        .fetch_max(now, Ordering::Relaxed);
                 }
-                continue;
+                return Ok(waited);
             }
             if !wait {
                 return Err(WalError::Full { unflushed, max });

@@ -70,7 +70,13 @@ pub(super) fn run(
         };
         batch.clear();
         match shared.stripes.take(last_seq, &mut batch, &mut taken) {
-            Ok(seq) => last_seq = seq,
+            Ok(seq) => {
+                counters
+                    .records
+                    .fetch_add(seq - last_seq, Ordering::Relaxed);
+                super::RECORDS.fetch_add(seq - last_seq, Ordering::Relaxed);
+                last_seq = seq;
+            }
             Err(missing) => {
                 return shared.poison(&format!(
                     "record {missing} missing from the append buffers (a bug): nothing after \
