@@ -6,17 +6,19 @@
 //! argument: `docs/WAL_FORMAT.md`.
 //!
 //! Invariants:
-//! - [`Wal::append`] only buffers (never does I/O), so the engine may call
-//!   it under a shard lock; [`Wal::wait`] returns `Ok` only once the record
-//!   is durable per the [`SyncPolicy`];
+//! - [`Wal::append`] only buffers (never does I/O) and takes no global lock
+//!   (its thread's stripe of the append buffers, `stripes.rs`), so the
+//!   engine may call it under a shard lock; [`Wal::wait`] returns `Ok` only
+//!   once the record is durable per the [`SyncPolicy`];
 //! - the log's unflushed bytes (buffered, plus the batch the writer is
 //!   writing) never pass [`WalOptions::max_unflushed_bytes`], except by the
 //!   one record let into an empty buffer (so a record up to the record cap
 //!   never waits forever): an append that would pass it waits for the
 //!   writer to drain (a slow disk pushes back instead of growing memory),
 //!   and [`Wal::try_append`] refuses it with [`WalError::Full`];
-//! - sequence numbers strictly increase for the life of the directory,
-//!   across restarts and checkpoints;
+//! - sequence numbers are dense and increase for the life of the
+//!   directory, across restarts and checkpoints, and the segments hold them
+//!   in order: recovery treats any gap as a missing file or corruption;
 //! - a snapshot replaces the segments below its number only after it is
 //!   synced and renamed into place and the directory is synced;
 //! - any failed write or fsync poisons the log (fail-stop, see
@@ -34,10 +36,10 @@ pub use self::fault::{Fault, FaultStorage};
 pub use self::snapshot::SnapshotWriter;
 pub use self::storage::{FsStorage, OpenDirError, Storage, StorageFile, process_fsyncs};
 
-/// Records appended by every log of the process.
+/// Records written by every log of the process (counted per batch).
 static RECORDS: AtomicU64 = AtomicU64::new(0);
 
-/// How many records every [`Wal`] in this process has appended so far (a
+/// How many records every [`Wal`] in this process has written so far (a
 /// run's count is the difference between two readings; with
 /// [`process_fsyncs`], records per fsync).
 pub fn process_records() -> u64 {
@@ -174,7 +176,7 @@ pub enum WalError {
 /// What the log has done since it opened ([`Wal::stats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WalStats {
-    /// Records appended.
+    /// Records written to segments (counted per group commit).
     pub records: u64,
     /// Group commits: writes of one batch of records.
     pub commits: u64,
