@@ -98,6 +98,10 @@ impl<K: Codec, P: Codec> Journal<K, P> for WalStore<K, P> {
     fn failed(&self) -> bool {
         self.wal.is_poisoned()
     }
+
+    fn hold(&self) -> Option<crate::wal::WakeHold<'_>> {
+        Some(self.wal.hold_wakes())
+    }
 }
 
 impl<K: Codec, P: Codec> Store<K, P> for WalStore<K, P> {

@@ -95,6 +95,12 @@ pub(crate) trait Journal<K, P>: Send + Sync {
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send + '_>>;
     /// `true` once the log failed: the engine is fail-stopped.
     fn failed(&self) -> bool;
+    /// Holds the log's writer while a batch appends its records, so they
+    /// share one write and one fsync (see `Wal::hold_wakes`); `None` for a
+    /// journal with nothing to hold.
+    fn hold(&self) -> Option<crate::wal::WakeHold<'_>> {
+        None
+    }
 }
 
 /// Appends an upsert body (see the module docs) to `out`.

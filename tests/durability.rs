@@ -352,9 +352,11 @@ fn a_batch_ack_is_durable_before_it_returns() {
     assert!(e.scheduler().settle(WAIT));
     let again: Vec<u64> = orders.drain_ready().iter().map(|e| e.id).collect();
     assert_eq!(again, [64], "only the unacked event comes back");
-    // One durable wait for the batch: a few writes and syncs, not 64 of each.
+    // One durable wait for the batch: its records share one write and one
+    // fsync (the log's writer is held while they are appended); a round
+    // already under way may add one more of each. Not 64 of each.
     assert!(
-        batch_io <= 16,
+        batch_io <= 4,
         "{batch_io} I/O operations for one batch ack"
     );
 }

@@ -210,6 +210,8 @@ where
         // be logged: the log failed).
         let mut backups = Vec::new();
         let mut last_seq = Some(0);
+        // The batch's records share one write and one fsync.
+        let hold = self.inner.journal.as_ref().and_then(|j| j.hold());
         for (id, deadline, payload) in timers {
             let accepted = self.accept_schedule(id, deadline.into(), &[], payload);
             results.push(accepted.map(|(seq, backup)| {
@@ -219,6 +221,7 @@ where
                 }
             }));
         }
+        drop(hold);
         if !backups.is_empty() && self.durable(last_seq).is_err() {
             // Fail-stopped before the batch was durable: none of it counts.
             for (at, payload) in backups {
@@ -288,6 +291,9 @@ where
     /// each event's result, and the record to wait for if any timer ended.
     pub(super) fn accept_acks(&self, events: &[Event<K, P>], group: u32) -> AckResults<K> {
         let now_ms = self.now_ms();
+        // The batch's records share one write and one fsync (released at
+        // return, before the caller's durable wait).
+        let _hold = self.inner.journal.as_ref().and_then(|j| j.hold());
         let mut results = AckResults {
             each: Vec::with_capacity(events.len()),
             ended: Vec::new(),

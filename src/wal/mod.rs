@@ -6,11 +6,19 @@
 //! argument: `docs/WAL_FORMAT.md`.
 //!
 //! Invariants:
-//! - [`Wal::append`] only buffers (never blocks on I/O), so the engine may
-//!   call it under a shard lock; [`Wal::wait`] returns `Ok` only once the
-//!   record is durable per the [`SyncPolicy`];
-//! - sequence numbers strictly increase for the life of the directory,
-//!   across restarts and checkpoints;
+//! - [`Wal::append`] only buffers (never does I/O) and takes no global lock
+//!   (its thread's stripe of the append buffers, `stripes.rs`), so the
+//!   engine may call it under a shard lock; [`Wal::wait`] returns `Ok` only
+//!   once the record is durable per the [`SyncPolicy`];
+//! - the log's unflushed bytes (buffered, plus the batch the writer is
+//!   writing) never pass [`WalOptions::max_unflushed_bytes`], except by the
+//!   one record let into an empty buffer (so a record up to the record cap
+//!   never waits forever): an append that would pass it waits for the
+//!   writer to drain (a slow disk pushes back instead of growing memory),
+//!   and [`Wal::try_append`] refuses it with [`WalError::Full`];
+//! - sequence numbers are dense and increase for the life of the
+//!   directory, across restarts and checkpoints, and the segments hold them
+//!   in order: recovery treats any gap as a missing file or corruption;
 //! - a snapshot replaces the segments below its number only after it is
 //!   synced and renamed into place and the directory is synced;
 //! - any failed write or fsync poisons the log (fail-stop, see
@@ -36,17 +44,28 @@ pub mod snapshot;
 #[allow(unreachable_pub)]
 pub(crate) mod snapshot;
 mod storage;
+mod stripes;
 mod writer;
 
 pub use self::fault::{Fault, FaultStorage};
 pub use self::snapshot::SnapshotWriter;
-pub use self::storage::{FsStorage, OpenDirError, Storage, StorageFile};
+pub use self::storage::{FsStorage, OpenDirError, Storage, StorageFile, process_fsyncs};
+
+/// Records written by every log of the process (counted per batch).
+static RECORDS: AtomicU64 = AtomicU64::new(0);
+
+/// How many records every [`Wal`] in this process has written so far (a
+/// run's count is the difference between two readings; with
+/// [`process_fsyncs`], records per fsync).
+pub fn process_records() -> u64 {
+    RECORDS.load(Ordering::Relaxed)
+}
 
 use crate::trace;
 use parking_lot::{Condvar, Mutex};
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 /// When [`Wal::wait`] may return.
@@ -71,6 +90,9 @@ pub struct WalOptions {
     pub segment_bytes: u64,
     /// Hard cap on one record's body (default 1 MiB).
     pub max_record_bytes: u32,
+    /// Most bytes of records not yet written to the disk (default 64 MiB):
+    /// past it, appends wait for the writer (see the module invariant).
+    pub max_unflushed_bytes: usize,
 }
 
 impl Default for WalOptions {
@@ -79,6 +101,7 @@ impl Default for WalOptions {
             sync: SyncPolicy::Always,
             segment_bytes: 64 << 20,
             max_record_bytes: 1 << 20,
+            max_unflushed_bytes: 64 << 20,
         }
     }
 }
@@ -116,6 +139,10 @@ pub struct RecoveryReport {
     pub last_seq: u64,
     /// A torn tail that was truncated, if any.
     pub torn_tail: Option<TornTail>,
+    /// Segments found without a complete header (a crash while creating
+    /// them; they hold no record): the last one is removed, any other
+    /// rewritten as an empty segment.
+    pub headerless: Vec<TornTail>,
 }
 
 /// What a checkpoint did.
@@ -150,6 +177,37 @@ pub enum WalError {
     /// A checkpoint failed; the log itself is intact.
     #[error("checkpoint failed: {0}")]
     Checkpoint(String),
+    /// [`Wal::try_append`] only: the unflushed bytes are at
+    /// [`WalOptions::max_unflushed_bytes`]; the disk has not caught up.
+    #[error(
+        "the log's buffer is full ({unflushed} unflushed bytes, bound {max}): the disk is behind"
+    )]
+    Full {
+        /// Unflushed bytes when refused.
+        unflushed: usize,
+        /// The bound.
+        max: usize,
+    },
+}
+
+/// What the log has done since it opened ([`Wal::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// Records written to segments (counted per group commit).
+    pub records: u64,
+    /// Group commits: writes of one batch of records.
+    pub commits: u64,
+    /// fsyncs of segment files (group commits under `Always`, periodic ones
+    /// under `EveryMs`, and at rotation and close).
+    pub fsyncs: u64,
+    /// Bytes written to segments.
+    pub bytes_written: u64,
+    /// Bytes not yet written now (buffered plus being written).
+    pub unflushed_bytes: usize,
+    /// The most unflushed bytes seen at once since the log opened.
+    pub max_unflushed_bytes_seen: usize,
+    /// Appends that waited for room.
+    pub appends_waited: u64,
 }
 
 /// Why a log could not be opened.
@@ -170,6 +228,19 @@ pub enum WalOpenError<E> {
         /// What was wrong.
         reason: String,
     },
+    /// A file the log needs is missing: a segment after the snapshot, or
+    /// the snapshot that replaced the segments before the first one left.
+    /// Sequence numbers are dense, so this is never a crash artefact and
+    /// never skipped.
+    #[error(
+        "log incomplete: {what} missing (the records after sequence number {after_seq} are gone)"
+    )]
+    Missing {
+        /// The missing file or range of files.
+        what: String,
+        /// The last sequence number recovered before the gap.
+        after_seq: u64,
+    },
     /// The visitor refused an entry.
     #[error("replay refused an entry in {file} at offset {offset}")]
     Visit {
@@ -186,9 +257,26 @@ pub enum WalOpenError<E> {
 pub(crate) struct Shared {
     storage: Arc<dyn Storage>,
     opts: WalOptions,
+    /// The append buffers (appenders take only their stripe's lock).
+    stripes: stripes::Stripes,
+    /// Set by an appender after its push; the writer clears it when it
+    /// takes a batch. Only the appender that sets it wakes the writer.
+    dirty: AtomicBool,
+    /// Batches under way ([`Wal::hold_wakes`]): while non-zero, an append
+    /// leaves the writer asleep, so a batch's records reach the disk in one
+    /// write and one fsync, not one each as a fast writer would take them.
+    held: AtomicUsize,
+    /// The writer thread, to unpark.
+    writer_thread: std::sync::OnceLock<std::thread::Thread>,
+    /// Bytes appended and not yet written (reserved before the push).
+    unflushed: AtomicUsize,
+    room_lock: Mutex<()>,
+    /// Wakes appenders waiting for room under the byte bound.
+    room: Condvar,
+    room_waiters: AtomicUsize,
+    counters: Counters,
+    /// The writer's and checkpoints' state (never taken by an appender).
     state: Mutex<State>,
-    /// Wakes the writer.
-    work: Condvar,
     /// Wakes a checkpoint waiting for its rotation.
     rotated: Condvar,
     durable_seq: AtomicU64,
@@ -202,17 +290,25 @@ pub(crate) struct Shared {
     stopped: AtomicBool,
 }
 
+/// [`WalStats`] as atomics, so appenders share no lock to count.
+#[derive(Default)]
+struct Counters {
+    records: AtomicU64,
+    commits: AtomicU64,
+    fsyncs: AtomicU64,
+    bytes_written: AtomicU64,
+    max_unflushed: AtomicUsize,
+    appends_waited: AtomicU64,
+}
+
 struct State {
-    buf: Vec<u8>,
-    next_seq: u64,
-    last_appended: u64,
     segment: u64,
     rotate_requested: bool,
     rotations: u64,
     /// The last sequence number written to the segments below `segment`,
     /// as of the latest rotation: what a snapshot taken for it covers.
-    /// Appends go on while the writer rotates, so `last_appended` may
-    /// already name a record of the new segment.
+    /// Appends go on while the writer rotates, so a later number may
+    /// already be in the new segment's buffer.
     rotated_after_seq: u64,
     stop: bool,
 }
@@ -232,6 +328,24 @@ impl Shared {
         self.wake_async_waiters();
         let _st = self.state.lock();
         self.rotated.notify_all();
+        drop(_st);
+        let _room = self.room_lock.lock();
+        self.room.notify_all();
+    }
+
+    fn wake_writer(&self) {
+        if let Some(writer) = self.writer_thread.get() {
+            writer.unpark();
+        }
+    }
+
+    /// After the writer wrote `bytes` of records: frees their room.
+    fn written(&self, bytes: usize) {
+        self.unflushed.fetch_sub(bytes, Ordering::SeqCst);
+        if self.room_waiters.load(Ordering::SeqCst) > 0 {
+            let _room = self.room_lock.lock();
+            self.room.notify_all();
+        }
     }
 
     fn poisoned_error(&self) -> WalError {
@@ -343,15 +457,39 @@ impl Wal {
             .copied()
             .filter(|&n| covers.is_none_or(|c| n >= c))
             .collect();
-        for pair in live.windows(2) {
-            if pair[1] != pair[0] + 1 {
-                return Err(WalOpenError::Corrupt {
-                    file: segment::name(pair[0] + 1),
-                    offset: 0,
-                    reason: "segment missing from the sequence".into(),
-                });
-            }
+        // The segments after the snapshot must start at the one it names
+        // (created before the snapshot was written) and follow each other;
+        // without a snapshot they start at 0 (the first snapshot is written
+        // before any segment is deleted). Sequence numbers, dense, then
+        // prove that no record is missing inside or between them.
+        let first = covers.unwrap_or(0);
+        let missing = match live.first() {
+            None if covers.is_some() => Some((first, first)),
+            Some(&n) if n != first => Some((first, n - 1)),
+            _ => live
+                .windows(2)
+                .find(|pair| pair[1] != pair[0] + 1)
+                .map(|pair| (pair[0] + 1, pair[1] - 1)),
+        };
+        if let Some((from, to)) = missing {
+            let range = if from == to {
+                segment::name(from)
+            } else {
+                format!("{}..={}", segment::name(from), segment::name(to))
+            };
+            // Without a snapshot, segments start at 0 unless one replaced
+            // them: either file could be the one lost.
+            let what = if covers.is_none() && from == 0 {
+                format!("{range} (or the snapshot that replaced them)")
+            } else {
+                range
+            };
+            return Err(WalOpenError::Missing {
+                what,
+                after_seq: last_seq,
+            });
         }
+        let mut headerless = Vec::new();
         for (i, &number) in live.iter().enumerate() {
             let file = segment::name(number);
             let bytes = storage.read(&file)?;
@@ -373,6 +511,14 @@ impl Wal {
             report.segments += 1;
             match end {
                 Ok(segment::End::Clean) => {}
+                Ok(segment::End::Headerless { len }) => {
+                    headerless.push((number, is_last));
+                    report.headerless.push(TornTail {
+                        segment: file,
+                        offset: 0,
+                        dropped: len,
+                    });
+                }
                 Ok(segment::End::Torn { offset, dropped }) => {
                     storage.truncate(&file, offset)?;
                     report.torn_tail = Some(TornTail {
@@ -396,6 +542,33 @@ impl Wal {
                     });
                 }
             }
+        }
+        // A segment whose creation a crash cut short held no record. Left
+        // as it is, it would sit between two segments once a later one
+        // exists, and every open after would refuse its missing header: the
+        // last one is removed (the new segment takes its number), any other
+        // (left by an older version) gets its header, so the numbers stay
+        // contiguous. Either way the directory is synced before anything
+        // is appended.
+        for &(number, is_last) in &headerless {
+            let file = segment::name(number);
+            if is_last {
+                storage.remove(&file)?;
+            } else {
+                let mut repaired = storage.create(&file)?;
+                repaired.write_all(&segment::header(number))?;
+                repaired.sync()?;
+            }
+        }
+        if !headerless.is_empty() {
+            storage.sync_dir()?;
+            trace::warning!(
+                segments = headerless.len() as u64,
+                "segments without a header (a crash while creating them) replaced"
+            );
+        }
+        if headerless.last().is_some_and(|&(_, is_last)| is_last) {
+            segments.pop();
         }
         report.last_seq = last_seq;
         if let Some(torn) = &report.torn_tail {
@@ -430,17 +603,22 @@ impl Wal {
         let shared = Arc::new(Shared {
             storage: storage.clone(),
             opts,
+            stripes: stripes::Stripes::new(last_seq + 1),
+            dirty: AtomicBool::new(false),
+            held: AtomicUsize::new(0),
+            writer_thread: std::sync::OnceLock::new(),
+            unflushed: AtomicUsize::new(0),
+            room_lock: Mutex::new(()),
+            room: Condvar::new(),
+            room_waiters: AtomicUsize::new(0),
+            counters: Counters::default(),
             state: Mutex::new(State {
-                buf: Vec::new(),
-                next_seq: last_seq + 1,
-                last_appended: last_seq,
                 segment: segment_no,
                 rotate_requested: false,
                 rotations: 0,
                 rotated_after_seq: last_seq,
                 stop: false,
             }),
-            work: Condvar::new(),
             rotated: Condvar::new(),
             durable_seq: AtomicU64::new(last_seq),
             durable_lock: Mutex::new(()),
@@ -455,7 +633,8 @@ impl Wal {
         let for_thread = shared.clone();
         let writer = std::thread::Builder::new()
             .name("duewheel-wal".into())
-            .spawn(move || writer::run(for_thread, file, segment_no))?;
+            .spawn(move || writer::run(for_thread, file, segment_no, last_seq))?;
+        let _ = shared.writer_thread.set(writer.thread().clone());
         Ok((
             Self {
                 shared,
@@ -466,31 +645,133 @@ impl Wal {
         ))
     }
 
-    /// Appends one record and returns its sequence number. Only buffers.
+    /// Appends one record and returns its sequence number. Only buffers;
+    /// waits (no I/O of its own) while the unflushed bytes are at
+    /// [`WalOptions::max_unflushed_bytes`].
     pub fn append(&self, kind: u8, body: &[u8]) -> Result<u64, WalError> {
-        if body.len() > self.shared.opts.max_record_bytes as usize {
+        self.append_inner(kind, body, true)
+    }
+
+    /// [`append`](Self::append) that never waits: past the byte bound it
+    /// returns [`WalError::Full`] and buffers nothing.
+    pub fn try_append(&self, kind: u8, body: &[u8]) -> Result<u64, WalError> {
+        self.append_inner(kind, body, false)
+    }
+
+    fn append_inner(&self, kind: u8, body: &[u8], wait: bool) -> Result<u64, WalError> {
+        let shared = &*self.shared;
+        if body.len() > shared.opts.max_record_bytes as usize {
             return Err(WalError::TooLarge {
                 len: body.len(),
-                max: self.shared.opts.max_record_bytes,
+                max: shared.opts.max_record_bytes,
             });
         }
         if self.is_poisoned() {
-            return Err(self.shared.poisoned_error());
+            return Err(shared.poisoned_error());
         }
-        let mut st = self.shared.state.lock();
-        if st.stop {
+        let size = record::HEADER_BYTES + body.len();
+        let waited = self.reserve(size, wait)?;
+        let Some(seq) = shared.stripes.push(kind, body) else {
+            shared.written(size);
             return Err(WalError::Closed);
+        };
+        if waited {
+            shared
+                .counters
+                .appends_waited
+                .fetch_add(1, Ordering::Relaxed);
         }
-        let seq = st.next_seq;
-        st.next_seq += 1;
-        st.last_appended = seq;
-        let was_empty = st.buf.is_empty();
-        record::encode(&mut st.buf, seq, kind, body);
-        drop(st);
-        if was_empty {
-            self.shared.work.notify_one();
+        // Records are counted by the writer, per batch: no shared counter is
+        // written per append but the room and the sequence number.
+        // Within a held batch the wake is left to the hold's end or to the
+        // first wait (both wake a dirty log): SeqCst on `dirty` and `held`
+        // makes at least one of this append and the hold's end see the
+        // other's write, so the records never sit unannounced.
+        if !shared.dirty.load(Ordering::SeqCst)
+            && !shared.dirty.swap(true, Ordering::SeqCst)
+            && shared.held.load(Ordering::SeqCst) == 0
+        {
+            shared.wake_writer();
         }
         Ok(seq)
+    }
+
+    /// Holds the writer's wake-ups until the guard drops: the records of a
+    /// batch (a batch ack, a batch of schedules) appended meanwhile are
+    /// written together and share one fsync, however fast the writer is.
+    /// A [`wait`](Self::wait) still wakes it, so no waiter sleeps on a held
+    /// log; the guard's drop wakes it for what was appended meanwhile.
+    pub(crate) fn hold_wakes(&self) -> WakeHold<'_> {
+        self.shared.held.fetch_add(1, Ordering::SeqCst);
+        WakeHold {
+            shared: &self.shared,
+        }
+    }
+
+    /// Reserves `size` unflushed bytes under the bound; `Ok(true)` if it
+    /// had to wait for them.
+    fn reserve(&self, size: usize, wait: bool) -> Result<bool, WalError> {
+        let shared = &*self.shared;
+        let max = shared.opts.max_unflushed_bytes;
+        let mut waited = false;
+        loop {
+            // Read first: a full log costs waiting appenders no write to the
+            // shared counter.
+            let unflushed = shared.unflushed.load(Ordering::SeqCst);
+            if unflushed == 0 || unflushed + size <= max {
+                let now = unflushed + size;
+                if shared
+                    .unflushed
+                    .compare_exchange_weak(unflushed, now, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_err()
+                {
+                    continue;
+                }
+                if now > shared.counters.max_unflushed.load(Ordering::Relaxed) {
+                    shared
+                        .counters
+                        .max_unflushed
+                        .fetch_max(now, Ordering::Relaxed);
+                }
+                return Ok(waited);
+            }
+            if !wait {
+                return Err(WalError::Full { unflushed, max });
+            }
+            if self.is_poisoned() {
+                return Err(shared.poisoned_error());
+            }
+            if shared.stopped.load(Ordering::SeqCst) {
+                return Err(WalError::Closed);
+            }
+            waited = true;
+            shared.wake_writer();
+            let mut room = shared.room_lock.lock();
+            shared.room_waiters.fetch_add(1, Ordering::SeqCst);
+            // Checked again after registering: a writer that freed room
+            // before it saw the registration freed it before this load.
+            let now = shared.unflushed.load(Ordering::SeqCst);
+            if !(now == 0 || now + size <= max || shared.stopped.load(Ordering::SeqCst)) {
+                shared
+                    .room
+                    .wait_for(&mut room, std::time::Duration::from_millis(100));
+            }
+            shared.room_waiters.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// What the log has done since it opened, and its unflushed bytes now.
+    pub fn stats(&self) -> WalStats {
+        let c = &self.shared.counters;
+        WalStats {
+            records: c.records.load(Ordering::Relaxed),
+            commits: c.commits.load(Ordering::Relaxed),
+            fsyncs: c.fsyncs.load(Ordering::Relaxed),
+            bytes_written: c.bytes_written.load(Ordering::Relaxed),
+            unflushed_bytes: self.shared.unflushed.load(Ordering::SeqCst),
+            max_unflushed_bytes_seen: c.max_unflushed.load(Ordering::Relaxed),
+            appends_waited: c.appends_waited.load(Ordering::Relaxed),
+        }
     }
 
     /// Blocks until record `seq` is durable (see [`SyncPolicy`]).
@@ -498,6 +779,10 @@ impl Wal {
         let shared = &*self.shared;
         if shared.durable_seq.load(Ordering::SeqCst) >= seq {
             return Ok(());
+        }
+        // An append inside a held batch may have left the writer asleep.
+        if shared.dirty.load(Ordering::SeqCst) {
+            shared.wake_writer();
         }
         let mut guard = shared.durable_lock.lock();
         loop {
@@ -521,6 +806,10 @@ impl Wal {
     #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub async fn wait_async(&self, seq: u64) -> Result<(), WalError> {
         let shared = &*self.shared;
+        if shared.durable_seq.load(Ordering::SeqCst) < seq && shared.dirty.load(Ordering::SeqCst) {
+            // An append inside a held batch may have left the writer asleep.
+            shared.wake_writer();
+        }
         loop {
             // Registered before the checks, so a publish between a check and
             // the `.await` still wakes this waiter.
@@ -563,7 +852,7 @@ impl Wal {
             let mut st = shared.state.lock();
             let before = st.rotations;
             st.rotate_requested = true;
-            shared.work.notify_one();
+            shared.wake_writer();
             while st.rotations == before {
                 if shared.poisoned.load(Ordering::SeqCst) {
                     return Err(shared.poisoned_error());
@@ -612,8 +901,9 @@ impl Wal {
     /// Writes and syncs what is buffered, then stops the writer. Later calls
     /// get [`WalError::Closed`].
     pub fn close(&self) -> Result<(), WalError> {
+        self.shared.stripes.close();
         self.shared.state.lock().stop = true;
-        self.shared.work.notify_one();
+        self.shared.wake_writer();
         if let Some(writer) = self.writer.lock().take() {
             let _ = writer.join();
         }
@@ -625,5 +915,19 @@ impl Wal {
             return Err(self.shared.poisoned_error());
         }
         Ok(())
+    }
+}
+
+/// See [`Wal::hold_wakes`].
+pub(crate) struct WakeHold<'a> {
+    shared: &'a Shared,
+}
+
+impl Drop for WakeHold<'_> {
+    fn drop(&mut self) {
+        let shared = self.shared;
+        if shared.held.fetch_sub(1, Ordering::SeqCst) == 1 && shared.dirty.load(Ordering::SeqCst) {
+            shared.wake_writer();
+        }
     }
 }

@@ -8,11 +8,20 @@
 //! magic "DWWAL\0\0\x01" (8) | segment number u64 LE | crc32c of the 16 bytes before, u32 LE
 //! ```
 //!
-//! Invariant of [`scan`]: a record that fails validation is a **torn tail**
-//! only in the last segment and only if no valid record follows it there
-//! (a crash can leave a partial last write, never a good record after a bad
-//! one that was synced); anything else is **corruption**, reported with the
-//! segment and offset, never skipped.
+//! Invariants of [`scan`]:
+//! - a record that fails validation is a **torn tail** only in the last
+//!   segment and only if no valid record follows it there (a crash can leave
+//!   a partial last write, never a good record after a bad one that was
+//!   synced); anything else is **corruption**, reported with the segment and
+//!   offset, never skipped;
+//! - sequence numbers are **dense**: each record's is one more than the one
+//!   before it (in this segment, the segment before, or the snapshot), so a
+//!   missing record, segment or snapshot shows as a gap, reported with the
+//!   missing range; a checksummed record is never a crash artefact, so a gap
+//!   is corruption even at the very end of the log;
+//! - a file of at most [`HEADER_BYTES`] bytes without a valid header is a
+//!   segment whose creation a crash interrupted ([`End::Headerless`]): it
+//!   never held a record, wherever it sits.
 
 use super::record::{self, Record};
 
@@ -50,6 +59,12 @@ fn header_ok(bytes: &[u8], number: u64) -> bool {
 pub enum End {
     /// Every byte was a valid record.
     Clean,
+    /// At most a header's worth of bytes and no valid header: a crash
+    /// between creating the file and syncing its header. It holds no record.
+    Headerless {
+        /// Its length.
+        len: u64,
+    },
     /// A torn tail starts at `offset`; `dropped` bytes follow it.
     Torn {
         /// Where the tail starts.
@@ -80,12 +95,13 @@ pub fn scan(
     mut visit: impl FnMut(Record<'_>) -> Result<(), String>,
 ) -> Result<End, Corrupt> {
     if !header_ok(bytes, number) {
-        // A crash right after creating the last segment can leave its header
-        // unwritten or partial; nothing in it was ever acknowledged.
-        if is_last && bytes.len() <= HEADER_BYTES {
-            return Ok(End::Torn {
-                offset: 0,
-                dropped: bytes.len() as u64,
+        // A crash right after creating a segment can leave its header
+        // unwritten or partial; nothing in it was ever acknowledged. Records
+        // go in only after the header is synced, so a longer file with a bad
+        // header is damage, not a crash.
+        if bytes.len() <= HEADER_BYTES {
+            return Ok(End::Headerless {
+                len: bytes.len() as u64,
             });
         }
         return Err(Corrupt {
@@ -96,8 +112,20 @@ pub fn scan(
     let mut at = HEADER_BYTES;
     while at < bytes.len() {
         let problem = match record::decode(&bytes[at..], max_record_bytes) {
-            Ok((r, _)) if r.seq <= *last_seq => {
-                format!("sequence {} after {}", r.seq, *last_seq)
+            Ok((r, _)) if r.seq != last_seq.saturating_add(1) => {
+                // A whole checksummed record: not a torn write, wherever it is.
+                return Err(Corrupt {
+                    offset: at as u64,
+                    reason: if r.seq > *last_seq {
+                        format!(
+                            "sequence numbers {}..={} missing before this record",
+                            *last_seq + 1,
+                            r.seq - 1
+                        )
+                    } else {
+                        format!("sequence {} after {}", r.seq, *last_seq)
+                    },
+                });
             }
             Ok((r, size)) => {
                 visit(r).map_err(|reason| Corrupt {
@@ -152,6 +180,22 @@ mod tests {
     }
 
     #[test]
+    fn a_file_shorter_than_a_header_without_one_is_headerless_anywhere() {
+        for len in 0..=HEADER_BYTES {
+            let bytes = &header(4)[..len];
+            for is_last in [true, false] {
+                let mut seq = 0;
+                let end = scan(bytes, 3, is_last, 1024, &mut seq, |_| Ok(()));
+                assert_eq!(end, Ok(End::Headerless { len: len as u64 }));
+            }
+        }
+        let mut long = vec![0; HEADER_BYTES + 1];
+        long[..HEADER_BYTES].copy_from_slice(&header(4));
+        let mut seq = 0;
+        assert!(scan(&long, 3, true, 1024, &mut seq, |_| Ok(())).is_err());
+    }
+
+    #[test]
     fn names_sort_and_parse() {
         assert_eq!(name(42), "wal-0000000000000042.log");
         assert_eq!(number(&name(42)), Some(42));
@@ -176,6 +220,16 @@ mod tests {
         let mut seq = 0;
         let err = scan(&bad, 3, true, 1024, &mut seq, |_| Ok(())).unwrap_err();
         assert_eq!(err.offset, HEADER_BYTES as u64);
+        // A record that repeats a sequence number is corruption, even last.
+        let mut seq = 1;
+        let err = scan(&bytes, 3, true, 1024, &mut seq, |_| Ok(())).unwrap_err();
+        assert_eq!(err.offset, HEADER_BYTES as u64);
+        let mut seq = 0;
+        let mut gap = header(3).to_vec();
+        record::encode(&mut gap, 1, 1, b"one");
+        record::encode(&mut gap, 4, 1, b"four");
+        let err = scan(&gap, 3, true, 1024, &mut seq, |_| Ok(())).unwrap_err();
+        assert!(err.reason.contains("2..=3 missing"), "{}", err.reason);
         // In an earlier segment even a cut tail is corruption.
         let mut seq = 0;
         assert!(

@@ -7,6 +7,18 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// fsyncs of files and directories through every [`FsStorage`] of the
+/// process.
+static FSYNCS: AtomicU64 = AtomicU64::new(0);
+
+/// How many fsyncs (of segment, snapshot and directory) every
+/// [`FsStorage`] in this process has made so far: a run's count is the
+/// difference between two readings. `duewheel simulate --durable` prints it.
+pub fn process_fsyncs() -> u64 {
+    FSYNCS.load(Ordering::Relaxed)
+}
 
 /// A flat directory of files, as the log needs it.
 pub trait Storage: Send + Sync + 'static {
@@ -96,6 +108,7 @@ impl StorageFile for FsFile {
         self.0.write_all(buf)
     }
     fn sync(&mut self) -> io::Result<()> {
+        FSYNCS.fetch_add(1, Ordering::Relaxed);
         self.0.sync_data()
     }
 }
@@ -127,6 +140,7 @@ impl Storage for FsStorage {
     fn truncate(&self, name: &str, len: u64) -> io::Result<()> {
         let file = OpenOptions::new().write(true).open(self.path(name))?;
         file.set_len(len)?;
+        FSYNCS.fetch_add(1, Ordering::Relaxed);
         file.sync_all()
     }
 
@@ -139,6 +153,7 @@ impl Storage for FsStorage {
     }
 
     fn sync_dir(&self) -> io::Result<()> {
+        FSYNCS.fetch_add(1, Ordering::Relaxed);
         File::open(&self.dir)?.sync_all()
     }
 }

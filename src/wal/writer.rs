@@ -1,10 +1,11 @@
 //! The writer thread: group commit.
 //!
-//! Appenders encode records into one shared buffer under a short mutex and
-//! never touch I/O. The writer swaps the buffer out, writes it with one
-//! `write`, syncs it with one `fsync` (policy `Always`), and only then
-//! publishes the last sequence number it covered as durable, waking every
-//! waiter at once: concurrent callers share one fsync.
+//! Appenders frame records into striped buffers (`stripes.rs`) and never
+//! touch I/O. The writer gathers every record below the sequence counter,
+//! in order, writes them with one `write`, syncs them with one `fsync`
+//! (policy `Always`), and only then publishes the last sequence number it
+//! covered as durable, waking every waiter at once: concurrent callers
+//! share one fsync.
 //!
 //! Invariants:
 //! - `durable_seq` only grows, and only to a sequence number whose record was
@@ -26,8 +27,14 @@ use std::time::{Duration, Instant};
 /// An fsync slower than this is reported (a warning, once per commit).
 const SLOW_SYNC: Duration = Duration::from_millis(500);
 
-pub(super) fn run(shared: Arc<Shared>, mut file: Box<dyn StorageFile>, mut segment_no: u64) {
-    let mut spare: Vec<u8> = Vec::new();
+pub(super) fn run(
+    shared: Arc<Shared>,
+    mut file: Box<dyn StorageFile>,
+    mut segment_no: u64,
+    mut last_seq: u64,
+) {
+    let mut batch: Vec<u8> = Vec::new();
+    let mut taken = Vec::new();
     let mut written = segment::HEADER_BYTES as u64;
     let mut unsynced = false;
     let mut last_sync = Instant::now();
@@ -35,40 +42,69 @@ pub(super) fn run(shared: Arc<Shared>, mut file: Box<dyn StorageFile>, mut segme
         SyncPolicy::Always => None,
         SyncPolicy::EveryMs(ms) => Some(Duration::from_millis(ms.max(1))),
     };
+    let counters = &shared.counters;
     loop {
-        let (last_seq, rotate, stop) = {
-            let mut st = shared.state.lock();
-            while st.buf.is_empty() && !st.stop && !st.rotate_requested {
-                match every {
-                    Some(period) if unsynced => {
-                        let left = period.saturating_sub(last_sync.elapsed());
-                        if left.is_zero() || shared.work.wait_for(&mut st, left).timed_out() {
-                            break;
-                        }
-                    }
-                    _ => shared.work.wait(&mut st),
-                }
+        // Wait for records, a rotation, a stop, or a periodic sync.
+        loop {
+            let (rotate, stop) = {
+                let st = shared.state.lock();
+                (st.rotate_requested, st.stop)
+            };
+            if shared.dirty.swap(false, Ordering::SeqCst) || rotate || stop {
+                break;
             }
-            std::mem::swap(&mut st.buf, &mut spare);
-            let rotate = std::mem::take(&mut st.rotate_requested);
-            (st.last_appended, rotate, st.stop)
+            match every {
+                Some(period) if unsynced => {
+                    let left = period.saturating_sub(last_sync.elapsed());
+                    if left.is_zero() {
+                        break;
+                    }
+                    std::thread::park_timeout(left);
+                }
+                _ => std::thread::park(),
+            }
+        }
+        let (rotate, stop) = {
+            let mut st = shared.state.lock();
+            (std::mem::take(&mut st.rotate_requested), st.stop)
         };
+        batch.clear();
+        match shared.stripes.take(last_seq, &mut batch, &mut taken) {
+            Ok(seq) => {
+                counters
+                    .records
+                    .fetch_add(seq - last_seq, Ordering::Relaxed);
+                super::RECORDS.fetch_add(seq - last_seq, Ordering::Relaxed);
+                last_seq = seq;
+            }
+            Err(missing) => {
+                return shared.poison(&format!(
+                    "record {missing} missing from the append buffers (a bug): nothing after \
+                     {last_seq} is written"
+                ));
+            }
+        }
 
-        if !spare.is_empty() {
+        if !batch.is_empty() {
             let started = Instant::now();
-            if let Err(e) = file.write_all(&spare) {
+            if let Err(e) = file.write_all(&batch) {
                 return shared.poison(&format!("write failed: {e}"));
             }
-            written += spare.len() as u64;
-            let bytes = spare.len();
-            spare.clear();
+            written += batch.len() as u64;
+            let bytes = batch.len();
             if every.is_none() {
                 if let Err(e) = file.sync() {
                     return shared.poison(&format!("fsync failed: {e}"));
                 }
+                counters.fsyncs.fetch_add(1, Ordering::Relaxed);
             } else {
                 unsynced = true;
             }
+            counters.commits.fetch_add(1, Ordering::Relaxed);
+            counters
+                .bytes_written
+                .fetch_add(bytes as u64, Ordering::Relaxed);
+            shared.written(bytes);
             shared.publish(last_seq);
             // One event per group commit, however many records it covers.
             let commit_us = started.elapsed().as_micros() as u64;
@@ -76,12 +112,17 @@ pub(super) fn run(shared: Arc<Shared>, mut file: Box<dyn StorageFile>, mut segme
             if started.elapsed() >= SLOW_SYNC {
                 trace::warning!(bytes, last_seq, commit_us, "slow wal commit");
             }
+            // A big batch is memory the next one can reuse, up to a point.
+            if batch.capacity() > 64 << 20 {
+                batch = Vec::new();
+            }
         }
         let sync_due = every.is_some_and(|p| last_sync.elapsed() >= p);
         if unsynced && (sync_due || rotate || stop || written >= shared.opts.segment_bytes) {
             if let Err(e) = file.sync() {
                 return shared.poison(&format!("fsync failed: {e}"));
             }
+            counters.fsyncs.fetch_add(1, Ordering::Relaxed);
             unsynced = false;
             last_sync = Instant::now();
         }
@@ -97,14 +138,15 @@ pub(super) fn run(shared: Arc<Shared>, mut file: Box<dyn StorageFile>, mut segme
             trace::debug!(segment = segment_no, "wal segment started");
             let mut st = shared.state.lock();
             st.segment = segment_no;
-            // Everything appended up to the swap went to the old segment;
-            // later appends wait in the buffer for the new one.
+            // Everything taken up to this batch went to the old segment;
+            // later appends wait in the buffers for the new one.
             st.rotated_after_seq = last_seq;
             st.rotations += 1;
             shared.rotated.notify_all();
         }
         if stop {
             shared.stopped.store(true, Ordering::SeqCst);
+            shared.written(0);
             return;
         }
     }

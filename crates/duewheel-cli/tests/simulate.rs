@@ -275,9 +275,11 @@ fn a_crash_before_any_expiry_recovers_every_pending_timer() {
 }
 
 #[test]
-fn a_crash_asked_for_after_the_sale_is_over_is_an_error_not_a_quiet_pass() {
+fn a_crash_asked_for_after_the_sale_is_over_is_refused_before_the_run() {
     // No re-checks: the last window closes by 40m; 43m is inside the
-    // longest run the arguments allow, but this sale is over by then.
+    // longest run the arguments allow (sale + window + re-checks, 43m45s),
+    // but this sale is over by then. It used to run the whole sale and
+    // fail with exit 1; the drawn sale is checked before the run now.
     let dir = TempDir::new("crash-late");
     let out = simulate(
         &[
@@ -287,9 +289,13 @@ fn a_crash_asked_for_after_the_sale_is_over_is_an_error_not_a_quiet_pass() {
         .concat(),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("before --crash-at 43m"), "{stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--crash-at 43m falls after this sale's last certain event"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.stdout.is_empty(), "the sale ran");
 }
 
 #[test]
@@ -356,6 +362,24 @@ fn bad_arguments_exit_2_with_a_clear_message() {
         (&["--pending-for", "5m..1m"], "MIN <= MAX"),
         (&["--max-qty", "0"], "max-qty"),
         (&["--no-such-flag"], "no-such-flag"),
+        // Accepted once, then the run failed with exit 1 (issue #19 item 9)
+        // or aborted the process (item 8).
+        (
+            &["--window", "2s", "--remind-before", "1ms", "--step", "1s"],
+            "at least one --step",
+        ),
+        (&["--report", "/dev/full"], "cannot write the report"),
+        (
+            &[
+                "--orders",
+                "10",
+                "--channel-capacity",
+                "1073741824",
+                "--batch-size",
+                "1",
+            ],
+            "--channel-capacity must be at most",
+        ),
     ];
     for (args, expected) in cases {
         let out = simulate(args);

@@ -21,6 +21,11 @@ const MAX_ORDERS: u64 = 50_000_000;
 /// acknowledged schedules/s against 5.2k/s for one, `docs/BENCHMARKS.md`).
 const DURABLE_CHECKOUT_THREADS: usize = 64;
 
+/// Most events a consumer group's channel may hold: with three groups,
+/// ~100 MiB of events at most, where 2^30 reserved 32 GiB a group and
+/// aborted the process.
+const MAX_CHANNEL_CAPACITY: u64 = 1 << 20;
+
 /// Most orders one `--cluster` run may place: every order is a row in
 /// PostgreSQL and a line through a pipe, and the driver keeps every answer.
 const MAX_CLUSTER_ORDERS: u64 = 5_000_000;
@@ -352,6 +357,17 @@ impl Config {
         if step_ms == 0 || step_ms > 60_000 || !args.step.subsec_nanos().is_multiple_of(1_000_000) {
             return usage("--step must be a whole number of milliseconds, from 1ms to 60s".into());
         }
+        if real_time_speed.is_none() && cluster.is_none() && remind_ms < step_ms {
+            // On the manual clock the engine ticks once a step and rounds
+            // deadlines up to the tick: a reminder less than a tick before
+            // the expiry can fire in the expiry's own tick, after it.
+            return usage(format!(
+                "--remind-before ({}) must be at least one --step ({}): the engine ticks once \
+                 a step, and a reminder closer to the expiry than a tick fires with it",
+                show(args.remind_before),
+                show(args.step)
+            ));
+        }
         let shards = match (args.shards, &cluster) {
             (Some(n), _) => n as usize,
             (None, Some(_)) => DEFAULT_CLUSTER_SHARDS as usize,
@@ -368,8 +384,12 @@ impl Config {
         if args.batch_size > 1 << 20 {
             return usage("--batch-size must be at most 1048576".into());
         }
-        if args.channel_capacity > 1 << 30 {
-            return usage("--channel-capacity must be at most 2^30".into());
+        if args.channel_capacity > MAX_CHANNEL_CAPACITY {
+            return usage(format!(
+                "--channel-capacity must be at most {MAX_CHANNEL_CAPACITY} events per group, \
+                 got {}",
+                args.channel_capacity
+            ));
         }
         let stock = args.stock.unwrap_or(orders * u64::from(args.max_qty));
         let crash_at_ms = args.crash_at.map(ms);
@@ -415,7 +435,7 @@ impl Config {
         };
         let report = match args.report {
             None => None,
-            Some(path) => match File::create(&path) {
+            Some(path) => match open_report(&path) {
                 Ok(file) => Some((path, file)),
                 Err(e) => {
                     return usage(format!(
@@ -511,6 +531,39 @@ impl Config {
         Ok(Cluster { nodes, dsn, kills })
     }
 
+    /// Checks what only the drawn sale tells: a `--crash-at` after the
+    /// sale's last certain event (the last payment to reach the platform, or
+    /// the last deadline of an order never paid) would crash nothing.
+    pub(crate) fn check_against(&self, sale: &super::buyers::Sale) -> Result<(), Error> {
+        let Some(at_ms) = self.durable.as_ref().and_then(|d| d.crash_at_ms) else {
+            return Ok(());
+        };
+        let opens_ms = super::buyers::SALE_OPENS_MS;
+        let last_ms = sale
+            .plans
+            .iter()
+            .map(|p| {
+                if p.confirmed_ms == u64::MAX {
+                    p.deadline_ms
+                } else {
+                    p.confirmed_ms
+                }
+            })
+            .max()
+            .map_or(0, |t| t.saturating_sub(opens_ms));
+        if at_ms > last_ms {
+            return Err(Error::Usage(format!(
+                "--crash-at {} falls after this sale's last certain event at {} (its last \
+                 payment or the deadline of its last unpaid order): nothing would be crashed; \
+                 pick a moment up to {}",
+                show_ms(at_ms),
+                show_ms(last_ms),
+                show_ms(last_ms)
+            )));
+        }
+        Ok(())
+    }
+
     fn last_ms(sale_ms: u64, window_ms: u64, recheck_ms: u64, max_snoozes: u8) -> u64 {
         sale_ms + window_ms + Self::span_ms(recheck_ms, max_snoozes)
     }
@@ -535,6 +588,21 @@ impl Config {
     fn backoff(recheck_ms: u64, n: u32) -> u64 {
         recheck_ms.saturating_mul(1u64 << n.min(40)).min(86_400_000)
     }
+}
+
+/// Opens the report file and writes to it now, so a path that opens but
+/// cannot take bytes (a full disk, `/dev/full`) is refused before the sale,
+/// not after it. A regular file is emptied again for the report.
+fn open_report(path: &Path) -> std::io::Result<File> {
+    use std::io::{Seek, Write};
+    let mut file = File::create(path)?;
+    file.write_all(b"<!-- duewheel simulate: the report follows when the run ends -->\n")?;
+    file.flush()?;
+    if file.metadata()?.is_file() {
+        file.set_len(0)?;
+        file.rewind()?;
+    }
+    Ok(file)
 }
 
 /// Makes `dir` ready for a fresh log: created if missing, refused if it

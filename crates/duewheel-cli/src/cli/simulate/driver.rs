@@ -94,6 +94,9 @@ pub(crate) struct Outcome {
     pub(crate) finished: bool,
     pub(crate) samples: Vec<Sample>,
     pub(crate) wall: Duration,
+    /// Log records appended and fsyncs made during the run (durable only).
+    pub(crate) log_records: u64,
+    pub(crate) fsyncs: u64,
     /// Wall time spent placing orders (reserving and scheduling).
     pub(crate) placing_wall: Duration,
     pub(crate) simulated_ms: u64,
@@ -204,6 +207,10 @@ pub(crate) fn run(
     let mut before_crash = Totals::default();
     let mut crash: Option<Crash> = None;
     let mut t_ms = first_step_ms;
+    let (records_before, fsyncs_before) = (
+        duewheel::wal::process_records(),
+        duewheel::wal::process_fsyncs(),
+    );
     let started = Instant::now();
     for step in 0u64.. {
         let end_ms = t_ms + step_ms;
@@ -330,6 +337,8 @@ pub(crate) fn run(
         finished,
         samples,
         wall,
+        log_records: duewheel::wal::process_records() - records_before,
+        fsyncs: duewheel::wal::process_fsyncs() - fsyncs_before,
         placing_wall,
         simulated_ms: t_ms.saturating_sub(SALE_OPENS_MS),
         peak_pending: peak.0,

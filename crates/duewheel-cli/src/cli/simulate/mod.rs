@@ -78,6 +78,7 @@ pub(crate) fn run(args: Args) -> Result<bool, Error> {
     let progress = progress_bar(&config);
     progress.set_message("drawing the sale");
     let sale = Arc::new(Sale::draw(&config));
+    config.check_against(&sale)?;
     let world = Arc::new(World::new(sale.plans.len(), config.stock));
     let outcome = driver::run(config.clone(), sale.clone(), world.clone(), &progress)?;
     progress.finish_and_clear();

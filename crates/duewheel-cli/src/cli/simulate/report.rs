@@ -82,6 +82,10 @@ pub(crate) struct Performance {
     /// threads.
     pub(crate) storage: String,
     pub(crate) wall_s: f64,
+    /// With `--durable`: log records appended and fsyncs made (segments,
+    /// snapshots, directory) during the run.
+    pub(crate) log_records: Option<u64>,
+    pub(crate) fsyncs: Option<u64>,
     pub(crate) simulated_s: f64,
     pub(crate) speedup: f64,
     /// Orders placed per second of wall time spent placing them.
@@ -231,6 +235,15 @@ impl<'a> Report<'a> {
             show_ms((p.simulated_s * 1e3) as u64),
             p.speedup
         );
+        if let (Some(records), Some(fsyncs)) = (p.log_records, p.fsyncs) {
+            let _ = writeln!(
+                out,
+                "  log                  {} records, {} fsyncs ({:.1} records per fsync)",
+                n(records),
+                n(fsyncs),
+                records as f64 / fsyncs.max(1) as f64
+            );
+        }
         let _ = writeln!(
             out,
             "  scheduled            {} orders at {}/s",
@@ -389,6 +402,8 @@ fn performance(config: &Config, outcome: &Outcome) -> Performance {
             ),
         },
         wall_s,
+        log_records: config.durable.as_ref().map(|_| outcome.log_records),
+        fsyncs: config.durable.as_ref().map(|_| outcome.fsyncs),
         simulated_s,
         speedup: simulated_s / wall_s.max(1e-9),
         orders_scheduled_per_s: outcome.checkout.scheduled as f64
