@@ -95,7 +95,7 @@ where
     /// enforcing its share exactly, so no counter is shared by every
     /// producer; with ids hashed over the shards a schedule can be refused
     /// slightly before the engine-wide total reaches the cap. Must be at
-    /// least the number of shards.
+    /// least the number of shards, and at most 2^31 per shard.
     pub fn max_pending(mut self, max_pending: usize) -> Self {
         self.max_pending = max_pending;
         self
@@ -192,6 +192,12 @@ where
         if self.max_pending < self.shards || self.max_pending >= u32::MAX as usize {
             return Err(BuildError::Invalid(
                 "max_pending must be at least the number of shards and below 2^32 - 1",
+            ));
+        }
+        if self.max_pending.div_ceil(self.shards) > 1 << 31 {
+            // A shard's id index keeps the top bit of a row for fired ids.
+            return Err(BuildError::Invalid(
+                "max_pending must be at most 2^31 per shard (raise shards)",
             ));
         }
         if self.channel_capacity == 0 {
