@@ -90,7 +90,7 @@ where
         self
     }
 
-    /// Admission cap: schedules beyond it get [`ScheduleError::Full`]
+    /// Admission cap: schedules beyond it get [`ScheduleError::Full`](crate::ScheduleError::Full)
     /// (default 50 million). It is split evenly across the shards, each
     /// enforcing its share exactly, so no counter is shared by every
     /// producer; with ids hashed over the shards a schedule can be refused
@@ -122,8 +122,8 @@ where
     }
 
     /// How many fired ids to remember, and for how long, so that a cancel
-    /// arriving after the expiry hears [`Cancel::AlreadyFired`] rather than
-    /// [`Cancel::NotFound`] (default: the last 2^20 ids, up to 10 minutes).
+    /// arriving after the expiry hears [`Cancel::AlreadyFired`](crate::Cancel::AlreadyFired) rather than
+    /// [`Cancel::NotFound`](crate::Cancel::NotFound) (default: the last 2^20 ids, up to 10 minutes).
     /// `max_ids` bounds the whole engine: it is split evenly across the
     /// shards as `max_pending` is, each shard forgetting its oldest beyond
     /// its share (so with ids hashed over the shards an id may be forgotten
@@ -156,7 +156,7 @@ where
     }
 
     /// Turns on acknowledgements: an `Expired` event stays in flight until
-    /// every group [acks](Consumer::ack) it, and is redelivered
+    /// every group [acks](crate::Consumer::ack) it, and is redelivered
     /// (`attempt + 1`) to the groups that have not, every `timeout`. The
     /// groups are then fixed: declare them with [`group`](Self::group).
     /// Off by default in memory; always on in durable mode.
@@ -165,7 +165,7 @@ where
         self
     }
 
-    /// How often one timer may be [snoozed](Consumer::snooze) (default 10).
+    /// How often one timer may be [snoozed](crate::Consumer::snooze) (default 10).
     pub fn max_snoozes(mut self, max: u8) -> Self {
         self.max_snoozes = max;
         self
