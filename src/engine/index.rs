@@ -189,6 +189,23 @@ mod tests {
         assert!(per_table.iter().all(|&n| (18_000..22_000).contains(&n)));
     }
 
+    /// Growth rehashes one table at a time, each about 1/32 of the rows:
+    /// the longest stop under the lock is bounded by the largest table.
+    #[test]
+    fn rows_spread_over_the_tables_so_a_growth_rehashes_a_thirty_second() {
+        let n = 1u32 << 16;
+        let mut index = IdIndex::new();
+        for at in 0..n {
+            index.insert(hash_id(&u64::from(at)), at, |row| hash_id(&u64::from(row)));
+        }
+        let largest = index.tables.iter().map(HashTable::len).max().unwrap();
+        assert!(largest <= (n as usize / SUBTABLES) * 5 / 4, "{largest}");
+        for at in 0..n {
+            let hash = hash_id(&u64::from(at));
+            assert_eq!(index.find(hash, |row| row == at), Some(at));
+        }
+    }
+
     #[test]
     fn a_row_is_found_by_its_hash_and_removed_by_its_value() {
         let ids = [10u64, 20, 30];
