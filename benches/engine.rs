@@ -243,9 +243,57 @@ fn memory(_: &mut Criterion) {
     }
 }
 
+/// Durable acks on the real file system (fsync per group commit): 2,048
+/// expiries acked one call per event, then 2,048 acked by `ack_batch` in
+/// batches of 64. Printed, not timed by criterion (each figure is one run).
+fn batch_ack(_: &mut Criterion) {
+    const N: u64 = 2_048;
+    let dir = std::env::temp_dir().join(format!("duewheel-bench-ack-{}", std::process::id()));
+    let clock = ManualClock::new(T0);
+    let engine: Engine<u64, u64> = Engine::builder()
+        .clock(clock.clone())
+        .group("g")
+        .durable(&dir)
+        .build()
+        .unwrap();
+    let s = engine.scheduler();
+    let mut consumer = engine.subscribe("g");
+    for id in 0..2 * N {
+        s.schedule(id, Duration::from_millis(1), id).unwrap();
+    }
+    clock.advance(Duration::from_millis(1));
+    let mut events = Vec::new();
+    while events.len() < (2 * N) as usize {
+        events.push(consumer.recv().unwrap());
+    }
+    let (single, batched) = events.split_at(N as usize);
+    let began = Instant::now();
+    for event in single {
+        consumer.ack(event).unwrap();
+    }
+    let one_by_one = began.elapsed();
+    let began = Instant::now();
+    for chunk in batched.chunks(64) {
+        assert!(consumer.ack_batch(chunk).iter().all(Result::is_ok));
+    }
+    let in_batches = began.elapsed();
+    eprintln!(
+        "durable acks ({N} each): one call per event {:.1} us/ack, ack_batch of 64 {:.2} us/ack ({:.1}x); loadavg {}",
+        one_by_one.as_secs_f64() * 1e6 / N as f64,
+        in_batches.as_secs_f64() * 1e6 / N as f64,
+        one_by_one.as_secs_f64() / in_batches.as_secs_f64(),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+    drop(engine.shutdown());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 criterion_group!(
     benches,
     memory,
+    batch_ack,
     lateness,
     schedule_cancel_random,
     schedule_cancel,

@@ -1,6 +1,7 @@
 //! duewheel's engine as a user runs it: `Engine<u32, ()>` with the
 //! builder's defaults (a shard per core, 1 ms ticks, bounded consumer
-//! channel) and a `ManualClock`; one producer thread (the caller) schedules
+//! channel), a `ManualClock`, and `Builder::capacity(n)` (the peers are
+//! built `with_capacity(n)` too); one producer thread (the caller) schedules
 //! and cancels by id; one consumer (the caller again) drains its group.
 //!
 //! Keyed by the id, so no handle table. Two ways to drain:

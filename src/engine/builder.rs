@@ -91,12 +91,12 @@ where
         self
     }
 
-    /// Admission cap: schedules beyond it get [`ScheduleError::Full`]
+    /// Admission cap: schedules beyond it get [`ScheduleError::Full`](crate::ScheduleError::Full)
     /// (default 50 million). It is split evenly across the shards, each
     /// enforcing its share exactly, so no counter is shared by every
     /// producer; with ids hashed over the shards a schedule can be refused
     /// slightly before the engine-wide total reaches the cap. Must be at
-    /// least the number of shards.
+    /// least the number of shards, and at most 2^31 per shard.
     pub fn max_pending(mut self, max_pending: usize) -> Self {
         self.max_pending = max_pending;
         self
@@ -125,8 +125,8 @@ where
     }
 
     /// How many fired ids to remember, and for how long, so that a cancel
-    /// arriving after the expiry hears [`Cancel::AlreadyFired`] rather than
-    /// [`Cancel::NotFound`] (default: the last 2^20 ids, up to 10 minutes).
+    /// arriving after the expiry hears [`Cancel::AlreadyFired`](crate::Cancel::AlreadyFired) rather than
+    /// [`Cancel::NotFound`](crate::Cancel::NotFound) (default: the last 2^20 ids, up to 10 minutes).
     /// `max_ids` bounds the whole engine: it is split evenly across the
     /// shards as `max_pending` is, each shard forgetting its oldest beyond
     /// its share (so with ids hashed over the shards an id may be forgotten
@@ -160,7 +160,7 @@ where
     }
 
     /// Turns on acknowledgements: an `Expired` event stays in flight until
-    /// every group [acks](Consumer::ack) it, and is redelivered
+    /// every group [acks](crate::Consumer::ack) it, and is redelivered
     /// (`attempt + 1`) to the groups that have not, every `timeout`. The
     /// groups are then fixed: declare them with [`group`](Self::group).
     /// Off by default in memory; always on in durable mode.
@@ -169,7 +169,7 @@ where
         self
     }
 
-    /// How often one timer may be [snoozed](Consumer::snooze) (default 10).
+    /// How often one timer may be [snoozed](crate::Consumer::snooze) (default 10).
     pub fn max_snoozes(mut self, max: u8) -> Self {
         self.max_snoozes = max;
         self
@@ -196,6 +196,12 @@ where
         if self.max_pending < self.shards || self.max_pending >= u32::MAX as usize {
             return Err(BuildError::Invalid(
                 "max_pending must be at least the number of shards and below 2^32 - 1",
+            ));
+        }
+        if self.max_pending.div_ceil(self.shards) > 1 << 31 {
+            // A shard's id index keeps the top bit of a row for fired ids.
+            return Err(BuildError::Invalid(
+                "max_pending must be at most 2^31 per shard (raise shards)",
             ));
         }
         if self.channel_capacity == 0 {

@@ -312,6 +312,8 @@ mod tests {
         let per_entry = wheel.heap_bytes() / capacity;
         assert!(per_entry <= 64, "{per_entry} B per wheel entry");
         assert_eq!(size_of::<Entry<u64, u64>>(), 24);
+        // The side record docs/GUARANTEES.md counts in the memory bound.
+        assert_eq!(size_of::<Extra>(), 80);
     }
 
     #[test]

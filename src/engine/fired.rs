@@ -1,10 +1,11 @@
 //! The memory of recently fired ids: a cancel arriving after the expiry
 //! hears `AlreadyFired` rather than `NotFound`.
 //!
-//! A ring of `(id, when)` in firing order and a table of ring positions
-//! hashed on the id (the id is stored once, in the ring). The table sees the
-//! id's hash rotated, as the id index does, so that the bits that chose the
-//! shard are not its control bytes.
+//! A ring of `(id, when)` in firing order. The id index finds a remembered
+//! id as it finds a live one: the row a timer had while it lived is turned,
+//! when the timer ends, into a *fired row* naming its place in this ring
+//! ([`FIRED`] bit set), so remembering costs no second table and no second
+//! probe, and the id is stored once, here.
 //!
 //! Invariants:
 //! - the ring holds at most `max_ids` ids (this shard's share of the
@@ -12,34 +13,35 @@
 //!   count, split as `max_pending` is), so the engine remembers at most the
 //!   configured total; rows older than `max_age_ms` are dropped at the next
 //!   firing round;
-//! - every table row names a ring row holding an id with that hash; an id
-//!   scheduled again is forgotten (its table row removed, its ring row left
-//!   to age out, still counted).
+//! - every fired row in the index names a ring row holding an id with its
+//!   hash; when a ring row is dropped the shard removes its fired row (if
+//!   the id was scheduled again since, its row was taken over by the new
+//!   timer and there is nothing to remove).
 
-use super::index::hash_id;
-use hashbrown::HashTable;
 use std::collections::VecDeque;
-use std::hash::Hash;
+
+/// The bit of an index row that marks a fired row.
+pub(crate) const FIRED: u32 = 1 << 31;
+
+/// Sequence numbers wrap at 31 bits in a row.
+const SEQ_MASK: u32 = FIRED - 1;
 
 /// See the module docs.
 pub(crate) struct FiredIds<K> {
     ring: VecDeque<(K, u64)>,
-    /// Sequence number of `ring[0]`; the table stores sequence numbers'
-    /// low 32 bits (the ring is far shorter than 2^32).
+    /// Sequence number of `ring[0]`.
     first_seq: u64,
-    table: HashTable<u32>,
     max_ids: usize,
     max_age_ms: u64,
 }
 
-impl<K: Hash + Eq> FiredIds<K> {
+impl<K> FiredIds<K> {
     pub(crate) fn new(max_ids: usize, max_age_ms: u64) -> Self {
         Self {
             ring: VecDeque::new(),
             first_seq: 0,
-            table: HashTable::new(),
-            // Positions are 32-bit: a share beyond that is capped.
-            max_ids: max_ids.min(u32::MAX as usize / 2),
+            // Rows hold 31-bit positions: a share beyond that is capped.
+            max_ids: max_ids.min(SEQ_MASK as usize / 2),
             max_age_ms,
         }
     }
@@ -50,88 +52,46 @@ impl<K: Hash + Eq> FiredIds<K> {
         self.ring.len()
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.ring.is_empty()
+    /// `true` if nothing is to be remembered at all.
+    pub(crate) fn is_off(&self) -> bool {
+        self.max_ids == 0
     }
 
-    fn position(first_seq: u64, row: u32) -> usize {
-        row.wrapping_sub(first_seq as u32) as usize
+    /// The id a fired row names, if the row is still in the ring.
+    pub(crate) fn get(&self, row: u32) -> Option<&K> {
+        let position = (row & SEQ_MASK).wrapping_sub(self.first_seq as u32 & SEQ_MASK) & SEQ_MASK;
+        self.ring.get(position as usize).map(|(id, _)| id)
     }
 
-    /// `true` if `id` (whose hash is `hash`) fired recently.
-    pub(crate) fn contains(&self, hash: u64, id: &K) -> bool {
-        let ring = &self.ring;
-        let first = self.first_seq;
-        self.table
-            .find(hash.rotate_left(32), |&row| {
-                ring.get(Self::position(first, row))
-                    .is_some_and(|(fired, _)| fired == id)
-            })
-            .is_some()
-    }
-
-    /// Remembers that `id` fired at `now_ms`, forgetting the oldest beyond
-    /// the count.
-    pub(crate) fn remember(&mut self, hash: u64, id: K, now_ms: u64) {
-        if self.max_ids == 0 {
-            return;
-        }
-        if self.ring.len() >= self.max_ids {
-            self.pop_oldest();
-        }
+    /// Remembers that `id` fired at `now_ms` and returns its fired row.
+    /// Call [`over`](Self::over) first to make room.
+    pub(crate) fn push(&mut self, id: K, now_ms: u64) -> u32 {
         let seq = self.first_seq + self.ring.len() as u64;
         self.ring.push_back((id, now_ms));
-        let (ring, first) = (&self.ring, self.first_seq);
-        self.table
-            .insert_unique(hash.rotate_left(32), seq as u32, |&row| {
-                ring.get(Self::position(first, row))
-                    .map_or(0, |(id, _)| hash_id(id).rotate_left(32))
-            });
+        FIRED | (seq as u32 & SEQ_MASK)
     }
 
-    /// Forgets `id` (it was scheduled again).
-    pub(crate) fn forget(&mut self, hash: u64, id: &K) {
-        let (ring, first) = (&self.ring, self.first_seq);
-        if let Ok(row) = self.table.find_entry(hash.rotate_left(32), |&row| {
-            ring.get(Self::position(first, row))
-                .is_some_and(|(fired, _)| fired == id)
-        }) {
-            row.remove();
+    /// The oldest remembered id and its fired row, if the ring is full (one
+    /// more is about to come) or it is older than the age at `now_ms`.
+    pub(crate) fn over(&mut self, adding: bool, now_ms: u64) -> Option<(K, u32)> {
+        let (_, at_ms) = self.ring.front()?;
+        let full = adding && self.ring.len() >= self.max_ids;
+        if !full && now_ms.saturating_sub(*at_ms) <= self.max_age_ms {
+            return None;
         }
-    }
-
-    /// Drops the ids remembered longer than the configured age.
-    pub(crate) fn forget_older(&mut self, now_ms: u64) {
-        while let Some((_, at_ms)) = self.ring.front() {
-            if now_ms.saturating_sub(*at_ms) <= self.max_age_ms {
-                break;
-            }
-            self.pop_oldest();
-        }
-    }
-
-    fn pop_oldest(&mut self) {
-        let Some((id, _)) = self.ring.pop_front() else {
-            return;
-        };
-        let seq = self.first_seq as u32;
+        let row = FIRED | (self.first_seq as u32 & SEQ_MASK);
         self.first_seq += 1;
-        if let Ok(row) = self
-            .table
-            .find_entry(hash_id(&id).rotate_left(32), |&row| row == seq)
-        {
-            row.remove();
-        }
+        self.ring.pop_front().map(|(id, _)| (id, row))
     }
 
     /// Heap bytes held.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.ring.capacity() * size_of::<(K, u64)>() + self.table.allocation_size()
+        self.ring.capacity() * size_of::<(K, u64)>()
     }
 
     pub(crate) fn clear(&mut self) {
+        self.first_seq += self.ring.len() as u64;
         self.ring.clear();
-        self.table.clear();
     }
 }
 
@@ -139,53 +99,35 @@ impl<K: Hash + Eq> FiredIds<K> {
 mod tests {
     use super::*;
 
-    fn remember(fired: &mut FiredIds<u64>, id: u64, at_ms: u64) {
-        fired.remember(hash_id(&id), id, at_ms);
-    }
-
     #[test]
-    fn the_oldest_ids_are_forgotten_beyond_the_count() {
+    fn rows_name_their_ids_until_they_are_dropped_oldest_first() {
         let mut fired = FiredIds::new(3, u64::MAX);
-        for id in 1..=5 {
-            remember(&mut fired, id, 0);
+        let mut rows = Vec::new();
+        for id in 1..=5u64 {
+            if let Some((old, row)) = fired.over(true, 0) {
+                assert_eq!(Some(&row), rows.get(old as usize - 1));
+            }
+            rows.push(fired.push(id, 0));
         }
         assert_eq!(fired.len(), 3);
-        let known: Vec<u64> = (1..=5)
-            .filter(|id| fired.contains(hash_id(id), id))
-            .collect();
+        let known: Vec<u64> = rows.iter().filter_map(|&r| fired.get(r).copied()).collect();
         assert_eq!(known, [3, 4, 5]);
+        assert!(rows.iter().all(|r| r & FIRED != 0));
     }
 
     #[test]
-    fn ids_older_than_the_age_are_forgotten() {
+    fn ids_older_than_the_age_are_dropped() {
         let mut fired = FiredIds::new(10, 100);
-        remember(&mut fired, 1, 0);
-        remember(&mut fired, 2, 50);
-        fired.forget_older(120);
-        assert!(!fired.contains(hash_id(&1u64), &1));
-        assert!(fired.contains(hash_id(&2u64), &2));
-    }
-
-    #[test]
-    fn a_forgotten_id_is_not_found_and_the_rest_are() {
-        let mut fired = FiredIds::new(10, u64::MAX);
-        for id in 1..=4 {
-            remember(&mut fired, id, 0);
-        }
-        fired.forget(hash_id(&2u64), &2);
-        assert!(!fired.contains(hash_id(&2u64), &2));
-        assert!(fired.contains(hash_id(&3u64), &3));
-        // Its ring row ages out with the others without disturbing them.
-        for id in 5..=14 {
-            remember(&mut fired, id, 0);
-        }
-        assert!((5..=14).all(|id| fired.contains(hash_id(&id), &id)));
+        let first = fired.push(1u64, 0);
+        let second = fired.push(2, 50);
+        assert_eq!(fired.over(false, 120), Some((1, first)));
+        assert_eq!(fired.over(false, 120), None);
+        assert_eq!(fired.get(second), Some(&2));
     }
 
     #[test]
     fn zero_ids_remembers_nothing() {
-        let mut fired = FiredIds::new(0, u64::MAX);
-        remember(&mut fired, 1, 0);
-        assert!(fired.is_empty());
+        let fired = FiredIds::<u64>::new(0, u64::MAX);
+        assert!(fired.is_off());
     }
 }

@@ -9,7 +9,9 @@
 //!
 //! Invariants:
 //! - every row names the slab index of a live entry whose id hashes to the
-//!   row's place, and every live entry of the shard has exactly one row;
+//!   row's place, or (high bit set) a remembered fired id of the shard's
+//!   fired ring ([`fired`](super::fired)); every live entry of the shard
+//!   has exactly one row, and no id has two;
 //! - the index is split into [`SUBTABLES`] tables by hash bits, so a table
 //!   that must grow rehashes 1/32 of the shard under the lock, never all of
 //!   it at once (and [`IdIndex::reserve`] sizes them all up front for a
@@ -48,6 +50,25 @@ fn table_of(hash: u64) -> usize {
     (table_hash(hash) >> 51) as usize % SUBTABLES
 }
 
+/// A row found by [`IdIndex::slot`], or the place for one.
+pub(crate) enum Slot<'a> {
+    Vacant(VacantEntry<'a, u32>),
+    /// A row for the id exists: its value, and the row.
+    Taken(u32, OccupiedEntry<'a, u32>),
+}
+
+impl Slot<'_> {
+    /// Stores `value` in the row (new or overwritten).
+    pub(crate) fn fill(self, value: u32) {
+        match self {
+            Slot::Vacant(vacant) => {
+                vacant.insert(value);
+            }
+            Slot::Taken(_, mut row) => *row.get_mut() = value,
+        }
+    }
+}
+
 /// See the module docs.
 pub(crate) struct IdIndex {
     tables: Box<[HashTable<u32>]>,
@@ -79,24 +100,35 @@ impl IdIndex {
             .ok()
     }
 
-    /// The row for `hash` that `is` accepts (`Err` with its slab index), or
-    /// the place for a new one: one probe for a check and an insert.
-    /// `rehash` gives the hash of an existing row's id, should the table
-    /// grow first.
-    pub(crate) fn vacant(
+    /// The row for `hash` that `is` accepts, or the place for a new one:
+    /// one probe for a check and an insert. `rehash` gives the hash of an
+    /// existing row's id, should the table grow first.
+    pub(crate) fn slot(
         &mut self,
         hash: u64,
         mut is: impl FnMut(u32) -> bool,
         rehash: impl Fn(u32) -> u64,
-    ) -> Result<VacantEntry<'_, u32>, u32> {
+    ) -> Slot<'_> {
         let entry = self.tables[table_of(hash)].entry(
             table_hash(hash),
             |&at| is(at),
             |&row| table_hash(rehash(row)),
         );
         match entry {
-            Entry::Vacant(vacant) => Ok(vacant),
-            Entry::Occupied(row) => Err(*row.get()),
+            Entry::Vacant(vacant) => Slot::Vacant(vacant),
+            Entry::Occupied(row) => Slot::Taken(*row.get(), row),
+        }
+    }
+
+    /// Overwrites the row for `hash` holding `old` with `new`; `false` if
+    /// there is none.
+    pub(crate) fn replace(&mut self, hash: u64, old: u32, new: u32) -> bool {
+        match self.tables[table_of(hash)].find_entry(table_hash(hash), |&row| row == old) {
+            Ok(mut row) => {
+                *row.get_mut() = new;
+                true
+            }
+            Err(_) => false,
         }
     }
 
@@ -155,6 +187,23 @@ mod tests {
         }
         assert!(per_shard.iter().all(|&n| (9_000..11_000).contains(&n)));
         assert!(per_table.iter().all(|&n| (18_000..22_000).contains(&n)));
+    }
+
+    /// Growth rehashes one table at a time, each about 1/32 of the rows:
+    /// the longest stop under the lock is bounded by the largest table.
+    #[test]
+    fn rows_spread_over_the_tables_so_a_growth_rehashes_a_thirty_second() {
+        let n = 1u32 << 16;
+        let mut index = IdIndex::new();
+        for at in 0..n {
+            index.insert(hash_id(&u64::from(at)), at, |row| hash_id(&u64::from(row)));
+        }
+        let largest = index.tables.iter().map(HashTable::len).max().unwrap();
+        assert!(largest <= (n as usize / SUBTABLES) * 5 / 4, "{largest}");
+        for at in 0..n {
+            let hash = hash_id(&u64::from(at));
+            assert_eq!(index.find(hash, |row| row == at), Some(at));
+        }
     }
 
     #[test]

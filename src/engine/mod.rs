@@ -3,26 +3,34 @@
 //!
 //! # Structure
 //!
-//! An id hashes to one of N shards; each shard is a `parking_lot::Mutex`
-//! around a [`Wheel`](crate::wheel::Wheel) and its id index
-//! ([`shard`]). Schedule, cancel and reschedule lock one shard for O(1) work;
-//! there is no global lock on those paths. The dispatcher ([`dispatcher`])
-//! fires due timers in bounded batches and hands them to the consumer groups
-//! ([`consumer`]) with no lock held.
+//! An id is hashed once per operation ([`index`]); the hash's high bits
+//! pick one of N shards, each a `parking_lot::Mutex` around a
+//! [`Wheel`](crate::wheel::Wheel) of compact entries ([`entry`]), its id
+//! index and its fired-id memory ([`fired`]) ([`shard`]). Schedule, cancel
+//! and reschedule lock one shard for O(1) work and probe its index once;
+//! there is no global lock on those paths (in durable mode the log's append
+//! takes its own lock, issue #14). The dispatcher ([`dispatcher`]) fires due
+//! timers in bounded batches and hands them to the consumer groups
+//! ([`consumer`]) with no lock held. The handles are the [`Builder`]
+//! ([`builder`]), the [`Scheduler`] ([`scheduler`]), the running [`Engine`]
+//! ([`lifecycle`]) and the restore at open ([`recovery`]); what the log
+//! stores is the journal record ([`crate::journal`]), not the entry.
 //!
 //! # Invariants
 //!
 //! - cancel and fire of one id are decided under that id's shard lock, so
 //!   exactly one wins and the caller of `cancel` is told which;
-//! - the number of pending timers never exceeds `max_pending`: a schedule
-//!   the cap is split evenly across the shards (`max_pending >= shards`), and
-//!   each shard checks its share under its lock, against the timers it holds
-//!   (waiting or in flight), so the count cannot drift and no global counter
-//!   is shared by the producers; the
-//!   the timer;
+//! - the number of pending timers never exceeds `max_pending`: the cap is
+//!   split evenly across the shards (`max_pending >= shards`), and each
+//!   shard checks its share under its lock, against the timers it holds
+//!   (waiting or in flight), so the count cannot drift and no global
+//!   counter is shared by the producers; the fired-id memory is split the
+//!   same way, so it too is bounded for the whole engine;
 //! - nothing accepted is lost: a pending timer fires, is cancelled, or is
 //!   handed back by [`Engine::shutdown`]; a fired event reaches every group or
-//!   is handed back by `shutdown`.
+//!   is handed back by `shutdown`;
+//! - an ack or snooze acts only on the event it names (its id and its
+//!   [`Event::token`]).
 
 #[cfg(feature = "tokio")]
 mod async_consumer;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-/// A cheap, cloneable handle to an [`Engine`]: schedule, cancel and
+/// A cheap, cloneable handle to an [`Engine`](crate::Engine): schedule, cancel and
 /// reschedule by the caller's id from any thread. With feature `tokio` each
 /// call has an `_async` form (`schedule_async`, `cancel_async`, ...) whose
 /// durable-mode wait for the commit is an `.await` instead of a blocked
@@ -125,7 +125,7 @@ where
 
     /// Like [`schedule`](Self::schedule), with reminders: each offset asks
     /// for a [`EventKind::Reminder`] that long before the deadline (at most
-    /// [`MAX_REMINDERS`]). Reminders come in time order, then `Expired`; a
+    /// [`MAX_REMINDERS`](crate::MAX_REMINDERS)). Reminders come in time order, then `Expired`; a
     /// reminder whose time has already passed fires at once.
     pub fn schedule_with_reminders(
         &self,

@@ -3,11 +3,13 @@
 //! and the memory of recently fired ids ([`fired`](super::fired)).
 //!
 //! Invariants (all under the shard's mutex, so they hold between calls):
-//! - every timer in the wheel has exactly one row in `index`, and every row
-//!   names a timer in the wheel (waiting, or in flight with acks on);
-//! - a timer that ended by firing (expired, and acked if acks are on) is in
-//!   `fired` until forgotten, so a late cancel hears `AlreadyFired`; a
-//!   cancel, or a new schedule of the id, makes it unknown again;
+//! - an id has at most one row in `index`: a *live* row naming its timer's
+//!   slab entry (waiting, or in flight with acks on), or a *fired* row
+//!   naming its place in `fired` (see [`fired`](super::fired));
+//! - every timer in the wheel has a live row; a timer that ended by firing
+//!   (expired, and acked if acks are on) leaves a fired row until `fired`
+//!   drops it, so a late cancel hears `AlreadyFired`; a cancel removes the
+//!   row, and a new schedule of the id takes the fired row over;
 //! - side state ([`Extra`]) exists exactly for the entries of kind
 //!   [`Side::Extra`], and is freed with them;
 //! - counters change on the transition itself, in one place each, so they
@@ -21,8 +23,8 @@
 
 use super::entry::{Entry, Extra, Extras, Reminders, Side, placement, plain_deadline_ms};
 use super::event::{Event, EventKind};
-use super::fired::FiredIds;
-use super::index::{IdIndex, hash_id};
+use super::fired::{FIRED, FiredIds};
+use super::index::{IdIndex, Slot, hash_id};
 use crate::TimerKey;
 use crate::clock::Ticks;
 use crate::error::{AckError, Cancel, CancelError, RescheduleError, ScheduleError, SnoozeError};
@@ -130,21 +132,30 @@ pub(crate) struct Shard<K, P> {
     scratch: Vec<Timer<Entry<K, P>>>,
 }
 
-/// `true` if slab index `at` holds a live entry for `id`.
-fn holds<K: Eq, P>(wheel: &Wheel<Entry<K, P>>, at: u32, id: &K) -> bool {
-    wheel
-        .key_at(at)
-        .and_then(|key| wheel.get(key))
-        .is_some_and(|entry| entry.id == *id)
+/// `true` if row `at` names `id`: a live entry for it, or its place in
+/// the fired ring.
+fn names<K: Eq, P>(wheel: &Wheel<Entry<K, P>>, fired: &FiredIds<K>, at: u32, id: &K) -> bool {
+    if at & FIRED != 0 {
+        fired.get(at) == Some(id)
+    } else {
+        wheel
+            .key_at(at)
+            .and_then(|key| wheel.get(key))
+            .is_some_and(|entry| entry.id == *id)
+    }
 }
 
-/// The hash of the id of the live entry at slab index `at` (for a table
-/// that grows; every row names a live entry, so the fallback is never used).
-fn rehash<K: Hash, P>(wheel: &Wheel<Entry<K, P>>, at: u32) -> u64 {
-    wheel
-        .key_at(at)
-        .and_then(|key| wheel.get(key))
-        .map_or(0, |entry| hash_id(&entry.id))
+/// The hash of the id row `at` names (for a table that grows; every row
+/// names a live entry or a remembered id, so the fallback is never used).
+fn rehash<K: Hash, P>(wheel: &Wheel<Entry<K, P>>, fired: &FiredIds<K>, at: u32) -> u64 {
+    if at & FIRED != 0 {
+        fired.get(at).map_or(0, hash_id)
+    } else {
+        wheel
+            .key_at(at)
+            .and_then(|key| wheel.get(key))
+            .map_or(0, |entry| hash_id(&entry.id))
+    }
 }
 
 impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
@@ -197,18 +208,36 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
 
     /// The live timer of `id` (whose hash is `hash`), if any: one probe.
     fn find(&self, hash: u64, id: &K) -> Option<TimerKey> {
-        let wheel = &self.wheel;
-        let at = self.index.find(hash, |at| holds(wheel, at, id))?;
-        wheel.key_at(at)
+        match self.lookup(hash, id) {
+            Lookup::Live(key) => Some(key),
+            _ => None,
+        }
     }
 
-    /// What the index says of `id` (see the module invariants).
+    /// What the index says of `id` (see the module invariants): one probe.
     fn lookup(&self, hash: u64, id: &K) -> Lookup {
-        match self.find(hash, id) {
-            Some(key) => Lookup::Live(key),
-            None if !self.fired.is_empty() && self.fired.contains(hash, id) => Lookup::Fired,
+        let (wheel, fired) = (&self.wheel, &self.fired);
+        match self.index.find(hash, |at| names(wheel, fired, at, id)) {
             None => Lookup::Absent,
+            Some(at) if at & FIRED != 0 => Lookup::Fired,
+            Some(at) => wheel.key_at(at).map_or(Lookup::Absent, Lookup::Live),
         }
+    }
+
+    /// Turns the live row of the timer that was at `key` (out of the wheel
+    /// now, or about to leave it) into a fired row for `id`, dropping the
+    /// oldest remembered ids beyond the memory; or removes the row if
+    /// nothing is remembered.
+    fn retire(&mut self, hash: u64, key: TimerKey, id: K, now_ms: u64) {
+        if self.fired.is_off() {
+            self.index.remove(hash, key.index());
+            return;
+        }
+        while let Some((old, row)) = self.fired.over(true, now_ms) {
+            self.index.remove(hash_id(&old), row);
+        }
+        let row = self.fired.push(id, now_ms);
+        self.index.replace(hash, key.index(), row);
     }
 
     /// The latest deadline (UTC ms) this shard accepts now.
@@ -300,19 +329,24 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                 payload,
             });
         }
-        if !self.fired.is_empty() {
-            // A new timer for the id: its old end no longer answers.
-            self.fired.forget(hash, &id);
-        }
         let Self {
             wheel,
             index,
             extras,
+            fired,
             ticks,
             ..
         } = self;
-        let Ok(row) = index.vacant(hash, |at| holds(wheel, at, &id), |at| rehash(wheel, at)) else {
-            return Err(ScheduleError::AlreadyScheduled(payload));
+        // A fired row of the id is taken over: its old end no longer answers.
+        let row = match index.slot(
+            hash,
+            |at| names(wheel, fired, at, &id),
+            |at| rehash(wheel, fired, at),
+        ) {
+            Slot::Taken(at, _) if at & FIRED == 0 => {
+                return Err(ScheduleError::AlreadyScheduled(payload));
+            }
+            row => row,
         };
         let (due_tick, early_ms, extra) = placement(*ticks, extras, deadline_ms, reminders);
         let entry = Entry {
@@ -346,7 +380,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                 });
             }
         };
-        row.insert(key.index());
+        row.fill(key.index());
         self.counters.scheduled += 1;
         Ok(Accepted {
             value: due_tick,
@@ -389,17 +423,18 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             fired,
             ..
         } = self;
-        let Some(row) = index.find_row(hash, |at| holds(wheel, at, id)) else {
-            let fired = !fired.is_empty() && fired.contains(hash, id);
+        let Some(row) = index.find_row(hash, |at| names(wheel, fired, at, id)) else {
             return Ok(Accepted {
-                value: if fired {
-                    Cancel::AlreadyFired
-                } else {
-                    Cancel::NotFound
-                },
+                value: Cancel::NotFound,
                 seq: None,
             });
         };
+        if *row.get() & FIRED != 0 {
+            return Ok(Accepted {
+                value: Cancel::AlreadyFired,
+                seq: None,
+            });
+        }
         let key = wheel.key_at(*row.get()).expect("rows name live entries");
         let extra = wheel
             .get(key)
@@ -530,8 +565,9 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         if self.journal.as_ref().is_some_and(|j| j.failed()) {
             return Err(AckError::Storage);
         }
-        let entry = self.take(hash, key).expect("looked up live");
-        self.fired.remember(hash, entry.id, now_ms);
+        let entry = self.wheel.cancel(key).expect("looked up live");
+        self.free_side(&entry);
+        self.retire(hash, key, entry.id, now_ms);
         self.counters.acked += 1;
         self.counters.in_flight -= 1;
         Ok(Accepted {
@@ -600,7 +636,9 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
     /// large recovery (or a capacity hint) does not grow it step by step.
     pub(crate) fn reserve(&mut self, additional: usize) {
         let wheel = &self.wheel;
-        self.index.reserve(additional, |at| rehash(wheel, at));
+        let fired = &self.fired;
+        self.index
+            .reserve(additional, |at| rehash(wheel, fired, at));
     }
 
     /// Puts back a timer read from the journal at open. One that was in
@@ -662,8 +700,9 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                 return Err(message);
             }
         };
-        let wheel = &self.wheel;
-        self.index.insert(hash, key.index(), |at| rehash(wheel, at));
+        let (wheel, fired) = (&self.wheel, &self.fired);
+        self.index
+            .insert(hash, key.index(), |at| rehash(wheel, fired, at));
         Ok(())
     }
 
@@ -687,10 +726,15 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             .wheel
             .advance_bounded(tick, limit, |timer| scratch.push(timer));
         // Every fired timer's row goes first, while no slab index has been
-        // reused: a row is found by its old index, which is then unique.
+        // reused: a row is found by its old index, which is then unique. A
+        // timer that ends here leaves a fired row; the others come back.
         for timer in &scratch {
-            self.index
-                .remove(hash_id(&timer.payload.id), timer.key.index());
+            let hash = hash_id(&timer.payload.id);
+            if self.ends_when_fired(&timer.payload) {
+                self.retire(hash, timer.key, timer.payload.id.clone(), now_ms);
+            } else {
+                self.index.remove(hash, timer.key.index());
+            }
         }
         for Timer {
             key: _,
@@ -702,8 +746,21 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             out.push(self.fire_one(due_tick, entry, now_ms));
         }
         self.scratch = scratch;
-        self.fired.forget_older(now_ms);
+        while let Some((old, row)) = self.fired.over(false, now_ms) {
+            self.index.remove(hash_id(&old), row);
+        }
         advanced
+    }
+
+    /// `true` if firing `entry` ends its timer (its row becomes a fired row
+    /// before the stage is processed).
+    fn ends_when_fired(&self, entry: &Entry<K, P>) -> bool {
+        self.acks.is_none()
+            && match entry.side() {
+                Side::Plain { .. } => true,
+                Side::Reminder { .. } => false,
+                Side::Extra(at) => !self.extras.get(at).reminders.remaining(),
+            }
     }
 
     /// One fired stage of `entry` (out of the wheel and the index): its
@@ -737,7 +794,6 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                     token: 0,
                     payload: entry.payload,
                 };
-                self.fired.remember(hash_id(&entry.id), entry.id, now_ms);
                 return (due_tick, u64::MAX, event);
             }
         }
@@ -812,15 +868,15 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                 .wheel
                 .insert(next_tick, entry)
                 .unwrap_or_else(|_| unreachable!("re-inserting a stage cannot fail"));
-            let wheel = &self.wheel;
-            self.index.insert(hash, key.index(), |at| rehash(wheel, at));
+            let (wheel, fired) = (&self.wheel, &self.fired);
+            self.index
+                .insert(hash, key.index(), |at| rehash(wheel, fired, at));
             if let Some(j) = &self.journal {
                 let entry = self.wheel.get(key).expect("just inserted");
                 let _ = j.upsert(&entry.id, &entry.payload, &self.state(key, entry));
             }
         } else {
             self.extras.remove(at);
-            self.fired.remember(hash, entry.id, now_ms);
         }
         (due_tick, groups, event)
     }
@@ -859,8 +915,9 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             .wheel
             .insert(tick.min(self.wheel.max_deadline()), entry)
             .unwrap_or_else(|_| unreachable!("re-inserting a stage cannot fail"));
-        let wheel = &self.wheel;
-        self.index.insert(hash, key.index(), |at| rehash(wheel, at));
+        let (wheel, fired) = (&self.wheel, &self.fired);
+        self.index
+            .insert(hash, key.index(), |at| rehash(wheel, fired, at));
         if let Some(j) = &self.journal {
             let entry = self.wheel.get(key).expect("just inserted");
             let _ = j.upsert(&entry.id, &entry.payload, &self.state(key, entry));
