@@ -257,7 +257,7 @@ fn batch_ack(_: &mut Criterion) {
         .build()
         .unwrap();
     let s = engine.scheduler();
-    let mut consumer = engine.subscribe("g");
+    let mut consumer = engine.subscribe("g").unwrap();
     for id in 0..2 * N {
         s.schedule(id, Duration::from_millis(1), id).unwrap();
     }

@@ -355,8 +355,5 @@ fn a_batch_ack_is_durable_before_it_returns() {
     // One durable wait for the batch: its records share one write and one
     // fsync (the log's writer is held while they are appended); a round
     // already under way may add one more of each. Not 64 of each.
-    assert!(
-        batch_io <= 4,
-        "{batch_io} I/O operations for one batch ack"
-    );
+    assert!(batch_io <= 4, "{batch_io} I/O operations for one batch ack");
 }
