@@ -93,7 +93,7 @@
 
 // The fuzz target files (`fuzz/src`) name the crate; under test they are
 // compiled inside it (see `fuzz_corpus`).
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 extern crate self as duewheel;
 
 mod clock;

@@ -32,14 +32,13 @@
 //! out, error or not.
 
 use duewheel_cluster::{NewTimer, StoreConfig};
+use duewheel_testkit::process::{NodeProcess, Stderr};
 use duewheel_testkit::protocol::{Command, Line};
 use postgres::{Client, NoTls};
-use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Lines in flight per node: enough to keep its commits full (1000 rows
@@ -568,23 +567,23 @@ impl Counts {
         }
     }
 
-    fn read(&self, text: &str) {
+    fn read(&self, line: &Line) {
         let now = wall_ms();
-        let note = |text: &str| {
+        let note = |line: &Line| {
             if let Ok(mut e) = self.example.lock()
                 && e.is_empty()
             {
-                *e = text.to_string();
+                *e = line.to_string();
             }
         };
-        match Line::parse(text) {
+        match line {
             Line::Ok(_) => {
                 self.ok.fetch_add(1, Relaxed);
                 self.last_answer_ms.store(now, Relaxed);
             }
             Line::Err { .. } => {
                 self.err.fetch_add(1, Relaxed);
-                note(text);
+                note(line);
             }
             Line::Cancelled(_) => {
                 self.cancelled.fetch_add(1, Relaxed);
@@ -592,7 +591,7 @@ impl Counts {
             }
             Line::Fired(_) | Line::NotFound(_) | Line::Cerr { .. } => {
                 self.cancel_other.fetch_add(1, Relaxed);
-                note(text);
+                note(line);
             }
             Line::Ev(_) => {
                 if self.ev.fetch_add(1, Relaxed) == 0 {
@@ -606,73 +605,50 @@ impl Counts {
             Line::Stats(_) => {
                 if let Ok(mut s) = self.stats.lock() {
                     s.0 += 1;
-                    s.1 = text.to_string();
+                    s.1 = line.to_string();
                 }
             }
-            Line::Unknown(_) => note(text),
+            Line::Unknown(_) => note(line),
         }
     }
 }
 
-/// One `duewheel node` process.
+/// One `duewheel node` process (testkit's `NodeProcess`: killed and
+/// reaped on drop), its answers counted as they are read.
 struct Node {
     name: String,
-    child: Child,
-    stdin: Mutex<Option<BufWriter<ChildStdin>>>,
+    process: Mutex<NodeProcess>,
     counts: Arc<Counts>,
-    stderr: Arc<Mutex<Vec<String>>>,
-    readers: Vec<JoinHandle<()>>,
 }
 
 impl Node {
     fn start(bin: &PathBuf, dsn: &str, schema: &str, name: &str, extra: &[&str]) -> Result<Node> {
-        let mut child = std::process::Command::new(bin)
-            .args(["node", "--pg", dsn, "--schema", schema, "--node-id", name])
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
         let counts = Arc::new(Counts::default());
-        let stderr_lines = Arc::new(Mutex::new(Vec::new()));
-        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-        let stdin = child.stdin.take().map(BufWriter::new);
-        let mut node = Node {
+        let mut args: Vec<String> = ["node", "--pg", dsn, "--schema", schema]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let reading = counts.clone();
+        let process = NodeProcess::spawn(bin, &args, name, Stderr::Tail, move |line| {
+            if let Some(line) = line {
+                reading.read(&line);
+            }
+        })
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        Ok(Node {
             name: name.to_string(),
-            child,
-            stdin: Mutex::new(stdin),
-            counts: counts.clone(),
-            stderr: stderr_lines.clone(),
-            readers: Vec::new(),
-        };
-        if let Some(stdout) = stdout {
-            node.readers.push(std::thread::spawn(move || {
-                for line in BufReader::with_capacity(1 << 16, stdout).lines() {
-                    match line {
-                        Ok(line) => counts.read(&line),
-                        Err(_) => break,
-                    }
-                }
-            }));
-        }
-        if let Some(stderr) = stderr {
-            node.readers.push(std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
-                    if let Ok(mut lines) = stderr_lines.lock() {
-                        lines.push(line);
-                    }
-                }
-            }));
-        }
-        Ok(node)
+            process: Mutex::new(process),
+            counts,
+        })
+    }
+
+    fn process(&self) -> MutexGuard<'_, NodeProcess> {
+        self.process.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn stderr_tail(&self) -> String {
-        self.stderr
-            .lock()
-            .map(|l| l[l.len().saturating_sub(10)..].join("\n"))
-            .unwrap_or_default()
+        self.process().stderr_tail()
     }
 
     fn await_ready(&self, timeout: Duration) -> Result<()> {
@@ -690,14 +666,16 @@ impl Node {
         Ok(())
     }
 
-    fn send(&self, line: &str) -> Result<()> {
-        let mut stdin = self.stdin.lock().map_err(|_| "stdin lock poisoned")?;
-        let w = stdin
-            .as_mut()
-            .ok_or_else(|| format!("{}: stdin closed", self.name))?;
-        writeln!(w, "{line}")
-            .and_then(|()| w.flush())
-            .map_err(|e| format!("{}: {e}; stderr:\n{}", self.name, self.stderr_tail()))
+    fn send(&self, command: &Command) -> Result<()> {
+        let mut process = self.process();
+        if process.send(command) && process.flush() {
+            return Ok(());
+        }
+        Err(format!(
+            "{}: its stdin is closed; stderr:\n{}",
+            self.name,
+            process.stderr_tail()
+        ))
     }
 
     /// Polls `stats` until the node owns its shard and holds `rows` timers
@@ -732,34 +710,20 @@ impl Node {
                         self.name
                     ));
                 }
-                self.send(&Command::Stats.to_string())?;
+                self.send(&Command::Stats)?;
                 asked += 1;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
     }
 
+    /// SIGKILL, reap, and every line it wrote counted.
     fn kill(&mut self) {
-        if let Ok(mut stdin) = self.stdin.lock()
-            && let Some(w) = stdin.take()
-        {
-            drop(w.into_parts());
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.process().kill();
     }
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
-    }
-}
-
-/// Nodes that are killed when dropped (see [`Node`]'s drop).
+/// Nodes that are killed when dropped (each `NodeProcess` is).
 struct Cluster(Vec<Node>);
 
 impl Cluster {
@@ -787,21 +751,31 @@ impl Cluster {
                     let (line, before) = (&line, before[k]);
                     s.spawn(move || -> Result<u64> {
                         let mine = ids.iter().filter(|&&id| (id + shift) % n == k as u64);
-                        let mut stdin = node.stdin.lock().map_err(|_| "stdin lock poisoned")?;
-                        let w = stdin.as_mut().ok_or("stdin closed")?;
+                        let mut process = node.process();
+                        let broken = |p: &NodeProcess| {
+                            format!(
+                                "{}: its stdin broke; stderr:\n{}",
+                                node.name,
+                                p.stderr_tail()
+                            )
+                        };
                         let mut sent = 0u64;
                         for &id in mine {
                             while sent - (node.counts.answered(counter) - before) >= WINDOW {
-                                w.flush().map_err(|e| e.to_string())?;
+                                if !process.flush() {
+                                    return Err(broken(&process));
+                                }
                                 std::thread::sleep(Duration::from_micros(200));
                             }
-                            writeln!(w, "{}", line(id)).map_err(|e| {
-                                format!("{}: {e}; stderr:\n{}", node.name, node.stderr_tail())
-                            })?;
+                            if !process.write_text(&format!("{}\n", line(id))) {
+                                return Err(broken(&process));
+                            }
                             sent += 1;
                         }
-                        w.flush().map_err(|e| e.to_string())?;
-                        drop(stdin);
+                        if !process.flush() {
+                            return Err(broken(&process));
+                        }
+                        drop(process);
                         let until = Instant::now() + Duration::from_secs(120);
                         while node.counts.answered(counter) - before < sent {
                             if Instant::now() > until {
@@ -856,22 +830,15 @@ impl Cluster {
     /// shards; the drop kills whatever is left.
     fn quit(self) {
         for node in &self.0 {
-            let _ = node.send(&Command::Quit.to_string());
+            let _ = node.send(&Command::Quit);
         }
         for node in &self.0 {
-            if let Ok(mut stdin) = node.stdin.lock() {
-                stdin.take();
-            }
+            node.process().close_stdin();
         }
         let until = Instant::now() + Duration::from_secs(10);
-        let mut nodes = self.0;
-        for node in &mut nodes {
-            while Instant::now() < until {
-                if let Ok(Some(_)) = node.child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        for node in &self.0 {
+            let left = until.saturating_duration_since(Instant::now());
+            let _ = node.process().wait_timeout(left);
         }
     }
 }

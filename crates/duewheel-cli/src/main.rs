@@ -7,10 +7,10 @@
 //! and prints a report; a broken invariant makes the exit code non-zero.
 //!
 //! ```text
-//! cargo run --release -- simulate
-//! cargo run --release -- simulate --orders 10000 --json
-//! cargo run --release -- simulate --real-time --speed 60 --report sale.html
-//! cargo run --release -- simulate --durable /tmp/sale-log --crash-at 5m
+//! cargo run --release -p duewheel-cli -- simulate
+//! cargo run --release -p duewheel-cli -- simulate --orders 10000 --json
+//! cargo run --release -p duewheel-cli -- simulate --real-time --speed 60 --report sale.html
+//! cargo run --release -p duewheel-cli -- simulate --durable /tmp/sale-log --crash-at 5m
 //! ```
 
 #![forbid(unsafe_code)]

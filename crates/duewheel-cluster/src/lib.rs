@@ -4,7 +4,7 @@
 //! - [`Node`] / [`NodeConfig`]: a cluster node, the engine running on the
 //!   shared table (its wheel, dispatcher and consumers unchanged): leases,
 //!   balancing, takeover, the fenced claim before every delivery. Run one
-//!   per process with `duewheel node` (see `docs/SCALE_OUT.md`).
+//!   per process with `duewheel node` (see [SCALE_OUT.md]).
 //! - [`ShardMap`]: ids → a fixed set of logical shards, by a stable hash.
 //! - [`PgStore::acquire`] / [`renew`](PgStore::renew) /
 //!   [`release`](PgStore::release): a shard's lease, judged by the database's
@@ -29,7 +29,7 @@
 //!   guarantees exactly that: an acknowledged insert committed before the
 //!   epoch bump, so the load (which starts after it) contains it. ([`Node`]
 //!   does not rely on it: its owners sweep the table, so its inserts are
-//!   unfenced; see `docs/SCALE_OUT.md`.)
+//!   unfenced; see [SCALE_OUT.md].)
 //!
 //! Two writes need no fence, because the row itself decides them whoever
 //! owns the shard:
@@ -57,6 +57,8 @@
 //! - Deadlines are absolute UTC milliseconds in `bigint`, at most `i64::MAX`.
 //!
 //! Connections are plain (`NoTls`); use a Unix socket or a trusted network.
+//!
+//! [SCALE_OUT.md]: https://github.com/duewheel/duewheel/blob/main/docs/SCALE_OUT.md
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]

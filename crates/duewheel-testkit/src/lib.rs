@@ -4,6 +4,9 @@
 //! - [`protocol`]: the line protocol of `duewheel node` (its stdin
 //!   commands and stdout lines), with `Display` and `FromStr`: the node
 //!   writes it, the simulator, the benchmark and the tests read it.
+//! - [`process`]: one `duewheel node` process under control: spawn, a
+//!   stdout reader parsing each line, stdin, SIGKILL and reaping, and the
+//!   kill on drop that keeps a failing driver from leaving nodes behind.
 //! - [`prom_text`]: a strict reader of the Prometheus text format, for the
 //!   tests of `duewheel::prometheus` and of `duewheel simulate
 //!   --metrics-addr`.
@@ -17,5 +20,6 @@
 
 #[cfg(feature = "pg")]
 pub mod pg;
+pub mod process;
 pub mod prom_text;
 pub mod protocol;

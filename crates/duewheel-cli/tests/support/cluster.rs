@@ -3,10 +3,11 @@
 //!
 //! A [`Cluster`] holds a fixed set of node *slots* (`n1`, `n2`, ... — the
 //! `--node-id`); each slot runs at most one process at a time, its
-//! *incarnation* counting restarts. Every process has a writer thread fed by
-//! a channel (so a test never blocks on a stopped node's full pipe) and a
-//! reader thread that parses each stdout line into the shared [`Log`],
-//! stamped on receipt. The log is append-only: an index into it is a point in
+//! *incarnation* counting restarts. Every process is a
+//! `duewheel_testkit::process::NodeProcess`, whose reader thread parses each
+//! stdout line into the shared [`Log`], stamped on receipt; its stdin is
+//! handed to a writer thread fed by a channel (so a test never blocks on a
+//! stopped node's full pipe). The log is append-only: an index into it is a point in
 //! the run's receipt order. Lines a node wrote before it died stay in its pipe
 //! and still reach the log (the reader runs until EOF).
 //!
@@ -15,11 +16,11 @@
 // Each test crate that includes this file uses only part of it.
 #![allow(dead_code)]
 
+use duewheel_testkit::process::{NodeProcess, Stderr};
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdout, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -140,12 +141,11 @@ impl Log {
 
 /// One running node process.
 struct NodeProc {
-    child: Child,
+    process: NodeProcess,
     inc: u32,
     started: Instant,
     lines: Option<mpsc::Sender<String>>,
     writer: Option<JoinHandle<()>>,
-    reader: Option<JoinHandle<()>>,
 }
 
 impl NodeProc {
@@ -153,20 +153,18 @@ impl NodeProc {
     /// for its reader to reach EOF. `None` if it had to be killed.
     fn finish(mut self, timeout: Duration) -> Option<ExitStatus> {
         self.lines = None; // the writer drains, then drops stdin: EOF
-        let status = wait_timeout(&mut self.child, timeout);
+        let status = self.process.wait_timeout(timeout);
         self.reap();
         status
     }
 
     fn reap(&mut self) {
         self.lines = None;
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // SIGKILL unless it exited, reap, and join the reader: all it
+        // wrote is in the log.
+        let _ = self.process.kill();
         if let Some(w) = self.writer.take() {
             let _ = w.join();
-        }
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
         }
     }
 }
@@ -248,17 +246,21 @@ impl Cluster {
         );
         slot.started += 1;
         let inc = slot.started;
-        let stderr = File::create(self.stderr_path(node, inc)).unwrap();
-        let mut child = std::process::Command::new(&self.bin)
-            .args(&self.args)
-            .args(["--node-id", &self.names[node]])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn duewheel node");
-        let mut stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
+        let log = Arc::clone(&self.log);
+        let mut process = NodeProcess::spawn(
+            &self.bin,
+            &self.args,
+            &self.names[node],
+            Stderr::File(self.stderr_path(node, inc)),
+            move |line| {
+                // The end of stdout needs no entry: the reader's join says it.
+                if let Some(line) = line {
+                    log.push(node, inc, line);
+                }
+            },
+        )
+        .expect("spawn duewheel node");
+        let mut stdin = process.take_stdin().expect("a stdin pipe");
         let (tx, rx) = mpsc::channel::<String>();
         let writer = thread::spawn(move || {
             for text in rx {
@@ -267,15 +269,12 @@ impl Cluster {
                 }
             }
         });
-        let log = Arc::clone(&self.log);
-        let reader = thread::spawn(move || read_lines(stdout, &log, node, inc));
         slot.proc = Some(NodeProc {
-            child,
+            process,
             inc,
             started: Instant::now(),
             lines: Some(tx),
             writer: Some(writer),
-            reader: Some(reader),
         });
         inc
     }
@@ -295,7 +294,10 @@ impl Cluster {
 
     /// The process id of `node`'s running incarnation.
     pub(crate) fn pid(&self, node: usize) -> Option<u32> {
-        lock(&self.slots[node]).proc.as_ref().map(|p| p.child.id())
+        lock(&self.slots[node])
+            .proc
+            .as_ref()
+            .map(|p| p.process.pid())
     }
 
     /// Hands `text` (whole lines) to `node`'s running incarnation; returns
@@ -397,30 +399,6 @@ impl Drop for Cluster {
             eprintln!("node stderr kept in {}", self.dir.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-fn read_lines(stdout: ChildStdout, log: &Log, node: usize, inc: u32) {
-    let mut reader = BufReader::with_capacity(1 << 16, stdout);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                // A torn last line (the process died mid-write) has no '\n';
-                // it is kept as `Unknown` so no half-line counts as an answer.
-                let whole = buf.last() == Some(&b'\n');
-                let text = String::from_utf8_lossy(&buf);
-                let text = text.trim_end_matches(['\n', '\r']);
-                let line = if whole {
-                    Line::parse(text)
-                } else {
-                    Line::Unknown(text.to_string())
-                };
-                log.push(node, inc, line);
-            }
         }
     }
 }

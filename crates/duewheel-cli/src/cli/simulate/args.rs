@@ -163,8 +163,7 @@ pub(crate) struct Args {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024), conflicts_with = "cluster")]
     checkout_threads: Option<u32>,
     /// Serve the engine's Prometheus metrics at http://ADDR/metrics while
-    /// the sale runs ( port 0 picks one and
-    /// prints it).
+    /// the sale runs (port 0 picks one and prints it).
     #[arg(long, value_name = "ADDR", conflicts_with = "cluster")]
     metrics_addr: Option<std::net::SocketAddr>,
     /// Run the sale on N `duewheel node` processes (1..=16) of this
