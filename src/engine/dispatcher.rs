@@ -81,7 +81,7 @@ enum Caught {
     /// Nothing is due at the clock's present and everything fired was
     /// delivered; the next work is at this tick (`u64::MAX`: none).
     Up(u64),
-    /// The budget of full deliveries is spent and more is due.
+    /// The budget of full deliveries is spent; more may be due.
     More,
     /// A group had no room in time; the delivery is kept.
     Blocked,
@@ -214,8 +214,8 @@ where
 }
 
 /// Runs rounds until nothing is due at the clock's present (read again
-/// after the plan), or `full_deliveries` full batches are out and more is
-/// due, or a group has no room by `wait`.
+/// after the plan), or `full_deliveries` (at least 1) full batches are out,
+/// or a group has no room by `wait`.
 fn catch_up<K, P>(
     inner: &Inner<K, P>,
     out: &mut Outbox<K, P>,
@@ -262,12 +262,14 @@ where
                 // catch-up of timers at distinct ticks must not become one
                 // channel slot per event.
                 if out.fired.len() >= inner.batch {
-                    if full_deliveries == 0 {
-                        return Caught::More;
-                    }
-                    full_deliveries -= 1;
                     if let Some(stop) = out.flush(inner, &groups, now_ms, wait) {
                         return stop;
+                    }
+                    // Handed over whole: the next runner starts a fresh
+                    // delivery rather than one of two batches.
+                    full_deliveries -= 1;
+                    if full_deliveries == 0 {
+                        return Caught::More;
                     }
                 }
             }
