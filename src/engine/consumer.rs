@@ -368,11 +368,13 @@ impl<K, P> Registry<K, P> {
 
 /// Receives the events of one consumer group.
 ///
-/// Built on a bounded `crossbeam-channel`; the verbs read like its own:
-/// [`recv`](Self::recv), [`try_recv`](Self::try_recv),
-/// [`recv_timeout`](Self::recv_timeout), and [`iter`](Self::iter). Events
-/// arrive in batches; a consumer takes a whole batch at a time, so the other
-/// consumers of its group get the next batches. With feature `tokio` a
+/// Built on a `crossbeam-channel` bounded by events (see
+/// [`Builder::channel_capacity`](crate::Builder::channel_capacity)); the
+/// verbs read like its own: [`recv`](Self::recv),
+/// [`try_recv`](Self::try_recv), [`recv_timeout`](Self::recv_timeout), and
+/// [`iter`](Self::iter). Events arrive in batches, one per dispatcher
+/// delivery, shared by every group; a consumer takes a whole batch at a
+/// time, so the other consumers of its group get the next batches. With feature `tokio` a
 /// consumer is also a `futures_core::Stream` of events and has
 /// `recv_async`, `ack_async` and `snooze_async`: async code needs no thread
 /// per consumer.
