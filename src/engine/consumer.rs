@@ -141,7 +141,7 @@ pub(crate) struct GroupShared<K, P> {
     /// closed); read first.
     handed_back: Mutex<Vec<Batch<K, P>>>,
     handed_back_len: AtomicUsize,
-    /// Wakes async consumers (see [`super::stream`]): signalled after every
+    /// Wakes async consumers (see [`super::async_consumer`]): signalled after every
     /// batch the dispatcher sends, every hand-back, and at close.
     #[cfg(feature = "tokio")]
     pub(crate) notify: Arc<tokio::sync::Notify>,
@@ -402,7 +402,7 @@ pub struct Consumer<K, P> {
     /// bound of their own.
     clone: fn(&Event<K, P>) -> Event<K, P>,
     pub(crate) acker: Option<Acker<K, P>>,
-    /// The wake-up an async receive waits on (see [`super::stream`]).
+    /// The wake-up an async receive waits on (see [`super::async_consumer`]).
     #[cfg(feature = "tokio")]
     pub(crate) waiting: Option<std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>>,
 }
