@@ -260,3 +260,21 @@ fn a_timeout_too_long_to_represent_waits_instead_of_panicking() {
     assert!(s.settle(Duration::MAX));
     assert_eq!(a.recv_timeout(Duration::MAX).unwrap().id, 1);
 }
+
+/// #19 item 8 as reported: the CLI accepted the capacity, then reserved
+/// 32 GiB per group and died with SIGABRT.
+#[test]
+fn simulate_with_a_2_pow_30_channel_capacity_runs_to_the_end() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_duewheel"))
+        .args(["simulate", "--orders", "10", "--batch-size", "1"])
+        .args(["--channel-capacity", "1073741824"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("invariants hold"));
+}

@@ -157,3 +157,43 @@ fn a_step_to_the_end_of_time_fires_everything_and_time_stays_there() {
     clock.advance(ms(1));
     assert_eq!(s.now_ms(), u64::MAX);
 }
+
+/// A store that claims before delivery keeps its claims on the dispatcher
+/// thread (they may wait on the network); `settle` still means every due
+/// event it admitted is in the groups.
+#[test]
+fn with_a_claiming_store_settle_still_means_delivered() {
+    struct EvenOnly;
+    impl duewheel::Hooks<u64, u64> for EvenOnly {
+        fn admit(&self, round: &mut duewheel::Round<'_, u64, u64>) {
+            assert_eq!(
+                thread::current().name(),
+                Some("duewheel-dispatcher"),
+                "claims run on the dispatcher thread"
+            );
+            round.retain(|event| event.id % 2 == 0);
+        }
+    }
+    let clock = ManualClock::new(T0);
+    let engine: Engine<u64, u64> = Engine::builder()
+        .clock(clock.clone())
+        .shards(2)
+        .max_idle(Duration::from_secs(3_600))
+        .hooks(std::sync::Arc::new(EvenOnly))
+        .group("orders")
+        .build()
+        .unwrap();
+    let mut orders = engine.subscribe("orders");
+    let s = engine.scheduler();
+    for id in 0..200u64 {
+        s.schedule(id, ms(1 + id % 50), id).unwrap();
+    }
+    let mut got = Vec::new();
+    for step in 1..=50u64 {
+        clock.set_ms(T0 + step);
+        assert!(s.settle(WAIT));
+        got.extend(orders.drain_ready().into_iter().map(|e| e.id));
+    }
+    got.sort_unstable();
+    assert_eq!(got, (0..200).filter(|id| id % 2 == 0).collect::<Vec<_>>());
+}

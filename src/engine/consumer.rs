@@ -142,7 +142,7 @@ pub(crate) struct GroupShared<K, P> {
     /// closed); read first.
     handed_back: Mutex<Vec<Batch<K, P>>>,
     handed_back_len: AtomicUsize,
-    /// Wakes async consumers (see [`super::stream`]): signalled after every
+    /// Wakes async consumers (see [`super::async_consumer`]): signalled after every
     /// batch the dispatcher sends, every hand-back, and at close.
     #[cfg(feature = "tokio")]
     pub(crate) notify: Arc<tokio::sync::Notify>,
@@ -369,11 +369,13 @@ impl<K, P> Registry<K, P> {
 
 /// Receives the events of one consumer group.
 ///
-/// Built on a bounded `crossbeam-channel`; the verbs read like its own:
-/// [`recv`](Self::recv), [`try_recv`](Self::try_recv),
-/// [`recv_timeout`](Self::recv_timeout), and [`iter`](Self::iter). Events
-/// arrive in batches; a consumer takes a whole batch at a time, so the other
-/// consumers of its group get the next batches. With feature `tokio` a
+/// Built on a `crossbeam-channel` bounded by events (see
+/// [`Builder::channel_capacity`](crate::Builder::channel_capacity)); the
+/// verbs read like its own: [`recv`](Self::recv),
+/// [`try_recv`](Self::try_recv), [`recv_timeout`](Self::recv_timeout), and
+/// [`iter`](Self::iter). Events arrive in batches, one per dispatcher
+/// delivery, shared by every group; a consumer takes a whole batch at a
+/// time, so the other consumers of its group get the next batches. With feature `tokio` a
 /// consumer is also a `futures_core::Stream` of events and has
 /// `recv_async`, `ack_async` and `snooze_async`: async code needs no thread
 /// per consumer.
@@ -401,7 +403,7 @@ pub struct Consumer<K, P> {
     /// bound of their own.
     clone: fn(&Event<K, P>) -> Event<K, P>,
     pub(crate) acker: Option<Acker<K, P>>,
-    /// The wake-up an async receive waits on (see [`super::stream`]).
+    /// The wake-up an async receive waits on (see [`super::async_consumer`]).
     #[cfg(feature = "tokio")]
     pub(crate) waiting: Option<std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>>,
 }

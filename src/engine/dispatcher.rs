@@ -23,7 +23,10 @@
 //! Whoever holds [`Rounds`], a lock around the undelivered events: the
 //! dispatcher thread, a [`settle`] (which then needs no handshake with the
 //! dispatcher: it has caught up itself when it returns `true`), or a clock
-//! step ([`clock_advanced`]) that finds something due and the lock free. A
+//! step ([`clock_advanced`]) that finds something due and the lock free.
+//! With [`Hooks`](super::Hooks) (a store that claims before delivery, maybe
+//! over the network) only the dispatcher thread runs rounds; `settle`
+//! watches between them. A
 //! clock step runs at most one full delivery and never waits for room; what
 //! it leaves, it leaves to the dispatcher thread, which it unparks. A step
 //! with nothing due reads one atomic and returns: stepping a `ManualClock`
@@ -81,7 +84,7 @@ enum Caught {
     /// Nothing is due at the clock's present and everything fired was
     /// delivered; the next work is at this tick (`u64::MAX`: none).
     Up(u64),
-    /// The budget of full deliveries is spent and more is due.
+    /// The budget of full deliveries is spent; more may be due.
     More,
     /// A group had no room in time; the delivery is kept.
     Blocked,
@@ -155,6 +158,9 @@ where
 {
     // A year stands for "no timeout": `Instant` cannot add `Duration::MAX`.
     let until = Instant::now() + timeout.min(Duration::from_secs(365 * 24 * 3_600));
+    if inner.hooks.is_some() {
+        return settle_by_watching(inner, until);
+    }
     let Some(mut out) = inner.rounds.0.try_lock_until(until) else {
         return false;
     };
@@ -179,6 +185,32 @@ where
             inner.unpark();
             false
         }
+    }
+}
+
+/// `settle` with a store that claims before delivery: its claim may wait
+/// on the network for longer than the timeout, so the rounds stay on the
+/// dispatcher thread and this only looks, between rounds, until nothing is
+/// due at the clock's present and nothing fired is held.
+fn settle_by_watching<K: Hash + Eq + Clone, P: Clone>(inner: &Inner<K, P>, until: Instant) -> bool {
+    loop {
+        let Some(out) = inner.rounds.0.try_lock_until(until) else {
+            return false;
+        };
+        let now_tick = inner.ticks.now_tick(inner.clock.now_ms());
+        let due = inner
+            .shards()
+            .filter_map(|s| s.lock().next_tick())
+            .any(|tick| tick <= now_tick);
+        if !due && out.fired.is_empty() {
+            return true;
+        }
+        drop(out);
+        inner.unpark();
+        if Instant::now() >= until {
+            return false;
+        }
+        thread::sleep(Duration::from_micros(200));
     }
 }
 
@@ -214,8 +246,8 @@ where
 }
 
 /// Runs rounds until nothing is due at the clock's present (read again
-/// after the plan), or `full_deliveries` full batches are out and more is
-/// due, or a group has no room by `wait`.
+/// after the plan), or `full_deliveries` (at least 1) full batches are out,
+/// or a group has no room by `wait`.
 fn catch_up<K, P>(
     inner: &Inner<K, P>,
     out: &mut Outbox<K, P>,
@@ -262,12 +294,14 @@ where
                 // catch-up of timers at distinct ticks must not become one
                 // channel slot per event.
                 if out.fired.len() >= inner.batch {
-                    if full_deliveries == 0 {
-                        return Caught::More;
-                    }
-                    full_deliveries -= 1;
                     if let Some(stop) = out.flush(inner, &groups, now_ms, wait) {
                         return stop;
+                    }
+                    // Handed over whole: the next runner starts a fresh
+                    // delivery rather than one of two batches.
+                    full_deliveries -= 1;
+                    if full_deliveries == 0 {
+                        return Caught::More;
                     }
                 }
             }
