@@ -4,11 +4,13 @@
 //! A timer with deadline `when` sits in slot `(when >> 6L) & 63`.
 //!
 //! Invariant: bit `s` of `occupied` is set if and only if slot `s` holds at
-//! least one timer. Finding the next slot with work is then one rotate and one
-//! `trailing_zeros`, which is what lets an idle wheel jump straight to its next
-//! deadline instead of visiting empty slots.
+//! least one reference (live, buried or a hole). Finding the next slot with
+//! work is then one rotate and one `trailing_zeros`, which is what lets an
+//! idle wheel jump straight to its next deadline instead of visiting empty
+//! slots.
 
-use super::slab::{NIL, Slab};
+use super::slab::Slab;
+use super::slot::Slot;
 
 /// Slots per level. 64 so that the occupancy of a level is one `u64`.
 pub(crate) const SLOTS: usize = 64;
@@ -17,14 +19,14 @@ pub(crate) const SLOT_BITS: u32 = 6;
 
 pub(crate) struct Level {
     occupied: u64,
-    heads: [u32; SLOTS],
+    slots: [Slot; SLOTS],
 }
 
 impl Level {
     pub(crate) const fn new() -> Self {
         Self {
             occupied: 0,
-            heads: [NIL; SLOTS],
+            slots: [const { Slot::new() }; SLOTS],
         }
     }
 
@@ -37,22 +39,27 @@ impl Level {
         self.occupied == 0
     }
 
-    pub(crate) fn push<T>(&mut self, slab: &mut Slab<T>, slot: usize, index: u32) {
-        slab.push_back(&mut self.heads[slot], index);
-        self.occupied |= 1 << slot;
+    pub(crate) fn slot_mut(&mut self, slot: usize) -> &mut Slot {
+        &mut self.slots[slot]
     }
 
-    pub(crate) fn unlink<T>(&mut self, slab: &mut Slab<T>, slot: usize, index: u32) {
-        slab.unlink(&mut self.heads[slot], index);
-        if self.heads[slot] == NIL {
+    /// Appends `index` to `slot` and returns its position.
+    pub(crate) fn push(&mut self, slot: usize, index: u32) -> usize {
+        self.occupied |= 1 << slot;
+        self.slots[slot].push(index)
+    }
+
+    /// Records a dead reference in `slot`, compacting it if mostly dead.
+    pub(crate) fn bury<T>(&mut self, slab: &mut Slab<T>, slot: usize) {
+        if self.slots[slot].bury(slab, 0) && self.slots[slot].is_empty() {
             self.occupied &= !(1 << slot);
         }
     }
 
-    /// Empties `slot` and returns its former head.
-    pub(crate) fn take(&mut self, slot: usize) -> &mut u32 {
+    /// Empties `slot` and returns its references.
+    pub(crate) fn take(&mut self, slot: usize) -> Vec<u32> {
         self.occupied &= !(1 << slot);
-        &mut self.heads[slot]
+        self.slots[slot].take()
     }
 
     /// The first occupied slot at or after `from`, going round the level.
@@ -64,9 +71,14 @@ impl Level {
         Some((from + offset) % SLOTS)
     }
 
-    /// Forgets every list (after the slab was drained).
+    /// Forgets every reference (after the slab was drained).
     pub(crate) fn clear(&mut self) {
         self.occupied = 0;
-        self.heads = [NIL; SLOTS];
+        self.slots.iter_mut().for_each(Slot::clear);
+    }
+
+    /// Bytes of references held by the level's slots.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.slots.iter().map(Slot::heap_bytes).sum()
     }
 }
