@@ -283,3 +283,99 @@ fn drain_returns_every_pending_timer_and_empties_the_wheel() {
         assert_eq!(wheel.cancel(key), None, "drained keys are stale");
     }
 }
+
+/// A fixed-seed xorshift for the long runs below.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Long enough for cancels to start reaping phases and for reschedules to
+/// compact slots, which the short proptest sequences never reach.
+#[test]
+fn long_churn_with_reaping_and_compaction_matches_model() {
+    let mut rng = Rng(0x5eed_0013);
+    let mut wheel: Wheel<u32> = Wheel::new();
+    let mut model = Model::default();
+    let mut issued: Vec<TimerKey> = Vec::new();
+    for step in 0..400_000u32 {
+        let now = model.now;
+        let deadline = |rng: &mut Rng| match rng.next() % 10 {
+            0 => now.saturating_sub(rng.next() % 100),
+            1 => now + MAX_DELAY_TICKS + rng.next() % 1_000_000,
+            2 => now + (rng.next() % 4) * 64u64.pow(3),
+            _ => now + rng.next() % 300_000,
+        };
+        match rng.next() % 16 {
+            0..=6 => {
+                let d = deadline(&mut rng);
+                let key = wheel.insert(d, step).unwrap();
+                model.seq += 1;
+                model.pending.insert(key, (d, model.seq, step));
+                issued.push(key);
+            }
+            7..=11 if !issued.is_empty() => {
+                let key = issued.swap_remove((rng.next() % issued.len() as u64) as usize);
+                let expected = model.pending.remove(&key).map(|(_, _, p)| p);
+                assert_eq!(wheel.cancel(key), expected);
+            }
+            12..=13 if !issued.is_empty() => {
+                let key = issued[(rng.next() % issued.len() as u64) as usize];
+                let d = deadline(&mut rng);
+                match model.pending.get_mut(&key) {
+                    Some(entry) => {
+                        assert_eq!(wheel.reschedule(key, d), Ok(()));
+                        model.seq += 1;
+                        entry.0 = d;
+                        entry.1 = model.seq;
+                    }
+                    None => assert!(wheel.reschedule(key, d).is_err()),
+                }
+            }
+            _ => {
+                let to = now + rng.next() % 2_000;
+                check_advance(&mut wheel, &mut model, to, None).unwrap();
+            }
+        }
+        assert_eq!(wheel.len(), model.pending.len());
+    }
+    for (key, (deadline, _, payload)) in &model.pending {
+        assert_eq!(wheel.deadline(*key), Some(*deadline));
+        assert_eq!(wheel.get(*key), Some(payload));
+    }
+    check_advance(&mut wheel, &mut model, u64::MAX, None).unwrap();
+    assert!(wheel.is_empty());
+}
+
+/// Cancelled timers are reclaimed as the wheel goes, not only when their
+/// slot comes due: churn far in the future keeps memory flat.
+#[test]
+fn cancel_churn_far_ahead_keeps_memory_bounded() {
+    let mut wheel: Wheel<u64> = Wheel::new();
+    let mut rng = Rng(7);
+    let keep: Vec<_> = (0..10_000)
+        .map(|i| wheel.insert(1_000_000 + rng.next() % 1_000_000, i).unwrap())
+        .collect();
+    let steady = wheel.heap_bytes();
+    for i in 0..2_000_000u64 {
+        let key = wheel.insert(1_000_000 + rng.next() % 1_000_000, i).unwrap();
+        assert_eq!(wheel.cancel(key), Some(i));
+    }
+    assert!(
+        wheel.heap_bytes() < 3 * steady,
+        "{} B after churn, {steady} B before",
+        wheel.heap_bytes()
+    );
+    for key in keep {
+        assert!(wheel.contains(key));
+    }
+    let mut fired = 0;
+    wheel.advance_to(u64::MAX, |_| fired += 1);
+    assert_eq!(fired, 10_000);
+}

@@ -49,9 +49,33 @@ impl Level {
         self.slots[slot].push(index)
     }
 
-    /// Records a dead reference in `slot`, compacting it if mostly dead.
-    pub(crate) fn bury<T>(&mut self, slab: &mut Slab<T>, slot: usize) {
-        if self.slots[slot].bury(slab, 0) && self.slots[slot].is_empty() {
+    /// Punches a hole in `slot` at `pos`, compacting the slot if it is
+    /// mostly holes; keeps the bitmap true.
+    pub(crate) fn punch<T>(&mut self, slab: &mut Slab<T>, slot: usize, pos: usize) {
+        if self.slots[slot].punch(pos, 0) {
+            self.slots[slot].compact(slab, 0);
+            self.settle(slot);
+        }
+    }
+
+    /// Reaps `slot` (see [`Slot::reap`]) if it holds anything; keeps the
+    /// bitmap true. Returns `false` for an empty slot.
+    pub(crate) fn reap_if_occupied<T>(&mut self, slab: &mut Slab<T>, slot: usize) -> bool {
+        if self.occupied & (1 << slot) == 0 {
+            return false;
+        }
+        self.reap(slab, slot);
+        true
+    }
+
+    /// Reaps `slot` (see [`Slot::reap`]); keeps the bitmap true.
+    pub(crate) fn reap<T>(&mut self, slab: &mut Slab<T>, slot: usize) {
+        self.slots[slot].reap(slab, 0);
+        self.settle(slot);
+    }
+
+    fn settle(&mut self, slot: usize) {
+        if self.slots[slot].is_empty() {
             self.occupied &= !(1 << slot);
         }
     }

@@ -121,8 +121,19 @@ pub struct Wheel<T> {
     /// At most the earliest deadline in the overflow list (`u64::MAX` if
     /// it is empty); exact after every re-examination.
     overflow_min: u64,
+    /// In a reaping phase: every cancel reaps one slot.
+    reaping: bool,
+    /// The next place a reaping step looks at: level slots in order, then
+    /// the due list, then the overflow list.
+    reap_cursor: usize,
     slab: Slab<T>,
 }
+
+/// Timers whose entries cascading and firing read ahead at once.
+const BATCH: usize = 16;
+
+/// Buried timers beyond the live ones that start a reaping phase.
+const REAP_SLACK: usize = 1024;
 
 /// Where a pending timer is referenced.
 #[derive(Clone, Copy)]
@@ -175,6 +186,8 @@ impl<T> Wheel<T> {
             due_sorted: true,
             overflow: Slot::new(),
             overflow_min: u64::MAX,
+            reaping: false,
+            reap_cursor: 0,
             slab,
         }
     }
@@ -240,12 +253,12 @@ impl<T> Wheel<T> {
     ///
     /// Touches only the timer's entry: its reference stays in its slot,
     /// buried, until the slot is reached or compacted (see the module docs).
+    #[inline]
     pub fn cancel(&mut self, key: TimerKey) -> Option<T> {
-        if !self.contains(key) {
-            return None;
+        let (_, payload) = self.slab.take_live(key.index(), key.generation())?;
+        if self.reaping || self.slab.buried() > self.slab.len() + REAP_SLACK {
+            self.reap_step();
         }
-        let (deadline, payload, _) = self.slab.kill(key.index());
-        self.bury(self.place_of(deadline));
         Some(payload)
     }
 
@@ -258,8 +271,7 @@ impl<T> Wheel<T> {
         let index = key.index();
         let old = self.place_of(self.slab.deadline(index));
         let pos = self.slab.pos(index);
-        self.slot_mut(old).refs[pos] = HOLE;
-        self.bury(old);
+        self.punch(old, pos);
         self.slab.set_deadline(index, deadline);
         let place = self.place_of(deadline);
         let pos = self.slot_mut(place).refs.len();
@@ -410,10 +422,12 @@ impl<T> Wheel<T> {
         self.due_sorted = true;
         self.overflow.clear();
         self.overflow_min = u64::MAX;
+        self.reaping = false;
     }
 
     /// Where a timer due at `when` belongs, given the current time. This is
     /// the invariant of the module docs: position depends on `(now, when)`.
+    #[inline]
     fn place_of(&self, when: u64) -> Place {
         if when <= self.now {
             return Place::Due;
@@ -433,6 +447,7 @@ impl<T> Wheel<T> {
         }
     }
 
+    #[inline]
     fn slot_mut(&mut self, place: Place) -> &mut Slot {
         match place {
             Place::Due => &mut self.due,
@@ -443,6 +458,7 @@ impl<T> Wheel<T> {
 
     /// Appends live `index`, due at `when`, to `place`; its entry already
     /// records the position.
+    #[inline]
     fn push(&mut self, place: Place, when: u64, index: u32) {
         match place {
             Place::Due => {
@@ -462,18 +478,57 @@ impl<T> Wheel<T> {
         }
     }
 
-    /// Records a dead reference (buried or hole) in `place`.
-    fn bury(&mut self, place: Place) {
+    /// Punches a hole at `pos` of `place` (its timer moves elsewhere),
+    /// compacting the slot if it is now mostly holes.
+    fn punch(&mut self, place: Place, pos: usize) {
         match place {
             Place::Due => {
-                if self.due.bury(&mut self.slab, self.due_head) {
+                if self.due.punch(pos, self.due_head) {
+                    self.due.compact(&mut self.slab, self.due_head);
                     self.due_head = 0;
                 }
             }
-            Place::Slot { level, slot } => self.levels[level].bury(&mut self.slab, slot),
+            Place::Slot { level, slot } => self.levels[level].punch(&mut self.slab, slot, pos),
             Place::Overflow => {
-                self.overflow.bury(&mut self.slab, 0);
+                if self.overflow.punch(pos, 0) {
+                    self.overflow.compact(&mut self.slab, 0);
+                }
             }
+        }
+    }
+
+    /// Reaps the next non-empty slot in a round over every slot, the due
+    /// list and the overflow list, and ends the reaping phase once buried
+    /// timers are few again (see the module docs).
+    #[cold]
+    #[inline(never)]
+    fn reap_step(&mut self) {
+        const PLACES: usize = LEVELS * SLOTS + 2;
+        self.reaping = true;
+        for _ in 0..PLACES {
+            let at = self.reap_cursor;
+            self.reap_cursor = (at + 1) % PLACES;
+            let reaped = if at < LEVELS * SLOTS {
+                self.levels[at / SLOTS].reap_if_occupied(&mut self.slab, at % SLOTS)
+            } else if at == LEVELS * SLOTS {
+                let pending = self.due.refs.len() > self.due_head;
+                if pending && self.due.reap(&mut self.slab, self.due_head) {
+                    self.due_head = 0;
+                }
+                pending
+            } else {
+                let pending = !self.overflow.is_empty();
+                if pending {
+                    self.overflow.reap(&mut self.slab, 0);
+                }
+                pending
+            };
+            if reaped {
+                break;
+            }
+        }
+        if self.slab.buried() <= self.slab.len() / 2 + REAP_SLACK / 2 {
+            self.reaping = false;
         }
     }
 
@@ -483,19 +538,29 @@ impl<T> Wheel<T> {
     /// re-examining the overflow list moves a timer into the levels or
     /// keeps it there.
     fn replace_all(&mut self, refs: &[u32]) {
-        for &index in refs {
-            if index == HOLE {
-                continue;
+        let mut when = [0u64; BATCH];
+        for batch in refs.chunks(BATCH) {
+            // Read the batch's deadlines first: independent loads of
+            // scattered entries, so their cache misses overlap instead of
+            // each waiting behind the previous timer's re-placing.
+            for (when, &index) in when.iter_mut().zip(batch) {
+                if index != HOLE && self.slab.is_occupied(index) {
+                    *when = self.slab.deadline(index);
+                }
             }
-            if !self.slab.is_occupied(index) {
-                self.slab.release(index);
-                continue;
+            for (&when, &index) in when.iter().zip(batch) {
+                if index == HOLE {
+                    continue;
+                }
+                if !self.slab.is_occupied(index) {
+                    self.slab.release(index);
+                    continue;
+                }
+                let place = self.place_of(when);
+                let pos = self.slot_mut(place).refs.len();
+                self.slab.set_pos(index, pos);
+                self.push(place, when, index);
             }
-            let when = self.slab.deadline(index);
-            let place = self.place_of(when);
-            let pos = self.slot_mut(place).refs.len();
-            self.slab.set_pos(index, pos);
-            self.push(place, when, index);
         }
     }
 
@@ -522,6 +587,18 @@ impl<T> Wheel<T> {
             self.due_sorted = true;
         }
         while self.due_head < self.due.refs.len() {
+            if self.due_head % BATCH == 0 {
+                // Touch the next batch's entries before firing any of them,
+                // so that their cache misses overlap (see `replace_all`).
+                let end = (self.due_head + BATCH).min(self.due.refs.len());
+                let mut touched = 0u64;
+                for &index in &self.due.refs[self.due_head..end] {
+                    if index != HOLE && self.slab.is_occupied(index) {
+                        touched ^= self.slab.deadline(index);
+                    }
+                }
+                std::hint::black_box(touched);
+            }
             let index = self.due.refs[self.due_head];
             if index != HOLE && self.slab.is_occupied(index) {
                 if *fired == limit {

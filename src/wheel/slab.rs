@@ -106,6 +106,12 @@ impl<T> Slab<T> {
         self.len as usize
     }
 
+    /// Indices killed but not yet released by their slot.
+    #[inline]
+    pub(crate) fn buried(&self) -> usize {
+        self.allocated as usize - self.len as usize - self.free.len()
+    }
+
     /// Entries the slab can hold without allocating.
     pub(crate) fn capacity(&self) -> usize {
         self.chunks.len() * CHUNK_LEN
@@ -139,6 +145,7 @@ impl<T> Slab<T> {
     }
 
     /// `true` if entry `index` is live, read from the bitmap only.
+    #[inline]
     pub(crate) fn is_occupied(&self, index: u32) -> bool {
         self.live[(index / 64) as usize] & (1 << (index % 64)) != 0
     }
@@ -210,12 +217,36 @@ impl<T> Slab<T> {
         (deadline, payload, generation)
     }
 
+    /// [`kill`](Self::kill) if `index` is live with `generation`: the
+    /// cancel path, one lookup of the entry.
+    #[inline]
+    pub(crate) fn take_live(&mut self, index: u32, generation: u32) -> Option<(u64, T)> {
+        let entry = self
+            .chunks
+            .get_mut((index >> CHUNK_SHIFT) as usize)?
+            .get_mut((index & CHUNK_MASK) as usize)?;
+        if !matches!(entry, Entry::Occupied { generation: g, .. } if *g == generation) {
+            return None;
+        }
+        let next = generation.wrapping_add(1);
+        let Entry::Occupied {
+            deadline, payload, ..
+        } = std::mem::replace(entry, Entry::Vacant { generation: next })
+        else {
+            unreachable!()
+        };
+        self.live[(index / 64) as usize] &= !(1 << (index % 64));
+        self.len -= 1;
+        Some((deadline, payload))
+    }
+
     /// Makes a buried index free: its slot no longer references it.
     pub(crate) fn release(&mut self, index: u32) {
         debug_assert!(!self.is_occupied(index), "releasing a live entry");
         self.free.push(index);
     }
 
+    #[inline]
     pub(crate) fn deadline(&self, index: u32) -> u64 {
         match self.entry(index) {
             Entry::Occupied { deadline, .. } => *deadline,
@@ -237,6 +268,7 @@ impl<T> Slab<T> {
         }
     }
 
+    #[inline]
     pub(crate) fn set_pos(&mut self, index: u32, value: usize) {
         match self.entry_mut(index) {
             Entry::Occupied { pos, .. } => *pos = encode(value),
@@ -306,6 +338,7 @@ impl<T> Slab<T> {
     }
 }
 
+#[inline]
 fn encode(pos: usize) -> NonZeroU32 {
     u32::try_from(pos + 1)
         .ok()

@@ -2,23 +2,29 @@
 //!
 //! Invariant: every live timer whose place is this slot appears exactly once
 //! in `refs`, at the position its entry records. Other elements are either
-//! [`HOLE`] (a timer rescheduled away left it) or *buried* indices (a timer
-//! cancelled in place: its live bit is clear, and the index is not reused
-//! until this slot releases it). `dead` counts holes and buried indices
-//! added since the slot was last emptied or compacted (an upper bound).
+//! [`HOLE`] (a timer rescheduled away, or a reaped reference) or *buried*
+//! indices (a timer cancelled in place: its live bit is clear, and the index
+//! is not reused until this slot releases it). `holes` counts the holes
+//! made by reschedules since the slot was last emptied or compacted.
 //!
-//! Compaction keeps the dead share bounded: once more than half of a slot's
-//! references (and at least [`MIN_DEAD`]) are dead, the slot is compacted in
-//! place, order kept, which costs O(len) and is paid for by the `len / 2`
-//! cancels since the last compaction. So buried entries never exceed the
-//! live ones by more than `MIN_DEAD` per slot.
+//! Two ways dead references go, both bounded:
+//! - [`reap`](Slot::reap) releases the buried indices of the slot, turning
+//!   them into holes, reading only the liveness bitmap (the wheel reaps one
+//!   slot at a time once buried timers outnumber live ones; see the wheel's
+//!   module docs);
+//! - [`compact`](Slot::compact) drops the holes, moving the live references
+//!   down in order and updating their entries' positions. It runs when most
+//!   of a slot is dead (a third or less live after a reap; more than half
+//!   holes after reschedules), so its O(len) cost is paid for by the dead
+//!   references it drops, and a slot never holds more than about three
+//!   references per live timer.
 
 use super::slab::Slab;
 
-/// Marks a reference left behind by a reschedule.
+/// Marks a reference that names nothing (left by a reschedule or a reap).
 pub(crate) const HOLE: u32 = u32::MAX;
 
-/// Dead references a slot may hold before compaction is considered.
+/// Holes a slot may hold before compaction is considered.
 pub(crate) const MIN_DEAD: u32 = 32;
 
 /// A slot keeps its buffer when it empties if the buffer is at most this
@@ -28,14 +34,14 @@ const KEEP_CAPACITY: usize = 256;
 
 pub(crate) struct Slot {
     pub(crate) refs: Vec<u32>,
-    pub(crate) dead: u32,
+    holes: u32,
 }
 
 impl Slot {
     pub(crate) const fn new() -> Self {
         Self {
             refs: Vec::new(),
-            dead: 0,
+            holes: 0,
         }
     }
 
@@ -44,6 +50,7 @@ impl Slot {
     }
 
     /// Appends `index` and returns its position.
+    #[inline]
     pub(crate) fn push(&mut self, index: u32) -> usize {
         self.refs.push(index);
         self.refs.len() - 1
@@ -51,7 +58,7 @@ impl Slot {
 
     /// Takes every reference out, leaving the slot empty.
     pub(crate) fn take(&mut self) -> Vec<u32> {
-        self.dead = 0;
+        self.holes = 0;
         std::mem::take(&mut self.refs)
     }
 
@@ -66,7 +73,7 @@ impl Slot {
 
     /// Empties the slot, dropping a large buffer.
     pub(crate) fn clear(&mut self) {
-        self.dead = 0;
+        self.holes = 0;
         if self.refs.capacity() > KEEP_CAPACITY {
             self.refs = Vec::new();
         } else {
@@ -74,21 +81,42 @@ impl Slot {
         }
     }
 
-    /// Records a hole or a buried reference among `refs[from..]` and
-    /// compacts that range if it is mostly dead. Returns `true` if it did.
-    pub(crate) fn bury<T>(&mut self, slab: &mut Slab<T>, from: usize) -> bool {
-        self.dead += 1;
-        let len = self.refs.len() - from;
-        if self.dead < MIN_DEAD || (self.dead as usize) * 2 <= len {
-            return false;
+    /// Punches a hole at `pos` (its timer was rescheduled away). Returns
+    /// `true` if `refs[from..]` is now mostly holes and must be compacted.
+    pub(crate) fn punch(&mut self, pos: usize, from: usize) -> bool {
+        self.refs[pos] = HOLE;
+        self.holes += 1;
+        self.holes >= MIN_DEAD && (self.holes as usize) * 2 > self.refs.len() - from
+    }
+
+    /// Releases the buried indices of `refs[from..]`, turning them into
+    /// holes, and compacts if a third or less of the range is live.
+    /// Returns `true` if it compacted (live references moved to the front).
+    pub(crate) fn reap<T>(&mut self, slab: &mut Slab<T>, from: usize) -> bool {
+        let mut live = 0;
+        for r in &mut self.refs[from..] {
+            if *r == HOLE {
+                continue;
+            }
+            if slab.is_occupied(*r) {
+                live += 1;
+            } else {
+                slab.release(*r);
+                *r = HOLE;
+            }
         }
-        self.compact(slab, from);
-        true
+        let len = self.refs.len() - from;
+        self.holes = u32::try_from(len - live).unwrap_or(u32::MAX);
+        if live * 3 <= len {
+            self.compact(slab, from);
+            return true;
+        }
+        false
     }
 
     /// Moves the live references of `refs[from..]` to the front of `refs`,
     /// in order, updating their entries' positions; releases the buried
-    /// ones; drops everything else.
+    /// ones; drops the holes.
     pub(crate) fn compact<T>(&mut self, slab: &mut Slab<T>, from: usize) {
         let mut kept = 0;
         for read in from..self.refs.len() {
@@ -107,7 +135,7 @@ impl Slot {
             kept += 1;
         }
         self.refs.truncate(kept);
-        self.dead = 0;
+        self.holes = 0;
         if self.refs.is_empty() {
             self.clear();
         }
