@@ -311,3 +311,27 @@ fn a_batch_is_durable_together_and_a_failed_fsync_hands_every_payload_back() {
     let fired: BTreeSet<u64> = orders.drain_ready().iter().map(|e| e.id).collect();
     assert_eq!(fired, (0..100).collect());
 }
+
+#[test]
+fn a_timer_at_the_far_edge_recovers_with_the_clock_5s_behind() {
+    let clock = ManualClock::new(T0);
+    let storage = FaultStorage::new();
+    let e = engine(&clock, &storage).unwrap();
+    let s = e.scheduler();
+    let far_ms = match s.schedule(1, Duration::from_secs(100 * 365 * 86_400), "probe".into()) {
+        Err(ScheduleError::DeadlineTooFar { max_ms, .. }) => max_ms,
+        other => panic!("{other:?}"),
+    };
+    s.schedule(1, duewheel::Deadline::at_unix_ms(far_ms), "far".into())
+        .unwrap();
+    drop(e.shutdown());
+
+    // The clock stepped back 5 s across the restart (NTP, a VM migration).
+    clock.set_ms(T0 - 5_000);
+    let e = engine(&clock, &storage).expect("recovery places the far timer");
+    assert_eq!(e.recovered().unwrap().timers, 1);
+    match e.scheduler().cancel(&1).unwrap() {
+        Cancel::Cancelled(payload) => assert_eq!(payload, "far"),
+        other => panic!("{other:?}"),
+    }
+}

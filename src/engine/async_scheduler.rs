@@ -79,8 +79,9 @@ where
         id: &K,
         deadline: impl Into<Deadline>,
     ) -> Result<(), RescheduleError> {
-        let deadline_ms = deadline.into().to_unix_ms(self.now_ms());
-        let accepted = self.shard(id).lock().reschedule(id, deadline_ms)?;
+        let now_ms = self.now_ms();
+        let deadline_ms = deadline.into().to_unix_ms(now_ms);
+        let accepted = self.shard(id).lock().reschedule(id, deadline_ms, now_ms)?;
         self.inner.note_due(accepted.value);
         self.durable_async(accepted.seq)
             .await

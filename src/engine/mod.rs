@@ -894,14 +894,15 @@ where
         ) else {
             return Err(ScheduleError::TooManyReminders(payload));
         };
-        let deadline_ms = deadline.to_unix_ms(self.now_ms());
+        let now_ms = self.now_ms();
+        let deadline_ms = deadline.to_unix_ms(now_ms);
         // In durable mode the payload is kept until the record is durable, so
         // a log failure can still hand it back.
         let backup = self.inner.journal.as_ref().map(|_| payload.clone());
-        let accepted = self
-            .shard(&id)
-            .lock()
-            .schedule(id, deadline_ms, reminders, payload)?;
+        let accepted =
+            self.shard(&id)
+                .lock()
+                .schedule(id, deadline_ms, now_ms, reminders, payload)?;
         self.inner.note_due(accepted.value);
         Ok((accepted.seq, backup))
     }
@@ -991,8 +992,9 @@ where
     /// Moves `id`'s deadline, earlier or later. Reminders already sent stay
     /// sent; the remaining ones follow the new deadline.
     pub fn reschedule(&self, id: &K, deadline: impl Into<Deadline>) -> Result<(), RescheduleError> {
-        let deadline_ms = deadline.into().to_unix_ms(self.now_ms());
-        let accepted = self.shard(id).lock().reschedule(id, deadline_ms)?;
+        let now_ms = self.now_ms();
+        let deadline_ms = deadline.into().to_unix_ms(now_ms);
+        let accepted = self.shard(id).lock().reschedule(id, deadline_ms, now_ms)?;
         self.inner.note_due(accepted.value);
         self.durable(accepted.seq)
             .map_err(|_| RescheduleError::Storage)

@@ -267,9 +267,14 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         }
     }
 
-    /// The latest deadline (UTC ms) this shard accepts now.
-    fn max_deadline_ms(&self) -> u64 {
-        self.ticks.start_ms(self.wheel.max_deadline())
+    /// The latest deadline (UTC ms) this shard accepts when the clock reads
+    /// `now_ms`: the wheel's reach counted from the clock, not from where the
+    /// wheel last stopped (an idle shard's wheel does not move; a later
+    /// deadline waits in the wheel's overflow list).
+    fn max_deadline_ms(&self, now_ms: u64) -> u64 {
+        let now_tick = self.ticks.now_tick(now_ms).max(self.wheel.now());
+        self.ticks
+            .start_ms(now_tick.saturating_add(crate::wheel::MAX_DELAY_TICKS))
     }
 
     /// The tick at which this shard next has work, if any.
@@ -305,6 +310,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         &mut self,
         id: K,
         deadline_ms: u64,
+        now_ms: u64,
         reminders: Reminders,
         payload: P,
     ) -> Result<Accepted<u64>, ScheduleError<P>> {
@@ -313,7 +319,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             Err(Refusal::Closed) => return Err(ScheduleError::ShuttingDown(payload)),
             Err(Refusal::Storage) => return Err(ScheduleError::Storage(payload)),
         }
-        let max_ms = self.max_deadline_ms();
+        let max_ms = self.max_deadline_ms(now_ms);
         if deadline_ms > max_ms {
             return Err(ScheduleError::DeadlineTooFar {
                 deadline_ms,
@@ -421,6 +427,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         &mut self,
         id: &K,
         deadline_ms: u64,
+        now_ms: u64,
     ) -> Result<Accepted<u64>, RescheduleError> {
         match self.writable() {
             Ok(()) => {}
@@ -432,7 +439,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             Lookup::Fired => return Err(RescheduleError::AlreadyFired),
             Lookup::Live(key) => key,
         };
-        let max_ms = self.max_deadline_ms();
+        let max_ms = self.max_deadline_ms(now_ms);
         if deadline_ms > max_ms {
             return Err(RescheduleError::DeadlineTooFar {
                 deadline_ms,
@@ -500,7 +507,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         let Lookup::Live(key) = self.lookup(id) else {
             return Err(SnoozeError::NotInFlight);
         };
-        let max_ms = self.max_deadline_ms();
+        let max_ms = self.max_deadline_ms(0);
         let timer = self.wheel.get_mut(key).expect("looked up live");
         if timer.flight.is_none() {
             return Err(SnoozeError::NotInFlight);

@@ -130,7 +130,7 @@ pub struct Wheel<T> {
 }
 
 /// Timers whose entries cascading and firing read ahead at once.
-const BATCH: usize = 16;
+const BATCH: usize = 64;
 
 /// Buried timers beyond the live ones that start a reaping phase.
 const REAP_SLACK: usize = 1024;
