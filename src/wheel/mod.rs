@@ -587,7 +587,7 @@ impl<T> Wheel<T> {
             self.due_sorted = true;
         }
         while self.due_head < self.due.refs.len() {
-            if self.due_head % BATCH == 0 {
+            if self.due_head.is_multiple_of(BATCH) {
                 // Touch the next batch's entries before firing any of them,
                 // so that their cache misses overlap (see `replace_all`).
                 let end = (self.due_head + BATCH).min(self.due.refs.len());

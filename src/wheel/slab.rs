@@ -170,7 +170,7 @@ impl<T> Slab<T> {
                 if chunk == self.chunks.len() {
                     self.chunks.push(Vec::with_capacity(CHUNK_LEN));
                 }
-                if index % 64 == 0 {
+                if index.is_multiple_of(64) {
                     self.live.push(0);
                 }
                 self.chunks[chunk].push(Entry::Vacant { generation: seed });
