@@ -10,7 +10,7 @@
 //! slots.
 
 use super::slab::Slab;
-use super::slot::Slot;
+use super::slot::{Slot, Spare};
 
 /// Slots per level. 64 so that the occupancy of a level is one `u64`.
 pub(crate) const SLOTS: usize = 64;
@@ -43,10 +43,11 @@ impl Level {
         &mut self.slots[slot]
     }
 
-    /// Appends `index` to `slot` and returns its position.
-    pub(crate) fn push(&mut self, slot: usize, index: u32) -> usize {
+    /// Appends `index` to `slot`.
+    #[inline]
+    pub(crate) fn push(&mut self, slot: usize, index: u32, spare: &mut Spare) {
         self.occupied |= 1 << slot;
-        self.slots[slot].push(index)
+        self.slots[slot].push(index, spare);
     }
 
     /// Punches a hole in `slot` at `pos`, compacting the slot if it is

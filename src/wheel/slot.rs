@@ -49,26 +49,19 @@ impl Slot {
         self.refs.is_empty()
     }
 
-    /// Appends `index` and returns its position.
+    /// Appends `index`, taking a buffer from `spare` if the slot has none.
     #[inline]
-    pub(crate) fn push(&mut self, index: u32) -> usize {
+    pub(crate) fn push(&mut self, index: u32, spare: &mut Spare) {
+        if self.refs.capacity() == 0 {
+            self.refs = spare.take();
+        }
         self.refs.push(index);
-        self.refs.len() - 1
     }
 
     /// Takes every reference out, leaving the slot empty.
     pub(crate) fn take(&mut self) -> Vec<u32> {
         self.holes = 0;
         std::mem::take(&mut self.refs)
-    }
-
-    /// Gives back a buffer taken by [`take`](Self::take) once its
-    /// references are consumed, if the slot has none and it is small.
-    pub(crate) fn recycle(&mut self, mut buffer: Vec<u32>) {
-        if self.refs.capacity() == 0 && buffer.capacity() <= KEEP_CAPACITY {
-            buffer.clear();
-            self.refs = buffer;
-        }
     }
 
     /// Empties the slot, dropping a large buffer.
@@ -144,5 +137,42 @@ impl Slot {
     /// Bytes of references held.
     pub(crate) fn heap_bytes(&self) -> usize {
         self.refs.capacity() * size_of::<u32>()
+    }
+}
+
+/// Small emptied slot buffers kept for reuse, so that a sparse wheel moving
+/// a timer from slot to slot does not allocate at every step.
+pub(crate) struct Spare(Vec<Vec<u32>>);
+
+/// Buffers a [`Spare`] keeps (each at most `KEEP_CAPACITY` references).
+const SPARE_BUFFERS: usize = 16;
+
+impl Spare {
+    pub(crate) const fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    /// An empty buffer, reused if one is kept.
+    pub(crate) fn take(&mut self) -> Vec<u32> {
+        self.0.pop().unwrap_or_default()
+    }
+
+    /// Keeps an emptied buffer if it is small and there is room; drops it
+    /// otherwise.
+    pub(crate) fn give(&mut self, mut buffer: Vec<u32>) {
+        if (1..=KEEP_CAPACITY).contains(&buffer.capacity()) && self.0.len() < SPARE_BUFFERS {
+            buffer.clear();
+            self.0.push(buffer);
+        }
+    }
+
+    /// Bytes held by the kept buffers.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.0.capacity() * size_of::<Vec<u32>>()
+            + self
+                .0
+                .iter()
+                .map(|b| b.capacity() * size_of::<u32>())
+                .sum::<usize>()
     }
 }
