@@ -75,7 +75,9 @@ impl Level {
         self.settle(slot);
     }
 
-    fn settle(&mut self, slot: usize) {
+    /// Clears `slot`'s occupancy bit if the slot is empty.
+    #[inline]
+    pub(crate) fn settle(&mut self, slot: usize) {
         if self.slots[slot].is_empty() {
             self.occupied &= !(1 << slot);
         }

@@ -174,6 +174,9 @@ pub struct Wheel<T> {
     reaping: bool,
     /// Emptied slot buffers kept for reuse.
     spare: Spare,
+    /// The index the last insert used, while its reference may still be
+    /// last in its slot ([`HOLE`] otherwise).
+    last_inserted: u32,
     /// The next place a reaping step looks at: level slots in order, then
     /// the due list, then the overflow list.
     reap_cursor: usize,
@@ -239,6 +242,7 @@ impl<T> Wheel<T> {
             overflow_min: u64::MAX,
             reaping: false,
             spare: Spare::new(),
+            last_inserted: HOLE,
             reap_cursor: 0,
             slab,
         }
@@ -297,6 +301,7 @@ impl<T> Wheel<T> {
             .insert(deadline, payload, pos)
             .map_err(InsertError::Full)?;
         self.push(place, deadline, index);
+        self.last_inserted = index;
         Ok(TimerKey::new(index, generation))
     }
 
@@ -308,7 +313,26 @@ impl<T> Wheel<T> {
     /// buried, until the slot is reached or compacted (see the module docs).
     #[inline]
     pub fn cancel(&mut self, key: TimerKey) -> Option<T> {
-        let (_, payload) = self.slab.take_live(key.index(), key.generation())?;
+        let index = key.index();
+        let (deadline, payload) = self.slab.take_live(index, key.generation())?;
+        if index == self.last_inserted {
+            // Cancelled right after it was inserted: its reference is still
+            // last in its slot, so it leaves at once and the next insert
+            // reuses its entry while it is in cache. (Checked against the
+            // last insert only: looking at the slot of every cancel would
+            // put a load after the entry's cache miss on every cancel.)
+            self.last_inserted = HOLE;
+            let place = self.place_of(deadline);
+            let slot = self.slot_mut(place);
+            if slot.refs.last() == Some(&index) {
+                slot.refs.pop();
+                if let Place::Slot { level, slot } = place {
+                    self.levels[level].settle(slot);
+                }
+                self.slab.release(index);
+                return Some(payload);
+            }
+        }
         if self.reaping || self.slab.buried() > self.slab.len() + REAP_SLACK {
             self.reap_step();
         }
