@@ -58,7 +58,10 @@
 //!   reaping phase ends when buried timers are at most half the live ones,
 //!   so the reaping work (O(slot) per step, one round at most per phase) is
 //!   paid for by the cancels that started the phase, and buried entries
-//!   never exceed the live ones by more than about 1024 + 386;
+//!   never exceed the live ones by more than about 1024 + 386. One cancel
+//!   costs at most one slot's length (all pending timers, if they share a
+//!   slot). A timer cancelled right after its insert (its index still last
+//!   in its slot) leaves at once, so insert+cancel pairs reuse one entry;
 //! - **reschedule** punches a hole at the recorded position and appends the
 //!   index to its new slot; a slot more than half holes is compacted;
 //! - **cascading and firing** walk a slot's array front to back, skipping
