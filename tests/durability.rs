@@ -326,9 +326,10 @@ fn a_timer_at_the_far_edge_recovers_with_the_clock_5s_behind() {
         .unwrap();
     drop(e.shutdown());
 
-    // The clock stepped back 5 s across the restart (NTP, a VM migration).
-    clock.set_ms(T0 - 5_000);
-    let e = engine(&clock, &storage).expect("recovery places the far timer");
+    // The clock stepped back 5 s across the restart (NTP, a VM migration);
+    // a new clock, since `ManualClock::set_ms` never moves back.
+    let behind = ManualClock::new(T0 - 5_000);
+    let e = engine(&behind, &storage).expect("recovery places the far timer");
     assert_eq!(e.recovered().unwrap().timers, 1);
     match e.scheduler().cancel(&1).unwrap() {
         Cancel::Cancelled(payload) => assert_eq!(payload, "far"),
