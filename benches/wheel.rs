@@ -1,6 +1,7 @@
-//! The wheel on its own: insert, cancel and advance with 1M and 10M timers
-//! pending, and the payment-deadline workload (1M timers uniform in
-//! [1 ms, 30 min] at 1 ms ticks, a random 70% cancelled, then drained).
+//! The wheel on its own: insert, random-order cancel over the whole
+//! structure and advance with 1M and 10M timers pending, and the
+//! payment-deadline workload (1M and 10M timers uniform in [1 ms, 30 min] at
+//! 1 ms ticks, a random 70% cancelled in random order, then drained).
 //!
 //! `cargo bench --bench wheel`. Bytes per timer are printed before the
 //! criterion groups run.
@@ -81,26 +82,35 @@ fn insert_and_cancel(c: &mut Criterion) {
                 total
             });
         });
-        group.bench_function("cancel", |b| {
+        // Random order over the whole structure: each batch cancels the next
+        // 100k keys of a shuffled list of every pending timer, so every
+        // cancel reaches a cold entry anywhere in the slab (not the batch
+        // just inserted, which would still be in cache). Replacements are
+        // inserted untimed, so the wheel stays at `pending` timers.
+        let mut keys = keys;
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+        }
+        let mut next = 0;
+        group.bench_function("cancel_random_full", |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let added: Vec<_> = (0..BATCH)
-                        .map(|_| {
-                            let d = rng.deadline();
-                            wheel.insert(d, d).unwrap()
-                        })
-                        .collect();
-                    // Cancel in random order, as buyers pay.
-                    let mut order: Vec<usize> = (0..added.len()).collect();
-                    for i in (1..order.len()).rev() {
-                        order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+                    if next + BATCH as usize > order.len() {
+                        next = 0;
                     }
+                    let batch = &order[next..next + BATCH as usize];
+                    next += BATCH as usize;
                     let start = Instant::now();
-                    for i in order {
-                        black_box(wheel.cancel(added[i]));
+                    for &i in batch {
+                        black_box(wheel.cancel(keys[i]));
                     }
                     total += start.elapsed();
+                    for &i in batch {
+                        let d = rng.deadline();
+                        keys[i] = wheel.insert(d, d).unwrap();
+                    }
                 }
                 total
             });
@@ -121,7 +131,6 @@ fn insert_and_cancel(c: &mut Criterion) {
             });
         });
         group.finish();
-        drop(keys);
     }
 }
 
@@ -129,16 +138,23 @@ fn advance(c: &mut Criterion) {
     let mut group = c.benchmark_group("wheel/advance");
     group.sample_size(10);
     group.throughput(Throughput::Elements(1));
+    // One wheel throughout: each iteration puts a timer 30 min + 1 ms ahead
+    // (untimed), jumps 30 min in one call with nothing due (timed), then
+    // fires the timer (untimed).
     group.bench_function("idle_30min_one_jump", |b| {
-        b.iter_batched(
-            || {
-                let mut wheel: Wheel<u64> = Wheel::new();
-                wheel.insert(WINDOW_MS + 1, 0).unwrap();
-                wheel
-            },
-            |mut wheel| black_box(wheel.advance_to(WINDOW_MS, |_| {})),
-            BatchSize::SmallInput,
-        );
+        let mut wheel: Wheel<u64> = Wheel::new();
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let now = wheel.now();
+                wheel.insert(now + WINDOW_MS + 1, 0).unwrap();
+                let start = Instant::now();
+                black_box(wheel.advance_to(now + WINDOW_MS, |_| {}));
+                total += start.elapsed();
+                assert_eq!(wheel.advance_to(now + WINDOW_MS + 1, |_| {}), 1);
+            }
+            total
+        });
     });
     group.bench_function("idle_30min_in_1ms_steps", |b| {
         b.iter_batched(
@@ -159,51 +175,55 @@ fn advance(c: &mut Criterion) {
     group.finish();
 }
 
-/// 1M timers, 70% cancelled in random order, then drained.
+/// 1M and 10M timers, 70% cancelled in random order, then drained.
 fn payment_workload(c: &mut Criterion) {
-    const N: usize = 1_000_000;
-    let mut group = c.benchmark_group("wheel/payment_1M_70pct_cancelled");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(5));
-    let setup = || {
-        let mut rng = Rng(42);
-        let (mut wheel, keys) = filled(N, &mut rng);
-        let mut order: Vec<usize> = (0..N).collect();
-        for i in (1..N).rev() {
-            order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
-        }
-        for &i in &order[..N * 7 / 10] {
-            wheel.cancel(keys[i]);
-        }
-        wheel
-    };
-    group.throughput(Throughput::Elements((N - N * 7 / 10) as u64));
-    group.bench_function("drain", |b| {
-        b.iter_batched(
-            setup,
-            |mut wheel| {
-                let mut fired = 0u64;
-                wheel.advance_to(WINDOW_MS, |t| fired += t.payload & 1);
-                black_box(fired)
-            },
-            BatchSize::PerIteration,
-        );
-    });
-    group.throughput(Throughput::Elements(N as u64));
-    group.bench_function("whole_workload", |b| {
-        b.iter(|| {
-            let mut wheel = setup();
-            wheel.advance_to(WINDOW_MS, |t| {
-                black_box(t);
+    for n in [1_000_000usize, 10_000_000] {
+        let mut group =
+            c.benchmark_group(format!("wheel/payment_{}M_70pct_cancelled", n / 1_000_000));
+        group
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(5));
+        let setup = || {
+            let mut rng = Rng(42);
+            let (mut wheel, keys) = filled(n, &mut rng);
+            let mut order: Vec<usize> = (0..n).collect();
+            for i in (1..n).rev() {
+                order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+            }
+            for &i in &order[..n * 7 / 10] {
+                wheel.cancel(keys[i]);
+            }
+            wheel
+        };
+        group.throughput(Throughput::Elements((n - n * 7 / 10) as u64));
+        group.bench_function("drain", |b| {
+            b.iter_batched(
+                setup,
+                |mut wheel| {
+                    let mut fired = 0u64;
+                    wheel.advance_to(WINDOW_MS, |t| fired += t.payload & 1);
+                    black_box(fired)
+                },
+                BatchSize::PerIteration,
+            );
+        });
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function("whole_workload", |b| {
+            b.iter(|| {
+                let mut wheel = setup();
+                wheel.advance_to(WINDOW_MS, |t| {
+                    black_box(t);
+                });
             });
         });
-    });
-    group.finish();
+        group.finish();
+    }
 }
 
 fn memory(_: &mut Criterion) {
     print_memory();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    eprintln!("/proc/loadavg: {}", load.trim());
 }
 
 criterion_group!(

@@ -2,14 +2,26 @@
 //!
 //! A [`TimerKey`] names one timer for the whole of its life and never another:
 //! it carries the slab index of the timer's entry and the generation the entry
-//! had when the timer was inserted. Freeing an entry (fire, cancel, drain)
-//! bumps its generation, so a key that outlived its timer, a key from another
-//! wheel, or a forged key is refused with "not found" instead of reaching
-//! whichever timer reuses the slot. This is the fix for slab's known weakness
-//! (a removed key is silently reused).
+//! had when the timer was inserted. Ending a timer (fire, cancel, drain)
+//! bumps its entry's generation, so a key that outlived its timer or a forged
+//! key is refused with "not found" instead of reaching whichever timer reuses
+//! the slot. This is the fix for slab's known weakness (a removed key is
+//! silently reused).
+//!
+//! Keys are unique per wheel: every wheel draws a generation seed from a
+//! process-wide counter (times an odd constant, so consecutive wheels' seeds
+//! are far apart) when it creates its first entry, and every entry's first
+//! generation is that seed. Two wheels hand out different keys for the same
+//! index, so a key from another wheel is not found
+//! (`a_key_from_another_wheel_is_not_found`, and the wheel model test
+//! cancels foreign keys). The key stays 8 bytes: no wheel id is stored.
 //!
 //! Generations are 32 bits and wrap: a stale key can only alias a new timer
-//! after its slot has been reused 2^32 times while the stale key was kept.
+//! after its slot has been reused 2^32 times while the stale key was kept,
+//! and a foreign key only if the two wheels' generations of that index
+//! happen to meet, which takes as many reuses of the index as the distance
+//! between their seeds (for two wheels created one after another, at least
+//! 1.6 billion).
 
 /// Identifies one timer in a [`Wheel`](crate::wheel::Wheel).
 ///

@@ -183,7 +183,7 @@ fn with_a_claiming_store_settle_still_means_delivered() {
         .group("orders")
         .build()
         .unwrap();
-    let mut orders = engine.subscribe("orders");
+    let mut orders = engine.subscribe("orders").unwrap();
     let s = engine.scheduler();
     for id in 0..200u64 {
         s.schedule(id, ms(1 + id % 50), id).unwrap();

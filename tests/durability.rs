@@ -357,3 +357,28 @@ fn a_batch_ack_is_durable_before_it_returns() {
     // already under way may add one more of each. Not 64 of each.
     assert!(batch_io <= 4, "{batch_io} I/O operations for one batch ack");
 }
+
+#[test]
+fn a_timer_at_the_far_edge_recovers_with_the_clock_5s_behind() {
+    let clock = ManualClock::new(T0);
+    let storage = FaultStorage::new();
+    let e = engine(&clock, &storage).unwrap();
+    let s = e.scheduler();
+    let far_ms = match s.schedule(1, Duration::from_secs(100 * 365 * 86_400), "probe".into()) {
+        Err(ScheduleError::DeadlineTooFar { max_ms, .. }) => max_ms,
+        other => panic!("{other:?}"),
+    };
+    s.schedule(1, duewheel::Deadline::at_unix_ms(far_ms), "far".into())
+        .unwrap();
+    drop(e.shutdown());
+
+    // The clock stepped back 5 s across the restart (NTP, a VM migration);
+    // a new clock, since `ManualClock::set_ms` never moves back.
+    let behind = ManualClock::new(T0 - 5_000);
+    let e = engine(&behind, &storage).expect("recovery places the far timer");
+    assert_eq!(e.recovered().unwrap().timers, 1);
+    match e.scheduler().cancel(&1).unwrap() {
+        Cancel::Cancelled(payload) => assert_eq!(payload, "far"),
+        other => panic!("{other:?}"),
+    }
+}

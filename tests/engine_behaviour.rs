@@ -620,3 +620,23 @@ fn fired_memory_is_bounded_for_the_whole_engine_with_many_shards() {
         .count();
     assert_eq!(already_fired, remembered);
 }
+
+#[test]
+fn an_engine_idle_800_days_accepts_a_one_minute_deadline() {
+    let clock = ManualClock::new(T0);
+    let e = engine(&clock);
+    let mut orders = e.subscribe("orders").unwrap();
+    let s = e.scheduler();
+    // Nothing scheduled, nothing fires: no shard's wheel has a reason to move.
+    clock.set_ms(T0 + 800 * 86_400_000);
+    assert!(s.settle(WAIT));
+    s.schedule(1, Duration::from_secs(60), 10)
+        .expect("a one-minute deadline after a long idle");
+    clock.advance(Duration::from_millis(59_999));
+    assert!(s.settle(WAIT));
+    assert!(orders.drain_ready().is_empty(), "fired early");
+    clock.advance(ms(1));
+    assert!(s.settle(WAIT));
+    let fired: Vec<u64> = orders.drain_ready().iter().map(|e| e.id).collect();
+    assert_eq!(fired, [1]);
+}

@@ -160,9 +160,10 @@ where
         // a log failure can still hand it back.
         let backup = self.inner.journal.as_ref().map(|_| payload.clone());
         let (hash, shard) = self.shard(&id);
-        let accepted = shard
-            .lock()
-            .schedule(hash, id, deadline_ms, reminders, payload)?;
+        let accepted =
+            shard
+                .lock()
+                .schedule(hash, id, deadline_ms, || self.now_ms(), reminders, payload)?;
         self.inner.note_due(accepted.value);
         Ok((accepted.seq, backup))
     }
@@ -258,7 +259,9 @@ where
     pub fn reschedule(&self, id: &K, deadline: impl Into<Deadline>) -> Result<(), RescheduleError> {
         let deadline_ms = self.deadline_ms(deadline.into());
         let (hash, shard) = self.shard(id);
-        let accepted = shard.lock().reschedule(hash, id, deadline_ms)?;
+        let accepted = shard
+            .lock()
+            .reschedule(hash, id, deadline_ms, || self.now_ms())?;
         self.inner.note_due(accepted.value);
         self.durable(accepted.seq)
             .map_err(|_| RescheduleError::Storage)

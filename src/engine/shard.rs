@@ -240,9 +240,27 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         self.index.replace(hash, key.index(), row);
     }
 
-    /// The latest deadline (UTC ms) this shard accepts now.
-    fn max_deadline_ms(&self) -> u64 {
-        self.ticks.start_ms(self.wheel.max_deadline())
+    /// The latest deadline (UTC ms) this shard accepts when the clock reads
+    /// `now_ms`: the wheel's reach counted from the clock, not from where the
+    /// wheel last stopped (an idle shard's wheel does not move; a later
+    /// deadline waits in the wheel's overflow list).
+    fn max_deadline_ms(&self, now_ms: u64) -> u64 {
+        let now_tick = self.ticks.now_tick(now_ms).max(self.wheel.now());
+        self.ticks
+            .start_ms(now_tick.saturating_add(crate::wheel::MAX_DELAY_TICKS))
+    }
+
+    /// [`max_deadline_ms`](Self::max_deadline_ms) for a deadline at
+    /// `deadline_ms`, reading the clock (`now_ms`) only when the wheel's own
+    /// time says it is too far: an absolute deadline within reach costs no
+    /// clock read.
+    fn max_deadline_within(&self, deadline_ms: u64, now_ms: impl FnOnce() -> u64) -> u64 {
+        let by_wheel = self.max_deadline_ms(0);
+        if deadline_ms <= by_wheel {
+            by_wheel
+        } else {
+            self.max_deadline_ms(now_ms())
+        }
     }
 
     /// The tick at which this shard next has work, if any.
@@ -303,6 +321,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         hash: u64,
         id: K,
         deadline_ms: u64,
+        now_ms: impl FnOnce() -> u64,
         reminders: Reminders,
         payload: P,
     ) -> Result<Accepted<u64>, ScheduleError<P>> {
@@ -311,7 +330,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             Err(Refusal::Closed) => return Err(ScheduleError::ShuttingDown(payload)),
             Err(Refusal::Storage) => return Err(ScheduleError::Storage(payload)),
         }
-        let max_ms = self.max_deadline_ms();
+        let max_ms = self.max_deadline_within(deadline_ms, now_ms);
         if deadline_ms > max_ms {
             return Err(ScheduleError::DeadlineTooFar {
                 deadline_ms,
@@ -468,6 +487,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         hash: u64,
         id: &K,
         deadline_ms: u64,
+        now_ms: impl FnOnce() -> u64,
     ) -> Result<Accepted<u64>, RescheduleError> {
         match self.writable() {
             Ok(()) => {}
@@ -479,7 +499,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             Lookup::Fired => return Err(RescheduleError::AlreadyFired),
             Lookup::Live(key) => key,
         };
-        let max_ms = self.max_deadline_ms();
+        let max_ms = self.max_deadline_within(deadline_ms, now_ms);
         if deadline_ms > max_ms {
             return Err(RescheduleError::DeadlineTooFar {
                 deadline_ms,
@@ -596,7 +616,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                 Stale::NotInFlight => SnoozeError::NotInFlight,
                 Stale::OtherEvent => SnoozeError::Stale,
             })?;
-        let max_ms = self.max_deadline_ms();
+        let max_ms = self.max_deadline_ms(0);
         let at = self.wheel.get(key).and_then(Entry::extra_index);
         let x = self.extras.get_mut(at.expect("in flight: has side state"));
         if x.snoozes >= acks.max_snoozes {

@@ -9,7 +9,9 @@ use std::fmt;
 /// way the payload comes back.
 #[derive(Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InsertError<T> {
-    /// The deadline is further ahead than the wheel can hold.
+    /// The deadline is further ahead than the wheel can hold. No longer
+    /// returned: a deadline beyond the levels' reach waits in the overflow
+    /// list. Kept so that code matching on it still compiles.
     #[error("deadline {deadline} is beyond the wheel's range (latest accepted: {max})")]
     DeadlineTooFar {
         /// The refused deadline, in ticks.
@@ -19,7 +21,7 @@ pub enum InsertError<T> {
         /// The caller's payload, returned untouched.
         payload: T,
     },
-    /// The wheel holds `u32::MAX - 1` timers, the most its keys can address.
+    /// The wheel holds `2^31 - 1024` timers, the most it addresses.
     #[error("the wheel is full")]
     Full(T),
 }
@@ -54,7 +56,8 @@ pub enum RescheduleError {
     /// The key names no pending timer: it fired, was cancelled, or never existed.
     #[error("no pending timer has this key")]
     NotFound,
-    /// The new deadline is further ahead than the wheel can hold.
+    /// The new deadline is further ahead than the wheel can hold. No longer
+    /// returned (see [`InsertError::DeadlineTooFar`]).
     #[error("deadline {deadline} is beyond the wheel's range (latest accepted: {max})")]
     DeadlineTooFar {
         /// The refused deadline, in ticks.
