@@ -12,7 +12,7 @@
 //! - every sum of times saturates at `u64::MAX` ms: no step, delay or
 //!   deadline wraps round to the past.
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -112,6 +112,7 @@ mod schedule;
 #[cfg(feature = "serde")]
 #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
 mod serde_codec;
+mod sync;
 mod trace;
 pub mod wal;
 pub mod wheel;

@@ -44,8 +44,8 @@
 use super::Inner;
 use super::consumer::{Batch, Group};
 use super::shard::Fired;
+use crate::sync::Mutex;
 use crate::trace;
-use parking_lot::Mutex;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

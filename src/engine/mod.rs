@@ -4,7 +4,7 @@
 //! # Structure
 //!
 //! An id is hashed once per operation ([`index`]); the hash's high bits
-//! pick one of N shards, each a `parking_lot::Mutex` around a
+//! pick one of N shards, each a mutex around a
 //! [`Wheel`](crate::wheel::Wheel) of compact entries ([`entry`]), its id
 //! index and its fired-id memory ([`fired`]) ([`shard`]). Schedule, cancel
 //! and reschedule lock one shard for O(1) work and probe its index once;
@@ -66,8 +66,8 @@ use self::shard::Shard;
 use crate::clock::{Clock, Ticks};
 use crate::durable::Store;
 use crate::error::StorageError;
+use crate::sync::Mutex;
 use hdrhistogram::Histogram;
-use parking_lot::Mutex;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, OnceLock};

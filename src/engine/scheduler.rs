@@ -9,7 +9,7 @@ use crate::clock::Deadline;
 use crate::error::{
     AckError, Cancel, CancelError, RescheduleError, ScheduleError, SnoozeError, StorageError,
 };
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

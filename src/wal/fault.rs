@@ -8,7 +8,7 @@
 //! Simplification, stated: directory operations are durable at once.
 
 use super::storage::{Storage, StorageFile};
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;

@@ -61,8 +61,8 @@ pub fn process_records() -> u64 {
     RECORDS.load(Ordering::Relaxed)
 }
 
+use crate::sync::{Condvar, Mutex};
 use crate::trace;
-use parking_lot::{Condvar, Mutex};
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

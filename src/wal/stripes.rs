@@ -19,7 +19,7 @@
 //! order. A hole would be a bug; it poisons the log rather than write a gap.
 
 use super::record;
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// Stripes; threads are spread over them round-robin.
