@@ -216,6 +216,24 @@ impl Reminders {
         Some(reminders)
     }
 
+    /// Moves every reminder whose time is already past at `now_ms` to
+    /// `now_ms` (its offset becomes the time left to the deadline), and
+    /// returns how many moved. Such a reminder fires at once, as it would
+    /// anyway; moved, it is due at the tick the engine is at, so it is not
+    /// counted as lateness (it was never due at a tick the engine had
+    /// passed).
+    pub(crate) fn clamp_past(&mut self, deadline_ms: u64, now_ms: u64) -> u8 {
+        let left_ms = deadline_ms.saturating_sub(now_ms);
+        let mut moved = 0;
+        for before in &mut self.before_ms[self.fired as usize..self.len as usize] {
+            if *before > left_ms {
+                *before = left_ms;
+                moved += 1;
+            }
+        }
+        moved
+    }
+
     /// Offsets, count and fired count, for the journal.
     fn parts(&self) -> ([u64; MAX_REMINDERS], u8, u8) {
         (self.before_ms, self.len, self.fired)

@@ -126,7 +126,9 @@ where
     /// Like [`schedule`](Self::schedule), with reminders: each offset asks
     /// for a [`EventKind::Reminder`] that long before the deadline (at most
     /// [`MAX_REMINDERS`](crate::MAX_REMINDERS)). Reminders come in time order, then `Expired`; a
-    /// reminder whose time has already passed fires at once.
+    /// reminder whose time has already passed fires at once, due now (its
+    /// event's `due_ms` is the time of the call): it is counted in
+    /// [`Stats::reminders_already_due`], not as lateness.
     pub fn schedule_with_reminders(
         &self,
         id: K,
@@ -156,13 +158,19 @@ where
             return Err(ScheduleError::TooManyReminders(payload));
         };
         let deadline_ms = self.deadline_ms(deadline);
+        // The clock is read only when a reminder may already be past.
+        let now_ms = if reminders.remaining() {
+            self.now_ms()
+        } else {
+            0
+        };
         // In durable mode the payload is kept until the record is durable, so
         // a log failure can still hand it back.
         let backup = self.inner.journal.as_ref().map(|_| payload.clone());
         let (hash, shard) = self.shard(&id);
         let accepted = shard
             .lock()
-            .schedule(hash, id, deadline_ms, reminders, payload)?;
+            .schedule(hash, id, deadline_ms, reminders, now_ms, payload)?;
         self.inner.note_due(accepted.value);
         Ok((accepted.seq, backup))
     }
@@ -440,6 +448,7 @@ where
             redelivered_total: counters.redelivered,
             snoozed_total: counters.snoozed,
             rejected_full_total: counters.rejected_full,
+            reminders_already_due: counters.reminders_already_due,
             tick_ms: inner.ticks.tick_ms(),
             lateness: Lateness::from_histogram(&inner.lateness.lock(), inner.ticks.tick_ms()),
             groups,

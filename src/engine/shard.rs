@@ -70,6 +70,7 @@ pub(crate) struct Counters {
     pub(crate) redelivered: u64,
     pub(crate) snoozed: u64,
     pub(crate) rejected_full: u64,
+    pub(crate) reminders_already_due: u64,
     /// Gauge: timers whose `Expired` awaits acks.
     pub(crate) in_flight: u64,
 }
@@ -85,6 +86,7 @@ impl Counters {
         self.redelivered += o.redelivered;
         self.snoozed += o.snoozed;
         self.rejected_full += o.rejected_full;
+        self.reminders_already_due += o.reminders_already_due;
         self.in_flight += o.in_flight;
     }
 }
@@ -298,12 +300,14 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
     }
 
     /// Adds a timer. Returns the tick the dispatcher must wake for.
+    /// `now_ms` (the clock at the call) places reminders already past.
     pub(crate) fn schedule(
         &mut self,
         hash: u64,
         id: K,
         deadline_ms: u64,
-        reminders: Reminders,
+        mut reminders: Reminders,
+        now_ms: u64,
         payload: P,
     ) -> Result<Accepted<u64>, ScheduleError<P>> {
         match self.writable() {
@@ -348,6 +352,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             }
             row => row,
         };
+        let already_due = reminders.clamp_past(deadline_ms, now_ms);
         let (due_tick, early_ms, extra) = placement(*ticks, extras, deadline_ms, reminders);
         let entry = Entry {
             id,
@@ -382,6 +387,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         };
         row.fill(key.index());
         self.counters.scheduled += 1;
+        self.counters.reminders_already_due += u64::from(already_due);
         Ok(Accepted {
             value: due_tick,
             seq: self.log_upsert(key),

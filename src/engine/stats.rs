@@ -36,6 +36,11 @@ pub struct Stats {
     pub snoozed_total: u64,
     /// Schedules refused with `Full`.
     pub rejected_full_total: u64,
+    /// Reminders whose time had already passed when they were scheduled
+    /// (an offset longer than the time left): they fire at once and are
+    /// counted here, not in `lateness`, which counts only events due at a
+    /// tick the engine had already passed.
+    pub reminders_already_due: u64,
     /// Tick length in milliseconds.
     pub tick_ms: u64,
     /// How late events left the wheel, in ticks.
@@ -92,6 +97,7 @@ impl Stats {
         counter!("duewheel_redelivered_total").absolute(self.redelivered_total);
         counter!("duewheel_snoozed_total").absolute(self.snoozed_total);
         counter!("duewheel_rejected_full_total").absolute(self.rejected_full_total);
+        counter!("duewheel_reminders_already_due_total").absolute(self.reminders_already_due);
         gauge!("duewheel_lateness_p50_seconds").set(self.lateness.p50_ticks as f64 * tick_s);
         gauge!("duewheel_lateness_p99_seconds").set(self.lateness.p99_ticks as f64 * tick_s);
         gauge!("duewheel_lateness_max_seconds").set(self.lateness.max_ticks as f64 * tick_s);
