@@ -28,6 +28,13 @@ pub struct Stats {
     pub reminders_total: u64,
     /// Timers whose `Expired` event awaits acks (with acknowledgements on).
     pub in_flight: u64,
+    /// Timers dead-lettered: their `Expired` event used up
+    /// [`max_attempts`](crate::Builder::max_attempts) unacked deliveries and
+    /// went to the dead-letter group.
+    pub dead_lettered: u64,
+    /// Dead-lettered timers whose `DeadLetter` event awaits the dead-letter
+    /// group's ack (counted neither in `pending` nor in `in_flight`).
+    pub dead_letters: u64,
     /// Timers ended by the last group's ack.
     pub acked_total: u64,
     /// `Expired` events sent again after the ack timeout.
@@ -93,6 +100,8 @@ impl Stats {
         counter!("duewheel_fired_total", "kind" => "expired").absolute(self.expired_total);
         counter!("duewheel_fired_total", "kind" => "reminder").absolute(self.reminders_total);
         gauge!("duewheel_in_flight").set(self.in_flight as f64);
+        counter!("duewheel_dead_lettered_total").absolute(self.dead_lettered);
+        gauge!("duewheel_dead_letters").set(self.dead_letters as f64);
         counter!("duewheel_acked_total").absolute(self.acked_total);
         counter!("duewheel_redelivered_total").absolute(self.redelivered_total);
         counter!("duewheel_snoozed_total").absolute(self.snoozed_total);
