@@ -1,6 +1,7 @@
 //! The engine's configuration, and starting it.
 
 use super::consumer::Registry;
+use super::dir::OwnedDir;
 use super::lifecycle::checkpoint_loop;
 use super::shard::{Acks, FiredMemory, Shard};
 use super::{Engine, Hooks, Inner, Padded, Scheduler, dispatcher, shard_index, wake};
@@ -47,6 +48,9 @@ pub struct Builder<K, P> {
     wal: WalOptions,
     hooks: Option<Arc<dyn Hooks<K, P>>>,
     checkpoint_every: Duration,
+    /// The directory of [`durable`](Self::durable), once opened, so that
+    /// shutdown can release it.
+    owned_dir: Arc<Mutex<Option<Arc<OwnedDir>>>>,
     _types: PhantomData<fn(K, P)>,
 }
 
@@ -78,6 +82,7 @@ where
             wal: WalOptions::default(),
             hooks: None,
             checkpoint_every: Duration::from_secs(60),
+            owned_dir: Arc::default(),
             _types: PhantomData,
         }
     }
@@ -425,6 +430,7 @@ where
             None => None,
         };
         Ok(Engine {
+            dir: self.owned_dir.lock().take(),
             scheduler: Scheduler { inner },
             thread: Some(thread),
             checkpointer,
@@ -448,7 +454,12 @@ where
     }
 
     /// Makes the engine durable in directory `dir` (created if needed, and
-    /// locked: a second engine on it gets an error at build). Every accepted
+    /// locked: a second engine on it gets an error at build, naming the
+    /// holder's process id). [`Engine::shutdown`] (or dropping the engine)
+    /// releases the directory at once, whatever [`Scheduler`] or
+    /// [`Consumer`](crate::Consumer) handles still live: their calls then
+    /// get a "shutting down" error, and the directory can be opened again,
+    /// in this process or another. Every accepted
     /// schedule, cancel, reschedule, ack and snooze is in the write-ahead log
     /// before the call returns `Ok`; on build the log is replayed: overdue
     /// timers fire at once, the rest wait, none early. Acknowledgements are
@@ -456,11 +467,11 @@ where
     /// [`group`](Self::group). Ids and payloads are stored with [`Codec`].
     pub fn durable(mut self, dir: impl AsRef<std::path::Path>) -> Self {
         let dir = dir.as_ref().to_path_buf();
+        let owned = self.owned_dir.clone();
         self.durable = Some(Box::new(move |opts, shards| {
-            let storage = crate::wal::FsStorage::open(&dir)?;
-            crate::durable::open(Arc::new(storage), opts, shards, &|id| {
-                shard_index(id, shards)
-            })
+            let storage = Arc::new(OwnedDir::new(crate::wal::FsStorage::open(&dir)?));
+            *owned.lock() = Some(storage.clone());
+            crate::durable::open(storage, opts, shards, &|id| shard_index(id, shards))
         }));
         self
     }

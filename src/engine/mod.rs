@@ -43,6 +43,7 @@ mod async_consumer;
 mod async_scheduler;
 mod builder;
 mod consumer;
+mod dir;
 mod dispatcher;
 mod entry;
 mod event;

@@ -461,6 +461,11 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
     }
 
     pub(crate) fn cancel(&mut self, hash: u64, id: &K) -> Result<Accepted<Cancel<P>>, CancelError> {
+        if self.closed {
+            // Shut down (its timers handed back or left in the log): a
+            // `NotFound` would be a lie.
+            return Err(CancelError::ShuttingDown);
+        }
         let writable = self.writable();
         let Self {
             wheel,
