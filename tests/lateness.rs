@@ -59,3 +59,28 @@ fn only_the_past_reminders_of_a_timer_are_counted_apart() {
     let stats = engine.stats();
     assert_eq!(stats.reminders_already_due, 1);
 }
+
+#[test]
+fn a_reschedule_that_leaves_a_reminder_in_the_past_counts_it_apart() {
+    let clock = ManualClock::new(T0);
+    let engine = Engine::<u64, u64>::builder()
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut orders = engine.subscribe("orders").unwrap();
+    let s = engine.scheduler();
+    let window = Duration::from_secs(30 * 60);
+    s.schedule_with_reminders(1, window, &[Duration::from_secs(10 * 60)], 1)
+        .unwrap();
+    // The window is cut to 5 minutes: the reminder's time has passed.
+    s.reschedule(&1, Duration::from_secs(5 * 60)).unwrap();
+    assert!(s.settle(WAIT));
+    let reminder = orders.recv_timeout(WAIT).unwrap();
+    assert_eq!(
+        (reminder.kind, reminder.due_ms),
+        (EventKind::Reminder(1), T0)
+    );
+    let stats = engine.stats();
+    assert_eq!(stats.reminders_already_due, 1);
+    assert_eq!(stats.lateness.max_ticks, 0);
+}

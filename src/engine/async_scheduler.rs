@@ -80,7 +80,9 @@ where
     ) -> Result<(), RescheduleError> {
         let deadline_ms = self.deadline_ms(deadline.into());
         let (hash, shard) = self.shard(id);
-        let accepted = shard.lock().reschedule(hash, id, deadline_ms)?;
+        let accepted = shard
+            .lock()
+            .reschedule(hash, id, deadline_ms, self.now_ms())?;
         self.inner.note_due(accepted.value);
         self.durable_async(accepted.seq)
             .await

@@ -372,7 +372,9 @@ where
     pub fn reschedule(&self, id: &K, deadline: impl Into<Deadline>) -> Result<(), RescheduleError> {
         let deadline_ms = self.deadline_ms(deadline.into());
         let (hash, shard) = self.shard(id);
-        let accepted = shard.lock().reschedule(hash, id, deadline_ms)?;
+        let accepted = shard
+            .lock()
+            .reschedule(hash, id, deadline_ms, self.now_ms())?;
         self.inner.note_due(accepted.value);
         self.durable(accepted.seq)
             .map_err(|_| RescheduleError::Storage)

@@ -513,12 +513,14 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
     }
 
     /// Moves a waiting timer's deadline. Reminders already sent stay sent;
-    /// the rest follow the new deadline. Returns the tick to wake for.
+    /// the rest follow the new deadline (one already past at `now_ms` fires
+    /// at once, counted apart as at schedule). Returns the tick to wake for.
     pub(crate) fn reschedule(
         &mut self,
         hash: u64,
         id: &K,
         deadline_ms: u64,
+        now_ms: u64,
     ) -> Result<Accepted<u64>, RescheduleError> {
         match self.writable() {
             Ok(()) => {}
@@ -545,15 +547,19 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             Side::Extra(at) => {
                 let x = self.extras.get_mut(at);
                 x.deadline_ms = deadline_ms;
+                let already_due = x.reminders.clamp_past(deadline_ms, now_ms);
+                self.counters.reminders_already_due += u64::from(already_due);
                 x.due_ms = x.reminders.next_due_ms(deadline_ms);
                 self.ticks.deadline_tick(x.due_ms)
             }
             Side::Plain { .. } | Side::Reminder { .. } => {
-                let reminders = match side {
+                let mut reminders = match side {
                     Side::Reminder { before_ms, .. } => Reminders::new([before_ms]),
                     _ => Some(Reminders::NONE),
                 }
                 .expect("one reminder fits");
+                let already_due = reminders.clamp_past(deadline_ms, now_ms);
+                self.counters.reminders_already_due += u64::from(already_due);
                 let (tick, early_ms, extra) =
                     placement(self.ticks, &mut self.extras, deadline_ms, reminders);
                 let entry = self.wheel.get_mut(key).expect("looked up live");
