@@ -314,3 +314,42 @@ fn dead_letters_are_exported_to_prometheus() {
     );
     assert_eq!(m.value("duewheel_dead_letters", &[]), Some(1.0), "{text}");
 }
+
+#[test]
+fn a_crash_right_after_dead_lettering_loses_nothing() {
+    let clock = ManualClock::new(T0);
+    let disk = FaultStorage::new();
+    let engine = durable(&clock, &disk);
+    let mut orders = engine.subscribe("orders").unwrap();
+    let mut dlq = engine.subscribe("dlq").unwrap();
+    let s = engine.scheduler();
+    s.schedule(1, secs(1), "poison".into()).unwrap();
+    clock.advance(secs(1));
+    assert!(s.settle(WAIT));
+    assert_eq!(orders.drain_ready().len(), 1);
+    clock.advance(TIMEOUT);
+    assert!(s.settle(WAIT));
+    assert_eq!(dlq.drain_ready().len(), 1);
+    drop((orders, dlq));
+    // A crash: no shutdown; what was not synced is gone. The timer comes
+    // back in its last durable state and ends in the dead-letter group again.
+    std::mem::forget(engine);
+    let engine = durable(&clock, &disk.reboot());
+    let mut orders = engine.subscribe("orders").unwrap();
+    let mut dlq = engine.subscribe("dlq").unwrap();
+    let s = engine.scheduler();
+    let mut dead = None;
+    for _ in 0..3 {
+        assert!(s.settle(WAIT));
+        drop(orders.drain_ready()); // the consumer still fails
+        if let Some(event) = dlq.drain_ready().pop() {
+            dead = Some(event);
+            break;
+        }
+        clock.advance(TIMEOUT);
+    }
+    let dead = dead.expect("the poison order reached the dead-letter group again");
+    assert_eq!((dead.id, dead.kind), (1, EventKind::DeadLetter));
+    dlq.ack(&dead).unwrap();
+    drop(engine.shutdown());
+}
