@@ -93,6 +93,27 @@ fn the_last_unacked_attempt_goes_to_the_dead_letter_group_alone() {
 }
 
 #[test]
+fn shutdown_hands_back_a_dead_letter_as_one() {
+    let clock = ManualClock::new(T0);
+    let engine = engine(&clock, Some(1));
+    let _orders = engine.subscribe("orders").unwrap();
+    let _dlq = engine.subscribe("dlq").unwrap();
+    let s = engine.scheduler();
+    s.schedule(1, secs(1), 1).unwrap();
+    s.schedule(2, secs(60), 2).unwrap();
+    clock.advance(secs(1));
+    assert!(s.settle(WAIT));
+    time_out(&clock, &engine);
+    let mut pending = engine.shutdown().pending;
+    pending.sort_by_key(|p| p.id);
+    let flags: Vec<_> = pending
+        .iter()
+        .map(|p| (p.id, p.in_flight, p.dead_lettered))
+        .collect();
+    assert_eq!(flags, [(1, true, true), (2, false, false)]);
+}
+
+#[test]
 fn a_dead_letter_comes_again_every_ack_timeout_until_the_dead_letter_group_acks_it() {
     let clock = ManualClock::new(T0);
     let engine = engine(&clock, Some(1));

@@ -193,9 +193,9 @@ where
     /// What the engine knows of `id` now: waiting (and when, with which
     /// reminders left), in flight (which attempt), dead-lettered, or fired
     /// and still remembered; `None` if it knows nothing of it (never
-    /// scheduled, cancelled, or its end forgotten). One probe under the
-    /// id's shard lock, the lock cancel takes: a cancel at that moment would
-    /// have met the same state.
+    /// scheduled, cancelled, its end forgotten, or the engine shut down).
+    /// One probe under the id's shard lock, the lock cancel takes: a cancel
+    /// at that moment would have met the same state.
     ///
     /// ```
     /// use duewheel::{Engine, ManualClock, TimerStatus};

@@ -46,8 +46,12 @@ pub struct PendingTimer<K, P> {
     pub deadline_ms: u64,
     /// Due times (UTC milliseconds) of the reminders that had not fired yet.
     pub reminders_ms: Vec<u64>,
-    /// `true` if its `Expired` event was emitted and still awaited acks.
+    /// `true` if its `Expired` event was emitted and still awaited acks
+    /// (or, dead-lettered, its `DeadLetter` event did).
     pub in_flight: bool,
+    /// `true` if it was dead-lettered: its `DeadLetter` event awaited the
+    /// dead-letter group's ack.
+    pub dead_lettered: bool,
     /// The payload given at schedule.
     pub payload: P,
 }
@@ -1105,10 +1109,11 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         let (ticks, extras) = (self.ticks, &self.extras);
         self.wheel.drain(|timer| {
             let entry = timer.payload;
-            let (deadline_ms, reminders_ms, in_flight) = match entry.side() {
+            let (deadline_ms, reminders_ms, in_flight, dead_lettered) = match entry.side() {
                 Side::Plain { early_ms } => (
                     plain_deadline_ms(ticks, timer.deadline, early_ms),
                     Vec::new(),
+                    false,
                     false,
                 ),
                 Side::Reminder {
@@ -1116,12 +1121,12 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                     before_ms,
                 } => {
                     let due_ms = plain_deadline_ms(ticks, timer.deadline, early_ms);
-                    (due_ms.saturating_add(before_ms), vec![due_ms], false)
+                    (due_ms.saturating_add(before_ms), vec![due_ms], false, false)
                 }
                 Side::Extra(at) => {
                     let x = extras.get(at);
                     let remaining = x.reminders.remaining_ms(x.deadline_ms).collect();
-                    (x.deadline_ms, remaining, x.in_flight)
+                    (x.deadline_ms, remaining, x.in_flight, x.is_dead_letter())
                 }
             };
             out.push(PendingTimer {
@@ -1129,6 +1134,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                 deadline_ms,
                 reminders_ms,
                 in_flight,
+                dead_lettered,
                 payload: entry.payload,
             });
         });
