@@ -238,6 +238,10 @@ pub enum AckError {
     /// [`Event::token`](crate::Event::token)). Nothing changed.
     #[error("the event is stale: its id was scheduled again since")]
     Stale,
+    /// The timer was dead-lettered: only the dead-letter group's ack of its
+    /// `DeadLetter` event ends it now. Nothing changed.
+    #[error("the timer was dead-lettered; only the dead-letter group's ack ends it")]
+    DeadLettered,
     /// The write-ahead log failed (fail-stop); the ack is not durable and the
     /// event will come again after a restart.
     #[error("the write-ahead log failed; the ack is not durable")]
@@ -256,6 +260,10 @@ pub enum SnoozeError {
     /// [`AckError::Stale`]). Nothing changed.
     #[error("the event is stale: its id was scheduled again since")]
     Stale,
+    /// The timer was dead-lettered (or the event is a `DeadLetter` event):
+    /// it cannot be snoozed; ack it in the dead-letter group.
+    #[error("the timer was dead-lettered and cannot be snoozed")]
+    DeadLettered,
     /// The timer was snoozed as often as the engine allows.
     #[error("the timer was already snoozed {snoozes} times, the limit")]
     LimitReached {

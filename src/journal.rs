@@ -14,8 +14,16 @@
 //!
 //! ```text
 //! id_len u32 | id | deadline_ms u64 | due_ms u64 | attempt u32 | snoozes u8 |
-//! flags u8 (bit 0: in flight) | acked u64 | n u8 | fired u8 | n × offset_ms u64 | payload
+//! flags u8 | acked u64 | n u8 | fired u8 | n × offset_ms u64 |
+//! [max_attempts u16, if flags bit 2] | payload
 //! ```
+//!
+//! Flags: bit 0, in flight (its `Expired` awaits acks); bit 1, dead-lettered
+//! (its `DeadLetter` event awaits the dead-letter group's ack; bit 0 is set
+//! too); bit 2, the timer has its own attempt bound, written after the
+//! reminder offsets. A record with neither bit 1 nor bit 2 is byte for byte
+//! the first version's, so every old log still recovers (a log with dead
+//! letters or own bounds is refused as malformed by versions before them).
 //!
 //! A remove body is the encoded id alone.
 
@@ -27,6 +35,13 @@ pub(crate) const MAX_REMINDERS: usize = 4;
 
 /// Record kind: a timer's whole state.
 pub(crate) const KIND_UPSERT: u8 = 1;
+/// Upsert flag: the `Expired` event is in flight.
+const FLAG_IN_FLIGHT: u8 = 1;
+/// Upsert flag: dead-lettered.
+const FLAG_DEAD_LETTER: u8 = 1 << 1;
+/// Upsert flag: a `max_attempts u16` follows the reminder offsets.
+const FLAG_MAX_ATTEMPTS: u8 = 1 << 2;
+
 /// Record kind: a timer's end.
 pub(crate) const KIND_REMOVE: u8 = 2;
 
@@ -47,6 +62,11 @@ pub(crate) struct TimerState {
     pub(crate) reminders_len: u8,
     /// How many reminders already fired.
     pub(crate) reminders_fired: u8,
+    /// The timer's own attempt bound; 0 for the engine's.
+    pub(crate) max_attempts: u16,
+    /// Dead-lettered: its `DeadLetter` event awaits the dead-letter group's
+    /// ack (`flight` holds that group's ack).
+    pub(crate) dead_letter: bool,
 }
 
 impl TimerState {
@@ -61,6 +81,8 @@ impl TimerState {
             reminders_before_ms: [0; MAX_REMINDERS],
             reminders_len: 0,
             reminders_fired: 0,
+            max_attempts: 0,
+            dead_letter: false,
         }
     }
 
@@ -119,12 +141,25 @@ pub(crate) fn encode_upsert<K: Codec, P: Codec>(
     out.extend_from_slice(&state.due_ms.to_le_bytes());
     out.extend_from_slice(&state.attempt.to_le_bytes());
     out.push(state.snoozes);
-    out.push(u8::from(state.flight.is_some()));
+    let mut flags = 0;
+    if state.flight.is_some() {
+        flags |= FLAG_IN_FLIGHT;
+    }
+    if state.dead_letter {
+        flags |= FLAG_DEAD_LETTER;
+    }
+    if state.max_attempts != 0 {
+        flags |= FLAG_MAX_ATTEMPTS;
+    }
+    out.push(flags);
     out.extend_from_slice(&state.flight.unwrap_or(0).to_le_bytes());
     out.push(state.reminders_len);
     out.push(state.reminders_fired);
     for offset in state.reminders() {
         out.extend_from_slice(&offset.to_le_bytes());
+    }
+    if state.max_attempts != 0 {
+        out.extend_from_slice(&state.max_attempts.to_le_bytes());
     }
     payload.encode(out);
 }
@@ -163,7 +198,12 @@ pub(crate) fn decode_upsert<K: Codec, P: Codec>(
     let due_ms = r.u64()?;
     let attempt = r.u32()?;
     let snoozes = r.u8()?;
-    let in_flight = r.u8()?;
+    let flags = r.u8()?;
+    if flags & !(FLAG_IN_FLIGHT | FLAG_DEAD_LETTER | FLAG_MAX_ATTEMPTS) != 0
+        || (flags & FLAG_DEAD_LETTER != 0 && flags & FLAG_IN_FLIGHT == 0)
+    {
+        return Err(DecodeError::new("bad flags"));
+    }
     let acked = r.u64()?;
     let n = r.u8()?;
     let fired = r.u8()?;
@@ -180,10 +220,12 @@ pub(crate) fn decode_upsert<K: Codec, P: Codec>(
     // Written earliest reminder first (largest offset first); a record that
     // is not is sorted rather than refused, as the first version did.
     before_ms[..usize::from(n)].sort_unstable_by(|a, b| b.cmp(a));
+    let max_attempts = if flags & FLAG_MAX_ATTEMPTS != 0 {
+        u16::from_le_bytes([r.u8()?, r.u8()?])
+    } else {
+        0
+    };
     let payload = P::decode(r.0)?;
-    if in_flight > 1 {
-        return Err(DecodeError::new("bad flags"));
-    }
     Ok(TimerRecord {
         id,
         payload,
@@ -192,10 +234,12 @@ pub(crate) fn decode_upsert<K: Codec, P: Codec>(
             due_ms,
             attempt,
             snoozes,
-            flight: (in_flight == 1).then_some(acked),
+            flight: (flags & FLAG_IN_FLIGHT != 0).then_some(acked),
             reminders_before_ms: before_ms,
             reminders_len: n,
             reminders_fired: fired,
+            max_attempts,
+            dead_letter: flags & FLAG_DEAD_LETTER != 0,
         },
     })
 }
@@ -250,6 +294,30 @@ mod tests {
         assert_eq!(record.state.flight, Some(1));
         assert_eq!(record.state.reminders(), [100]);
         assert_eq!((record.state.due_ms, record.state.attempt), (900, 2));
+    }
+
+    #[test]
+    fn a_dead_letter_with_its_own_bound_round_trips() {
+        let mut state = TimerState::plain(1_000);
+        state.flight = Some(0);
+        state.dead_letter = true;
+        state.max_attempts = 3;
+        state.attempt = 3;
+        state.reminders_before_ms[0] = 50;
+        state.reminders_len = 1;
+        state.reminders_fired = 1;
+        let mut body = Vec::new();
+        encode_upsert(&7u64, &9u64, &state, &mut body);
+        let record = decode_upsert::<u64, u64>(&body).unwrap();
+        assert_eq!((record.id, record.payload, record.state), (7, 9, state));
+    }
+
+    #[test]
+    fn a_plain_record_keeps_the_first_versions_bytes() {
+        let mut body = Vec::new();
+        encode_upsert(&7u64, &9u64, &TimerState::plain(1_000), &mut body);
+        assert_eq!(body.len(), 4 + 8 + 8 + 8 + 4 + 1 + 1 + 8 + 1 + 1 + 8);
+        assert_eq!(body[4 + 8 + 8 + 8 + 4 + 1], 0, "no flag set");
     }
 
     #[test]

@@ -121,7 +121,8 @@ pub use clock::{Clock, Deadline, ManualClock, SystemClock};
 pub use codec::{Codec, DecodeError};
 pub use engine::{
     Builder, Consumer, Engine, Event, EventKind, GroupStats, Hooks, Lateness, MAX_REMINDERS,
-    PendingTimer, Round, Scheduler, Shutdown, Stats, SubscribeError,
+    PendingTimer, Round, ScheduleOptions, Scheduler, Shutdown, Stats, SubscribeError, TimerInfo,
+    TimerStatus,
 };
 pub use error::{
     AckError, BuildError, Cancel, CancelError, RecvError, RecvTimeoutError, RescheduleError,

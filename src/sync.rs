@@ -89,6 +89,24 @@ impl<T: ?Sized> DerefMut for MutexGuard<'_, T> {
     }
 }
 
+/// A reader-writer lock whose `read` and `write` cannot fail.
+#[derive(Debug, Default)]
+pub(crate) struct RwLock<T>(std_sync::RwLock<T>);
+
+impl<T> RwLock<T> {
+    pub(crate) const fn new(value: T) -> Self {
+        Self(std_sync::RwLock::new(value))
+    }
+
+    pub(crate) fn read(&self) -> std_sync::RwLockReadGuard<'_, T> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn write(&self) -> std_sync::RwLockWriteGuard<'_, T> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// A condition variable that waits on a `&mut` [`MutexGuard`].
 #[derive(Debug, Default)]
 pub(crate) struct Condvar(std_sync::Condvar);

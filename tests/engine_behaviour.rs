@@ -2,7 +2,8 @@
 //! test is about real sleeping. No test asserts how long anything took.
 
 use duewheel::{
-    Cancel, Engine, Event, EventKind, ManualClock, RescheduleError, ScheduleError, SystemClock,
+    Cancel, CancelError, Engine, Event, EventKind, ManualClock, RescheduleError, ScheduleError,
+    SystemClock,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -392,7 +393,9 @@ fn shutdown_returns_every_pending_timer_with_its_reminders() {
         assert_eq!(p.deadline_ms, T0 + (60 + p.id) * 1_000);
         assert_eq!(p.reminders_ms, [p.deadline_ms - 30_000]);
     }
-    assert!(matches!(s.cancel(&7_000).unwrap(), Cancel::NotFound));
+    // The timer was handed back; a cancel now hears that the engine is
+    // shut down, not a misleading `NotFound` (issue #20).
+    assert_eq!(s.cancel(&7_000), Err(CancelError::ShuttingDown));
 }
 
 #[test]

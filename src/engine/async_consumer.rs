@@ -157,6 +157,7 @@ where
                     .accept_snooze(event, delay)
                     .map(|seq| (scheduler, seq))
             }
+            (_, super::EventKind::DeadLetter) => Err(crate::SnoozeError::DeadLettered),
             _ => Err(crate::SnoozeError::NotInFlight),
         };
         async move {

@@ -82,7 +82,7 @@ where
         let (hash, shard) = self.shard(id);
         let accepted = shard
             .lock()
-            .reschedule(hash, id, deadline_ms, || self.now_ms())?;
+            .reschedule(hash, id, deadline_ms, self.now_ms())?;
         self.inner.note_due(accepted.value);
         self.durable_async(accepted.seq)
             .await

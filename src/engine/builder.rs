@@ -1,6 +1,7 @@
 //! The engine's configuration, and starting it.
 
 use super::consumer::Registry;
+use super::dir::OwnedDir;
 use super::lifecycle::checkpoint_loop;
 use super::shard::{Acks, FiredMemory, Shard};
 use super::{Engine, Hooks, Inner, Padded, Scheduler, dispatcher, shard_index, wake};
@@ -40,11 +41,16 @@ pub struct Builder<K, P> {
     max_idle: Duration,
     ack_timeout: Option<Duration>,
     max_snoozes: u8,
+    max_attempts: Option<u32>,
+    dead_letter_group: Option<String>,
     groups: Vec<String>,
     durable: Option<DurableOpen<K, P>>,
     wal: WalOptions,
     hooks: Option<Arc<dyn Hooks<K, P>>>,
     checkpoint_every: Duration,
+    /// The directory of [`durable`](Self::durable), once opened, so that
+    /// shutdown can release it.
+    owned_dir: Arc<Mutex<Option<Arc<OwnedDir>>>>,
     _types: PhantomData<fn(K, P)>,
 }
 
@@ -69,11 +75,14 @@ where
             max_idle: Duration::from_secs(1),
             ack_timeout: None,
             max_snoozes: 10,
+            max_attempts: None,
+            dead_letter_group: None,
             groups: Vec::new(),
             durable: None,
             wal: WalOptions::default(),
             hooks: None,
             checkpoint_every: Duration::from_secs(60),
+            owned_dir: Arc::default(),
             _types: PhantomData,
         }
     }
@@ -175,6 +184,65 @@ where
         self
     }
 
+    /// Bounds the deliveries of an `Expired` event (default: unlimited, it
+    /// is redelivered every ack timeout until acked): after `attempts`
+    /// deliveries not acked by every group within
+    /// [`ack_timeout`](Self::ack_timeout), the timer is dead-lettered: its
+    /// [`EventKind::DeadLetter`](crate::EventKind::DeadLetter) event goes to
+    /// the [dead-letter group](Self::dead_letter_group), which must be
+    /// declared. Snoozes do not count as failed attempts (a snoozed
+    /// delivery was answered). One timer may carry its own bound
+    /// ([`ScheduleOptions::max_attempts`](crate::ScheduleOptions::max_attempts)).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = Some(attempts);
+        self
+    }
+
+    /// Declares the dead-letter group `name`: a consumer group that receives
+    /// only [`EventKind::DeadLetter`](crate::EventKind::DeadLetter) events,
+    /// those of timers whose last attempt was not acked in time (see
+    /// [`max_attempts`](Self::max_attempts)). It gets each again every ack
+    /// timeout until one of its consumers acks it, which ends the timer; it
+    /// does not receive reminders or `Expired` events, and its acks are not
+    /// awaited for them. Needs acknowledgements (`ack_timeout`, or durable
+    /// mode) and at least one other group.
+    ///
+    /// ```
+    /// use duewheel::{Engine, EventKind, ManualClock};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new(0);
+    /// let engine = Engine::<u64, u64>::builder()
+    ///     .clock(clock.clone())
+    ///     .ack_timeout(Duration::from_secs(10))
+    ///     .max_attempts(2)
+    ///     .group("orders")
+    ///     .dead_letter_group("dlq")
+    ///     .build()?;
+    /// let (mut orders, mut dlq) = (engine.subscribe("orders")?, engine.subscribe("dlq")?);
+    /// let s = engine.scheduler();
+    /// s.schedule(7, Duration::from_secs(60), 7).unwrap();
+    /// clock.advance(Duration::from_secs(60));
+    /// for attempt in 1..=2 {
+    ///     s.settle(Duration::from_secs(5));
+    ///     assert_eq!(orders.try_recv()?.attempt, attempt); // the consumer fails
+    ///     clock.advance(Duration::from_secs(10));
+    /// }
+    /// s.settle(Duration::from_secs(5));
+    /// let dead = dlq.try_recv()?;
+    /// assert_eq!((dead.id, dead.kind, dead.attempt), (7, EventKind::DeadLetter, 2));
+    /// dlq.ack(&dead)?;
+    /// let stats = engine.stats();
+    /// assert_eq!((stats.dead_lettered, stats.dead_letters, stats.in_flight), (1, 0, 0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn dead_letter_group(mut self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        self.groups.push(name.clone());
+        self.dead_letter_group = Some(name);
+        self
+    }
+
     /// Declares a consumer group up front, so that events buffer for it from
     /// the start even before its first consumer subscribes.
     pub fn group(mut self, name: impl Into<String>) -> Self {
@@ -210,6 +278,18 @@ where
         if self.batch == 0 || self.batch > 1 << 20 {
             return Err(BuildError::Invalid("batch_size must be between 1 and 2^20"));
         }
+        // A group declared twice is one group (one bit in the ack mask).
+        let mut groups: Vec<String> = Vec::with_capacity(self.groups.len());
+        for name in self.groups {
+            if !groups.contains(&name) {
+                groups.push(name);
+            }
+        }
+        let dead_letter_bit = self
+            .dead_letter_group
+            .as_ref()
+            .and_then(|name| groups.iter().position(|g| g == name))
+            .map_or(0, |at| 1u64 << at);
         let ack_timeout = match (self.ack_timeout, &self.durable) {
             (None, Some(_)) => Some(Duration::from_secs(30)),
             (timeout, _) => timeout,
@@ -219,20 +299,38 @@ where
             Some(timeout) if timeout.is_zero() => {
                 return Err(BuildError::Invalid("ack_timeout must be positive"));
             }
-            Some(_) if self.groups.is_empty() => {
+            Some(_) if groups.len() <= usize::from(dead_letter_bit != 0) => {
                 return Err(BuildError::Invalid(
-                    "acknowledgements need the consumer groups declared with `group`",
+                    "acknowledgements need the consumer groups declared with `group` \
+                     (besides the dead-letter group)",
                 ));
             }
-            Some(_) if self.groups.len() > 64 => {
+            Some(_) if groups.len() > 64 => {
                 return Err(BuildError::Invalid("at most 64 consumer groups"));
             }
             Some(timeout) => Some(Acks {
                 timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
                 max_snoozes: self.max_snoozes,
-                all_groups: u64::MAX >> (64 - self.groups.len()),
+                all_groups: (u64::MAX >> (64 - groups.len())) & !dead_letter_bit,
+                max_attempts: self.max_attempts.unwrap_or(u32::MAX),
+                dead_letter: dead_letter_bit,
             }),
         };
+        if self.dead_letter_group.is_some() && acks.is_none() {
+            return Err(BuildError::Invalid(
+                "a dead-letter group needs acknowledgements (ack_timeout, or durable mode)",
+            ));
+        }
+        match self.max_attempts {
+            Some(0) => return Err(BuildError::Invalid("max_attempts must be at least 1")),
+            Some(_) if self.dead_letter_group.is_none() => {
+                return Err(BuildError::Invalid(
+                    "max_attempts needs a dead-letter group (dead_letter_group), \
+                     so that no event is dropped",
+                ));
+            }
+            _ => {}
+        }
         let opened = match self.durable {
             Some(open) => Some(open(self.wal, self.shards)?),
             None => None,
@@ -282,7 +380,7 @@ where
         });
         // Consumers declared up front exist before the first event; the
         // registry keeps their channels open.
-        for group in &self.groups {
+        for group in &groups {
             drop(inner.registry.subscribe(group));
         }
         if acks.is_some() {
@@ -332,6 +430,7 @@ where
             None => None,
         };
         Ok(Engine {
+            dir: self.owned_dir.lock().take(),
             scheduler: Scheduler { inner },
             thread: Some(thread),
             checkpointer,
@@ -355,7 +454,12 @@ where
     }
 
     /// Makes the engine durable in directory `dir` (created if needed, and
-    /// locked: a second engine on it gets an error at build). Every accepted
+    /// locked: a second engine on it gets an error at build, naming the
+    /// holder's process id). [`Engine::shutdown`] (or dropping the engine)
+    /// releases the directory at once, whatever [`Scheduler`] or
+    /// [`Consumer`](crate::Consumer) handles still live: their calls then
+    /// get a "shutting down" error, and the directory can be opened again,
+    /// in this process or another. Every accepted
     /// schedule, cancel, reschedule, ack and snooze is in the write-ahead log
     /// before the call returns `Ok`; on build the log is replayed: overdue
     /// timers fire at once, the rest wait, none early. Acknowledgements are
@@ -363,11 +467,11 @@ where
     /// [`group`](Self::group). Ids and payloads are stored with [`Codec`].
     pub fn durable(mut self, dir: impl AsRef<std::path::Path>) -> Self {
         let dir = dir.as_ref().to_path_buf();
+        let owned = self.owned_dir.clone();
         self.durable = Some(Box::new(move |opts, shards| {
-            let storage = crate::wal::FsStorage::open(&dir)?;
-            crate::durable::open(Arc::new(storage), opts, shards, &|id| {
-                shard_index(id, shards)
-            })
+            let storage = Arc::new(OwnedDir::new(crate::wal::FsStorage::open(&dir)?));
+            *owned.lock() = Some(storage.clone());
+            crate::durable::open(storage, opts, shards, &|id| shard_index(id, shards))
         }));
         self
     }

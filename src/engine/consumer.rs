@@ -575,7 +575,7 @@ impl<K, P> Consumer<K, P> {
             .iter()
             .map(|event| match event.kind {
                 EventKind::Reminder(_) => Ok(()),
-                EventKind::Expired => Err(AckError::NotInFlight),
+                EventKind::Expired | EventKind::DeadLetter => Err(AckError::NotInFlight),
             })
             .collect()
     }
@@ -592,6 +592,9 @@ impl<K, P> Consumer<K, P> {
         P: Clone + Send + 'static,
     {
         let acker = self.acker.as_ref().ok_or(SnoozeError::NotInFlight)?;
+        if event.kind == EventKind::DeadLetter {
+            return Err(SnoozeError::DeadLettered);
+        }
         if event.kind != EventKind::Expired {
             return Err(SnoozeError::NotInFlight);
         }

@@ -88,11 +88,23 @@ pub(crate) struct Extra {
     /// Delivery attempt of the `Expired` event (1 until redelivered or
     /// snoozed).
     pub(crate) attempt: u32,
+    /// This timer's own attempt bound (`ScheduleOptions::max_attempts`), 0
+    /// for the engine's, or [`DEAD_LETTERED`] once dead-lettered (the bound
+    /// no longer matters then). One field for both keeps an `Extra` at 80
+    /// bytes.
+    pub(crate) limit: u16,
     /// Snoozes taken so far.
     pub(crate) snoozes: u8,
-    /// `Expired` was emitted and awaits acks.
+    /// `Expired` was emitted and awaits acks (or, dead-lettered, its
+    /// `DeadLetter` event awaits the dead-letter group's ack).
     pub(crate) in_flight: bool,
 }
+
+/// `Extra::limit` of a dead-lettered timer.
+pub(crate) const DEAD_LETTERED: u16 = u16::MAX;
+
+/// The largest attempt bound one timer may carry.
+pub(crate) const MAX_OWN_ATTEMPTS: u16 = DEAD_LETTERED - 1;
 
 impl Extra {
     /// A timer with reminders (or a deadline a plain entry cannot hold).
@@ -104,9 +116,27 @@ impl Extra {
             acked: 0,
             token: 0,
             attempt: 1,
+            limit: 0,
             snoozes: 0,
             in_flight: false,
         }
+    }
+
+    /// `true` once dead-lettered.
+    pub(crate) const fn is_dead_letter(&self) -> bool {
+        self.limit == DEAD_LETTERED
+    }
+
+    /// `true` if the delivery in flight was the last one `max_attempts`
+    /// (the engine's bound) allows. Snoozes do not count: a snoozed
+    /// delivery was answered, not failed.
+    pub(crate) fn out_of_attempts(&self, max_attempts: u32) -> bool {
+        let bound = if self.limit == 0 {
+            max_attempts
+        } else {
+            u32::from(self.limit)
+        };
+        self.attempt.saturating_sub(u32::from(self.snoozes)) >= bound
     }
 
     /// The journal's view.
@@ -121,6 +151,8 @@ impl Extra {
             reminders_before_ms: before_ms,
             reminders_len: len,
             reminders_fired: fired,
+            max_attempts: if self.is_dead_letter() { 0 } else { self.limit },
+            dead_letter: self.is_dead_letter(),
         }
     }
 
@@ -138,6 +170,11 @@ impl Extra {
             acked: state.flight.unwrap_or(0),
             token: 0,
             attempt: state.attempt,
+            limit: if state.dead_letter {
+                DEAD_LETTERED
+            } else {
+                state.max_attempts.min(MAX_OWN_ATTEMPTS)
+            },
             snoozes: state.snoozes,
             in_flight: state.flight.is_some(),
         })
@@ -214,6 +251,24 @@ impl Reminders {
         // Largest offset first: the earliest reminder fires first.
         reminders.before_ms[..reminders.len as usize].sort_unstable_by(|a, b| b.cmp(a));
         Some(reminders)
+    }
+
+    /// Moves every reminder whose time is already past at `now_ms` to
+    /// `now_ms` (its offset becomes the time left to the deadline), and
+    /// returns how many moved. Such a reminder fires at once, as it would
+    /// anyway; moved, it is due at the tick the engine is at, so it is not
+    /// counted as lateness (it was never due at a tick the engine had
+    /// passed).
+    pub(crate) fn clamp_past(&mut self, deadline_ms: u64, now_ms: u64) -> u8 {
+        let left_ms = deadline_ms.saturating_sub(now_ms);
+        let mut moved = 0;
+        for before in &mut self.before_ms[self.fired as usize..self.len as usize] {
+            if *before > left_ms {
+                *before = left_ms;
+                moved += 1;
+            }
+        }
+        moved
     }
 
     /// Offsets, count and fired count, for the journal.

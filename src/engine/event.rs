@@ -9,6 +9,14 @@ pub enum EventKind {
     /// The deadline passed: the timer is gone. Emitted exactly once per timer
     /// that was not cancelled, after all of its reminders.
     Expired,
+    /// The `Expired` event was delivered
+    /// [`max_attempts`](crate::Builder::max_attempts) times and not acked
+    /// by every group in time (snoozes do not count): the timer is
+    /// dead-lettered. Sent to the
+    /// [dead-letter group](crate::Builder::dead_letter_group) alone, with the
+    /// last attempt's `attempt` and the same `token`, again every ack
+    /// timeout until that group acks it, which ends the timer.
+    DeadLetter,
 }
 
 /// One expiry or reminder, as handed to every consumer group.

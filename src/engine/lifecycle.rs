@@ -1,11 +1,13 @@
 //! The running engine: its threads, checkpoints and shutdown.
 
+use super::dir::OwnedDir;
 use super::{
     Builder, Consumer, Event, Inner, PendingTimer, Recovered, Scheduler, Stats, SubscribeError,
 };
 use crate::error::StorageError;
 use crate::trace;
 use std::hash::Hash;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -51,6 +53,8 @@ where
     pub(super) thread: Option<JoinHandle<()>>,
     pub(super) checkpointer: Option<JoinHandle<()>>,
     pub(super) recovered: Option<Recovered>,
+    /// The data directory of `Builder::durable`, released at stop.
+    pub(super) dir: Option<Arc<OwnedDir>>,
 }
 
 /// Writes a checkpoint every `every` until the engine stops.
@@ -133,8 +137,10 @@ where
     }
 
     /// Stops the dispatcher and hands back every timer still pending and
-    /// every fired event that had not reached all groups. Schedules after
-    /// this get `ShuttingDown` with their payload; consumers can still drain
+    /// every fired event that had not reached all groups. In durable mode
+    /// the data directory is released when this returns, even while
+    /// [`Scheduler`] clones live. Schedules, cancels and reschedules after
+    /// this get `ShuttingDown` (a schedule with its payload); consumers can still drain
     /// what their groups hold, then see the channel disconnect.
     pub fn shutdown(mut self) -> Shutdown<K, P> {
         self.stop()
@@ -162,6 +168,11 @@ where
                 let _ = inner.checkpoint();
             }
             let _ = store.close();
+        }
+        if let Some(dir) = &self.dir {
+            // The log is closed: the directory is free for the next engine,
+            // even while clones of the scheduler live on.
+            dir.release();
         }
         let mut pending = Vec::new();
         for shard in inner.shards() {

@@ -30,7 +30,12 @@
 //!   handed back by [`Engine::shutdown`]; a fired event reaches every group or
 //!   is handed back by `shutdown`;
 //! - an ack or snooze acts only on the event it names (its id and its
-//!   [`Event::token`]).
+//!   [`Event::token`]);
+//! - with a dead-letter group, an `Expired` event is delivered at most
+//!   `max_attempts` times not counting snoozes; then the timer is
+//!   dead-lettered: its [`EventKind::DeadLetter`] event goes to that group
+//!   alone, again every ack timeout, until that group acks it (never
+//!   dropped, and in durable mode kept across restarts).
 
 #[cfg(feature = "tokio")]
 mod async_consumer;
@@ -38,13 +43,16 @@ mod async_consumer;
 mod async_scheduler;
 mod builder;
 mod consumer;
+mod dir;
 mod dispatcher;
 mod entry;
 mod event;
 mod fired;
 mod hooks;
 mod index;
+mod info;
 mod lifecycle;
+mod options;
 mod recovery;
 mod scheduler;
 mod shard;
@@ -55,7 +63,9 @@ pub use self::builder::Builder;
 pub use self::consumer::Consumer;
 pub use self::event::{Event, EventKind};
 pub use self::hooks::{Hooks, Round};
+pub use self::info::{TimerInfo, TimerStatus};
 pub use self::lifecycle::{Engine, Shutdown};
+pub use self::options::ScheduleOptions;
 pub(crate) use self::recovery::Recovered;
 pub use self::scheduler::{Scheduler, SubscribeError};
 pub use self::shard::PendingTimer;

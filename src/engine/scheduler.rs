@@ -4,7 +4,9 @@ use super::consumer::Acker;
 use super::entry::Reminders;
 use super::index::hash_id;
 use super::shard::{self, Shard};
-use super::{Consumer, Event, EventKind, GroupStats, Inner, Lateness, Stats};
+use super::{
+    Consumer, Event, EventKind, GroupStats, Inner, Lateness, ScheduleOptions, Stats, TimerInfo,
+};
 use crate::clock::Deadline;
 use crate::error::{
     AckError, Cancel, CancelError, RescheduleError, ScheduleError, SnoozeError, StorageError,
@@ -126,7 +128,9 @@ where
     /// Like [`schedule`](Self::schedule), with reminders: each offset asks
     /// for a [`EventKind::Reminder`] that long before the deadline (at most
     /// [`MAX_REMINDERS`](crate::MAX_REMINDERS)). Reminders come in time order, then `Expired`; a
-    /// reminder whose time has already passed fires at once.
+    /// reminder whose time has already passed fires at once, due now (its
+    /// event's `due_ms` is the time of the call): it is counted in
+    /// [`Stats::reminders_already_due`], not as lateness.
     pub fn schedule_with_reminders(
         &self,
         id: K,
@@ -136,6 +140,89 @@ where
     ) -> Result<(), ScheduleError<P>> {
         let (seq, backup) = self.accept_schedule(id, deadline.into(), reminders_before, payload)?;
         Self::schedule_outcome(self.durable(seq), backup)
+    }
+
+    /// Like [`schedule`](Self::schedule), with [`ScheduleOptions`]:
+    /// reminders, and this timer's own attempt bound before it is
+    /// dead-lettered.
+    ///
+    /// ```
+    /// use duewheel::{Engine, EventKind, ManualClock, ScheduleOptions};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new(0);
+    /// let engine = Engine::<u64, &str>::builder()
+    ///     .clock(clock.clone())
+    ///     .ack_timeout(Duration::from_secs(10))
+    ///     .group("orders")
+    ///     .dead_letter_group("dlq")
+    ///     .build()?;
+    /// let (mut orders, mut dlq) = (engine.subscribe("orders")?, engine.subscribe("dlq")?);
+    /// let s = engine.scheduler();
+    /// // A poison order: one attempt, then the dead-letter group.
+    /// s.schedule_with(42, Duration::from_secs(60), ScheduleOptions::new().max_attempts(1), "o42")
+    ///     .unwrap();
+    /// clock.advance(Duration::from_secs(60));
+    /// s.settle(Duration::from_secs(5));
+    /// let expiry = orders.try_recv()?; // never acked
+    /// clock.advance(Duration::from_secs(10));
+    /// s.settle(Duration::from_secs(5));
+    /// let dead = dlq.try_recv()?;
+    /// assert_eq!((dead.id, dead.kind, dead.token), (42, EventKind::DeadLetter, expiry.token));
+    /// dlq.ack(&dead)?;
+    /// assert_eq!(engine.stats().dead_lettered, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn schedule_with(
+        &self,
+        id: K,
+        deadline: impl Into<Deadline>,
+        options: ScheduleOptions<'_>,
+        payload: P,
+    ) -> Result<(), ScheduleError<P>> {
+        let (seq, backup) = self.accept_schedule_with(
+            id,
+            deadline.into(),
+            options.reminders_before,
+            options.max_attempts,
+            payload,
+        )?;
+        Self::schedule_outcome(self.durable(seq), backup)
+    }
+
+    /// What the engine knows of `id` now: waiting (and when, with which
+    /// reminders left), in flight (which attempt), dead-lettered, or fired
+    /// and still remembered; `None` if it knows nothing of it (never
+    /// scheduled, cancelled, its end forgotten, or the engine shut down).
+    /// One probe under the id's shard lock, the lock cancel takes: a cancel
+    /// at that moment would have met the same state.
+    ///
+    /// ```
+    /// use duewheel::{Engine, ManualClock, TimerStatus};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new(0);
+    /// let engine = Engine::<u64, &str>::builder().clock(clock.clone()).build()?;
+    /// let _orders = engine.subscribe("orders")?;
+    /// let s = engine.scheduler();
+    /// let remind = [Duration::from_secs(300)];
+    /// s.schedule_with_reminders(42, Duration::from_secs(1800), &remind, "order 42").unwrap();
+    ///
+    /// let info = s.get(&42).expect("scheduled");
+    /// assert_eq!(info.status, TimerStatus::Waiting);
+    /// assert_eq!(info.deadline_ms, Some(1_800_000));
+    /// assert_eq!(info.reminders_ms, [1_500_000]);
+    /// assert_eq!(info.payload, Some("order 42"));
+    ///
+    /// clock.advance(Duration::from_secs(1800));
+    /// s.settle(Duration::from_secs(5));
+    /// assert_eq!(s.get(&42).map(|i| i.status), Some(TimerStatus::Fired));
+    /// assert!(s.get(&7).is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get(&self, id: &K) -> Option<TimerInfo<P>> {
+        let (hash, shard) = self.shard(id);
+        shard.lock().info(hash, id)
     }
 
     /// The part of a schedule done under the shard lock: the record's
@@ -148,6 +235,19 @@ where
         reminders_before: &[Duration],
         payload: P,
     ) -> Result<(Option<u64>, Option<P>), ScheduleError<P>> {
+        self.accept_schedule_with(id, deadline, reminders_before, 0, payload)
+    }
+
+    /// [`accept_schedule`](Self::accept_schedule) with the timer's own
+    /// attempt bound (0: the engine's).
+    pub(super) fn accept_schedule_with(
+        &self,
+        id: K,
+        deadline: Deadline,
+        reminders_before: &[Duration],
+        max_attempts: u16,
+        payload: P,
+    ) -> Result<(Option<u64>, Option<P>), ScheduleError<P>> {
         let Some(reminders) = Reminders::new(
             reminders_before
                 .iter()
@@ -156,14 +256,28 @@ where
             return Err(ScheduleError::TooManyReminders(payload));
         };
         let deadline_ms = self.deadline_ms(deadline);
+        // The clock is read only when a reminder may already be past.
+        let now_ms = if reminders.remaining() {
+            self.now_ms()
+        } else {
+            0
+        };
         // In durable mode the payload is kept until the record is durable, so
         // a log failure can still hand it back.
         let backup = self.inner.journal.as_ref().map(|_| payload.clone());
         let (hash, shard) = self.shard(&id);
-        let accepted =
-            shard
-                .lock()
-                .schedule(hash, id, deadline_ms, || self.now_ms(), reminders, payload)?;
+        let accepted = shard.lock().schedule(
+            hash,
+            id,
+            shard::Timing {
+                deadline_ms,
+                reminders,
+                now_ms,
+                max_attempts,
+            },
+            || self.now_ms(),
+            payload,
+        )?;
         self.inner.note_due(accepted.value);
         Ok((accepted.seq, backup))
     }
@@ -261,7 +375,7 @@ where
         let (hash, shard) = self.shard(id);
         let accepted = shard
             .lock()
-            .reschedule(hash, id, deadline_ms, || self.now_ms())?;
+            .reschedule(hash, id, deadline_ms, self.now_ms())?;
         self.inner.note_due(accepted.value);
         self.durable(accepted.seq)
             .map_err(|_| RescheduleError::Storage)
@@ -431,7 +545,8 @@ where
             .unwrap_or_default();
         Stats {
             now_ms,
-            pending: pending - usize::try_from(counters.in_flight).unwrap_or(pending),
+            pending: pending
+                - usize::try_from(counters.in_flight + counters.dead_letters).unwrap_or(pending),
             max_pending: inner.max_pending,
             scheduled_total: counters.scheduled,
             cancelled_total: counters.cancelled,
@@ -443,6 +558,9 @@ where
             redelivered_total: counters.redelivered,
             snoozed_total: counters.snoozed,
             rejected_full_total: counters.rejected_full,
+            reminders_already_due: counters.reminders_already_due,
+            dead_lettered: counters.dead_lettered,
+            dead_letters: counters.dead_letters,
             tick_ms: inner.ticks.tick_ms(),
             lateness: Lateness::from_histogram(&inner.lateness.lock(), inner.ticks.tick_ms()),
             groups,

@@ -21,10 +21,14 @@
 //! Cancel and fire both run here under the lock: whichever takes the lock
 //! first wins, and the other sees the result.
 
-use super::entry::{Entry, Extra, Extras, Reminders, Side, placement, plain_deadline_ms};
+use super::entry::{
+    DEAD_LETTERED, Entry, Extra, Extras, MAX_OWN_ATTEMPTS, Reminders, Side, placement,
+    plain_deadline_ms,
+};
 use super::event::{Event, EventKind};
 use super::fired::{FIRED, FiredIds};
 use super::index::{IdIndex, Slot, hash_id};
+use super::info::{TimerInfo, TimerStatus};
 use crate::TimerKey;
 use crate::clock::Ticks;
 use crate::error::{AckError, Cancel, CancelError, RescheduleError, ScheduleError, SnoozeError};
@@ -42,8 +46,12 @@ pub struct PendingTimer<K, P> {
     pub deadline_ms: u64,
     /// Due times (UTC milliseconds) of the reminders that had not fired yet.
     pub reminders_ms: Vec<u64>,
-    /// `true` if its `Expired` event was emitted and still awaited acks.
+    /// `true` if its `Expired` event was emitted and still awaited acks
+    /// (or, dead-lettered, its `DeadLetter` event did).
     pub in_flight: bool,
+    /// `true` if it was dead-lettered: its `DeadLetter` event awaited the
+    /// dead-letter group's ack.
+    pub dead_lettered: bool,
     /// The payload given at schedule.
     pub payload: P,
 }
@@ -70,8 +78,12 @@ pub(crate) struct Counters {
     pub(crate) redelivered: u64,
     pub(crate) snoozed: u64,
     pub(crate) rejected_full: u64,
+    pub(crate) reminders_already_due: u64,
+    pub(crate) dead_lettered: u64,
     /// Gauge: timers whose `Expired` awaits acks.
     pub(crate) in_flight: u64,
+    /// Gauge: dead-lettered timers awaiting the dead-letter group's ack.
+    pub(crate) dead_letters: u64,
 }
 
 impl Counters {
@@ -85,7 +97,10 @@ impl Counters {
         self.redelivered += o.redelivered;
         self.snoozed += o.snoozed;
         self.rejected_full += o.rejected_full;
+        self.reminders_already_due += o.reminders_already_due;
         self.in_flight += o.in_flight;
+        self.dead_lettered += o.dead_lettered;
+        self.dead_letters += o.dead_letters;
     }
 }
 
@@ -101,12 +116,28 @@ pub(crate) struct FiredMemory {
 pub(crate) struct Acks {
     pub(crate) timeout_ms: u64,
     pub(crate) max_snoozes: u8,
-    /// One bit per consumer group.
+    /// One bit per consumer group that must ack an `Expired` event (every
+    /// group but the dead-letter group).
     pub(crate) all_groups: u64,
+    /// The engine's attempt bound (`u32::MAX`: unlimited).
+    pub(crate) max_attempts: u32,
+    /// The dead-letter group's bit, or 0 without one.
+    pub(crate) dead_letter: u64,
 }
 
 /// What a fired stage must reach: the groups whose bits are set.
 pub(crate) type Fired<K, P> = (u64, u64, Event<K, P>);
+
+/// When a new timer is due, as [`Shard::schedule`] takes it.
+pub(crate) struct Timing {
+    pub(crate) deadline_ms: u64,
+    pub(crate) reminders: Reminders,
+    /// The clock at the call, to place reminders already past; 0 if the
+    /// caller did not read it (no reminder left).
+    pub(crate) now_ms: u64,
+    /// Its own attempt bound; 0 for the engine's.
+    pub(crate) max_attempts: u16,
+}
 
 /// A change accepted under the lock; durable once `seq` is (if journaled).
 pub(crate) struct Accepted<T> {
@@ -320,17 +351,31 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         &mut self,
         hash: u64,
         id: K,
-        deadline_ms: u64,
-        now_ms: impl FnOnce() -> u64,
-        reminders: Reminders,
+        timing: Timing,
+        clock: impl FnOnce() -> u64,
         payload: P,
     ) -> Result<Accepted<u64>, ScheduleError<P>> {
+        let Timing {
+            deadline_ms,
+            mut reminders,
+            now_ms,
+            max_attempts,
+        } = timing;
         match self.writable() {
             Ok(()) => {}
             Err(Refusal::Closed) => return Err(ScheduleError::ShuttingDown(payload)),
             Err(Refusal::Storage) => return Err(ScheduleError::Storage(payload)),
         }
-        let max_ms = self.max_deadline_within(deadline_ms, now_ms);
+        if max_attempts != 0 && self.acks.is_none_or(|a| a.dead_letter == 0) {
+            return Err(ScheduleError::Invalid {
+                reason: "max_attempts needs a dead-letter group (Builder::dead_letter_group)",
+                payload,
+            });
+        }
+        let max_ms = self.max_deadline_within(deadline_ms, || match now_ms {
+            0 => clock(),
+            read => read,
+        });
         if deadline_ms > max_ms {
             return Err(ScheduleError::DeadlineTooFar {
                 deadline_ms,
@@ -367,7 +412,15 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             }
             row => row,
         };
-        let (due_tick, early_ms, extra) = placement(*ticks, extras, deadline_ms, reminders);
+        let already_due = reminders.clamp_past(deadline_ms, now_ms);
+        let (due_tick, early_ms, extra) = if max_attempts == 0 {
+            placement(*ticks, extras, deadline_ms, reminders)
+        } else {
+            // Its own bound lives in side state.
+            let mut extra = Extra::waiting(deadline_ms, reminders);
+            extra.limit = max_attempts.min(MAX_OWN_ATTEMPTS);
+            (ticks.deadline_tick(extra.due_ms), 0, extras.insert(extra))
+        };
         let entry = Entry {
             id,
             payload,
@@ -401,6 +454,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         };
         row.fill(key.index());
         self.counters.scheduled += 1;
+        self.counters.reminders_already_due += u64::from(already_due);
         Ok(Accepted {
             value: due_tick,
             seq: self.log_upsert(key),
@@ -434,6 +488,11 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
     }
 
     pub(crate) fn cancel(&mut self, hash: u64, id: &K) -> Result<Accepted<Cancel<P>>, CancelError> {
+        if self.closed {
+            // Shut down (its timers handed back or left in the log): a
+            // `NotFound` would be a lie.
+            return Err(CancelError::ShuttingDown);
+        }
         let writable = self.writable();
         let Self {
             wheel,
@@ -481,13 +540,14 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
     }
 
     /// Moves a waiting timer's deadline. Reminders already sent stay sent;
-    /// the rest follow the new deadline. Returns the tick to wake for.
+    /// the rest follow the new deadline (one already past at `now_ms` fires
+    /// at once, counted apart as at schedule). Returns the tick to wake for.
     pub(crate) fn reschedule(
         &mut self,
         hash: u64,
         id: &K,
         deadline_ms: u64,
-        now_ms: impl FnOnce() -> u64,
+        now_ms: u64,
     ) -> Result<Accepted<u64>, RescheduleError> {
         match self.writable() {
             Ok(()) => {}
@@ -499,7 +559,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             Lookup::Fired => return Err(RescheduleError::AlreadyFired),
             Lookup::Live(key) => key,
         };
-        let max_ms = self.max_deadline_within(deadline_ms, now_ms);
+        let max_ms = self.max_deadline_ms(now_ms);
         if deadline_ms > max_ms {
             return Err(RescheduleError::DeadlineTooFar {
                 deadline_ms,
@@ -514,15 +574,19 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             Side::Extra(at) => {
                 let x = self.extras.get_mut(at);
                 x.deadline_ms = deadline_ms;
+                let already_due = x.reminders.clamp_past(deadline_ms, now_ms);
+                self.counters.reminders_already_due += u64::from(already_due);
                 x.due_ms = x.reminders.next_due_ms(deadline_ms);
                 self.ticks.deadline_tick(x.due_ms)
             }
             Side::Plain { .. } | Side::Reminder { .. } => {
-                let reminders = match side {
+                let mut reminders = match side {
                     Side::Reminder { before_ms, .. } => Reminders::new([before_ms]),
                     _ => Some(Reminders::NONE),
                 }
                 .expect("one reminder fits");
+                let already_due = reminders.clamp_past(deadline_ms, now_ms);
+                self.counters.reminders_already_due += u64::from(already_due);
                 let (tick, early_ms, extra) =
                     placement(self.ticks, &mut self.extras, deadline_ms, reminders);
                 let entry = self.wheel.get_mut(key).expect("looked up live");
@@ -575,8 +639,19 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             })?;
         let at = self.wheel.get(key).and_then(Entry::extra_index);
         let x = self.extras.get_mut(at.expect("in flight: has side state"));
+        let dead = x.is_dead_letter();
+        let need = if dead {
+            acks.dead_letter
+        } else {
+            acks.all_groups
+        };
+        if dead && need & (1 << group) == 0 {
+            // A late ack of the `Expired` event: the dead-letter group owns
+            // the timer now.
+            return Err(AckError::DeadLettered);
+        }
         x.acked |= 1 << group;
-        if x.acked & acks.all_groups != acks.all_groups {
+        if x.acked & need != need {
             return Ok(Accepted {
                 value: false,
                 seq: None,
@@ -589,7 +664,11 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         self.free_side(&entry);
         self.retire(hash, key, entry.id, now_ms);
         self.counters.acked += 1;
-        self.counters.in_flight -= 1;
+        if dead {
+            self.counters.dead_letters -= 1;
+        } else {
+            self.counters.in_flight -= 1;
+        }
         Ok(Accepted {
             value: true,
             seq: self.log_remove(id),
@@ -619,6 +698,9 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         let max_ms = self.max_deadline_ms(0);
         let at = self.wheel.get(key).and_then(Entry::extra_index);
         let x = self.extras.get_mut(at.expect("in flight: has side state"));
+        if x.is_dead_letter() {
+            return Err(SnoozeError::DeadLettered);
+        }
         if x.snoozes >= acks.max_snoozes {
             return Err(SnoozeError::LimitReached { snoozes: x.snoozes });
         }
@@ -646,9 +728,14 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         let Lookup::Live(key) = self.lookup(hash, id) else {
             return;
         };
+        let dead = self.extra_of(key).is_some_and(Extra::is_dead_letter);
         if self.in_flight(key) {
             self.take(hash, key);
-            self.counters.in_flight -= 1;
+            if dead {
+                self.counters.dead_letters -= 1;
+            } else {
+                self.counters.in_flight -= 1;
+            }
         }
     }
 
@@ -669,7 +756,10 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         if self.find(hash, &id).is_some() {
             return Err("a timer was recovered twice".into());
         }
-        let fresh = state.attempt == 1 && state.snoozes == 0 && state.flight.is_none();
+        let fresh = state.attempt == 1
+            && state.snoozes == 0
+            && state.flight.is_none()
+            && state.max_attempts == 0;
         let reminders = Reminders::new(state.reminders().iter().copied())
             .filter(|r| state.reminders_fired <= r.len)
             .map(|mut r| {
@@ -690,7 +780,11 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                     extra.due_ms = extra.due_ms.min(now_ms);
                     self.last_token += 1;
                     extra.token = self.last_token;
-                    self.counters.in_flight += 1;
+                    if extra.is_dead_letter() {
+                        self.counters.dead_letters += 1;
+                    } else {
+                        self.counters.in_flight += 1;
+                    }
                 }
                 (
                     self.ticks.deadline_tick(extra.due_ms),
@@ -714,7 +808,14 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                     | InsertError::DeadlineTooFar { payload: entry, .. } => entry,
                 };
                 if self.extra_in_flight(&entry) {
-                    self.counters.in_flight -= 1;
+                    if entry
+                        .extra_index()
+                        .is_some_and(|at| self.extras.get(at).is_dead_letter())
+                    {
+                        self.counters.dead_letters -= 1;
+                    } else {
+                        self.counters.in_flight -= 1;
+                    }
                 }
                 self.free_side(&entry);
                 return Err(message);
@@ -818,15 +919,34 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             }
         }
         let acks = self.acks;
+        let dead_letter = acks.map_or(0, |a| a.dead_letter);
         let at = entry.extra_index().expect("neither plain nor one-reminder");
         let x = self.extras.get_mut(at);
         let due_ms = x.due_ms;
         debug_assert!(due_ms <= now_ms, "fired before its due time");
-        let mut groups = u64::MAX;
-        let kind = if x.in_flight {
+        let mut groups = !dead_letter;
+        let kind = if x.in_flight && x.is_dead_letter() {
+            // Until the dead-letter group acks it.
+            groups = dead_letter & !x.acked;
+            self.counters.redelivered += 1;
+            EventKind::DeadLetter
+        } else if x.in_flight
+            && dead_letter != 0
+            && acks.is_some_and(|a| x.out_of_attempts(a.max_attempts))
+        {
+            // The last attempt timed out: the dead-letter group takes it,
+            // and only its ack ends the timer.
+            x.limit = DEAD_LETTERED;
+            x.acked = 0;
+            groups = dead_letter;
+            self.counters.dead_lettered += 1;
+            self.counters.in_flight -= 1;
+            self.counters.dead_letters += 1;
+            EventKind::DeadLetter
+        } else if x.in_flight {
             // Redelivery: only to the groups that have not acked.
             x.attempt += 1;
-            groups = !x.acked;
+            groups = !x.acked & !dead_letter;
             self.counters.redelivered += 1;
             EventKind::Expired
         } else if x.reminders.remaining() {
@@ -856,6 +976,11 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                 true
             }
             (EventKind::Expired, None) => false,
+            (EventKind::DeadLetter, _) => {
+                let timeout_ms = acks.map_or(0, |a| a.timeout_ms);
+                x.due_ms = now_ms.saturating_add(timeout_ms);
+                true
+            }
         };
         let event = Event {
             id: entry.id.clone(),
@@ -863,15 +988,15 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             deadline_ms: x.deadline_ms,
             due_ms,
             fired_at_ms: now_ms,
-            attempt: if kind == EventKind::Expired {
-                x.attempt
-            } else {
+            attempt: if matches!(kind, EventKind::Reminder(_)) {
                 1
-            },
-            token: if kind == EventKind::Expired {
-                x.token
             } else {
+                x.attempt
+            },
+            token: if matches!(kind, EventKind::Reminder(_)) {
                 0
+            } else {
+                x.token
             },
             payload: entry.payload.clone(),
         };
@@ -942,7 +1067,51 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             let entry = self.wheel.get(key).expect("just inserted");
             let _ = j.upsert(&entry.id, &entry.payload, &self.state(key, entry));
         }
-        (due_tick, u64::MAX, event)
+        (due_tick, !self.acks.map_or(0, |a| a.dead_letter), event)
+    }
+
+    /// What the shard knows of `id` now (see [`TimerInfo`]): one probe,
+    /// under the lock cancel takes, so it is the state cancel would see.
+    pub(crate) fn info(&self, hash: u64, id: &K) -> Option<TimerInfo<P>> {
+        let key = match self.lookup(hash, id) {
+            Lookup::Absent => return None,
+            Lookup::Fired => return Some(TimerInfo::fired()),
+            Lookup::Live(key) => key,
+        };
+        let entry = self.wheel.get(key)?;
+        let tick = self.wheel.deadline(key)?;
+        let mut info = TimerInfo::waiting(entry.payload.clone());
+        match entry.side() {
+            Side::Plain { early_ms } => {
+                let deadline_ms = plain_deadline_ms(self.ticks, tick, early_ms);
+                info.deadline_ms = Some(deadline_ms);
+                info.next_due_ms = Some(deadline_ms);
+            }
+            Side::Reminder {
+                early_ms,
+                before_ms,
+            } => {
+                let due_ms = plain_deadline_ms(self.ticks, tick, early_ms);
+                info.deadline_ms = Some(due_ms.saturating_add(before_ms));
+                info.next_due_ms = Some(due_ms);
+                info.reminders_ms.push(due_ms);
+            }
+            Side::Extra(at) => {
+                let x = self.extras.get(at);
+                info.status = match (x.in_flight, x.is_dead_letter()) {
+                    (true, true) => TimerStatus::DeadLettered,
+                    (true, false) => TimerStatus::InFlight,
+                    (false, _) => TimerStatus::Waiting,
+                };
+                info.deadline_ms = Some(x.deadline_ms);
+                info.next_due_ms = Some(x.due_ms);
+                info.reminders_ms
+                    .extend(x.reminders.remaining_ms(x.deadline_ms));
+                info.attempt = x.attempt;
+                info.snoozes = x.snoozes;
+            }
+        }
+        Some(info)
     }
 
     /// Calls `f` for every timer in the wheel (for a checkpoint).
@@ -963,10 +1132,11 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         let (ticks, extras) = (self.ticks, &self.extras);
         self.wheel.drain(|timer| {
             let entry = timer.payload;
-            let (deadline_ms, reminders_ms, in_flight) = match entry.side() {
+            let (deadline_ms, reminders_ms, in_flight, dead_lettered) = match entry.side() {
                 Side::Plain { early_ms } => (
                     plain_deadline_ms(ticks, timer.deadline, early_ms),
                     Vec::new(),
+                    false,
                     false,
                 ),
                 Side::Reminder {
@@ -974,12 +1144,12 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                     before_ms,
                 } => {
                     let due_ms = plain_deadline_ms(ticks, timer.deadline, early_ms);
-                    (due_ms.saturating_add(before_ms), vec![due_ms], false)
+                    (due_ms.saturating_add(before_ms), vec![due_ms], false, false)
                 }
                 Side::Extra(at) => {
                     let x = extras.get(at);
                     let remaining = x.reminders.remaining_ms(x.deadline_ms).collect();
-                    (x.deadline_ms, remaining, x.in_flight)
+                    (x.deadline_ms, remaining, x.in_flight, x.is_dead_letter())
                 }
             };
             out.push(PendingTimer {
@@ -987,6 +1157,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                 deadline_ms,
                 reminders_ms,
                 in_flight,
+                dead_lettered,
                 payload: entry.payload,
             });
         });
@@ -994,6 +1165,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
         self.extras.clear();
         self.fired.clear();
         self.counters.in_flight = 0;
+        self.counters.dead_letters = 0;
     }
 }
 

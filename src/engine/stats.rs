@@ -28,6 +28,13 @@ pub struct Stats {
     pub reminders_total: u64,
     /// Timers whose `Expired` event awaits acks (with acknowledgements on).
     pub in_flight: u64,
+    /// Timers dead-lettered: their `Expired` event used up
+    /// [`max_attempts`](crate::Builder::max_attempts) unacked deliveries and
+    /// went to the dead-letter group.
+    pub dead_lettered: u64,
+    /// Dead-lettered timers whose `DeadLetter` event awaits the dead-letter
+    /// group's ack (counted neither in `pending` nor in `in_flight`).
+    pub dead_letters: u64,
     /// Timers ended by the last group's ack.
     pub acked_total: u64,
     /// `Expired` events sent again after the ack timeout.
@@ -36,6 +43,11 @@ pub struct Stats {
     pub snoozed_total: u64,
     /// Schedules refused with `Full`.
     pub rejected_full_total: u64,
+    /// Reminders whose time had already passed when they were scheduled
+    /// (an offset longer than the time left): they fire at once and are
+    /// counted here, not in `lateness`, which counts only events due at a
+    /// tick the engine had already passed.
+    pub reminders_already_due: u64,
     /// Tick length in milliseconds.
     pub tick_ms: u64,
     /// How late events left the wheel, in ticks.
@@ -88,10 +100,13 @@ impl Stats {
         counter!("duewheel_fired_total", "kind" => "expired").absolute(self.expired_total);
         counter!("duewheel_fired_total", "kind" => "reminder").absolute(self.reminders_total);
         gauge!("duewheel_in_flight").set(self.in_flight as f64);
+        counter!("duewheel_dead_lettered_total").absolute(self.dead_lettered);
+        gauge!("duewheel_dead_letters").set(self.dead_letters as f64);
         counter!("duewheel_acked_total").absolute(self.acked_total);
         counter!("duewheel_redelivered_total").absolute(self.redelivered_total);
         counter!("duewheel_snoozed_total").absolute(self.snoozed_total);
         counter!("duewheel_rejected_full_total").absolute(self.rejected_full_total);
+        counter!("duewheel_reminders_already_due_total").absolute(self.reminders_already_due);
         gauge!("duewheel_lateness_p50_seconds").set(self.lateness.p50_ticks as f64 * tick_s);
         gauge!("duewheel_lateness_p99_seconds").set(self.lateness.p99_ticks as f64 * tick_s);
         gauge!("duewheel_lateness_max_seconds").set(self.lateness.max_ticks as f64 * tick_s);

@@ -50,10 +50,13 @@ pub trait StorageFile: Send {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenDirError {
     /// Another engine (in this or another process) holds the directory.
-    #[error("data directory {dir} is locked by another engine or process")]
+    #[error("data directory {dir} is locked by {}", holder(*.pid))]
     Locked {
         /// The directory.
         dir: PathBuf,
+        /// The holder's process id, as it wrote it into `DIR/LOCK` (`None`
+        /// if unreadable, e.g. written by a version before it did).
+        pid: Option<u32>,
     },
     /// The directory could not be created or opened.
     #[error("cannot open data directory {dir}: {source}")]
@@ -63,6 +66,17 @@ pub enum OpenDirError {
         /// The underlying error.
         source: io::Error,
     },
+}
+
+/// Who holds a locked directory, for [`OpenDirError::Locked`]'s message.
+fn holder(pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) if pid == std::process::id() => {
+            format!("another engine in this process (pid {pid}); shut it down first")
+        }
+        Some(pid) => format!("process {pid}"),
+        None => "another engine or process".into(),
+    }
 }
 
 /// The real thing: files in one directory.
@@ -82,17 +96,27 @@ impl FsStorage {
             source,
         };
         fs::create_dir_all(&dir).map_err(io_err)?;
-        let lock = OpenOptions::new()
+        let mut lock = OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(dir.join("LOCK"))
             .map_err(io_err)?;
         match lock.try_lock() {
             Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(OpenDirError::Locked { dir }),
+            Err(fs::TryLockError::WouldBlock) => {
+                let pid = fs::read_to_string(dir.join("LOCK"))
+                    .ok()
+                    .and_then(|text| text.trim().parse().ok());
+                return Err(OpenDirError::Locked { dir, pid });
+            }
             Err(fs::TryLockError::Error(e)) => return Err(io_err(e)),
         }
+        // The holder's pid, so that a refused opener can name it. Not
+        // synced: it only explains a refusal while this process lives.
+        lock.set_len(0).map_err(io_err)?;
+        writeln!(lock, "{}", std::process::id()).map_err(io_err)?;
         Ok(Self { dir, _lock: lock })
     }
 
