@@ -27,7 +27,7 @@
 use super::Error;
 use super::args::Config;
 use super::buyers::{Plan, Sale};
-use super::callers::{Answer, Call, Callers};
+use super::callers::{Answer, Call, Callers, Flight, block_on, poll_once};
 use super::lockstep::{IDLE, LockStep};
 use super::world::{
     NEVER, Record, SEEN_BY_INVENTORY, SEEN_BY_NOTIFIER, SEEN_BY_ORDERS, State, World,
@@ -36,8 +36,11 @@ use duewheel::RecvTimeoutError;
 use duewheel::{
     Cancel, CancelError, Codec, Consumer, DecodeError, Event, EventKind, Scheduler, SnoozeError,
 };
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
+use std::task::Poll;
 use std::time::Duration;
 
 /// What the engine carries for an order: the version its timer was
@@ -168,6 +171,11 @@ pub(crate) trait Service: Send + 'static {
     fn receipts(&mut self) -> &mut Receipts;
     /// The acks this service owes, not yet sent.
     fn acks(&mut self) -> &mut Acks;
+    /// Done with what it took: sends the acks it owes (and waits for
+    /// whatever else it left in flight).
+    fn flush(&mut self, consumer: &Orders) {
+        self.acks().send(consumer);
+    }
     /// `event` was in the group when the engine crashed: it dies with the
     /// engine's memory, unhandled.
     fn lost(&mut self, event: &TimerEvent) {
@@ -194,9 +202,11 @@ pub(crate) fn work<S: Service>(
                     service.handle(&consumer, event);
                     for event in consumer.drain_ready() {
                         service.handle(&consumer, event);
-                        service.acks().send_full(&consumer);
+                        if service.acks().full() {
+                            service.flush(&consumer);
+                        }
                     }
-                    service.acks().send(&consumer);
+                    service.flush(&consumer);
                 }
                 Err(RecvTimeoutError::Timeout) if lockstep.stopping() => break,
                 Err(RecvTimeoutError::Timeout) => {}
@@ -215,10 +225,12 @@ pub(crate) fn work<S: Service>(
                     service.lost(&event);
                 } else {
                     service.handle(&consumer, event);
-                    service.acks().send_full(&consumer);
+                    if service.acks().full() {
+                        service.flush(&consumer);
+                    }
                 }
             }
-            service.acks().send(&consumer);
+            service.flush(&consumer);
             continue;
         }
         lockstep.report(index, epoch);
@@ -245,11 +257,9 @@ impl Acks {
         self.owed.push(event);
     }
 
-    /// Sends the owed acks if they make a whole batch.
-    fn send_full(&mut self, consumer: &Orders) {
-        if self.owed.len() >= ACK_BATCH {
-            self.send(consumer);
-        }
+    /// `true` once the owed acks make a whole batch.
+    fn full(&self) -> bool {
+        self.owed.len() >= ACK_BATCH
     }
 
     /// Sends every owed ack, one `ack_batch` (durable when it returns).
@@ -287,7 +297,13 @@ pub(crate) struct OrderService {
     /// Snoozes or states the engine or the table refused unexpectedly.
     pub(crate) anomalies: u64,
     pub(crate) acks: Acks,
+    /// Snoozes the engine took, not yet known durable: waited for with the
+    /// batch's acks, so a batch's snoozes and acks share one fsync.
+    snoozing: Vec<Snoozing>,
 }
+
+/// A snooze the engine took, waiting for the log.
+type Snoozing = Pin<Box<dyn Future<Output = Result<(), SnoozeError>> + Send>>;
 
 impl OrderService {
     pub(crate) fn new(ctx: Context) -> Self {
@@ -301,6 +317,7 @@ impl OrderService {
             refused_updates: 0,
             anomalies: 0,
             acks: Acks::default(),
+            snoozing: Vec::new(),
         }
     }
 
@@ -325,6 +342,17 @@ impl Service for OrderService {
 
     fn acks(&mut self) -> &mut Acks {
         &mut self.acks
+    }
+
+    /// Sends the acks, then waits for the snoozes: the acks' wait covers
+    /// the snoozes logged before them, so this is one fsync for both.
+    fn flush(&mut self, consumer: &Orders) {
+        self.acks.send(consumer);
+        for mut snooze in self.snoozing.drain(..) {
+            if block_on(&mut snooze).is_err() {
+                self.anomalies += 1;
+            }
+        }
     }
 
     fn handle(&mut self, consumer: &Orders, event: TimerEvent) {
@@ -354,8 +382,15 @@ impl Service for OrderService {
             if taken < self.ctx.config.max_snoozes {
                 let delay_ms = self.ctx.config.backoff_ms(u32::from(taken));
                 record.recheck_at_ms.store(now_ms + delay_ms, SeqCst);
-                match consumer.snooze(&event, Duration::from_millis(delay_ms)) {
-                    Ok(()) => {
+                // Taken at the first poll; its wait for the log is left
+                // for [`Service::flush`], with the batch's acks.
+                let mut snooze: Snoozing =
+                    Box::pin(consumer.snooze_async(&event, Duration::from_millis(delay_ms)));
+                match poll_once(&mut snooze) {
+                    ready @ (Poll::Pending | Poll::Ready(Ok(()))) => {
+                        if ready.is_pending() {
+                            self.snoozing.push(snooze);
+                        }
                         record.snoozes.fetch_add(1, SeqCst);
                         self.rechecks += 1;
                         self.decided(record, event.attempt);
@@ -363,9 +398,9 @@ impl Service for OrderService {
                     }
                     // Our own bound equals the engine's, so the engine
                     // refusing means they disagree: cancel, and count it.
-                    Err(SnoozeError::LimitReached { .. }) => self.anomalies += 1,
+                    Poll::Ready(Err(SnoozeError::LimitReached { .. })) => self.anomalies += 1,
                     // `NotInFlight`, `Storage`, or a later refusal.
-                    Err(_) => {
+                    Poll::Ready(Err(_)) => {
                         self.anomalies += 1;
                         self.decided(record, event.attempt);
                         return;
@@ -581,6 +616,10 @@ pub(crate) struct Checkout {
     pub(crate) refused_updates: u64,
     /// Engine errors on cancel (must stay 0).
     pub(crate) errors: u64,
+    /// Calls accepted and still waiting for the log, with the time they
+    /// were made at: their answers are taken at [`Checkout::finish`].
+    #[serde(skip)]
+    waiting: Vec<(Vec<Call>, Flight, u64)>,
 }
 
 impl Checkout {
@@ -610,19 +649,54 @@ impl Checkout {
                 remind_before_ms: ctx.config.remind_before_ms,
             });
         }
-        for (call, answer) in calls.iter().zip(callers.run(&ctx.timers, &calls)?) {
-            let (Call::Schedule { order, .. }, Answer::Scheduled(accepted)) = (call, answer) else {
+        self.make(ctx, callers, calls)
+    }
+
+    /// Makes `calls` (see [`Callers::start`]): the answers already known
+    /// are taken now, the rest at [`finish`](Self::finish).
+    fn make(&mut self, ctx: &Context, callers: &Callers, calls: Vec<Call>) -> Result<(), Error> {
+        let mut flight = callers.start(&ctx.timers, &calls)?;
+        let now_ms = ctx.timers.now_ms();
+        for (at, answer) in flight.take_ready() {
+            self.answered(ctx, calls[at], answer, now_ms)?;
+        }
+        self.waiting.push((calls, flight, now_ms));
+        Ok(())
+    }
+
+    /// Takes the answers of every call still waiting for the log.
+    pub(crate) fn finish(&mut self, ctx: &Context) -> Result<(), Error> {
+        for (calls, flight, now_ms) in std::mem::take(&mut self.waiting) {
+            for (at, answer) in flight.finish()? {
+                self.answered(ctx, calls[at], answer, now_ms)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What `call`, made at `now_ms`, was answered.
+    fn answered(
+        &mut self,
+        ctx: &Context,
+        call: Call,
+        answer: Answer,
+        now_ms: u64,
+    ) -> Result<(), Error> {
+        match (call, answer) {
+            (Call::Schedule { .. }, Answer::Scheduled(true)) => self.scheduled += 1,
+            (Call::Schedule { order, .. }, Answer::Scheduled(false)) => {
+                let record = ctx.world.record(u64::from(order));
+                ctx.world.reject(record);
+                ctx.world.stock.release(record);
+                self.engine_refused += 1;
+            }
+            (Call::Cancel { order }, Answer::Cancelled(answer)) => {
+                self.paid_or_refunded(ctx, order, answer, now_ms);
+            }
+            _ => {
                 return Err(Error::Run(
                     "a checkout call got another call's answer".into(),
                 ));
-            };
-            if accepted {
-                self.scheduled += 1;
-            } else {
-                let record = world.record(u64::from(*order));
-                world.reject(record);
-                world.stock.release(record);
-                self.engine_refused += 1;
             }
         }
         Ok(())
@@ -645,15 +719,7 @@ impl Checkout {
                 State::Absent | State::Paid => self.errors += 1,
             }
         }
-        for (call, answer) in calls.iter().zip(callers.run(&ctx.timers, &calls)?) {
-            let (Call::Cancel { order }, Answer::Cancelled(answer)) = (call, answer) else {
-                return Err(Error::Run(
-                    "a checkout call got another call's answer".into(),
-                ));
-            };
-            self.paid_or_refunded(ctx, *order, answer);
-        }
-        Ok(())
+        self.make(ctx, callers, calls)
     }
 
     fn paid_or_refunded(
@@ -661,11 +727,11 @@ impl Checkout {
         ctx: &Context,
         order: u32,
         answer: Result<Cancel<OrderTimer>, CancelError>,
+        now_ms: u64,
     ) {
         let record = ctx.world.record(u64::from(order));
         match answer {
             Ok(Cancel::Cancelled(timer)) => {
-                let now_ms = ctx.timers.now_ms();
                 match record.update(State::Unpaid, timer.version, State::Paid) {
                     Ok(_) => {
                         record.paid_at_ms.store(now_ms, SeqCst);
