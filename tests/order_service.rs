@@ -376,7 +376,7 @@ fn orders_survive_kill_9_none_lost_none_cancelled_twice_stock_conserved() {
         placed.len() as u64,
         "{after}"
     );
-    for (&id, _) in &placed {
+    for &id in placed.keys() {
         let want = if paid.contains(&id) {
             "paid"
         } else {
