@@ -259,7 +259,7 @@ fn wait_until(mut done: impl FnMut() -> bool) {
 /// Set in the child process: the service's data directory.
 const CHILD_DIR: &str = "ORDER_SERVICE_TEST_CHILD_DIR";
 /// The child's payment window: short, so orders expire around the kill.
-const CHILD_WINDOW: Duration = Duration::from_millis(1_500);
+const CHILD_WINDOW: Duration = Duration::from_millis(3_000);
 const CHILD_STOCK: u64 = 500;
 
 /// Not a test of its own: when [`CHILD_DIR`] is set, this is the service
@@ -350,11 +350,11 @@ fn orders_survive_kill_9_none_lost_none_cancelled_twice_stock_conserved() {
     // A first wave expires before the kill; a second is placed just before
     // it, with expiries due while the process is down or being handled.
     place_and_pay(addr, 30, &mut placed);
-    std::thread::sleep(CHILD_WINDOW + Duration::from_millis(500));
+    std::thread::sleep(CHILD_WINDOW + Duration::from_secs(1));
     let before = stock(addr);
     assert!(before["cancelled"].as_u64().unwrap() > 0, "{before}");
     place_and_pay(addr, 30, &mut placed);
-    std::thread::sleep(CHILD_WINDOW - Duration::from_millis(100));
+    std::thread::sleep(CHILD_WINDOW - Duration::from_millis(200));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 
