@@ -11,7 +11,8 @@
 //! or refused under its shard lock then, and its outcome is decided), and
 //! [`Flight::finish`] waits for the log later, for all of them at once, as
 //! buyers checking out together do. The driver finishes a step's calls
-//! after the services' acks of that step, whose fsync covers them, and
+//! after the services handled that step (so one fsync covers the calls and
+//! the services' acks, which do not wait for the log themselves), and
 //! always before a crash.
 //!
 //! Invariant: a [`Flight`] gives one answer per call, in the order of the

@@ -262,8 +262,7 @@ pub(crate) fn run(
                     "the services did not finish a step within {STEP_PATIENCE:?}"
                 )));
             }
-            // The step's calls were logged before the services' acks, whose
-            // fsync covered them: their answers are in.
+            // The step's calls and the services' acks wait for one fsync.
             checkout.finish(&ctx)?;
             checkout.pay(&ctx, &callers, &held_back)?;
             held_back.clear();

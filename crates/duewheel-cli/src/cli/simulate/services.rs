@@ -34,7 +34,8 @@ use super::world::{
 };
 use duewheel::RecvTimeoutError;
 use duewheel::{
-    Cancel, CancelError, Codec, Consumer, DecodeError, Event, EventKind, Scheduler, SnoozeError,
+    AckError, Cancel, CancelError, Codec, Consumer, DecodeError, Event, EventKind, Scheduler,
+    SnoozeError,
 };
 use std::future::Future;
 use std::pin::Pin;
@@ -171,10 +172,11 @@ pub(crate) trait Service: Send + 'static {
     fn receipts(&mut self) -> &mut Receipts;
     /// The acks this service owes, not yet sent.
     fn acks(&mut self) -> &mut Acks;
-    /// Done with what it took: sends the acks it owes (and waits for
-    /// whatever else it left in flight).
-    fn flush(&mut self, consumer: &Orders) {
+    /// Done with what it took: sends the acks it owes; with `wait`, waits
+    /// until everything it sent is durable (when it stops).
+    fn flush(&mut self, consumer: &Orders, wait: bool) {
         self.acks().send(consumer);
+        self.acks().collect(wait);
     }
     /// `event` was in the group when the engine crashed: it dies with the
     /// engine's memory, unhandled.
@@ -187,7 +189,9 @@ pub(crate) trait Service: Send + 'static {
 /// on the manual clock, free-running on the real-time clock. The acks of
 /// the events it takes at once go out together, [`ACK_BATCH`] at a time,
 /// before it takes more (or reports idle): a batch is acked on the engine
-/// it came from, and the driver never sees a step done with acks unsent.
+/// it came from, and the driver never sees a step done with acks unsent
+/// (taken by the engine; durable with the next fsync, see [`Acks::send`]).
+/// When it stops it waits until everything it sent is durable.
 pub(crate) fn work<S: Service>(
     mut service: S,
     mut consumer: Orders,
@@ -203,14 +207,20 @@ pub(crate) fn work<S: Service>(
                     for event in consumer.drain_ready() {
                         service.handle(&consumer, event);
                         if service.acks().full() {
-                            service.flush(&consumer);
+                            service.flush(&consumer, false);
                         }
                     }
-                    service.flush(&consumer);
+                    service.flush(&consumer, false);
                 }
-                Err(RecvTimeoutError::Timeout) if lockstep.stopping() => break,
+                Err(RecvTimeoutError::Timeout) if lockstep.stopping() => {
+                    service.flush(&consumer, true);
+                    break;
+                }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Disconnected) => {
+                    service.flush(&consumer, true);
+                    break;
+                }
             }
         }
         return service;
@@ -226,15 +236,16 @@ pub(crate) fn work<S: Service>(
                 } else {
                     service.handle(&consumer, event);
                     if service.acks().full() {
-                        service.flush(&consumer);
+                        service.flush(&consumer, false);
                     }
                 }
             }
-            service.flush(&consumer);
+            service.flush(&consumer, false);
             continue;
         }
         lockstep.report(index, epoch);
         if lockstep.stopping() {
+            service.flush(&consumer, true);
             return service;
         }
         std::thread::park_timeout(IDLE);
@@ -246,10 +257,15 @@ pub(crate) fn work<S: Service>(
 #[derive(Default)]
 pub(crate) struct Acks {
     owed: Vec<TimerEvent>,
+    /// Batches acked (accepted by the engine) and not yet known durable.
+    sent: Vec<AckFlight>,
     /// Acks refused (a redelivered copy of a finished timer is refused
     /// with `NotInFlight`, which is harmless).
     pub(crate) refused: u64,
 }
+
+/// An `ack_batch_async` the engine accepted, waiting for the log.
+type AckFlight = Pin<Box<dyn Future<Output = Vec<Result<(), AckError>>> + Send>>;
 
 impl Acks {
     /// Owes an ack for `event`.
@@ -262,19 +278,47 @@ impl Acks {
         self.owed.len() >= ACK_BATCH
     }
 
-    /// Sends every owed ack, one `ack_batch` (durable when it returns).
+    /// Sends every owed ack in one `ack_batch_async`: the engine takes the
+    /// acks at the call (the timers end, nothing is redelivered), and the
+    /// service goes on without waiting for the log; the fsync that the
+    /// checkout's next wait (or a later one) brings makes them durable. A
+    /// crash before that loses only acks, whose events come again and are
+    /// absorbed (each action checks the order's state first).
     fn send(&mut self, consumer: &Orders) {
+        self.collect(false);
         if self.owed.is_empty() {
             return;
         }
-        for result in consumer.ack_batch(&self.owed) {
-            // `NotInFlight`, `Storage`, and whatever a later version adds
-            // (`AckError` is non-exhaustive): a refusal.
-            if result.is_err() {
-                self.refused += 1;
+        let mut flight: AckFlight = Box::pin(consumer.ack_batch_async(&self.owed));
+        self.owed.clear();
+        match poll_once(&mut flight) {
+            Poll::Ready(results) => self.count(&results),
+            Poll::Pending => self.sent.push(flight),
+        }
+    }
+
+    /// Takes the results of batches sent before: those already durable,
+    /// or with `wait`, all of them.
+    fn collect(&mut self, wait: bool) {
+        let mut still = Vec::new();
+        for mut flight in std::mem::take(&mut self.sent) {
+            let polled = if wait {
+                Poll::Ready(block_on(&mut flight))
+            } else {
+                poll_once(&mut flight)
+            };
+            match polled {
+                Poll::Ready(results) => self.count(&results),
+                Poll::Pending => still.push(flight),
             }
         }
-        self.owed.clear();
+        self.sent = still;
+    }
+
+    fn count(&mut self, results: &[Result<(), AckError>]) {
+        // `NotInFlight`, `Storage`, and whatever a later version adds
+        // (`AckError` is non-exhaustive): a refusal.
+        self.refused += results.iter().filter(|r| r.is_err()).count() as u64;
     }
 }
 
@@ -344,15 +388,25 @@ impl Service for OrderService {
         &mut self.acks
     }
 
-    /// Sends the acks, then waits for the snoozes: the acks' wait covers
-    /// the snoozes logged before them, so this is one fsync for both.
-    fn flush(&mut self, consumer: &Orders) {
+    /// Sends the acks and takes the snoozes' results as they become
+    /// durable, like the acks' (all of them with `wait`).
+    fn flush(&mut self, consumer: &Orders, wait: bool) {
         self.acks.send(consumer);
-        for mut snooze in self.snoozing.drain(..) {
-            if block_on(&mut snooze).is_err() {
-                self.anomalies += 1;
+        self.acks.collect(wait);
+        let mut still = Vec::new();
+        for mut snooze in std::mem::take(&mut self.snoozing) {
+            let polled = if wait {
+                Poll::Ready(block_on(&mut snooze))
+            } else {
+                poll_once(&mut snooze)
+            };
+            match polled {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => self.anomalies += 1,
+                Poll::Pending => still.push(snooze),
             }
         }
+        self.snoozing = still;
     }
 
     fn handle(&mut self, consumer: &Orders, event: TimerEvent) {
