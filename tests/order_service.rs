@@ -84,6 +84,7 @@ fn unpaid_orders_expire_paid_ones_do_not_and_metrics_tell_the_story() {
         remind_before: Duration::from_secs(5 * 60),
         stock: 10,
         data_dir: None,
+        abort_before_first_ack: false,
     };
     let service = {
         let _inside = runtime.enter();
@@ -187,6 +188,7 @@ fn payments_racing_the_expiry_get_answers_that_match_the_outcome() {
         remind_before: Duration::from_secs(10),
         stock: ORDERS * 2,
         data_dir: None,
+        abort_before_first_ack: false,
     };
     let service = {
         let _inside = runtime.enter();
@@ -258,6 +260,9 @@ fn wait_until(mut done: impl FnMut() -> bool) {
 
 /// Set in the child process: the service's data directory.
 const CHILD_DIR: &str = "ORDER_SERVICE_TEST_CHILD_DIR";
+/// Set in the child process: abort after the first cancellations are on
+/// disk, before their expiries are acked.
+const CHILD_ABORTS: &str = "ORDER_SERVICE_TEST_CHILD_ABORTS";
 /// The child's payment window: short, so orders expire around the kill.
 const CHILD_WINDOW: Duration = Duration::from_millis(3_000);
 const CHILD_STOCK: u64 = 500;
@@ -280,6 +285,7 @@ fn serves_as_the_child_process_when_asked() {
         remind_before: CHILD_WINDOW / 3,
         stock: CHILD_STOCK,
         data_dir: Some(PathBuf::from(dir)),
+        abort_before_first_ack: std::env::var_os(CHILD_ABORTS).is_some(),
     };
     let service = {
         let _inside = runtime.enter();
@@ -293,18 +299,22 @@ fn serves_as_the_child_process_when_asked() {
     });
 }
 
-/// The service as a child process on `dir`, and the address it listens on.
-fn start_child(dir: &Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+/// The service as a child process on `dir` (aborting before its first ack
+/// if `aborts`), and the address it listens on.
+fn start_child(dir: &Path, aborts: bool) -> (Child, SocketAddr) {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
         .args([
             "--exact",
             "serves_as_the_child_process_when_asked",
             "--nocapture",
         ])
         .env(CHILD_DIR, dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stdout(Stdio::piped());
+    if aborts {
+        command.env(CHILD_ABORTS, "1");
+    }
+    let mut child = command.spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let addr = loop {
         let line = lines.next().expect("the child prints its address").unwrap();
@@ -327,7 +337,9 @@ fn stock(addr: SocketAddr) -> Value {
 fn orders_survive_kill_9_none_lost_none_cancelled_twice_stock_conserved() {
     let dir = std::env::temp_dir().join(format!("duewheel-order-service-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let (mut child, addr) = start_child(&dir);
+    // The first process dies at the worst moment: its first cancellations
+    // are on disk, their expiries not acked.
+    let (mut child, addr) = start_child(&dir, true);
 
     // What the clients were told: every order placed (201) with its qty,
     // and the ones whose payment was answered 200.
@@ -347,18 +359,26 @@ fn orders_survive_kill_9_none_lost_none_cancelled_twice_stock_conserved() {
             }
         }
     };
-    // A first wave expires before the kill; a second is placed just before
-    // it, with expiries due while the process is down or being handled.
     place_and_pay(addr, 30, &mut placed);
-    std::thread::sleep(CHILD_WINDOW + Duration::from_secs(1));
-    let before = stock(addr);
-    assert!(before["cancelled"].as_u64().unwrap() > 0, "{before}");
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < CHILD_WINDOW + WAIT,
+            "the service did not reach its first expiry"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The second process gets the expiries again (they were in flight), and
+    // a second wave of orders; it is killed with SIGKILL while their
+    // expiries are due.
+    let (mut child, addr) = start_child(&dir, false);
     place_and_pay(addr, 30, &mut placed);
     std::thread::sleep(CHILD_WINDOW - Duration::from_millis(200));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 
-    let (mut child, addr) = start_child(&dir);
+    let (mut child, addr) = start_child(&dir, false);
     // Every unpaid order's window has closed: each is cancelled, once.
     let started = Instant::now();
     let after = loop {

@@ -57,6 +57,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         remind_before: window / 5,
         stock: 1_000,
         data_dir,
+        abort_before_first_ack: false,
     };
     let service_dir = settings.data_dir.clone();
     let service = OrderService::start(settings, SystemClock::new())?;

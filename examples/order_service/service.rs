@@ -72,6 +72,10 @@ pub(crate) struct Settings {
     /// Durable mode: where the engine's log and the order table live.
     /// `None`: everything in memory, lost at exit.
     pub(crate) data_dir: Option<PathBuf>,
+    /// For the restart test: the process aborts right after its first
+    /// cancellations reach the disk, before their expiries are acked (the
+    /// worst moment to die; the expiries come again after the restart).
+    pub(crate) abort_before_first_ack: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -326,6 +330,9 @@ async fn consume(shared: Arc<Shared>, mut events: duewheel::Consumer<u64, u64>) 
             // The disk failed: nothing of this batch is acked, so its
             // expiries come again after a restart; stop consuming.
             return;
+        }
+        if shared.settings.abort_before_first_ack && !cancels.is_empty() {
+            std::process::abort();
         }
         shared
             .cancel_effects
