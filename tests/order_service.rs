@@ -3,6 +3,9 @@
 //! requests: an unpaid order is cancelled when its window closes and its
 //! stock comes back, a paid one is not, the pay call's answer matches the
 //! outcome, and `/metrics` is Prometheus text with the expected numbers.
+//! In durable mode the service runs as a child process (this test binary,
+//! re-run as [`serves_as_the_child_process_when_asked`]) on the system
+//! clock; it is killed with SIGKILL and restarted on the same directory.
 #![cfg(all(feature = "tokio", feature = "prometheus"))]
 
 use duewheel_testkit::prom_text;
@@ -12,8 +15,11 @@ mod service;
 use duewheel::ManualClock;
 use serde_json::Value;
 use service::{OrderService, Settings};
-use std::io::{Read, Write};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const T0: u64 = 1_700_000_000_000;
@@ -77,6 +83,8 @@ fn unpaid_orders_expire_paid_ones_do_not_and_metrics_tell_the_story() {
         window: Duration::from_secs(30 * 60),
         remind_before: Duration::from_secs(5 * 60),
         stock: 10,
+        data_dir: None,
+        abort_before_first_ack: false,
     };
     let service = {
         let _inside = runtime.enter();
@@ -179,6 +187,8 @@ fn payments_racing_the_expiry_get_answers_that_match_the_outcome() {
         window: Duration::from_secs(60),
         remind_before: Duration::from_secs(10),
         stock: ORDERS * 2,
+        data_dir: None,
+        abort_before_first_ack: false,
     };
     let service = {
         let _inside = runtime.enter();
@@ -246,4 +256,178 @@ fn wait_until(mut done: impl FnMut() -> bool) {
         assert!(started.elapsed() < WAIT, "timed out");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Set in the child process: the service's data directory.
+const CHILD_DIR: &str = "ORDER_SERVICE_TEST_CHILD_DIR";
+/// Set in the child process: abort after the first cancellations are on
+/// disk, before their expiries are acked.
+const CHILD_ABORTS: &str = "ORDER_SERVICE_TEST_CHILD_ABORTS";
+/// The child's payment window: short, so orders expire around the kill.
+const CHILD_WINDOW: Duration = Duration::from_millis(3_000);
+const CHILD_STOCK: u64 = 500;
+
+/// Not a test of its own: when [`CHILD_DIR`] is set, this is the service
+/// process the durable test starts and kills (durable, system clock,
+/// a loopback port it prints). Otherwise it returns at once.
+#[test]
+fn serves_as_the_child_process_when_asked() {
+    let Ok(dir) = std::env::var(CHILD_DIR) else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let settings = Settings {
+        window: CHILD_WINDOW,
+        remind_before: CHILD_WINDOW / 3,
+        stock: CHILD_STOCK,
+        data_dir: Some(PathBuf::from(dir)),
+        abort_before_first_ack: std::env::var_os(CHILD_ABORTS).is_some(),
+    };
+    let service = {
+        let _inside = runtime.enter();
+        OrderService::start(settings, duewheel::SystemClock::new()).unwrap()
+    };
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("LISTENING {}", listener.local_addr().unwrap());
+        std::io::stdout().flush().unwrap();
+        axum::serve(listener, service.router()).await.unwrap();
+    });
+}
+
+/// The service as a child process on `dir` (aborting before its first ack
+/// if `aborts`), and the address it listens on.
+fn start_child(dir: &Path, aborts: bool) -> (Child, SocketAddr) {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--exact",
+            "serves_as_the_child_process_when_asked",
+            "--nocapture",
+        ])
+        .env(CHILD_DIR, dir)
+        .stdout(Stdio::piped());
+    if aborts {
+        command.env(CHILD_ABORTS, "1");
+    }
+    let mut child = command.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the child prints its address").unwrap();
+        if let Some(addr) = line.strip_prefix("LISTENING ") {
+            break addr.parse().unwrap();
+        }
+    };
+    // Keep reading, so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
+}
+
+fn stock(addr: SocketAddr) -> Value {
+    let (status, body) = http(addr, "GET", "/stock", None);
+    assert_eq!(status, 200, "{body}");
+    json(&body)
+}
+
+#[test]
+fn orders_survive_kill_9_none_lost_none_cancelled_twice_stock_conserved() {
+    let dir = std::env::temp_dir().join(format!("duewheel-order-service-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // The first process dies at the worst moment: its first cancellations
+    // are on disk, their expiries not acked.
+    let (mut child, addr) = start_child(&dir, true);
+
+    // What the clients were told: every order placed (201) with its qty,
+    // and the ones whose payment was answered 200.
+    let mut placed: HashMap<u64, u64> = HashMap::new();
+    let mut paid: Vec<u64> = Vec::new();
+    let mut place_and_pay = |addr: SocketAddr, n: u64, placed: &mut HashMap<u64, u64>| {
+        for i in 0..n {
+            let qty = 1 + i % 3;
+            let (status, body) = http(addr, "POST", "/orders", Some(&format!("{{\"qty\":{qty}}}")));
+            assert_eq!(status, 201, "{body}");
+            let id = json(&body)["id"].as_u64().unwrap();
+            placed.insert(id, qty);
+            if i % 3 == 0 {
+                let (status, body) = http(addr, "POST", &format!("/orders/{id}/pay"), None);
+                assert_eq!(status, 200, "{body}");
+                paid.push(id);
+            }
+        }
+    };
+    place_and_pay(addr, 30, &mut placed);
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < CHILD_WINDOW + WAIT,
+            "the service did not reach its first expiry"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The second process gets the expiries again (they were in flight), and
+    // a second wave of orders; it is killed with SIGKILL while their
+    // expiries are due.
+    let (mut child, addr) = start_child(&dir, false);
+    place_and_pay(addr, 30, &mut placed);
+    std::thread::sleep(CHILD_WINDOW - Duration::from_millis(200));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let (mut child, addr) = start_child(&dir, false);
+    // Every unpaid order's window has closed: each is cancelled, once.
+    let started = Instant::now();
+    let after = loop {
+        let now = stock(addr);
+        if now["unpaid"] == 0 {
+            break now;
+        }
+        assert!(started.elapsed() < WAIT, "orders still unpaid: {now}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // No order lost: every one the clients were answered 201 for is there,
+    // in the state its answers imply.
+    assert_eq!(
+        after["orders"].as_u64().unwrap(),
+        placed.len() as u64,
+        "{after}"
+    );
+    for &id in placed.keys() {
+        let want = if paid.contains(&id) {
+            "paid"
+        } else {
+            "cancelled"
+        };
+        let (status, body) = http(addr, "GET", &format!("/orders/{id}"), None);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(json(&body)["state"], want, "order {id}: {body}");
+    }
+    // None cancelled twice.
+    assert_eq!(after["cancel_effects"], after["cancelled"], "{after}");
+    assert_eq!(
+        after["paid"].as_u64().unwrap(),
+        paid.len() as u64,
+        "{after}"
+    );
+    // Stock conserved: only the paid orders' units are gone.
+    let sold: u64 = paid.iter().map(|id| placed[id]).sum();
+    assert_eq!(after["sold"].as_u64().unwrap(), sold, "{after}");
+    assert_eq!(after["reserved"], 0, "{after}");
+    assert_eq!(
+        after["available"].as_u64().unwrap(),
+        CHILD_STOCK - sold,
+        "{after}"
+    );
+    // A late payment for a cancelled order hears that the expiry won.
+    let cancelled = placed.keys().find(|id| !paid.contains(id)).unwrap();
+    let (status, body) = http(addr, "POST", &format!("/orders/{cancelled}/pay"), None);
+    assert_eq!(status, 409, "{body}");
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

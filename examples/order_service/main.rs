@@ -10,13 +10,22 @@
 //! curl -s localhost:3000/metrics
 //! ```
 //!
-//! Arguments: the address (default `127.0.0.1:3000`) and the payment window
-//! (default `30m`; the reminder comes at four fifths of it). Ctrl-C stops it.
+//! Arguments: the address (default `127.0.0.1:3000`), the payment window
+//! (default `30m`; the reminder comes at four fifths of it) and, for the
+//! durable mode, a data directory (or `ORDER_SERVICE_DIR`): orders, stock
+//! and timers then survive a crash (`kill -9`) and a restart on the same
+//! directory (see `service.rs`). Ctrl-C stops it.
+//!
+//! ```text
+//! cargo run --release --example order_service -- 127.0.0.1:3000 30s /var/lib/orders
+//! curl -s localhost:3000/stock    # {"initial":1000,"available":998,"reserved":2,...}
+//! ```
 
 mod service;
 
 use duewheel::SystemClock;
 use service::{OrderService, Settings};
+use std::path::PathBuf;
 use std::time::Duration;
 
 fn parse_window(text: &str) -> Option<Duration> {
@@ -39,16 +48,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(text) => parse_window(&text).ok_or("the window is like 30s, 5m or 1h")?,
         None => Duration::from_secs(30 * 60),
     };
+    let data_dir = args
+        .next()
+        .or_else(|| std::env::var("ORDER_SERVICE_DIR").ok())
+        .map(PathBuf::from);
     let settings = Settings {
         window,
         remind_before: window / 5,
         stock: 1_000,
+        data_dir,
+        abort_before_first_ack: false,
     };
+    let service_dir = settings.data_dir.clone();
     let service = OrderService::start(settings, SystemClock::new())?;
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!(
-        "order service on http://{} (window {window:?}); Ctrl-C stops it",
-        listener.local_addr()?
+        "order service on http://{} (window {window:?}, {}); Ctrl-C stops it",
+        listener.local_addr()?,
+        match &service_dir {
+            Some(dir) => format!("durable in {}", dir.display()),
+            None => "in memory".to_string(),
+        }
     );
     axum::serve(listener, service.router())
         .with_graceful_shutdown(async {

@@ -30,43 +30,65 @@ where
     P: Clone + Send + 'static,
 {
     /// Puts the timers replayed from the log back into their shards, the
-    /// shards in parallel (each list already belongs to one shard).
+    /// shards in parallel (each list already belongs to one shard). One pass
+    /// over the records: each shard's index is sized for its whole list
+    /// first, the overdue and in-flight ones are counted as they go in, and
+    /// each chunk of the list is freed once it is in.
     pub(super) fn restore(
         &self,
         opened: Opened<K, P>,
         now_ms: u64,
     ) -> Result<Recovered, BuildError> {
-        let timers = opened.shards.iter().map(Vec::len).sum();
-        let all = || opened.shards.iter().flatten();
-        let overdue = all().filter(|timer| timer.state.due_ms <= now_ms).count();
-        let in_flight = all().filter(|timer| timer.state.flight.is_some()).count();
         let shards = &self.inner.shards;
-        thread::scope(|scope| {
+        let counts = thread::scope(|scope| {
             let restoring: Vec<_> = opened
                 .shards
                 .into_iter()
                 .zip(shards)
                 .map(|(list, shard)| {
                     scope.spawn(move || {
+                        let mut counts = Counts::default();
                         let mut shard = shard.0.lock();
-                        shard.reserve(list.len());
-                        list.into_iter()
-                            .try_for_each(|timer| shard.restore(timer, now_ms))
+                        shard.reserve(list.iter().map(Vec::len).sum());
+                        for chunk in list {
+                            for timer in chunk {
+                                counts.timers += 1;
+                                counts.overdue += usize::from(timer.state.due_ms <= now_ms);
+                                counts.in_flight += usize::from(timer.state.flight.is_some());
+                                shard.restore(timer, now_ms)?;
+                            }
+                        }
+                        Ok::<_, String>(counts)
                     })
                 })
                 .collect();
-            restoring.into_iter().try_for_each(|handle| {
-                handle
-                    .join()
-                    .map_err(|_| BuildError::Recovery("a restoring thread panicked".into()))?
-                    .map_err(BuildError::Recovery)
-            })
+            restoring
+                .into_iter()
+                .try_fold(Counts::default(), |total, handle| {
+                    let counts = handle
+                        .join()
+                        .map_err(|_| BuildError::Recovery("a restoring thread panicked".into()))?
+                        .map_err(BuildError::Recovery)?;
+                    Ok::<_, BuildError>(Counts {
+                        timers: total.timers + counts.timers,
+                        overdue: total.overdue + counts.overdue,
+                        in_flight: total.in_flight + counts.in_flight,
+                    })
+                })
         })?;
         Ok(Recovered {
-            timers,
-            overdue,
-            in_flight,
+            timers: counts.timers,
+            overdue: counts.overdue,
+            in_flight: counts.in_flight,
             log: opened.report,
         })
     }
+}
+
+/// What a shard's restore counted.
+#[derive(Default)]
+struct Counts {
+    timers: usize,
+    overdue: usize,
+    in_flight: usize,
 }

@@ -16,9 +16,9 @@ use std::time::Duration;
 /// engine's share).
 const MAX_ORDERS: u64 = 50_000_000;
 
-/// Checkout threads with `--durable`: each has one durable call in flight,
-/// and calls in flight together share an fsync (64 producers: 125k
-/// acknowledged schedules/s against 5.2k/s for one, `docs/BENCHMARKS.md`).
+/// Checkout callers with `--durable`: more than one makes a step's calls
+/// together, and calls in flight together share an fsync (one call at a
+/// time: 5.2k acknowledged schedules/s, `docs/BENCHMARKS.md`).
 const DURABLE_CHECKOUT_THREADS: usize = 64;
 
 /// Most events a consumer group's channel may hold: with three groups,
@@ -157,9 +157,10 @@ pub(crate) struct Args {
     /// from DIR, the services re-subscribe, and the sale goes on.
     #[arg(long, requires = "durable", value_parser = parse_duration)]
     crash_at: Option<Duration>,
-    /// Threads that place orders and take payments, each with one engine
-    /// call in flight; with --durable their calls share fsyncs [default: 1
-    /// in memory, 64 with --durable].
+    /// Callers that place orders and take payments: 1 makes one engine
+    /// call at a time; more make each step's calls together (async calls
+    /// accepted in order, waited for together), so with --durable they
+    /// share fsyncs [default: 1 in memory, 64 with --durable].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024), conflicts_with = "cluster")]
     checkout_threads: Option<u32>,
     /// Serve the engine's Prometheus metrics at http://ADDR/metrics while

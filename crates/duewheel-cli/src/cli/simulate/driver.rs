@@ -234,6 +234,8 @@ pub(crate) fn run(
         checkout.pay(&ctx, &callers, &paying)?;
         let crash_now = crash.is_none() && crash_at_ms.is_some_and(|at| end_ms >= at);
         if crash_now {
+            // Every answer the checkout acts on is durable before the crash.
+            checkout.finish(&ctx)?;
             // Before the clock moves: what this step fires stays in the
             // groups, unhandled, when the engine dies.
             live.running.lockstep.crash();
@@ -260,8 +262,12 @@ pub(crate) fn run(
                     "the services did not finish a step within {STEP_PATIENCE:?}"
                 )));
             }
+            // The step's calls and the services' acks wait for one fsync.
+            checkout.finish(&ctx)?;
             checkout.pay(&ctx, &callers, &held_back)?;
             held_back.clear();
+        } else {
+            checkout.finish(&ctx)?;
         }
         t_ms = end_ms;
         let all_placed = next_order == plans.len() && next_payment == payments.len();
@@ -305,6 +311,7 @@ pub(crate) fn run(
             break;
         }
     }
+    checkout.finish(&ctx)?;
     let wall = started.elapsed();
     if let (Some(at_ms), None) = (crash_at_ms, &crash) {
         // Asked for, never happened: the checks would pass on a crash-free

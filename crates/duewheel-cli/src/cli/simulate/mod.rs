@@ -9,8 +9,8 @@
 //!   notifier consumer groups;
 //! - [`clock`]: the manual and the sped-up system clock;
 //! - [`lockstep`]: the driver's handshake with the service threads;
-//! - [`callers`]: the checkout's threads, each with one engine call in
-//!   flight (what makes `--durable` share its fsyncs);
+//! - [`callers`]: the checkout's engine calls, a step's calls made
+//!   together (accepted in order, waited for together);
 //! - [`crash`]: the storage `--crash-at` cuts, to kill the engine as
 //!   `kill -9` would while the services and their order table live on;
 //! - [`driver`]: the engine, the threads, the step loop, and the crash and

@@ -392,7 +392,7 @@ fn performance(config: &Config, outcome: &Outcome) -> Performance {
         storage: match &config.durable {
             None => "in memory".into(),
             Some(d) => format!(
-                "durable log in {} ({}), {} checkout threads",
+                "durable log in {} ({}), {} checkout callers",
                 d.dir.display(),
                 match d.sync_every_ms {
                     None => "fsync before each call returns, shared by group commit".into(),

@@ -27,17 +27,21 @@
 use super::Error;
 use super::args::Config;
 use super::buyers::{Plan, Sale};
-use super::callers::{Answer, Call, Callers};
+use super::callers::{Answer, Call, Callers, Flight, block_on, poll_once};
 use super::lockstep::{IDLE, LockStep};
 use super::world::{
     NEVER, Record, SEEN_BY_INVENTORY, SEEN_BY_NOTIFIER, SEEN_BY_ORDERS, State, World,
 };
 use duewheel::RecvTimeoutError;
 use duewheel::{
-    Cancel, CancelError, Codec, Consumer, DecodeError, Event, EventKind, Scheduler, SnoozeError,
+    AckError, Cancel, CancelError, Codec, Consumer, DecodeError, Event, EventKind, Scheduler,
+    SnoozeError,
 };
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
+use std::task::Poll;
 use std::time::Duration;
 
 /// What the engine carries for an order: the version its timer was
@@ -68,6 +72,11 @@ type TimerEvent = Event<u64, OrderTimer>;
 /// How long inventory waits for the orders service's verdict before it
 /// leaves the expiry unacked (the engine then redelivers it).
 const VERDICT_WAIT: Duration = Duration::from_secs(30);
+
+/// Most acks a service sends in one `ack_batch`: in durable mode the batch
+/// pays one group commit, so a service that takes 64 ready events waits for
+/// one fsync, not 64.
+const ACK_BATCH: usize = 64;
 
 /// Lateness histogram buckets: `[0]` is 0 ms, `[i]` is `2^(i-1) .. 2^i` ms.
 pub(crate) const BUCKETS: usize = 24;
@@ -154,12 +163,21 @@ impl Context {
 pub(crate) trait Service: Send + 'static {
     /// The group it consumes.
     const GROUP: &'static str;
-    /// Handles one event.
+    /// Handles one event; an ack it owes goes to [`Acks`], which [`work`]
+    /// sends with the rest of the batch.
     fn handle(&mut self, consumer: &Orders, event: TimerEvent);
     /// What it shares with the others (the engine handle changes when a
     /// crashed engine is replaced).
     fn context(&mut self) -> &mut Context;
     fn receipts(&mut self) -> &mut Receipts;
+    /// The acks this service owes, not yet sent.
+    fn acks(&mut self) -> &mut Acks;
+    /// Done with what it took: sends the acks it owes; with `wait`, waits
+    /// until everything it sent is durable (when it stops).
+    fn flush(&mut self, consumer: &Orders, wait: bool) {
+        self.acks().send(consumer);
+        self.acks().collect(wait);
+    }
     /// `event` was in the group when the engine crashed: it dies with the
     /// engine's memory, unhandled.
     fn lost(&mut self, event: &TimerEvent) {
@@ -168,7 +186,12 @@ pub(crate) trait Service: Send + 'static {
 }
 
 /// Runs `service` on `consumer` until stopped: in lock-step with the driver
-/// on the manual clock, free-running on the real-time clock.
+/// on the manual clock, free-running on the real-time clock. The acks of
+/// the events it takes at once go out together, [`ACK_BATCH`] at a time,
+/// before it takes more (or reports idle): a batch is acked on the engine
+/// it came from, and the driver never sees a step done with acks unsent
+/// (taken by the engine; durable with the next fsync, see [`Acks::send`]).
+/// When it stops it waits until everything it sent is durable.
 pub(crate) fn work<S: Service>(
     mut service: S,
     mut consumer: Orders,
@@ -183,11 +206,21 @@ pub(crate) fn work<S: Service>(
                     service.handle(&consumer, event);
                     for event in consumer.drain_ready() {
                         service.handle(&consumer, event);
+                        if service.acks().full() {
+                            service.flush(&consumer, false);
+                        }
                     }
+                    service.flush(&consumer, false);
                 }
-                Err(RecvTimeoutError::Timeout) if lockstep.stopping() => break,
+                Err(RecvTimeoutError::Timeout) if lockstep.stopping() => {
+                    service.flush(&consumer, true);
+                    break;
+                }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Disconnected) => {
+                    service.flush(&consumer, true);
+                    break;
+                }
             }
         }
         return service;
@@ -202,26 +235,90 @@ pub(crate) fn work<S: Service>(
                     service.lost(&event);
                 } else {
                     service.handle(&consumer, event);
+                    if service.acks().full() {
+                        service.flush(&consumer, false);
+                    }
                 }
             }
+            service.flush(&consumer, false);
             continue;
         }
         lockstep.report(index, epoch);
         if lockstep.stopping() {
+            service.flush(&consumer, true);
             return service;
         }
         std::thread::park_timeout(IDLE);
     }
 }
 
-/// Acks, counting refusals (a redelivered copy of a finished timer is
-/// refused with `NotInFlight`, which is harmless).
-fn ack(consumer: &Orders, event: &TimerEvent, refused: &mut u64) {
-    match consumer.ack(event) {
-        Ok(()) => {}
+/// The acks a service owes: an expiry it is done with waits here until the
+/// batch it came in is handled, then goes out in one `ack_batch`.
+#[derive(Default)]
+pub(crate) struct Acks {
+    owed: Vec<TimerEvent>,
+    /// Batches acked (accepted by the engine) and not yet known durable.
+    sent: Vec<AckFlight>,
+    /// Acks refused (a redelivered copy of a finished timer is refused
+    /// with `NotInFlight`, which is harmless).
+    pub(crate) refused: u64,
+}
+
+/// An `ack_batch_async` the engine accepted, waiting for the log.
+type AckFlight = Pin<Box<dyn Future<Output = Vec<Result<(), AckError>>> + Send>>;
+
+impl Acks {
+    /// Owes an ack for `event`.
+    fn owe(&mut self, event: TimerEvent) {
+        self.owed.push(event);
+    }
+
+    /// `true` once the owed acks make a whole batch.
+    fn full(&self) -> bool {
+        self.owed.len() >= ACK_BATCH
+    }
+
+    /// Sends every owed ack in one `ack_batch_async`: the engine takes the
+    /// acks at the call (the timers end, nothing is redelivered), and the
+    /// service goes on without waiting for the log; the fsync that the
+    /// checkout's next wait (or a later one) brings makes them durable. A
+    /// crash before that loses only acks, whose events come again and are
+    /// absorbed (each action checks the order's state first).
+    fn send(&mut self, consumer: &Orders) {
+        self.collect(false);
+        if self.owed.is_empty() {
+            return;
+        }
+        let mut flight: AckFlight = Box::pin(consumer.ack_batch_async(&self.owed));
+        self.owed.clear();
+        match poll_once(&mut flight) {
+            Poll::Ready(results) => self.count(&results),
+            Poll::Pending => self.sent.push(flight),
+        }
+    }
+
+    /// Takes the results of batches sent before: those already durable,
+    /// or with `wait`, all of them.
+    fn collect(&mut self, wait: bool) {
+        let mut still = Vec::new();
+        for mut flight in std::mem::take(&mut self.sent) {
+            let polled = if wait {
+                Poll::Ready(block_on(&mut flight))
+            } else {
+                poll_once(&mut flight)
+            };
+            match polled {
+                Poll::Ready(results) => self.count(&results),
+                Poll::Pending => still.push(flight),
+            }
+        }
+        self.sent = still;
+    }
+
+    fn count(&mut self, results: &[Result<(), AckError>]) {
         // `NotInFlight`, `Storage`, and whatever a later version adds
         // (`AckError` is non-exhaustive): a refusal.
-        Err(_) => *refused += 1,
+        self.refused += results.iter().filter(|r| r.is_err()).count() as u64;
     }
 }
 
@@ -243,8 +340,14 @@ pub(crate) struct OrderService {
     pub(crate) refused_updates: u64,
     /// Snoozes or states the engine or the table refused unexpectedly.
     pub(crate) anomalies: u64,
-    pub(crate) ack_refused: u64,
+    pub(crate) acks: Acks,
+    /// Snoozes the engine took, not yet known durable: waited for with the
+    /// batch's acks, so a batch's snoozes and acks share one fsync.
+    snoozing: Vec<Snoozing>,
 }
+
+/// A snooze the engine took, waiting for the log.
+type Snoozing = Pin<Box<dyn Future<Output = Result<(), SnoozeError>> + Send>>;
 
 impl OrderService {
     pub(crate) fn new(ctx: Context) -> Self {
@@ -257,7 +360,8 @@ impl OrderService {
             already_final: 0,
             refused_updates: 0,
             anomalies: 0,
-            ack_refused: 0,
+            acks: Acks::default(),
+            snoozing: Vec::new(),
         }
     }
 
@@ -280,6 +384,31 @@ impl Service for OrderService {
         &mut self.receipts
     }
 
+    fn acks(&mut self) -> &mut Acks {
+        &mut self.acks
+    }
+
+    /// Sends the acks and takes the snoozes' results as they become
+    /// durable, like the acks' (all of them with `wait`).
+    fn flush(&mut self, consumer: &Orders, wait: bool) {
+        self.acks.send(consumer);
+        self.acks.collect(wait);
+        let mut still = Vec::new();
+        for mut snooze in std::mem::take(&mut self.snoozing) {
+            let polled = if wait {
+                Poll::Ready(block_on(&mut snooze))
+            } else {
+                poll_once(&mut snooze)
+            };
+            match polled {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => self.anomalies += 1,
+                Poll::Pending => still.push(snooze),
+            }
+        }
+        self.snoozing = still;
+    }
+
     fn handle(&mut self, consumer: &Orders, event: TimerEvent) {
         self.receipts.note(&event, self.ctx.step_ms());
         if event.kind != EventKind::Expired {
@@ -292,7 +421,7 @@ impl Service for OrderService {
             State::Paid | State::Cancelled => {
                 self.already_final += 1;
                 self.decided(record, event.attempt);
-                ack(consumer, &event, &mut self.ack_refused);
+                self.acks.owe(event);
                 return;
             }
             State::Absent | State::Rejected => {
@@ -307,8 +436,15 @@ impl Service for OrderService {
             if taken < self.ctx.config.max_snoozes {
                 let delay_ms = self.ctx.config.backoff_ms(u32::from(taken));
                 record.recheck_at_ms.store(now_ms + delay_ms, SeqCst);
-                match consumer.snooze(&event, Duration::from_millis(delay_ms)) {
-                    Ok(()) => {
+                // Taken at the first poll; its wait for the log is left
+                // for [`Service::flush`], with the batch's acks.
+                let mut snooze: Snoozing =
+                    Box::pin(consumer.snooze_async(&event, Duration::from_millis(delay_ms)));
+                match poll_once(&mut snooze) {
+                    ready @ (Poll::Pending | Poll::Ready(Ok(()))) => {
+                        if ready.is_pending() {
+                            self.snoozing.push(snooze);
+                        }
                         record.snoozes.fetch_add(1, SeqCst);
                         self.rechecks += 1;
                         self.decided(record, event.attempt);
@@ -316,9 +452,9 @@ impl Service for OrderService {
                     }
                     // Our own bound equals the engine's, so the engine
                     // refusing means they disagree: cancel, and count it.
-                    Err(SnoozeError::LimitReached { .. }) => self.anomalies += 1,
+                    Poll::Ready(Err(SnoozeError::LimitReached { .. })) => self.anomalies += 1,
                     // `NotInFlight`, `Storage`, or a later refusal.
-                    Err(_) => {
+                    Poll::Ready(Err(_)) => {
                         self.anomalies += 1;
                         self.decided(record, event.attempt);
                         return;
@@ -339,7 +475,7 @@ impl Service for OrderService {
             Err(_) => self.refused_updates += 1,
         }
         self.decided(record, event.attempt);
-        ack(consumer, &event, &mut self.ack_refused);
+        self.acks.owe(event);
     }
 }
 
@@ -356,7 +492,7 @@ pub(crate) struct Inventory {
     /// No verdict within [`VERDICT_WAIT`]: left unacked (must stay 0).
     pub(crate) verdict_timeouts: u64,
     pub(crate) anomalies: u64,
-    pub(crate) ack_refused: u64,
+    pub(crate) acks: Acks,
 }
 
 impl Inventory {
@@ -369,7 +505,7 @@ impl Inventory {
             already_handled: 0,
             verdict_timeouts: 0,
             anomalies: 0,
-            ack_refused: 0,
+            acks: Acks::default(),
         }
     }
 }
@@ -385,7 +521,11 @@ impl Service for Inventory {
         &mut self.receipts
     }
 
-    fn handle(&mut self, consumer: &Orders, event: TimerEvent) {
+    fn acks(&mut self) -> &mut Acks {
+        &mut self.acks
+    }
+
+    fn handle(&mut self, _consumer: &Orders, event: TimerEvent) {
         self.receipts.note(&event, self.ctx.step_ms());
         if event.kind != EventKind::Expired {
             return;
@@ -413,11 +553,11 @@ impl Service for Inventory {
                 } else {
                     self.already_handled += 1;
                 }
-                ack(consumer, &event, &mut self.ack_refused);
+                self.acks.owe(event);
             }
             State::Paid => {
                 self.already_handled += 1;
-                ack(consumer, &event, &mut self.ack_refused);
+                self.acks.owe(event);
             }
             // The order service snoozed this expiry; it comes again.
             State::Unpaid => self.skipped_rechecks += 1,
@@ -433,7 +573,7 @@ pub(crate) struct Notifier {
     pub(crate) sent: u64,
     /// Reminders received for an order already reminded, not sent again.
     pub(crate) duplicates: u64,
-    pub(crate) ack_refused: u64,
+    pub(crate) acks: Acks,
 }
 
 impl Notifier {
@@ -443,7 +583,7 @@ impl Notifier {
             receipts: Receipts::default(),
             sent: 0,
             duplicates: 0,
-            ack_refused: 0,
+            acks: Acks::default(),
         }
     }
 }
@@ -459,6 +599,10 @@ impl Service for Notifier {
         &mut self.receipts
     }
 
+    fn acks(&mut self) -> &mut Acks {
+        &mut self.acks
+    }
+
     fn lost(&mut self, event: &TimerEvent) {
         self.receipts.lost(event);
         if let EventKind::Reminder(_) = event.kind {
@@ -467,7 +611,7 @@ impl Service for Notifier {
         }
     }
 
-    fn handle(&mut self, consumer: &Orders, event: TimerEvent) {
+    fn handle(&mut self, _consumer: &Orders, event: TimerEvent) {
         self.receipts.note(&event, self.ctx.step_ms());
         let record = self.ctx.world.record(event.id);
         match event.kind {
@@ -490,10 +634,10 @@ impl Service for Notifier {
             }
             EventKind::Expired => {
                 record.seen.fetch_or(SEEN_BY_NOTIFIER, SeqCst);
-                ack(consumer, &event, &mut self.ack_refused);
+                self.acks.owe(event);
             }
             // A kind this simulation does not schedule: done with it.
-            _ => ack(consumer, &event, &mut self.ack_refused),
+            _ => self.acks.owe(event),
         }
     }
 }
@@ -526,6 +670,10 @@ pub(crate) struct Checkout {
     pub(crate) refused_updates: u64,
     /// Engine errors on cancel (must stay 0).
     pub(crate) errors: u64,
+    /// Calls accepted and still waiting for the log, with the time they
+    /// were made at: their answers are taken at [`Checkout::finish`].
+    #[serde(skip)]
+    waiting: Vec<(Vec<Call>, Flight, u64)>,
 }
 
 impl Checkout {
@@ -555,19 +703,54 @@ impl Checkout {
                 remind_before_ms: ctx.config.remind_before_ms,
             });
         }
-        for (call, answer) in calls.iter().zip(callers.run(&ctx.timers, &calls)?) {
-            let (Call::Schedule { order, .. }, Answer::Scheduled(accepted)) = (call, answer) else {
+        self.make(ctx, callers, calls)
+    }
+
+    /// Makes `calls` (see [`Callers::start`]): the answers already known
+    /// are taken now, the rest at [`finish`](Self::finish).
+    fn make(&mut self, ctx: &Context, callers: &Callers, calls: Vec<Call>) -> Result<(), Error> {
+        let mut flight = callers.start(&ctx.timers, &calls)?;
+        let now_ms = ctx.timers.now_ms();
+        for (at, answer) in flight.take_ready() {
+            self.answered(ctx, calls[at], answer, now_ms)?;
+        }
+        self.waiting.push((calls, flight, now_ms));
+        Ok(())
+    }
+
+    /// Takes the answers of every call still waiting for the log.
+    pub(crate) fn finish(&mut self, ctx: &Context) -> Result<(), Error> {
+        for (calls, flight, now_ms) in std::mem::take(&mut self.waiting) {
+            for (at, answer) in flight.finish()? {
+                self.answered(ctx, calls[at], answer, now_ms)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What `call`, made at `now_ms`, was answered.
+    fn answered(
+        &mut self,
+        ctx: &Context,
+        call: Call,
+        answer: Answer,
+        now_ms: u64,
+    ) -> Result<(), Error> {
+        match (call, answer) {
+            (Call::Schedule { .. }, Answer::Scheduled(true)) => self.scheduled += 1,
+            (Call::Schedule { order, .. }, Answer::Scheduled(false)) => {
+                let record = ctx.world.record(u64::from(order));
+                ctx.world.reject(record);
+                ctx.world.stock.release(record);
+                self.engine_refused += 1;
+            }
+            (Call::Cancel { order }, Answer::Cancelled(answer)) => {
+                self.paid_or_refunded(ctx, order, answer, now_ms);
+            }
+            _ => {
                 return Err(Error::Run(
                     "a checkout call got another call's answer".into(),
                 ));
-            };
-            if accepted {
-                self.scheduled += 1;
-            } else {
-                let record = world.record(u64::from(*order));
-                world.reject(record);
-                world.stock.release(record);
-                self.engine_refused += 1;
             }
         }
         Ok(())
@@ -590,15 +773,7 @@ impl Checkout {
                 State::Absent | State::Paid => self.errors += 1,
             }
         }
-        for (call, answer) in calls.iter().zip(callers.run(&ctx.timers, &calls)?) {
-            let (Call::Cancel { order }, Answer::Cancelled(answer)) = (call, answer) else {
-                return Err(Error::Run(
-                    "a checkout call got another call's answer".into(),
-                ));
-            };
-            self.paid_or_refunded(ctx, *order, answer);
-        }
-        Ok(())
+        self.make(ctx, callers, calls)
     }
 
     fn paid_or_refunded(
@@ -606,11 +781,11 @@ impl Checkout {
         ctx: &Context,
         order: u32,
         answer: Result<Cancel<OrderTimer>, CancelError>,
+        now_ms: u64,
     ) {
         let record = ctx.world.record(u64::from(order));
         match answer {
             Ok(Cancel::Cancelled(timer)) => {
-                let now_ms = ctx.timers.now_ms();
                 match record.update(State::Unpaid, timer.version, State::Paid) {
                     Ok(_) => {
                         record.paid_at_ms.store(now_ms, SeqCst);
