@@ -6,10 +6,9 @@
 //! Why not a lock crate: the core keeps its dependencies to what the
 //! engine needs (issue #15: at most 12 crates with no features), and the
 //! standard library's futex mutex is as fast uncontended. Poisoning is
-//! ignored on purpose: every critical section in the engine keeps its
-//! invariants at each point where it could panic (and nothing in it panics
-//! on input), so a panicking thread leaves state the next holder can use,
-//! as it would with a lock that does not poison.
+//! ignored, as the lock crate used before this did: nothing in a critical
+//! section panics on input, so a panic there is a bug, and refusing every
+//! later caller would turn one bug into a stopped engine.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{self as std_sync, PoisonError, TryLockError};
