@@ -1647,15 +1647,18 @@ fn database_restart_mid_run() {
         );
     }
 
-    // Every stored timer fires; nothing refused does.
-    cluster.log.with(|entries| {
+    // Every stored timer fires; nothing refused does. The cursor is taken
+    // under the same lock as the entries noted: read apart, an `ev` line
+    // that arrived in between was skipped for good and showed as a timer
+    // "answered ok, never delivered" (seen once in CI, id 2822).
+    ledger.cursor = cluster.log.with(|entries| {
         for e in entries {
             if let Line::Ev(_) = e.line {
                 ledger.note(&cluster, e);
             }
         }
+        entries.len()
     });
-    ledger.cursor = cluster.log.len();
     let stored: Vec<u64> = attempts
         .iter()
         .filter(|(_, t)| matches!(t.final_answer.as_deref(), Some("ok") | Some("duplicate")))
