@@ -78,13 +78,8 @@ where
         id: &K,
         deadline: impl Into<Deadline>,
     ) -> Result<(), RescheduleError> {
-        let deadline_ms = self.deadline_ms(deadline.into());
-        let (hash, shard) = self.shard(id);
-        let accepted = shard
-            .lock()
-            .reschedule(hash, id, deadline_ms, self.now_ms())?;
-        self.inner.note_due(accepted.value);
-        self.durable_async(accepted.seq)
+        let seq = self.accept_reschedule(id, deadline.into())?;
+        self.durable_async(seq)
             .await
             .map_err(|_| RescheduleError::Storage)
     }

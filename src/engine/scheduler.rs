@@ -371,14 +371,24 @@ where
     /// Moves `id`'s deadline, earlier or later. Reminders already sent stay
     /// sent; the remaining ones follow the new deadline.
     pub fn reschedule(&self, id: &K, deadline: impl Into<Deadline>) -> Result<(), RescheduleError> {
-        let deadline_ms = self.deadline_ms(deadline.into());
+        let seq = self.accept_reschedule(id, deadline.into())?;
+        self.durable(seq).map_err(|_| RescheduleError::Storage)
+    }
+
+    /// The part of a reschedule done under the shard lock, for the blocking
+    /// and the async form: the record to wait for. The clock is read once,
+    /// for a relative deadline and for reminders already past alike.
+    pub(super) fn accept_reschedule(
+        &self,
+        id: &K,
+        deadline: Deadline,
+    ) -> Result<Option<u64>, RescheduleError> {
+        let now_ms = self.now_ms();
+        let deadline_ms = deadline.to_unix_ms(now_ms);
         let (hash, shard) = self.shard(id);
-        let accepted = shard
-            .lock()
-            .reschedule(hash, id, deadline_ms, self.now_ms())?;
+        let accepted = shard.lock().reschedule(hash, id, deadline_ms, now_ms)?;
         self.inner.note_due(accepted.value);
-        self.durable(accepted.seq)
-            .map_err(|_| RescheduleError::Storage)
+        Ok(accepted.seq)
     }
 
     pub(crate) fn ack(&self, event: &Event<K, P>, group: u32) -> Result<(), AckError> {
