@@ -35,7 +35,23 @@
 //! CREATE TABLE nodes (                 -- heartbeats, for fair-share balancing
 //!   node_id text PRIMARY KEY,
 //!   seen_at timestamptz NOT NULL);     -- database clock
+//!
+//! -- version 3: tombstones, reminders, node sessions
+//! ALTER TABLE timers DROP CONSTRAINT timers_state_check,
+//!   ADD CONSTRAINT timers_state_check CHECK (state IN (0, 1, 2)); -- 2: fired and acked
+//! ALTER TABLE timers ADD COLUMN ended_at_ms bigint;   -- UTC ms, set with state 2
+//! ALTER TABLE timers ADD COLUMN reminders_ms bigint[] NOT NULL DEFAULT '{}';
+//!                                      -- reminder times (UTC ms) not yet delivered
+//! ALTER TABLE nodes ADD COLUMN session text;          -- the live process's token
 //! ```
+//!
+//! State 2 is a tombstone: a fired timer whose delivery every group acked.
+//! It is what lets a cancel that lost tell `AlreadyFired` from `NotFound`
+//! after the fact (an in-doubt cancel after a reconnect, a cancel inside the
+//! caller's transaction); tombstones are reaped once older than the
+//! configured retention. `nodes.session` is a random token each live node
+//! process writes with its heartbeat, so a second process under the same
+//! node id is refused instead of sharing its leases.
 //!
 //! Opening a database:
 //! - no `duewheel_schema` row: create everything (version 0 → current);
@@ -55,7 +71,7 @@
 use super::error::{OpenError, QueryError};
 
 /// The newest schema version this build creates and understands.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Hash partitions of `timers`. Fixed: changing it is a migration.
 const TIMER_PARTITIONS: u32 = 16;
@@ -113,6 +129,14 @@ fn migration(to: i32, shards: u32) -> String {
               CREATE TABLE nodes (
                 node_id text PRIMARY KEY,
                 seen_at timestamptz NOT NULL);"
+            .to_owned(),
+        // Tombstones (state 2, reaped after a retention), pending reminder
+        // times, and node sessions (see the module doc).
+        3 => "ALTER TABLE timers DROP CONSTRAINT timers_state_check,
+                ADD CONSTRAINT timers_state_check CHECK (state IN (0, 1, 2));
+              ALTER TABLE timers ADD COLUMN ended_at_ms bigint;
+              ALTER TABLE timers ADD COLUMN reminders_ms bigint[] NOT NULL DEFAULT '{}';
+              ALTER TABLE nodes ADD COLUMN session text;"
             .to_owned(),
         _ => unreachable!("no migration to version {to}"),
     }
