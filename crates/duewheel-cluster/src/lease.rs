@@ -23,8 +23,8 @@
 
 use std::time::Duration;
 
-use super::error::{LeaseError, QueryError};
-use super::store::{PgStore, epoch_param, shard_param};
+use super::error::LeaseError;
+use super::store::PgStore;
 
 /// The longest owner name accepted, in bytes.
 pub const MAX_OWNER_BYTES: usize = 255;
@@ -84,30 +84,14 @@ impl PgStore {
         self.check_shard(shard)?;
         check_owner(owner)?;
         let ttl_ms = ttl_ms(ttl)?;
-        let row = self
-            .client
-            .query_opt(
-                &self.statements.acquire,
-                &[&shard_param(shard), &owner, &ttl_ms],
-            )
-            .map_err(QueryError::from)?;
-        if let Some(row) = row {
-            let epoch: i64 = row.try_get(0).map_err(QueryError::from)?;
+        if let Some(epoch) = self.db.acquire_one(owner, shard, ttl_ms)? {
             return Ok(Acquire::Acquired(Lease {
                 shard,
-                // CHECK (epoch >= 0) in the schema.
-                epoch: u64::try_from(epoch).unwrap_or(0),
+                epoch,
                 owner: owner.to_owned(),
             }));
         }
-        let holder = self
-            .client
-            .query_opt(&self.statements.owner_of, &[&shard_param(shard)])
-            .map_err(QueryError::from)?;
-        let owner = match holder {
-            Some(row) => row.try_get(0).map_err(QueryError::from)?,
-            None => None,
-        };
+        let owner = self.db.owner_of(shard)?;
         Ok(Acquire::Held { owner })
     }
 
@@ -117,19 +101,10 @@ impl PgStore {
     pub fn renew(&mut self, lease: &Lease, ttl: Duration) -> Result<bool, LeaseError> {
         self.check_shard(lease.shard)?;
         let ttl_ms = ttl_ms(ttl)?;
-        let n = self
-            .client
-            .execute(
-                &self.statements.renew,
-                &[
-                    &shard_param(lease.shard),
-                    &epoch_param(lease.epoch),
-                    &lease.owner,
-                    &ttl_ms,
-                ],
-            )
-            .map_err(QueryError::from)?;
-        Ok(n == 1)
+        let kept = self
+            .db
+            .renew(&lease.owner, &[(lease.shard, lease.epoch)], ttl_ms)?;
+        Ok(kept == [lease.shard])
     }
 
     /// Gives `lease` up: the shard is free for anyone at once, and its epoch
@@ -137,18 +112,10 @@ impl PgStore {
     /// `Ok(false)`: it had already been taken over.
     pub fn release(&mut self, lease: &Lease) -> Result<bool, LeaseError> {
         self.check_shard(lease.shard)?;
-        let n = self
-            .client
-            .execute(
-                &self.statements.release,
-                &[
-                    &shard_param(lease.shard),
-                    &epoch_param(lease.epoch),
-                    &lease.owner,
-                ],
-            )
-            .map_err(QueryError::from)?;
-        Ok(n == 1)
+        let released = self
+            .db
+            .release(&lease.owner, &[(lease.shard, lease.epoch)])?;
+        Ok(released == [lease.shard])
     }
 
     fn check_shard(&self, shard: u32) -> Result<(), LeaseError> {

@@ -83,6 +83,8 @@ pub use lease::{Acquire, Lease, MAX_LEASE_TTL, MAX_OWNER_BYTES};
 pub use node::{Node, NodeConfig, NodeError, NodeScheduler, NodeStats};
 pub use schema::SCHEMA_VERSION;
 pub use shard_map::{DEFAULT_SHARDS, InvalidShardCount, MAX_SHARDS, ShardMap};
+#[doc(hidden)]
+pub use store::FenceMode;
 pub use store::{
     Cancel, Inserted, Load, MAX_BATCH, MAX_PAYLOAD_BYTES, NewTimer, PgStore, RowState, StoredTimer,
 };

@@ -27,13 +27,13 @@
 use std::collections::HashSet;
 
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::types::ToSql;
-use postgres::{Client, Row, RowIter, Statement};
+use postgres::{Client, Row, RowIter};
 
 use super::config::StoreConfig;
 use super::error::{
     AckError, CancelError, ClaimError, Fenced, InsertError, LoadError, OpenError, QueryError,
 };
+use super::node::sql::NodeDb;
 use super::schema;
 use super::shard_map::{MAX_SHARDS, ShardMap};
 
@@ -116,95 +116,30 @@ pub enum Cancel {
     NotFound,
 }
 
-pub(super) struct Statements {
-    pub(super) insert_fenced: Statement,
-    pub(super) insert_unfenced: Statement,
-    pub(super) cancel_delete: Statement,
-    pub(super) cancel_probe: Statement,
-    pub(super) claim: Statement,
-    pub(super) ack: Statement,
-    pub(super) load: Statement,
-    pub(super) acquire: Statement,
-    pub(super) owner_of: Statement,
-    pub(super) renew: Statement,
-    pub(super) release: Statement,
+/// How the fenced statements lock the shard row. A test seam: everything
+/// but the fencing race test's negative control uses [`FenceMode::LOCKED`].
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FenceMode {
+    /// Take the `FOR SHARE` lock on the shard rows (the fence). `false`
+    /// leaves only the epoch comparison, which is known to be unsafe.
+    pub lock: bool,
+    /// Sleep this long inside each fenced statement, after its snapshot
+    /// and before the lock, to widen the race (0 in production).
+    pub pause_ms: u32,
 }
 
-const FENCE: &str = "f AS MATERIALIZED (SELECT epoch FROM shards WHERE shard_id = $1 FOR SHARE)";
+impl FenceMode {
+    /// The production fence: locked, no pause.
+    pub const LOCKED: Self = Self {
+        lock: true,
+        pause_ms: 0,
+    };
+}
 
-impl Statements {
-    fn prepare(client: &mut Client) -> Result<Self, postgres::Error> {
-        Ok(Self {
-            insert_fenced: client.prepare(&format!(
-                "WITH {FENCE},
-                 ins AS (INSERT INTO timers (shard_id, timer_id, deadline_ms, payload)
-                   SELECT $1, t.id, t.d, t.p
-                   FROM f, unnest($3::bigint[], $4::bigint[], $5::bytea[]) AS t(id, d, p)
-                   WHERE f.epoch = $2
-                   ON CONFLICT DO NOTHING RETURNING timer_id)
-                 SELECT f.epoch, ARRAY(SELECT timer_id FROM ins) FROM f"
-            ))?,
-            insert_unfenced: client.prepare(
-                "INSERT INTO timers (shard_id, timer_id, deadline_ms, payload)
-                 SELECT $1::int, t.id, t.d, t.p
-                 FROM unnest($2::bigint[], $3::bigint[], $4::bytea[]) AS t(id, d, p)
-                 ON CONFLICT DO NOTHING RETURNING timer_id",
-            )?,
-            cancel_delete: client.prepare(
-                "DELETE FROM timers WHERE shard_id = $1 AND timer_id = $2 AND state = 0
-                 RETURNING payload",
-            )?,
-            cancel_probe: client.prepare(
-                "SELECT fired_epoch FROM timers
-                 WHERE shard_id = $1 AND timer_id = $2 AND state = 1",
-            )?,
-            claim: client.prepare(&format!(
-                "WITH {FENCE},
-                 c AS (SELECT t.timer_id FROM timers t, f
-                   WHERE f.epoch = $2 AND t.shard_id = $1 AND t.state = 0
-                     AND t.deadline_ms <= $3
-                   ORDER BY t.deadline_ms LIMIT $4
-                   FOR UPDATE OF t SKIP LOCKED),
-                 u AS (UPDATE timers t SET state = 1, fired_epoch = $2 FROM c
-                   WHERE t.shard_id = $1 AND t.timer_id = c.timer_id AND t.state = 0
-                   RETURNING t.timer_id, t.deadline_ms, t.payload)
-                 SELECT f.epoch, u.timer_id, u.deadline_ms, u.payload
-                 FROM f LEFT JOIN u ON true ORDER BY u.deadline_ms, u.timer_id"
-            ))?,
-            ack: client.prepare(&format!(
-                "WITH {FENCE},
-                 d AS (DELETE FROM timers t USING f
-                   WHERE f.epoch = $2 AND t.shard_id = $1
-                     AND t.timer_id = ANY($3::bigint[]) AND t.state = 1
-                   RETURNING t.timer_id)
-                 SELECT f.epoch, (SELECT count(*) FROM d) FROM f"
-            ))?,
-            load: client.prepare(
-                "SELECT timer_id, deadline_ms, state, fired_epoch, payload FROM timers
-                 WHERE shard_id = $1 AND deadline_ms >= $2 AND deadline_ms < $3
-                 ORDER BY deadline_ms, timer_id",
-            )?,
-            // Lease expiry is judged by the database's clock alone.
-            acquire: client.prepare(
-                "UPDATE shards SET owner = $2, epoch = epoch + 1,
-                   lease_expires_at = now() + $3::bigint * interval '1 millisecond'
-                 WHERE shard_id = $1
-                   AND (owner IS NULL OR owner = $2 OR lease_expires_at < now())
-                 RETURNING epoch",
-            )?,
-            owner_of: client.prepare(
-                "SELECT owner FROM shards WHERE shard_id = $1 AND lease_expires_at >= now()",
-            )?,
-            renew: client.prepare(
-                "UPDATE shards SET lease_expires_at = now() + $4::bigint * interval '1 millisecond'
-                 WHERE shard_id = $1 AND epoch = $2 AND owner = $3",
-            )?,
-            release: client.prepare(
-                "UPDATE shards SET owner = NULL, epoch = epoch + 1,
-                   lease_expires_at = '-infinity'
-                 WHERE shard_id = $1 AND epoch = $2 AND owner = $3",
-            )?,
-        })
+impl Default for FenceMode {
+    fn default() -> Self {
+        Self::LOCKED
     }
 }
 
@@ -232,16 +167,15 @@ impl Statements {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct PgStore {
-    pub(super) client: Client,
+    pub(super) db: NodeDb,
     pub(super) map: ShardMap,
-    pub(super) statements: Statements,
 }
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore")
             .field("shards", &self.map.shards())
-            .field("closed", &self.client.is_closed())
+            .field("closed", &self.db.is_closed())
             .finish_non_exhaustive()
     }
 }
@@ -250,52 +184,62 @@ fn duration_ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Validates `config`, connects, sets the session up and checks (or
+/// creates, or migrates) the schema: what every connection does first.
+pub(super) fn connect(config: &StoreConfig) -> Result<(Client, ShardMap), OpenError> {
+    let invalid = |m: String| Err(OpenError::InvalidConfig(m));
+    if !schema::is_valid_schema_name(&config.schema) {
+        return invalid(format!(
+            "schema name {:?}: use [a-z_][a-z0-9_]*, at most 63 bytes",
+            config.schema
+        ));
+    }
+    let Ok(map) = ShardMap::new(config.shards) else {
+        return invalid(format!("{} shards: use 1..={MAX_SHARDS}", config.shards));
+    };
+    let connect_ms = duration_ms(config.connect_timeout);
+    let statement_ms = duration_ms(config.statement_timeout);
+    if connect_ms == 0 || statement_ms == 0 {
+        return invalid("timeouts must be at least 1 ms".into());
+    }
+    let mut pg: postgres::Config = config
+        .dsn
+        .parse()
+        .map_err(|e| OpenError::InvalidConfig(format!("DSN: {e}")))?;
+    pg.connect_timeout(config.connect_timeout);
+    if pg.get_application_name().is_none() {
+        pg.application_name("duewheel");
+    }
+    let mut client = pg.connect(postgres::NoTls).map_err(OpenError::Connect)?;
+    let q = |e: postgres::Error| OpenError::Schema(QueryError::from(e));
+    // The name is [a-z0-9_] only, so quoting it is enough. Acks rely on
+    // durable commits, whatever the server's default.
+    client
+        .batch_execute(&format!(
+            "SET search_path TO \"{}\";
+                 SET synchronous_commit TO on;
+                 SET statement_timeout TO {statement_ms};",
+            config.schema
+        ))
+        .map_err(q)?;
+    schema::open(&mut client, &config.schema, config.shards)?;
+    Ok((client, map))
+}
+
 impl PgStore {
     /// Connects, checks (or creates, or migrates) the schema, and prepares
     /// the statements.
     pub fn open(config: &StoreConfig) -> Result<Self, OpenError> {
-        let invalid = |m: String| Err(OpenError::InvalidConfig(m));
-        if !schema::is_valid_schema_name(&config.schema) {
-            return invalid(format!(
-                "schema name {:?}: use [a-z_][a-z0-9_]*, at most 63 bytes",
-                config.schema
-            ));
-        }
-        let Ok(map) = ShardMap::new(config.shards) else {
-            return invalid(format!("{} shards: use 1..={MAX_SHARDS}", config.shards));
-        };
-        let connect_ms = duration_ms(config.connect_timeout);
-        let statement_ms = duration_ms(config.statement_timeout);
-        if connect_ms == 0 || statement_ms == 0 {
-            return invalid("timeouts must be at least 1 ms".into());
-        }
-        let mut pg: postgres::Config = config
-            .dsn
-            .parse()
-            .map_err(|e| OpenError::InvalidConfig(format!("DSN: {e}")))?;
-        pg.connect_timeout(config.connect_timeout);
-        if pg.get_application_name().is_none() {
-            pg.application_name("duewheel");
-        }
-        let mut client = pg.connect(postgres::NoTls).map_err(OpenError::Connect)?;
-        let q = |e: postgres::Error| OpenError::Schema(QueryError::from(e));
-        // The name is [a-z0-9_] only, so quoting it is enough. Acks rely on
-        // durable commits, whatever the server's default.
-        client
-            .batch_execute(&format!(
-                "SET search_path TO \"{}\";
-                 SET synchronous_commit TO on;
-                 SET statement_timeout TO {statement_ms};",
-                config.schema
-            ))
-            .map_err(q)?;
-        schema::open(&mut client, &config.schema, config.shards)?;
-        let statements = Statements::prepare(&mut client).map_err(q)?;
-        Ok(Self {
-            client,
-            map,
-            statements,
-        })
+        Self::open_with_fence(config, FenceMode::LOCKED)
+    }
+
+    /// [`open`](Self::open) with the fenced statements built as `mode`
+    /// says: the fencing race test's seam. Never use it outside tests.
+    #[doc(hidden)]
+    pub fn open_with_fence(config: &StoreConfig, mode: FenceMode) -> Result<Self, OpenError> {
+        let db = NodeDb::open_with(config, mode)?;
+        let map = db.map;
+        Ok(Self { db, map })
     }
 
     /// The shard map this store checked against the database.
@@ -306,7 +250,7 @@ impl PgStore {
     /// `true` once the connection is broken; every call will then fail.
     /// Open a new store.
     pub fn is_closed(&self) -> bool {
-        self.client.is_closed()
+        self.db.is_closed()
     }
 
     /// Inserts timers into `shard` as its owner at `epoch`, in one statement
@@ -324,28 +268,18 @@ impl PgStore {
         timers: &[NewTimer<'_>],
     ) -> Result<Inserted, InsertError> {
         let (ids, deadlines, payloads) = self.columns(shard, timers)?;
-        let rows = self
-            .client
-            .query(
-                &self.statements.insert_fenced,
-                &[
-                    &shard_param(shard),
-                    &epoch_param(epoch),
-                    &ids,
-                    &deadlines,
-                    &payloads,
-                ],
-            )
-            .map_err(QueryError::from)?;
-        let Some(row) = rows.first() else {
-            return Err(self.unknown_shard_insert(shard));
-        };
-        let current = row.try_get::<_, i64>(0).map_err(QueryError::from)?;
-        if current != epoch_param(epoch) {
-            return Err(fenced(shard, epoch, current).into());
+        let shards = vec![shard_param(shard); ids.len()];
+        let epochs = vec![epoch_param(epoch); ids.len()];
+        let (written, current) = self.db.insert_fenced(
+            &[shard_param(shard)],
+            (&shards, &ids, &deadlines, &payloads),
+            &epochs,
+        )?;
+        match current.first() {
+            None => Err(self.unknown_shard_insert(shard)),
+            Some(&(_, now)) if now != epoch => Err(fenced(shard, epoch, now).into()),
+            Some(_) => Ok(duplicates_of(&ids, &written)),
         }
-        let written: Vec<i64> = row.try_get(1).map_err(QueryError::from)?;
-        Ok(duplicates_of(&ids, &written))
     }
 
     /// Inserts timers into `shard` without an epoch: for a node that does not
@@ -360,18 +294,13 @@ impl PgStore {
         timers: &[NewTimer<'_>],
     ) -> Result<Inserted, InsertError> {
         let (ids, deadlines, payloads) = self.columns(shard, timers)?;
-        let rows = self
-            .client
-            .query(
-                &self.statements.insert_unfenced,
-                &[&shard_param(shard), &ids, &deadlines, &payloads],
-            )
-            .map_err(QueryError::from)?;
-        let written = rows
-            .iter()
-            .map(|r| r.try_get::<_, i64>(0))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(QueryError::from)?;
+        let shards = vec![shard_param(shard); ids.len()];
+        let written: Vec<i64> = self
+            .db
+            .insert(&shards, &ids, &deadlines, &payloads)?
+            .into_iter()
+            .map(|id| id as i64)
+            .collect();
         Ok(duplicates_of(&ids, &written))
     }
 
@@ -429,30 +358,14 @@ impl PgStore {
                 shards: self.map.shards(),
             });
         }
-        let params: [&(dyn ToSql + Sync); 2] = [&shard_param(shard), &id_param(id)];
-        let deleted = self
-            .client
-            .query_opt(&self.statements.cancel_delete, &params)
-            .map_err(QueryError::from)?;
-        if let Some(row) = deleted {
-            let payload = row.try_get(0).map_err(QueryError::from)?;
+        let (deleted, fired) = self.db.cancel(&[shard_param(shard)], &[id_param(id)])?;
+        if let Some((_, payload)) = deleted.into_iter().next() {
             return Ok(Cancel::Cancelled(payload));
         }
-        // A second statement, so a fresh snapshot: a claim that committed
-        // while the delete waited on the row lock is visible here.
-        let claimed = self
-            .client
-            .query_opt(&self.statements.cancel_probe, &params)
-            .map_err(QueryError::from)?;
-        match claimed {
-            None => Ok(Cancel::NotFound),
-            Some(row) => {
-                let fired: i64 = row.try_get(0).map_err(QueryError::from)?;
-                let fired_epoch = u64::try_from(fired)
-                    .map_err(|_| CancelError::Corrupt(format!("timer {id}: epoch {fired}")))?;
-                Ok(Cancel::AlreadyClaimed { fired_epoch })
-            }
-        }
+        Ok(match fired.first() {
+            None => Cancel::NotFound,
+            Some(&(_, fired_epoch, _)) => Cancel::AlreadyClaimed { fired_epoch },
+        })
     }
 
     /// Claims up to `limit` pending timers of `shard` whose deadline is at or
@@ -479,43 +392,44 @@ impl PgStore {
         if limit == 0 || limit > MAX_BATCH {
             return Err(ClaimError::Invalid("limit must be 1..=MAX_BATCH"));
         }
-        let up_to =
-            i64::try_from(up_to_ms).map_err(|_| ClaimError::Invalid("up_to_ms beyond i64::MAX"))?;
+        if i64::try_from(up_to_ms).is_err() {
+            return Err(ClaimError::Invalid("up_to_ms beyond i64::MAX"));
+        }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self
-            .client
-            .query(
-                &self.statements.claim,
-                &[&shard_param(shard), &epoch_param(epoch), &up_to, &limit],
-            )
-            .map_err(QueryError::from)?;
-        let Some(first) = rows.first() else {
-            return Err(ClaimError::UnknownShard {
-                shard,
-                shards: self.map.shards(),
-            });
-        };
-        let current = first.try_get::<_, i64>(0).map_err(QueryError::from)?;
-        if current != epoch_param(epoch) {
-            return Err(fenced(shard, epoch, current).into());
+        // The node's two steps: read the due rows, then claim them by id
+        // (fenced). A row cancelled or claimed in between is skipped by the
+        // claim, which re-checks each row under its lock.
+        let mut due = Vec::new();
+        self.db
+            .sweep(&[shard], up_to_ms, limit, &mut |row| due.push(row))?;
+        let items: Vec<(u32, u64, u64)> = due.iter().map(|t| (shard, epoch, t.id)).collect();
+        let redeliver = vec![false; items.len()];
+        let (ids, current, _) = self
+            .db
+            .claim_in(&items, &redeliver, up_to_ms, Some(shard))?;
+        match current.first() {
+            None => {
+                return Err(ClaimError::UnknownShard {
+                    shard,
+                    shards: self.map.shards(),
+                });
+            }
+            Some(&(_, now)) if now != epoch => {
+                return Err(fenced(shard, epoch, now).into());
+            }
+            Some(_) => {}
         }
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in &rows {
-            // One row with NULLs when nothing was due (the LEFT JOIN).
-            let Some(id) = row.try_get::<_, Option<i64>>(1).map_err(QueryError::from)? else {
-                continue;
-            };
-            let deadline: i64 = row.try_get(2).map_err(QueryError::from)?;
-            let deadline_ms = u64::try_from(deadline)
-                .map_err(|_| ClaimError::Corrupt(format!("timer {id}: deadline {deadline}")))?;
-            claimed.push(StoredTimer {
-                id: id as u64,
-                deadline_ms,
+        let claimed: HashSet<u64> = ids.into_iter().map(|(id, _)| id).collect();
+        Ok(due
+            .into_iter()
+            .filter(|t| claimed.contains(&t.id))
+            .map(|t| StoredTimer {
+                id: t.id,
+                deadline_ms: t.deadline_ms,
                 state: RowState::Claimed { fired_epoch: epoch },
-                payload: row.try_get(3).map_err(QueryError::from)?,
-            });
-        }
-        Ok(claimed)
+                payload: t.payload,
+            })
+            .collect())
     }
 
     /// Deletes claimed timers of `shard` whose delivery was acknowledged, as
@@ -537,26 +451,16 @@ impl PgStore {
                 max: MAX_BATCH,
             });
         }
-        let ids: Vec<i64> = ids.iter().map(|&id| id_param(id)).collect();
-        let row = self
-            .client
-            .query_opt(
-                &self.statements.ack,
-                &[&shard_param(shard), &epoch_param(epoch), &ids],
-            )
-            .map_err(QueryError::from)?;
-        let Some(row) = row else {
-            return Err(AckError::UnknownShard {
+        let items: Vec<(u32, u64, u64)> = ids.iter().map(|&id| (shard, epoch, id)).collect();
+        let (acked, current) = self.db.ack_in(&items, Some(shard))?;
+        match current.first() {
+            None => Err(AckError::UnknownShard {
                 shard,
                 shards: self.map.shards(),
-            });
-        };
-        let current = row.try_get::<_, i64>(0).map_err(QueryError::from)?;
-        if current != epoch_param(epoch) {
-            return Err(fenced(shard, epoch, current).into());
+            }),
+            Some(&(_, now)) if now != epoch => Err(fenced(shard, epoch, now).into()),
+            Some(_) => Ok(acked),
         }
-        let deleted: i64 = row.try_get(1).map_err(QueryError::from)?;
-        Ok(u64::try_from(deleted).unwrap_or(0))
     }
 
     /// Streams the pending and claimed timers of `shard` with
@@ -583,12 +487,7 @@ impl PgStore {
         if from > to {
             return Err(range);
         }
-        let shard = shard_param(shard);
-        let params: [&dyn ToSql; 3] = [&shard, &from, &to];
-        let rows = self
-            .client
-            .query_raw(&self.statements.load, params)
-            .map_err(QueryError::from)?;
+        let rows = self.db.load_shard(shard, from, to)?;
         Ok(Load { rows, done: false })
     }
 }
@@ -664,12 +563,11 @@ fn duplicates_of(batch: &[i64], written: &[i64]) -> Inserted {
     }
 }
 
-pub(super) fn fenced(shard: u32, epoch: u64, current: i64) -> Fenced {
+pub(super) fn fenced(shard: u32, epoch: u64, current: u64) -> Fenced {
     Fenced {
         shard,
         epoch,
-        // Epochs are CHECKed >= 0 in the schema.
-        current: u64::try_from(current).unwrap_or(0),
+        current,
     }
 }
 

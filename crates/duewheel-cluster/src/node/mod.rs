@@ -37,7 +37,7 @@ mod error;
 mod gate;
 mod keeper;
 mod pager;
-mod sql;
+pub(crate) mod sql;
 mod writer;
 
 pub use error::NodeError;

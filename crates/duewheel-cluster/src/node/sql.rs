@@ -1,31 +1,42 @@
-//! The node's statements: the [`PgStore`] ones, widened to many shards per
-//! statement, so a commit carries up to a batch of rows whatever shards they
-//! fall in.
+//! The statements: every SQL text the crate runs against the timer and
+//! shard tables, one per operation, prepared once per connection.
 //!
-//! With 1024 shards a batch of 1000 schedules touches ~630 of them; one
-//! statement per shard would spend a commit per row. Each statement here
-//! takes parallel arrays (`unnest`) and is still one implicit transaction:
-//! `Ok` means committed. The fenced ones (claim, ack) keep the store's rule,
-//! widened: one `FOR SHARE` lock on *every* shard row the statement touches,
-//! taken in the same statement, and a row is written only where the shard's
-//! epoch is the one the node holds (see `crate::store`'s module doc
-//! for why the lock, not the comparison alone, makes the fence).
+//! They are the node's, batched: each takes parallel arrays (`unnest`), so a
+//! commit carries up to a batch of rows whatever shards they fall in (with
+//! 1024 shards a batch of 1000 schedules touches ~630 of them; one statement
+//! per shard would spend a commit per row). [`PgStore`](crate::PgStore)'s per-shard methods
+//! are thin wrappers that call these with one shard, so the fencing race
+//! test (`tests/pg_store.rs`) runs the very statements the node runs. Each
+//! statement is one implicit transaction: `Ok` means committed.
+//!
+//! The fenced ones (claim, ack, and the store's fenced insert) take one
+//! `FOR SHARE` lock on *every* shard row the statement touches, in the same
+//! statement, and write a row only where the shard's epoch is the one the
+//! caller holds (see `crate::store`'s module doc for why the lock, not the
+//! comparison alone, makes the fence). [`FenceMode`] is the test seam that
+//! can drop the lock, so a test can show that the race then loses writes.
+//!
+//! Rows in state 2 (tombstones: fired and acked) are invisible to every
+//! statement here except the cancel's probe (which answers "already fired"
+//! from them), the insert (which replaces a tombstone of a *different* timer
+//! under a reused id) and the reaper (which deletes old ones).
 
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
-use postgres::{Row, Statement};
+use postgres::{Client, Row, RowIter, Statement};
 
 use crate::config::StoreConfig;
 use crate::error::{OpenError, QueryError};
-use crate::store::{PgStore, epoch_param, shard_param};
+use crate::shard_map::ShardMap;
+use crate::store::{FenceMode, epoch_param, shard_param};
 
 /// A row read back for the wheel.
 #[derive(Debug)]
-pub(super) struct Loaded {
-    pub(super) shard: u32,
-    pub(super) id: u64,
-    pub(super) deadline_ms: u64,
-    pub(super) payload: Vec<u8>,
+pub(crate) struct Loaded {
+    pub(crate) shard: u32,
+    pub(crate) id: u64,
+    pub(crate) deadline_ms: u64,
+    pub(crate) payload: Vec<u8>,
 }
 
 /// What a fenced statement found for each shard it touched.
@@ -43,8 +54,10 @@ pub(super) struct Claimed {
     pub(super) fence: Fence,
 }
 
-struct Statements {
+/// Every prepared statement of one connection.
+pub(crate) struct Statements {
     insert: Statement,
+    insert_fenced: Statement,
     same_rows: Statement,
     cancel: Statement,
     claimed_of: Statement,
@@ -61,6 +74,9 @@ struct Statements {
     overdue: Statement,
     notify: Statement,
     fetch: Statement,
+    load_shard: Statement,
+    acquire: Statement,
+    owner_of: Statement,
 }
 
 /// Locks every touched shard row and reads its epoch (the fence).
@@ -71,8 +87,23 @@ struct Statements {
 /// before they lock), so two of them never wait on each other in a cycle.
 /// A deadlock that happens anyway (PostgreSQL picks a victim) is refused,
 /// changed nothing, and is retried by the caller (see [`is_transient`]).
-const FENCE: &str = "f AS MATERIALIZED (SELECT shard_id, epoch FROM shards
-                       WHERE shard_id = ANY($1::int[]) ORDER BY shard_id FOR SHARE)";
+fn fence(mode: FenceMode) -> String {
+    // The pause (tests only) sits between the statement's snapshot and the
+    // lock: without the lock, the epoch it reads is the snapshot's.
+    let pause = match mode.pause_ms {
+        0 => String::new(),
+        ms => format!(", pg_sleep({})", f64::from(ms) / 1000.0),
+    };
+    let lock = if mode.lock {
+        " FOR SHARE OF shards"
+    } else {
+        ""
+    };
+    format!(
+        "f AS MATERIALIZED (SELECT shard_id, epoch FROM shards{pause}
+                       WHERE shard_id = ANY($1::int[]) ORDER BY shard_id{lock})"
+    )
+}
 
 /// The shard rows `owner` ($3) still holds at the epochs sent (`$1`
 /// shards, `$2` epochs), locked in shard order: what renew and release
@@ -84,7 +115,10 @@ const HELD: &str = "(SELECT sh.shard_id FROM shards sh
                       ORDER BY sh.shard_id FOR NO KEY UPDATE OF sh)";
 
 impl Statements {
-    fn prepare(c: &mut postgres::Client) -> Result<Self, postgres::Error> {
+    /// Prepares every statement; `mode` is [`FenceMode::LOCKED`] outside tests.
+    pub(crate) fn prepare(c: &mut Client, mode: FenceMode) -> Result<Self, postgres::Error> {
+        #[allow(non_snake_case)]
+        let FENCE = fence(mode);
         Ok(Self {
             // Unfenced on purpose: firing never trusts a wheel, it claims
             // from the table (see the node's module doc).
@@ -94,6 +128,19 @@ impl Statements {
                  FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::bytea[]) AS t(s, id, d, p)
                  ON CONFLICT DO NOTHING RETURNING timer_id",
             )?,
+            // The store's fenced insert: a row goes in only where its
+            // shard's epoch ($6) is the current one, under the fence's lock.
+            insert_fenced: c.prepare(&format!(
+                "WITH {FENCE},
+                 ins AS (INSERT INTO timers (shard_id, timer_id, deadline_ms, payload)
+                   SELECT t.s, t.id, t.d, t.p
+                   FROM unnest($2::int[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bigint[])
+                     AS t(s, id, d, p, e), f
+                   WHERE f.shard_id = t.s AND f.epoch = t.e
+                   ON CONFLICT DO NOTHING RETURNING timer_id)
+                 SELECT 0, f.shard_id::bigint, f.epoch FROM f
+                 UNION ALL SELECT 1, ins.timer_id, 0 FROM ins"
+            ))?,
             same_rows: c.prepare(
                 "SELECT t.timer_id FROM timers t
                  JOIN unnest($1::int[], $2::bigint[], $3::bigint[], $4::bytea[]) AS u(s, id, d, p)
@@ -112,7 +159,7 @@ impl Statements {
                  RETURNING t.timer_id, t.payload",
             )?,
             claimed_of: c.prepare(
-                "SELECT t.timer_id FROM timers t
+                "SELECT t.timer_id, t.fired_epoch, t.state FROM timers t
                  JOIN unnest($1::int[], $2::bigint[]) AS u(s, id)
                    ON t.shard_id = u.s AND t.timer_id = u.id
                  WHERE t.state = 1",
@@ -214,13 +261,35 @@ impl Statements {
                 "SELECT count(*) FROM timers
                  WHERE shard_id = ANY($1::int[]) AND state = 0 AND deadline_ms < $2",
             )?,
+            // The store's `load`: one shard's live rows, pending and
+            // claimed, in deadline order.
+            load_shard: c.prepare(
+                "SELECT timer_id, deadline_ms, state, fired_epoch, payload FROM timers
+                 WHERE shard_id = $1 AND state < 2 AND deadline_ms >= $2 AND deadline_ms < $3
+                 ORDER BY deadline_ms, timer_id",
+            )?,
+            // One shard, by name (the store's `acquire`, and a node taking
+            // back a shard after an in-doubt fenced write). Lease expiry is
+            // judged by the database's clock alone.
+            acquire: c.prepare(
+                "UPDATE shards SET owner = $2, epoch = epoch + 1,
+                   lease_expires_at = now() + $3::bigint * interval '1 millisecond'
+                 WHERE shard_id = $1
+                   AND (owner IS NULL OR owner = $2 OR lease_expires_at < now())
+                 RETURNING epoch",
+            )?,
+            owner_of: c.prepare(
+                "SELECT owner FROM shards WHERE shard_id = $1 AND lease_expires_at >= now()",
+            )?,
         })
     }
 }
 
-/// One connection for one of the node's threads.
-pub(super) struct NodeDb {
-    store: PgStore,
+/// One connection and its prepared statements: a node thread's, or the
+/// inside of a [`PgStore`](crate::PgStore).
+pub(crate) struct NodeDb {
+    pub(crate) client: Client,
+    pub(crate) map: ShardMap,
     st: Statements,
 }
 
@@ -239,20 +308,53 @@ fn shard_of_row(s: i64) -> u32 {
 
 impl NodeDb {
     /// Connects and checks the schema (see [`PgStore::open`]).
-    pub(super) fn open(config: &StoreConfig) -> Result<Self, OpenError> {
-        let mut store = PgStore::open(config)?;
-        let st = Statements::prepare(&mut store.client)
-            .map_err(|e| OpenError::Schema(QueryError::from(e)))?;
-        Ok(Self { store, st })
+    pub(crate) fn open(config: &StoreConfig) -> Result<Self, OpenError> {
+        Self::open_with(config, FenceMode::LOCKED)
     }
 
-    pub(super) fn is_closed(&self) -> bool {
-        self.store.is_closed()
+    /// [`open`](Self::open) with the fence built as `mode` says (tests).
+    pub(crate) fn open_with(config: &StoreConfig, mode: FenceMode) -> Result<Self, OpenError> {
+        let (mut client, map) = crate::store::connect(config)?;
+        let st = Statements::prepare(&mut client, mode)
+            .map_err(|e| OpenError::Schema(QueryError::from(e)))?;
+        Ok(Self { client, map, st })
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Inserts rows (shard, id, deadline, payload) each fenced by its
+    /// shard's epoch (`epochs`), locking the `touched` shard rows; returns
+    /// the ids written and the current epoch of each touched shard.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn insert_fenced(
+        &mut self,
+        touched: &[i32],
+        rows: (&[i32], &[i64], &[i64], &[&[u8]]),
+        epochs: &[i64],
+    ) -> Result<(Vec<i64>, Vec<(u32, u64)>), QueryError> {
+        let (shards, ids, deadlines, payloads) = rows;
+        let rows = self.client.query(
+            &self.st.insert_fenced,
+            &[&touched, &shards, &ids, &deadlines, &payloads, &epochs],
+        )?;
+        let (mut written, mut current) = (Vec::new(), Vec::new());
+        for row in &rows {
+            let kind: i32 = row.try_get(0)?;
+            let a: i64 = row.try_get(1)?;
+            if kind == 0 {
+                current.push((shard_of_row(a), epoch_of(row.try_get(2)?)));
+            } else {
+                written.push(a);
+            }
+        }
+        Ok((written, current))
     }
 
     /// Inserts rows (shard, id, deadline, payload); returns the ids written.
     /// Ids that existed already are skipped.
-    pub(super) fn insert(
+    pub(crate) fn insert(
         &mut self,
         shards: &[i32],
         ids: &[i64],
@@ -260,7 +362,6 @@ impl NodeDb {
         payloads: &[&[u8]],
     ) -> Result<Vec<u64>, QueryError> {
         let rows = self
-            .store
             .client
             .query(&self.st.insert, &[&shards, &ids, &deadlines, &payloads])?;
         rows.iter()
@@ -270,7 +371,7 @@ impl NodeDb {
 
     /// Of the given rows, the ids stored with exactly this deadline and
     /// payload (resolving an insert that was in doubt).
-    pub(super) fn same_rows(
+    pub(crate) fn same_rows(
         &mut self,
         shards: &[i32],
         ids: &[i64],
@@ -278,7 +379,6 @@ impl NodeDb {
         payloads: &[&[u8]],
     ) -> Result<Vec<u64>, QueryError> {
         let rows = self
-            .store
             .client
             .query(&self.st.same_rows, &[&shards, &ids, &deadlines, &payloads])?;
         rows.iter()
@@ -287,16 +387,15 @@ impl NodeDb {
     }
 
     /// Deletes the pending rows among `ids`; returns the deleted ids with
-    /// their payloads, then which of the rest are claimed (a fresh snapshot,
-    /// so a claim that won the row lock is seen).
+    /// their payloads, then the rest that fired: `(id, fired_epoch, acked)`
+    /// (a fresh snapshot, so a claim that won the row lock is seen).
     #[allow(clippy::type_complexity)]
-    pub(super) fn cancel(
+    pub(crate) fn cancel(
         &mut self,
         shards: &[i32],
         ids: &[i64],
-    ) -> Result<(Vec<(u64, Vec<u8>)>, Vec<u64>), QueryError> {
+    ) -> Result<(Vec<(u64, Vec<u8>)>, Vec<(u64, u64, bool)>), QueryError> {
         let deleted = self
-            .store
             .client
             .query(&self.st.cancel, &[&shards, &ids])?
             .iter()
@@ -305,14 +404,21 @@ impl NodeDb {
         if deleted.len() == ids.len() {
             return Ok((deleted, Vec::new()));
         }
-        let claimed = self
-            .store
+        let fired = self
             .client
             .query(&self.st.claimed_of, &[&shards, &ids])?
             .iter()
-            .map(|r| Ok(r.try_get::<_, i64>(0)? as u64))
+            .map(|r| {
+                let epoch: Option<i64> = r.try_get(1)?;
+                let state: i16 = r.try_get(2)?;
+                Ok((
+                    r.try_get::<_, i64>(0)? as u64,
+                    epoch_of(epoch.unwrap_or(0)),
+                    state == 2,
+                ))
+            })
             .collect::<Result<Vec<_>, postgres::Error>>()?;
-        Ok((deleted, claimed))
+        Ok((deleted, fired))
     }
 
     /// Claims `(shard, epoch, id)` rows, fenced: each due pending row, and
@@ -324,6 +430,25 @@ impl NodeDb {
         redeliver: &[bool],
         now_ms: u64,
     ) -> Result<Claimed, QueryError> {
+        let (ids, current, items) = self.claim_in(items, redeliver, now_ms, None)?;
+        Ok(Claimed {
+            ids,
+            fence: fence_of(&items, &current),
+        })
+    }
+
+    /// [`claim`](Self::claim), also locking and reading shard `also` (so a
+    /// claim of nothing still reports that shard's epoch); returns the
+    /// claimed ids, the current epoch of each touched shard, and the items
+    /// in lock order.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn claim_in(
+        &mut self,
+        items: &[(u32, u64, u64)],
+        redeliver: &[bool],
+        now_ms: u64,
+        also: Option<u32>,
+    ) -> Result<(Vec<(u64, u32)>, Vec<(u32, u64)>, Vec<(u32, u64, u64)>), QueryError> {
         // Sorted into lock order together with their flags.
         let mut both: Vec<((u32, u64, u64), bool)> = items
             .iter()
@@ -333,12 +458,12 @@ impl NodeDb {
         both.sort_unstable_by_key(|&((s, _, id), _)| (shard_param(s), id as i64));
         let (items, redeliver): (Vec<_>, Vec<bool>) = both.into_iter().unzip();
         let (touched, s, e, i) = columns(&items);
+        let touched = with_shard(touched, also);
         let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
         let rows = self
-            .store
             .client
             .query(&self.st.claim, &[&touched, &s, &i, &e, &now, &redeliver])?;
-        let mut out = Claimed::default();
+        let mut ids = Vec::new();
         let mut current = Vec::new();
         for row in &rows {
             let kind: i32 = row.try_get(0)?;
@@ -347,21 +472,28 @@ impl NodeDb {
             if kind == 0 {
                 current.push((shard_of_row(a), epoch_of(b)));
             } else {
-                out.ids
-                    .push((a as u64, u32::try_from(b).unwrap_or(u32::MAX)));
+                ids.push((a as u64, u32::try_from(b).unwrap_or(u32::MAX)));
             }
         }
-        out.fence = fence_of(&items, &current);
-        Ok(out)
+        Ok((ids, current, items))
     }
 
     /// Deletes acknowledged claimed rows, fenced like [`claim`](Self::claim).
     pub(super) fn ack(&mut self, items: &[(u32, u64, u64)]) -> Result<(u64, Fence), QueryError> {
+        let (n, current) = self.ack_in(items, None)?;
+        Ok((n, fence_of(items, &current)))
+    }
+
+    /// [`ack`](Self::ack), also locking and reading shard `also`; returns
+    /// the rows acked and the current epoch of each touched shard.
+    pub(crate) fn ack_in(
+        &mut self,
+        items: &[(u32, u64, u64)],
+        also: Option<u32>,
+    ) -> Result<(u64, Vec<(u32, u64)>), QueryError> {
         let (touched, s, e, i) = columns(items);
-        let rows = self
-            .store
-            .client
-            .query(&self.st.ack, &[&touched, &s, &i, &e])?;
+        let touched = with_shard(touched, also);
+        let rows = self.client.query(&self.st.ack, &[&touched, &s, &i, &e])?;
         let mut current = Vec::new();
         let mut deleted = 0;
         for row in &rows {
@@ -370,15 +502,12 @@ impl NodeDb {
             deleted = row.try_get::<_, i64>(2)?;
             current.push((u32::try_from(shard).unwrap_or(u32::MAX), epoch_of(epoch)));
         }
-        Ok((
-            u64::try_from(deleted).unwrap_or(0),
-            fence_of(items, &current),
-        ))
+        Ok((u64::try_from(deleted).unwrap_or(0), current))
     }
 
     /// Extends the leases of `held` (shard, epoch); returns the shards still
     /// ours.
-    pub(super) fn renew(
+    pub(crate) fn renew(
         &mut self,
         owner: &str,
         held: &[(u32, u64)],
@@ -386,7 +515,6 @@ impl NodeDb {
     ) -> Result<Vec<u32>, QueryError> {
         let (s, e) = pairs(held);
         let rows = self
-            .store
             .client
             .query(&self.st.renew, &[&s, &e, &owner, &ttl_ms])?;
         rows.iter()
@@ -405,7 +533,7 @@ impl NodeDb {
         n: i64,
     ) -> Result<Vec<(u32, u64)>, QueryError> {
         let held = shards_param(held);
-        let rows = self.store.client.query(
+        let rows = self.client.query(
             &self.st.acquire_some,
             &[&owner, &ttl_ms, &held, &grace_ms, &n],
         )?;
@@ -426,36 +554,76 @@ impl NodeDb {
         shard: u32,
         ttl: std::time::Duration,
     ) -> Result<Option<u64>, QueryError> {
-        match self.store.acquire(shard, owner, ttl) {
-            Ok(crate::Acquire::Acquired(lease)) => Ok(Some(lease.epoch())),
-            Ok(crate::Acquire::Held { .. }) => Ok(None),
-            Err(crate::LeaseError::Query(q)) => Err(q),
-            // Shard and owner were validated at start.
-            Err(_) => Ok(None),
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        self.acquire_one(owner, shard, ttl_ms)
+    }
+
+    /// Takes `shard` (bumping its epoch) if it is `owner`'s, free or
+    /// expired; returns the new epoch, or `None` if another owner holds it.
+    pub(crate) fn acquire_one(
+        &mut self,
+        owner: &str,
+        shard: u32,
+        ttl_ms: i64,
+    ) -> Result<Option<u64>, QueryError> {
+        let row = self
+            .client
+            .query_opt(&self.st.acquire, &[&shard_param(shard), &owner, &ttl_ms])?;
+        match row {
+            Some(row) => Ok(Some(epoch_of(row.try_get(0)?))),
+            None => Ok(None),
         }
     }
 
-    /// Gives shards up (bumping their epochs).
-    pub(super) fn release(&mut self, owner: &str, held: &[(u32, u64)]) -> Result<(), QueryError> {
-        let (s, e) = pairs(held);
-        self.store
+    /// Who holds a live lease on `shard` (`None`: nobody, or it ran out).
+    pub(crate) fn owner_of(&mut self, shard: u32) -> Result<Option<String>, QueryError> {
+        let row = self
             .client
-            .query(&self.st.release, &[&s, &e, &owner])?;
-        Ok(())
+            .query_opt(&self.st.owner_of, &[&shard_param(shard)])?;
+        match row {
+            Some(row) => Ok(row.try_get(0)?),
+            None => Ok(None),
+        }
+    }
+
+    /// Streams one shard's pending and claimed rows with `from <= deadline
+    /// < to`, in deadline order (the store's `load`).
+    pub(crate) fn load_shard(
+        &mut self,
+        shard: u32,
+        from: i64,
+        to: i64,
+    ) -> Result<RowIter<'_>, QueryError> {
+        let shard = shard_param(shard);
+        let params: [&dyn ToSql; 3] = [&shard, &from, &to];
+        Ok(self.client.query_raw(&self.st.load_shard, params)?)
+    }
+
+    /// Gives shards up (bumping their epochs); returns those that were
+    /// still ours.
+    pub(crate) fn release(
+        &mut self,
+        owner: &str,
+        held: &[(u32, u64)],
+    ) -> Result<Vec<u32>, QueryError> {
+        let (s, e) = pairs(held);
+        let rows = self.client.query(&self.st.release, &[&s, &e, &owner])?;
+        rows.iter()
+            .map(|r| Ok(shard_of_row(i64::from(r.try_get::<_, i32>(0)?))))
+            .collect()
     }
 
     /// Announces `owner` and returns how many nodes (itself included) were
     /// seen within `ttl_ms`.
     pub(super) fn heartbeat(&mut self, owner: &str, ttl_ms: i64) -> Result<u32, QueryError> {
         let row = self
-            .store
             .client
             .query_one(&self.st.heartbeat, &[&owner, &ttl_ms])?;
         Ok(u32::try_from(row.try_get::<_, i64>(0)?).unwrap_or(1).max(1))
     }
 
     pub(super) fn leave(&mut self, owner: &str) -> Result<(), QueryError> {
-        self.store.client.execute(&self.st.leave, &[&owner])?;
+        self.client.execute(&self.st.leave, &[&owner])?;
         Ok(())
     }
 
@@ -486,7 +654,7 @@ impl NodeDb {
     }
 
     /// The earliest `limit` pending rows of `shards` due at `now_ms`.
-    pub(super) fn sweep(
+    pub(crate) fn sweep(
         &mut self,
         shards: &[u32],
         now_ms: u64,
@@ -503,27 +671,21 @@ impl NodeDb {
     pub(super) fn overdue(&mut self, shards: &[u32], before_ms: u64) -> Result<u64, QueryError> {
         let s = shards_param(shards);
         let before = i64::try_from(before_ms).unwrap_or(i64::MAX);
-        let row = self
-            .store
-            .client
-            .query_one(&self.st.overdue, &[&s, &before])?;
+        let row = self.client.query_one(&self.st.overdue, &[&s, &before])?;
         Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0))
     }
 
     /// Tells the owners listening on `channel` that these ids were written
     /// (each chunk a comma-separated list, one notification each).
     pub(super) fn notify(&mut self, channel: &str, chunks: &[String]) -> Result<(), QueryError> {
-        self.store
-            .client
-            .query(&self.st.notify, &[&channel, &chunks])?;
+        self.client.query(&self.st.notify, &[&channel, &chunks])?;
         Ok(())
     }
 
     /// Starts receiving `channel`'s notifications on this connection.
     pub(super) fn listen(&mut self, channel: &str) -> Result<(), QueryError> {
         // The channel is a schema name: [a-z0-9_] only, so quoting suffices.
-        self.store
-            .client
+        self.client
             .batch_execute(&format!("LISTEN \"{channel}\""))?;
         Ok(())
     }
@@ -535,7 +697,7 @@ impl NodeDb {
         timeout: std::time::Duration,
     ) -> Result<Vec<String>, QueryError> {
         let mut out = Vec::new();
-        let mut notifications = self.store.client.notifications();
+        let mut notifications = self.client.notifications();
         let first = notifications.timeout_iter(timeout).next()?;
         if let Some(first) = first {
             out.push(first.payload().to_owned());
@@ -548,7 +710,7 @@ impl NodeDb {
     }
 
     /// The rows among `(shard, id)` in `state` (0 pending, 1 claimed).
-    pub(super) fn fetch(
+    pub(crate) fn fetch(
         &mut self,
         shards: &[i32],
         ids: &[i64],
@@ -556,7 +718,6 @@ impl NodeDb {
         each: &mut dyn FnMut(Loaded),
     ) -> Result<(), QueryError> {
         for row in self
-            .store
             .client
             .query(&self.st.fetch, &[&shards, &ids, &state])?
         {
@@ -576,10 +737,7 @@ impl NodeDb {
             StatementKind::Claimed => &self.st.load_claimed,
             StatementKind::Sweep => &self.st.sweep,
         };
-        let mut rows = self
-            .store
-            .client
-            .query_raw(statement, params.iter().copied())?;
+        let mut rows = self.client.query_raw(statement, params.iter().copied())?;
         while let Some(row) = rows.next()? {
             each(loaded(&row)?);
         }
@@ -635,6 +793,16 @@ pub(super) fn is_transient(e: &QueryError) -> bool {
         }),
         QueryError::InDoubt(_) => false,
     }
+}
+
+/// `touched` with `also` added, still sorted and without duplicates.
+fn with_shard(mut touched: Vec<i32>, also: Option<u32>) -> Vec<i32> {
+    if let Some(shard) = also.map(shard_param) {
+        if let Err(at) = touched.binary_search(&shard) {
+            touched.insert(at, shard);
+        }
+    }
+    touched
 }
 
 fn pairs(held: &[(u32, u64)]) -> (Vec<i32>, Vec<i64>) {

@@ -363,7 +363,7 @@ fn write_cancels(shared: &Shared, db: &mut Option<NodeDb>, cancels: Vec<(u32, u6
     };
     let (deleted, claimed) = found;
     let mut deleted: FxHashMap<u64, Vec<u8>> = deleted.into_iter().collect();
-    let claimed: FxHashSet<u64> = claimed.into_iter().collect();
+    let claimed: FxHashSet<u64> = claimed.into_iter().map(|(id, _, _)| id).collect();
     for (_, id, reply) in cancels {
         // A second cancel of one id in the same commit finds it gone.
         let outcome = match deleted.remove(&id) {
