@@ -13,8 +13,8 @@ use std::thread;
 use std::time::Duration;
 
 use duewheel_cluster::{
-    Acquire, Cancel, ClaimError, Fenced, InsertError, Lease, LoadError, MAX_BATCH, NewTimer,
-    OpenError, PgStore, RowState, SCHEMA_VERSION, StoreConfig, StoredTimer,
+    Acquire, Cancel, ClaimError, FenceMode, Fenced, InsertError, Lease, LoadError, MAX_BATCH,
+    NewTimer, OpenError, PgStore, RowState, SCHEMA_VERSION, StoreConfig, StoredTimer,
 };
 
 use duewheel_testkit::pg;
@@ -88,15 +88,58 @@ fn fencing_under_takeover_loses_no_acknowledged_write() {
     let Some(db) = TestDb::new("fence", 4) else {
         return;
     };
-    const WRITERS: usize = 5;
     // DUEWHEEL_PG_TAKEOVERS=500 for a longer opt-in run.
     let takeovers: usize = std::env::var("DUEWHEEL_PG_TAKEOVERS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(40);
+    let broken = takeover_race(&db, FenceMode::LOCKED, takeovers);
+    assert_eq!(broken, Broken::default(), "the fence held");
+}
+
+/// The same race, every fenced statement pausing 30 ms between its
+/// snapshot and its lock: with the lock, still nothing lost; with the
+/// `FOR SHARE` dropped (the seam), the race shows what the lock prevents:
+/// writes that read the old epoch commit after the takeover's load.
+/// This is the negative control: the race test can fail.
+#[test]
+fn without_the_share_lock_the_same_race_loses_writes() {
+    let (Some(db_locked), Some(db_unlocked)) =
+        (TestDb::new("fence_paused", 4), TestDb::new("nofence", 4))
+    else {
+        return;
+    };
+    let paused = |lock| FenceMode { lock, pause_ms: 30 };
+    let locked = takeover_race(&db_locked, paused(true), 8);
+    assert_eq!(locked, Broken::default(), "the fence held with the pause");
+    let unlocked = takeover_race(&db_unlocked, paused(false), 8);
+    println!("without the lock, 8 takeovers: {unlocked:?}");
+    assert!(
+        unlocked.missing_inserts + unlocked.stale_claims > 0,
+        "without the lock a stale write commits after the takeover: {unlocked:?}"
+    );
+}
+
+/// What a run of [`takeover_race`] saw break.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Broken {
+    /// Acknowledged inserts missing from the new owner's load.
+    missing_inserts: usize,
+    /// Acknowledged claims the new owner's load did not see as claimed.
+    stale_claims: usize,
+    /// Writes started after the takeover returned that succeeded.
+    late_successes: u64,
+}
+
+/// Runs `takeovers` rounds of the race with stores opened in `mode`;
+/// checks what must hold whatever the mode, and returns what broke.
+fn takeover_race(db: &TestDb, mode: FenceMode, takeovers: usize) -> Broken {
+    const WRITERS: usize = 5;
     let shard = 2;
-    let mut taker = db.open();
-    let mut writers: Vec<PgStore> = (0..WRITERS).map(|_| db.open()).collect();
+    let open = || PgStore::open_with_fence(&db.config(), mode).expect("open the store");
+    let mut taker = open();
+    let mut writers: Vec<PgStore> = (0..WRITERS).map(|_| open()).collect();
+    let mut broken = Broken::default();
     let mut epoch = acquired(taker.acquire(shard, "node", TTL).unwrap()).epoch();
 
     let next_id = AtomicU64::new(1);
@@ -178,7 +221,9 @@ fn fencing_under_takeover_loses_no_acknowledged_write() {
             }
             start.wait();
             // Let the writers get going, a different amount each round.
-            thread::sleep(Duration::from_millis(5 + (round as u64 * 7) % 25));
+            // (A paused statement takes `pause_ms`: give each writer a few.)
+            let warmup = 5 + (round as u64 * 7) % 25 + 4 * u64::from(mode.pause_ms);
+            thread::sleep(Duration::from_millis(warmup));
             let lease = acquired(taker.acquire(shard, "node", TTL).unwrap());
             bumped.store(true, Ordering::SeqCst);
             let loaded: HashMap<u64, StoredTimer> = load_all(&mut taker, shard)
@@ -197,18 +242,19 @@ fn fencing_under_takeover_loses_no_acknowledged_write() {
             .copied()
             .filter(|id| !loaded.contains_key(id))
             .collect();
-        assert!(
-            missing.is_empty(),
-            "round {round}: {} acknowledged inserts missing from the new owner's load: {:?}",
-            missing.len(),
-            &missing[..missing.len().min(10)]
-        );
-        for id in &claimed {
-            assert_eq!(
-                loaded.get(id).map(|t| t.state),
-                Some(RowState::Claimed { fired_epoch: epoch }),
-                "round {round}: claimed timer {id} not loaded as claimed"
+        if !missing.is_empty() {
+            eprintln!(
+                "round {round}: {} acknowledged inserts missing from the new owner's load: {:?}",
+                missing.len(),
+                &missing[..missing.len().min(10)]
             );
+        }
+        broken.missing_inserts += missing.len();
+        for id in &claimed {
+            if loaded.get(id).map(|t| t.state) != Some(RowState::Claimed { fired_epoch: epoch }) {
+                eprintln!("round {round}: claimed timer {id} not loaded as claimed");
+                broken.stale_claims += 1;
+            }
         }
         for id in &refused {
             assert!(
@@ -216,11 +262,7 @@ fn fencing_under_takeover_loses_no_acknowledged_write() {
                 "round {round}: fenced insert {id} left a row"
             );
         }
-        assert_eq!(
-            late_successes.load(Ordering::SeqCst),
-            0,
-            "round {round}: a write started after the takeover succeeded"
-        );
+        broken.late_successes += late_successes.load(Ordering::SeqCst);
         assert_eq!(
             fenced_count.load(Ordering::SeqCst),
             WRITERS as u64,
@@ -269,15 +311,17 @@ fn fencing_under_takeover_loses_no_acknowledged_write() {
     assert!(stored.is_disjoint(&drained));
     assert_eq!(&stored | &drained, all_acked);
     assert!(all_refused.is_disjoint(&all_acked));
+    print!("{mode:?}: ");
     println!(
         "fencing: {takeovers} takeovers, {WRITERS} writers: {acked_inserts_total} acked inserts \
-         and {acked_claims_total} acked claims checked against the new owner's load, 0 missing; \
+         and {acked_claims_total} acked claims checked against the new owner's load ({broken:?}); \
          {fenced_total} stale writes fenced ({} refused insert ids, none stored); \
          {} redelivered and acked by new owners",
         all_refused.len(),
         drained.len()
     );
     assert!(acked_inserts_total > 0 && acked_claims_total > 0);
+    broken
 }
 
 /// Many timers due now; cancellers and a claimer (which also acks) race.
