@@ -1,8 +1,11 @@
 //! [`PgStore`]: one connection to the shared timer table, and the fenced
 //! statements that write it.
 //!
-//! Each method is **one SQL statement** in its own implicit transaction; an
-//! `Ok` means PostgreSQL committed it (with `synchronous_commit = on`, which
+//! Each write is **one SQL statement** in its own implicit transaction
+//! (the node's, from `node/sql.rs`, called with one shard: there is one SQL
+//! text per operation in the crate; [`claim_due`] reads the due rows first,
+//! then claims them by id as the node does); an `Ok` means PostgreSQL
+//! committed it (with `synchronous_commit = on`, which
 //! the store sets for its session). The fenced ones ([`insert`], [`claim_due`],
 //! [`ack`]) all start with the same CTE:
 //!
@@ -91,9 +94,10 @@ pub struct Inserted {
     /// Rows written.
     pub inserted: usize,
     /// Ids of the batch that were *not* written because a timer with that id
-    /// already exists in the shard (pending, or claimed and not yet acked),
-    /// in batch order. After an in-doubt insert is retried, these may be the
-    /// caller's own rows.
+    /// already exists in the shard (pending, claimed and not yet acked, or
+    /// fired and acked with this very deadline and payload: a tombstone of
+    /// another timer is replaced), in batch order. After an in-doubt insert
+    /// is retried, these may be the caller's own rows.
     pub duplicates: Vec<u64>,
 }
 
@@ -107,12 +111,14 @@ pub enum Cancel {
     /// Its payload comes back.
     Cancelled(Vec<u8>),
     /// The claim won: the timer was claimed by the owner at `fired_epoch`
-    /// and is being (or was) delivered.
+    /// and is being delivered, or was delivered and acked (its tombstone,
+    /// kept for the node's `tombstone_ttl`).
     AlreadyClaimed {
         /// The epoch of the owner that claimed it.
         fired_epoch: u64,
     },
-    /// No such timer: never inserted, already cancelled, or fired and acked.
+    /// No such timer: never inserted, already cancelled, or fired and acked
+    /// longer ago than the tombstone retention (reaped).
     NotFound,
 }
 
@@ -432,12 +438,15 @@ impl PgStore {
             .collect())
     }
 
-    /// Deletes claimed timers of `shard` whose delivery was acknowledged, as
-    /// the owner at `epoch`. Returns how many rows were deleted; ids that are
-    /// not claimed (unknown, pending, already acked) are ignored. Claims of an
-    /// earlier owner may be acked too (a redelivery after takeover). A stale
-    /// epoch is [`AckError::Fenced`] and deletes nothing: the new owner
-    /// redelivers them.
+    /// Ends claimed timers of `shard` whose delivery was acknowledged, as
+    /// the owner at `epoch`: each row becomes a tombstone (state 2,
+    /// `ended_at_ms` = the database's now), invisible to claims and loads,
+    /// still telling a late [`cancel`](Self::cancel) that the timer fired,
+    /// until a node's reaper deletes it. Returns how many rows were ended;
+    /// ids that are not claimed (unknown, pending, already acked) are
+    /// ignored. Claims of an earlier owner may be acked too (a redelivery
+    /// after takeover). A stale epoch is [`AckError::Fenced`] and changes
+    /// nothing: the new owner redelivers them.
     pub fn ack(&mut self, shard: u32, epoch: u64, ids: &[u64]) -> Result<u64, AckError> {
         if !self.map.contains(shard) {
             return Err(AckError::UnknownShard {

@@ -676,6 +676,77 @@ fn duplicates_and_unfenced_inserts_and_cancel_outcomes() {
     );
 }
 
+/// An ack leaves a tombstone (state 2, `ended_at_ms`): invisible to load
+/// and claim, a cancel still learns the timer fired; an insert of the same
+/// id replaces it only with a different timer.
+#[test]
+fn an_acked_timer_is_a_tombstone_that_cancel_sees_and_a_new_timer_replaces() {
+    let Some(db) = TestDb::new("tomb", 4) else {
+        return;
+    };
+    let shard = 3;
+    let mut store = db.open();
+    let lease = acquired(store.acquire(shard, "node", TTL).unwrap());
+    let epoch = lease.epoch();
+    let t = |deadline_ms, payload| NewTimer {
+        id: 7,
+        deadline_ms,
+        payload,
+    };
+    store.insert(shard, epoch, &[t(10, b"a")]).unwrap();
+    let claimed = store.claim_due(shard, epoch, 10, 10).unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(store.ack(shard, epoch, &[7]).unwrap(), 1);
+    assert_eq!(store.ack(shard, epoch, &[7]).unwrap(), 0, "acked once");
+    let (state, ended): (i16, Option<i64>) = {
+        let row = db
+            .raw()
+            .query_one(
+                "SELECT state, ended_at_ms FROM timers WHERE shard_id = $1 AND timer_id = 7",
+                &[&(shard as i32)],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(state, 2);
+    assert!(ended.is_some_and(|ms| ms > 0));
+    assert!(
+        load_all(&mut store, shard).is_empty(),
+        "load skips tombstones"
+    );
+    assert!(
+        store
+            .claim_due(shard, epoch, u64::MAX >> 1, 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.cancel(shard, 7).unwrap(),
+        Cancel::AlreadyClaimed { fired_epoch: epoch }
+    );
+    // The same timer again (a retried schedule): the tombstone stays.
+    let same = store.insert_unfenced(shard, &[t(10, b"a")]).unwrap();
+    assert_eq!((same.inserted, same.duplicates), (0, vec![7]));
+    // Another timer under the reused id replaces it, pending and fresh.
+    let new = store.insert_unfenced(shard, &[t(20, b"b")]).unwrap();
+    assert_eq!((new.inserted, new.duplicates), (1, vec![]));
+    let loaded = load_all(&mut store, shard);
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(
+        (
+            loaded[0].deadline_ms,
+            loaded[0].state,
+            &loaded[0].payload[..]
+        ),
+        (20, RowState::Pending, &b"b"[..])
+    );
+    assert_eq!(
+        store.cancel(shard, 7).unwrap(),
+        Cancel::Cancelled(b"b".to_vec())
+    );
+    assert_eq!(store.cancel(shard, 7).unwrap(), Cancel::NotFound);
+}
+
 #[test]
 fn unreachable_servers_and_bad_configuration_are_clear_errors() {
     // These need no server, but keep them with the others.

@@ -93,6 +93,7 @@ pub struct NodeConfig {
     ack_timeout: Duration,
     op_timeout: Duration,
     channel_capacity: usize,
+    tombstone_ttl: Duration,
     groups: Vec<String>,
     clock: Arc<dyn Clock>,
 }
@@ -137,6 +138,7 @@ impl NodeConfig {
             ack_timeout: Duration::from_secs(30),
             op_timeout: Duration::from_secs(5),
             channel_capacity: 65_536,
+            tombstone_ttl: Duration::from_secs(15 * 60),
             groups: Vec::new(),
             clock: Arc::new(SystemClock::new()),
         }
@@ -194,6 +196,14 @@ impl NodeConfig {
     setter!(
         /// Events each consumer group may hold before the dispatcher waits.
         channel_capacity: usize
+    );
+    setter!(
+        /// How long a fired and acked timer's row is kept as a tombstone
+        /// (database clock) before the pager reaps it. While it is kept, a
+        /// cancel of the id answers `AlreadyFired` (also when the cancel's
+        /// first try was in doubt); after, `NotFound`. Longer costs table
+        /// size: one row per timer fired in the last `tombstone_ttl`.
+        tombstone_ttl: Duration
     );
 
     /// Declares a consumer group (every group must be declared before

@@ -40,6 +40,7 @@ pub(super) fn run<P: Codec + Clone + Send + 'static>(
     let mut next_page = Instant::now() + shared.config.page_every;
     let mut next_sweep = Instant::now() + shared.config.sweep_every;
     let mut next_alarm = Instant::now();
+    let mut next_reap = Instant::now() + reap_every(shared);
     loop {
         if shared.stopping() {
             return;
@@ -78,6 +79,10 @@ pub(super) fn run<P: Codec + Clone + Send + 'static>(
                 next_page = Instant::now() + shared.config.page_every;
                 page(shared, conn, &mut put)?;
             }
+            if Instant::now() >= next_reap {
+                next_reap = Instant::now() + reap_every(shared);
+                reap_tombstones(shared, conn)?;
+            }
             if Instant::now() >= next_sweep {
                 next_sweep = Instant::now() + shared.config.sweep_every;
                 let shards = owned(shared);
@@ -108,6 +113,36 @@ pub(super) fn run<P: Codec + Clone + Send + 'static>(
             }
         }
     }
+}
+
+/// Tombstones deleted per statement, and statements per round: a round
+/// holds few row locks at a time and ends; a backlog is finished by the
+/// next rounds.
+const REAP_BATCH: i64 = 1000;
+const REAP_BATCHES: usize = 20;
+
+/// How often tombstones are reaped: a fraction of their retention, so one
+/// lives at most ~1.25 × `tombstone_ttl`, and between 1 s and 1 min.
+fn reap_every(shared: &Shared) -> Duration {
+    (shared.config.tombstone_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// Deletes the owned shards' tombstones older than `tombstone_ttl`, in
+/// batches of `REAP_BATCH`. Unfenced: a tombstone is needed by no delivery,
+/// only by a late cancel's answer, so a stale owner reaping is harmless.
+fn reap_tombstones(shared: &Shared, conn: &mut NodeDb) -> Result<(), QueryError> {
+    let shards = owned(shared);
+    if shards.is_empty() {
+        return Ok(());
+    }
+    let ttl_ms = i64::try_from(shared.config.tombstone_ttl.as_millis()).unwrap_or(i64::MAX);
+    for _ in 0..REAP_BATCHES {
+        let reaped = conn.reap(&shards, ttl_ms, REAP_BATCH)?;
+        if reaped < REAP_BATCH as u64 {
+            break;
+        }
+    }
+    Ok(())
 }
 
 fn owned(shared: &Shared) -> Vec<u32> {

@@ -74,6 +74,7 @@ pub(crate) struct Statements {
     overdue: Statement,
     notify: Statement,
     fetch: Statement,
+    reap: Statement,
     load_shard: Statement,
     acquire: Statement,
     owner_of: Statement,
@@ -105,6 +106,24 @@ fn fence(mode: FenceMode) -> String {
     )
 }
 
+/// The database's clock in UTC milliseconds (the statement's start): when
+/// a tombstone was written, and how old it is.
+const NOW_MS: &str = "(extract(epoch FROM now()) * 1000)::bigint";
+
+/// What an insert does with an id already stored: nothing (the id is
+/// reported as not written), except over a tombstone of a *different* timer
+/// (another deadline or payload), which it replaces: a new timer under a
+/// reused id. A tombstone of this very timer stays, so a schedule retried
+/// after its first try committed, fired and was acked is not fired again
+/// (the writer then finds it with `same_rows` and answers `Stored`).
+const REPLACE: &str = "ON CONFLICT (shard_id, timer_id) DO UPDATE
+                 SET deadline_ms = excluded.deadline_ms, payload = excluded.payload,
+                   state = 0, fired_epoch = NULL, attempt = 0, ended_at_ms = NULL,
+                   reminders_ms = excluded.reminders_ms
+                 WHERE timers.state = 2
+                   AND (timers.deadline_ms, timers.payload)
+                     IS DISTINCT FROM (excluded.deadline_ms, excluded.payload)";
+
 /// The shard rows `owner` ($3) still holds at the epochs sent (`$1`
 /// shards, `$2` epochs), locked in shard order: what renew and release
 /// update.
@@ -121,13 +140,14 @@ impl Statements {
         let FENCE = fence(mode);
         Ok(Self {
             // Unfenced on purpose: firing never trusts a wheel, it claims
-            // from the table (see the node's module doc).
-            insert: c.prepare(
+            // from the table (see the node's module doc). A tombstone of a
+            // different timer under the same id is replaced (see REPLACE).
+            insert: c.prepare(&format!(
                 "INSERT INTO timers (shard_id, timer_id, deadline_ms, payload)
                  SELECT t.s, t.id, t.d, t.p
                  FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::bytea[]) AS t(s, id, d, p)
-                 ON CONFLICT DO NOTHING RETURNING timer_id",
-            )?,
+                 {REPLACE} RETURNING timer_id"
+            ))?,
             // The store's fenced insert: a row goes in only where its
             // shard's epoch ($6) is the current one, under the fence's lock.
             insert_fenced: c.prepare(&format!(
@@ -137,7 +157,7 @@ impl Statements {
                    FROM unnest($2::int[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bigint[])
                      AS t(s, id, d, p, e), f
                    WHERE f.shard_id = t.s AND f.epoch = t.e
-                   ON CONFLICT DO NOTHING RETURNING timer_id)
+                   {REPLACE} RETURNING timer_id)
                  SELECT 0, f.shard_id::bigint, f.epoch FROM f
                  UNION ALL SELECT 1, ins.timer_id, 0 FROM ins"
             ))?,
@@ -158,11 +178,13 @@ impl Statements {
                  WHERE t.shard_id = l.shard_id AND t.timer_id = l.timer_id
                  RETURNING t.timer_id, t.payload",
             )?,
+            // Claimed (firing) or a tombstone (fired and acked): either way
+            // the fire won.
             claimed_of: c.prepare(
                 "SELECT t.timer_id, t.fired_epoch, t.state FROM timers t
                  JOIN unnest($1::int[], $2::bigint[]) AS u(s, id)
                    ON t.shard_id = u.s AND t.timer_id = u.id
-                 WHERE t.state = 1",
+                 WHERE t.state IN (1, 2)",
             )?,
             // A pending row is claimed once due; a claimed one only when the
             // node redelivers it (`x.r`: loaded as claimed at takeover, or
@@ -193,7 +215,8 @@ impl Statements {
                    JOIN f ON f.shard_id = x.s AND f.epoch = x.e
                    WHERE t.state = 1
                    ORDER BY t.shard_id, t.timer_id FOR UPDATE OF t),
-                 d AS (DELETE FROM timers t USING l
+                 d AS (UPDATE timers t SET state = 2, ended_at_ms = {NOW_MS}
+                   FROM l
                    WHERE t.shard_id = l.shard_id AND t.timer_id = l.timer_id
                    RETURNING 1)
                  SELECT f.shard_id, f.epoch, (SELECT count(*) FROM d) FROM f"
@@ -261,6 +284,16 @@ impl Statements {
                 "SELECT count(*) FROM timers
                  WHERE shard_id = ANY($1::int[]) AND state = 0 AND deadline_ms < $2",
             )?,
+            // Tombstones older than the retention ($2 ms, database clock),
+            // at most $3 of them. Re-checked under the row lock: a tombstone
+            // replaced by a new timer meanwhile is not one any more.
+            reap: c.prepare(&format!(
+                "DELETE FROM timers t USING (SELECT shard_id, timer_id FROM timers
+                   WHERE shard_id = ANY($1::int[]) AND state = 2
+                     AND ended_at_ms < {NOW_MS} - $2::bigint
+                   LIMIT $3) old
+                 WHERE t.shard_id = old.shard_id AND t.timer_id = old.timer_id AND t.state = 2"
+            ))?,
             // The store's `load`: one shard's live rows, pending and
             // claimed, in deadline order.
             load_shard: c.prepare(
@@ -478,7 +511,8 @@ impl NodeDb {
         Ok((ids, current, items))
     }
 
-    /// Deletes acknowledged claimed rows, fenced like [`claim`](Self::claim).
+    /// Ends acknowledged claimed rows (state 2, a tombstone, `ended_at_ms`
+    /// the database's now), fenced like [`claim`](Self::claim).
     pub(super) fn ack(&mut self, items: &[(u32, u64, u64)]) -> Result<(u64, Fence), QueryError> {
         let (n, current) = self.ack_in(items, None)?;
         Ok((n, fence_of(items, &current)))
@@ -584,6 +618,18 @@ impl NodeDb {
             Some(row) => Ok(row.try_get(0)?),
             None => Ok(None),
         }
+    }
+
+    /// Deletes up to `limit` tombstones of `shards` older than `ttl_ms`
+    /// (database clock); returns how many.
+    pub(crate) fn reap(
+        &mut self,
+        shards: &[u32],
+        ttl_ms: i64,
+        limit: i64,
+    ) -> Result<u64, QueryError> {
+        let s = shards_param(shards);
+        Ok(self.client.execute(&self.st.reap, &[&s, &ttl_ms, &limit])?)
     }
 
     /// Streams one shard's pending and claimed rows with `from <= deadline
@@ -797,10 +843,10 @@ pub(super) fn is_transient(e: &QueryError) -> bool {
 
 /// `touched` with `also` added, still sorted and without duplicates.
 fn with_shard(mut touched: Vec<i32>, also: Option<u32>) -> Vec<i32> {
-    if let Some(shard) = also.map(shard_param) {
-        if let Err(at) = touched.binary_search(&shard) {
-            touched.insert(at, shard);
-        }
+    if let Some(shard) = also.map(shard_param)
+        && let Err(at) = touched.binary_search(&shard)
+    {
+        touched.insert(at, shard);
     }
     touched
 }

@@ -7,6 +7,19 @@
 //! later statement found stored with the same deadline and payload); an
 //! `Unavailable` answer only when no statement carrying the row can have
 //! committed. Anything else is `InDoubt`.
+//!
+//! In doubt, the row decides where it can. A schedule whose commit was in
+//! doubt is run again; a row found with the same deadline and payload
+//! (pending, claimed, or its tombstone: it already fired) is `Stored`. A
+//! cancel in doubt is run again after the reconnect: a pending row is
+//! deleted now (`Cancelled`), a claimed row or a tombstone (state 2, fired
+//! and acked, kept for `tombstone_ttl`) means the fire won (`AlreadyFired`:
+//! our first try cannot have deleted a row that is still there). Only an
+//! absent row stays `InDoubt`: our first try may have deleted it, or it
+//! never existed, or another cancel deleted it, and nothing in the table
+//! tells these apart (the payload a `Cancelled` answer carries is gone with
+//! the row, too). Caveat: an id re-scheduled, fired and acked between the
+//! two tries would answer `AlreadyFired` for the new timer.
 
 use super::sql::{NodeDb, is_transient};
 use super::{Shared, bump};
