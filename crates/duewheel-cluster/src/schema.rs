@@ -40,12 +40,18 @@
 //! ALTER TABLE timers DROP CONSTRAINT timers_state_check,
 //!   ADD CONSTRAINT timers_state_check CHECK (state IN (0, 1, 2)); -- 2: fired and acked
 //! ALTER TABLE timers ADD COLUMN ended_at_ms bigint;   -- UTC ms, set with state 2
+//! ALTER TABLE timers DROP CONSTRAINT timers_deadline_ms_check,
+//!   ADD CONSTRAINT timers_deadline_ms_check CHECK (deadline_ms >= 0 OR state = 2);
+//!                                      -- a tombstone's deadline: -1 - deadline_ms
 //! ALTER TABLE timers ADD COLUMN reminders_ms bigint[] NOT NULL DEFAULT '{}';
 //!                                      -- reminder times (UTC ms) not yet delivered
 //! ALTER TABLE nodes ADD COLUMN session text;          -- the live process's token
 //! ```
 //!
 //! State 2 is a tombstone: a fired timer whose delivery every group acked.
+//! Its deadline is stored mirrored (`-1 - deadline_ms`, negative) so the
+//! tombstones sort below every live row in the deadline index and due-row
+//! scans (which start at 0) skip them.
 //! It is what lets a cancel that lost tell `AlreadyFired` from `NotFound`
 //! after the fact (an in-doubt cancel after a reconnect, a cancel inside the
 //! caller's transaction); tombstones are reaped once older than the
@@ -130,11 +136,14 @@ fn migration(to: i32, shards: u32) -> String {
                 node_id text PRIMARY KEY,
                 seen_at timestamptz NOT NULL);"
             .to_owned(),
-        // Tombstones (state 2, reaped after a retention), pending reminder
-        // times, and node sessions (see the module doc).
+        // Tombstones (state 2, reaped after a retention, deadline stored
+        // mirrored below 0), pending reminder times, and node sessions (see
+        // the module doc).
         3 => "ALTER TABLE timers DROP CONSTRAINT timers_state_check,
                 ADD CONSTRAINT timers_state_check CHECK (state IN (0, 1, 2));
               ALTER TABLE timers ADD COLUMN ended_at_ms bigint;
+              ALTER TABLE timers DROP CONSTRAINT timers_deadline_ms_check,
+                ADD CONSTRAINT timers_deadline_ms_check CHECK (deadline_ms >= 0 OR state = 2);
               ALTER TABLE timers ADD COLUMN reminders_ms bigint[] NOT NULL DEFAULT '{}';
               ALTER TABLE nodes ADD COLUMN session text;"
             .to_owned(),

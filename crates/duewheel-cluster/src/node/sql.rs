@@ -19,7 +19,13 @@
 //! Rows in state 2 (tombstones: fired and acked) are invisible to every
 //! statement here except the cancel's probe (which answers "already fired"
 //! from them), the insert (which replaces a tombstone of a *different* timer
-//! under a reused id) and the reaper (which deletes old ones).
+//! under a reused id), `same_rows`, and the reaper (which deletes old ones).
+//! A tombstone's deadline is stored mirrored, `-1 - deadline_ms` (< 0), so
+//! tombstones sort before every live row in the `(shard_id, deadline_ms)`
+//! index: a scan for due rows starts at `deadline_ms >= 0` and never walks
+//! the retention's worth of fired rows (it did, every sweep, with the
+//! deadline left as it was), and the reaper walks only them. Every scan by
+//! deadline therefore bounds it below by 0.
 
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
@@ -121,7 +127,7 @@ const REPLACE: &str = "ON CONFLICT (shard_id, timer_id) DO UPDATE
                    state = 0, fired_epoch = NULL, attempt = 0, ended_at_ms = NULL,
                    reminders_ms = excluded.reminders_ms
                  WHERE timers.state = 2
-                   AND (timers.deadline_ms, timers.payload)
+                   AND (-1 - timers.deadline_ms, timers.payload)
                      IS DISTINCT FROM (excluded.deadline_ms, excluded.payload)";
 
 /// The shard rows `owner` ($3) still holds at the epochs sent (`$1`
@@ -165,7 +171,8 @@ impl Statements {
                 "SELECT t.timer_id FROM timers t
                  JOIN unnest($1::int[], $2::bigint[], $3::bigint[], $4::bytea[]) AS u(s, id, d, p)
                    ON t.shard_id = u.s AND t.timer_id = u.id
-                 WHERE t.deadline_ms = u.d AND t.payload = u.p",
+                 WHERE CASE WHEN t.state = 2 THEN -1 - t.deadline_ms ELSE t.deadline_ms END = u.d
+                   AND t.payload = u.p",
             )?,
             // Locks first, in (shard, id) order (see FENCE), then deletes.
             cancel: c.prepare(
@@ -215,7 +222,8 @@ impl Statements {
                    JOIN f ON f.shard_id = x.s AND f.epoch = x.e
                    WHERE t.state = 1
                    ORDER BY t.shard_id, t.timer_id FOR UPDATE OF t),
-                 d AS (UPDATE timers t SET state = 2, ended_at_ms = {NOW_MS}
+                 d AS (UPDATE timers t SET state = 2, ended_at_ms = {NOW_MS},
+                   deadline_ms = -1 - t.deadline_ms
                    FROM l
                    WHERE t.shard_id = l.shard_id AND t.timer_id = l.timer_id
                    RETURNING 1)
@@ -269,7 +277,8 @@ impl Statements {
             )?,
             sweep: c.prepare(
                 "SELECT shard_id, timer_id, deadline_ms, payload FROM timers
-                 WHERE shard_id = ANY($1::int[]) AND state = 0 AND deadline_ms <= $2
+                 WHERE shard_id = ANY($1::int[]) AND state = 0
+                   AND deadline_ms >= 0 AND deadline_ms <= $2
                  ORDER BY deadline_ms LIMIT $3",
             )?,
             // One notification per chunk of ids (a payload holds < 8000 bytes).
@@ -282,14 +291,15 @@ impl Statements {
             )?,
             overdue: c.prepare(
                 "SELECT count(*) FROM timers
-                 WHERE shard_id = ANY($1::int[]) AND state = 0 AND deadline_ms < $2",
+                 WHERE shard_id = ANY($1::int[]) AND state = 0
+                   AND deadline_ms >= 0 AND deadline_ms < $2",
             )?,
             // Tombstones older than the retention ($2 ms, database clock),
             // at most $3 of them. Re-checked under the row lock: a tombstone
             // replaced by a new timer meanwhile is not one any more.
             reap: c.prepare(&format!(
                 "DELETE FROM timers t USING (SELECT shard_id, timer_id FROM timers
-                   WHERE shard_id = ANY($1::int[]) AND state = 2
+                   WHERE shard_id = ANY($1::int[]) AND state = 2 AND deadline_ms < 0
                      AND ended_at_ms < {NOW_MS} - $2::bigint
                    LIMIT $3) old
                  WHERE t.shard_id = old.shard_id AND t.timer_id = old.timer_id AND t.state = 2"
