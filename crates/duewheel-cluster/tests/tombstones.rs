@@ -201,3 +201,68 @@ fn tombstones_past_their_retention_are_reaped() {
     consumer.ack(&e).unwrap();
     node.shutdown();
 }
+
+/// Fires and acks per second through one node owning every shard, ack
+/// included (the row ended in the table), for docs/BENCHMARKS.md: the
+/// tombstone ack is an UPDATE now, and the DELETE comes later from the
+/// reaper (timed too). Measures, never asserts a rate:
+/// `cargo test --release -p duewheel-cluster --test tombstones -- --ignored --nocapture`
+/// (`DUEWHEEL_FIRES`, default 20000 timers).
+#[test]
+#[ignore = "a measurement; run by hand"]
+fn fires_and_acks_per_second_through_one_node() {
+    let Some(db) = Db::new("rate") else { return };
+    let n: u64 = std::env::var("DUEWHEEL_FIRES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let app = format!("dw_tomb_rate_{}", std::process::id());
+    let node = db.node(&app, Duration::from_secs(1));
+    let mut consumer = node.subscribe("orders").unwrap();
+    let due_ms = node.scheduler().now_ms() + 8_000;
+    let timers = (1..=n).map(|id| (id, Deadline::at_unix_ms(due_ms), format!("p{id:060}")));
+    for r in node.scheduler().schedule_batch(timers) {
+        r.unwrap();
+    }
+    let scheduled_ms = node.scheduler().now_ms();
+    let mut received = 0;
+    let until = Instant::now() + Duration::from_secs(300);
+    while received < n && Instant::now() < until {
+        if let Ok(e) = consumer.recv_timeout(Duration::from_millis(50)) {
+            consumer.ack(&e).unwrap();
+            received += 1;
+        }
+    }
+    assert_eq!(received, n);
+    eventually(
+        Duration::from_secs(120),
+        "every ack reached the table",
+        || node.stats().acked == n,
+    );
+    let acked_ms = node.scheduler().now_ms();
+    let ids: Vec<u64> = (1..=n).collect();
+    eventually(
+        Duration::from_secs(300),
+        "the tombstones were reaped",
+        || db.count(&ids, 2) == 0,
+    );
+    let reaped_ms = node.scheduler().now_ms();
+    let start_ms = due_ms.max(scheduled_ms);
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "{n} timers due at once through one node (16 shards, 64-byte payloads): \
+         due to last ack in the table {:.2} s = {:.0} fires+acks/s; \
+         tombstones reaped within {:.2} s after (ttl 1 s){}; loadavg {}",
+        (acked_ms - start_ms) as f64 / 1e3,
+        n as f64 * 1e3 / (acked_ms - start_ms).max(1) as f64,
+        (reaped_ms - acked_ms) as f64 / 1e3,
+        if scheduled_ms > due_ms {
+            " (the schedules ended after the due moment)"
+        } else {
+            ""
+        },
+        loadavg.trim()
+    );
+    drop(consumer);
+    node.shutdown();
+}
