@@ -13,8 +13,8 @@ use std::thread;
 use std::time::Duration;
 
 use duewheel_cluster::{
-    Acquire, Cancel, ClaimError, FenceMode, Fenced, InsertError, Lease, LoadError, MAX_BATCH,
-    NewTimer, OpenError, PgStore, RowState, SCHEMA_VERSION, StoreConfig, StoredTimer,
+    AckError, Acquire, Cancel, ClaimError, FenceMode, Fenced, InsertError, Lease, LoadError,
+    MAX_BATCH, NewTimer, OpenError, PgStore, RowState, SCHEMA_VERSION, StoreConfig, StoredTimer,
 };
 
 use duewheel_testkit::pg;
@@ -115,7 +115,7 @@ fn without_the_share_lock_the_same_race_loses_writes() {
     let unlocked = takeover_race(&db_unlocked, paused(false), 8);
     println!("without the lock, 8 takeovers: {unlocked:?}");
     assert!(
-        unlocked.missing_inserts + unlocked.stale_claims > 0,
+        unlocked.missing_inserts + unlocked.stale_claims + unlocked.stale_acks > 0,
         "without the lock a stale write commits after the takeover: {unlocked:?}"
     );
 }
@@ -127,6 +127,8 @@ struct Broken {
     missing_inserts: usize,
     /// Acknowledged claims the new owner's load did not see as claimed.
     stale_claims: usize,
+    /// Acknowledged acks whose row the new owner's load still saw claimed.
+    stale_acks: usize,
     /// Writes started after the takeover returned that succeeded.
     late_successes: u64,
 }
@@ -149,12 +151,15 @@ fn takeover_race(db: &TestDb, mode: FenceMode, takeovers: usize) -> Broken {
     let mut all_acked: HashSet<u64> = HashSet::new();
     let mut all_refused: HashSet<u64> = HashSet::new();
     let mut drained: HashSet<u64> = HashSet::new();
+    let mut ended: HashSet<u64> = HashSet::new();
+    let mut acked_acks_total = 0usize;
 
     for round in 0..takeovers {
         let bumped = AtomicBool::new(false);
         let start = Barrier::new(WRITERS + 1);
         let acked = Mutex::new(Vec::<u64>::new());
         let claimed = Mutex::new(Vec::<u64>::new());
+        let claims_acked = Mutex::new(Vec::<u64>::new());
         let refused = Mutex::new(Vec::<u64>::new());
         let late_successes = AtomicU64::new(0);
         let fenced_count = AtomicU64::new(0);
@@ -163,11 +168,12 @@ fn takeover_race(db: &TestDb, mode: FenceMode, takeovers: usize) -> Broken {
             for (w, store) in writers.iter_mut().enumerate() {
                 let (bumped, start, acked, claimed, refused) =
                     (&bumped, &start, &acked, &claimed, &refused);
-                let (late_successes, fenced_count, next_id) =
-                    (&late_successes, &fenced_count, &next_id);
+                let (late_successes, fenced_count, next_id, claims_acked) =
+                    (&late_successes, &fenced_count, &next_id, &claims_acked);
                 s.spawn(move || {
                     start.wait();
-                    // Writer 0 claims; the others insert small batches.
+                    // Writer 0 claims (and acks every other batch it
+                    // claimed); the others insert small batches.
                     for i in 0u64.. {
                         let after_bump = bumped.load(Ordering::SeqCst);
                         if w == 0 {
@@ -176,7 +182,27 @@ fn takeover_race(db: &TestDb, mode: FenceMode, takeovers: usize) -> Broken {
                                     if after_bump {
                                         late_successes.fetch_add(1, Ordering::SeqCst);
                                     }
-                                    claimed.lock().unwrap().extend(got.iter().map(|t| t.id));
+                                    let ids: Vec<u64> = got.iter().map(|t| t.id).collect();
+                                    claimed.lock().unwrap().extend(&ids);
+                                    if i % 2 == 0 || ids.is_empty() {
+                                        continue;
+                                    }
+                                    let after_bump = bumped.load(Ordering::SeqCst);
+                                    match store.ack(shard, epoch, &ids) {
+                                        Ok(n) => {
+                                            assert_eq!(n, ids.len() as u64);
+                                            if after_bump {
+                                                late_successes.fetch_add(1, Ordering::SeqCst);
+                                            }
+                                            claims_acked.lock().unwrap().extend(ids);
+                                        }
+                                        Err(AckError::Fenced(Fenced { current, .. })) => {
+                                            assert!(current > epoch);
+                                            fenced_count.fetch_add(1, Ordering::SeqCst);
+                                            return;
+                                        }
+                                        Err(e) => panic!("ack: {e}"),
+                                    }
                                 }
                                 Err(ClaimError::Fenced(Fenced { current, .. })) => {
                                     assert!(current > epoch);
@@ -236,11 +262,14 @@ fn takeover_race(db: &TestDb, mode: FenceMode, takeovers: usize) -> Broken {
         assert!(new_epoch > epoch, "acquire bumps the epoch");
         let acked = acked.into_inner().unwrap();
         let claimed = claimed.into_inner().unwrap();
+        let claims_acked: HashSet<u64> = claims_acked.into_inner().unwrap().into_iter().collect();
         let refused = refused.into_inner().unwrap();
+        // An insert fired and acked before the takeover is a tombstone,
+        // which the load skips.
         let missing: Vec<u64> = acked
             .iter()
             .copied()
-            .filter(|id| !loaded.contains_key(id))
+            .filter(|id| !loaded.contains_key(id) && !claims_acked.contains(id))
             .collect();
         if !missing.is_empty() {
             eprintln!(
@@ -251,6 +280,14 @@ fn takeover_race(db: &TestDb, mode: FenceMode, takeovers: usize) -> Broken {
         }
         broken.missing_inserts += missing.len();
         for id in &claimed {
+            if claims_acked.contains(id) {
+                // Ended before the takeover: the load skips its tombstone.
+                if loaded.contains_key(id) {
+                    eprintln!("round {round}: acked timer {id} still loaded");
+                    broken.stale_acks += 1;
+                }
+                continue;
+            }
             if loaded.get(id).map(|t| t.state) != Some(RowState::Claimed { fired_epoch: epoch }) {
                 eprintln!("round {round}: claimed timer {id} not loaded as claimed");
                 broken.stale_claims += 1;
@@ -270,6 +307,8 @@ fn takeover_race(db: &TestDb, mode: FenceMode, takeovers: usize) -> Broken {
         );
         acked_inserts_total += acked.len();
         acked_claims_total += claimed.len();
+        acked_acks_total += claims_acked.len();
+        ended.extend(claims_acked);
         fenced_total += WRITERS;
         all_acked.extend(acked);
         all_refused.extend(refused);
@@ -309,18 +348,20 @@ fn takeover_race(db: &TestDb, mode: FenceMode, takeovers: usize) -> Broken {
         .map(|t| t.id)
         .collect();
     assert!(stored.is_disjoint(&drained));
-    assert_eq!(&stored | &drained, all_acked);
+    assert!(stored.is_disjoint(&ended) && drained.is_disjoint(&ended));
+    assert_eq!(&(&stored | &drained) | &ended, all_acked);
     assert!(all_refused.is_disjoint(&all_acked));
     print!("{mode:?}: ");
     println!(
         "fencing: {takeovers} takeovers, {WRITERS} writers: {acked_inserts_total} acked inserts \
-         and {acked_claims_total} acked claims checked against the new owner's load ({broken:?}); \
+         and {acked_claims_total} acked claims ({acked_acks_total} of them acked) checked \
+         against the new owner's load ({broken:?}); \
          {fenced_total} stale writes fenced ({} refused insert ids, none stored); \
          {} redelivered and acked by new owners",
         all_refused.len(),
         drained.len()
     );
-    assert!(acked_inserts_total > 0 && acked_claims_total > 0);
+    assert!(acked_inserts_total > 0 && acked_claims_total > 0 && acked_acks_total > 0);
     broken
 }
 
