@@ -10,10 +10,19 @@
 //! wheel, the dispatcher and the consumer API are the same in every mode;
 //! an engine built without hooks runs none of this.
 //!
-//! Invariant: an event reaches a consumer only if `admit` kept it; an id
+//! Between `admit` and the consumer an event may wait (in its group's
+//! channel, or in a consumer's buffer) for as long as the process is
+//! stopped; a store whose right to deliver expires (a lease) says again, at
+//! the last moment, with [`Hooks::deliverable`], which every receive path
+//! asks before it returns an event.
+//!
+//! Invariant: an event reaches a consumer only if `admit` kept it and
+//! `deliverable` said yes when a receive was about to return it; an id
 //! `admit` drops is forgotten by its shard (it is not redelivered by the
-//! engine; the store owns what happens to it next). Every path that ends a
-//! timer by acknowledgement (`ack`, `ack_async`) reports it to `ended`.
+//! engine; the store owns what happens to it next). An event `deliverable`
+//! refuses stays in flight: with acknowledgements on it comes back after
+//! the ack timeout, through `admit` again. Every path that ends a timer by
+//! acknowledgement (`ack`, `ack_async`) reports it to `ended`.
 
 use super::event::Event;
 pub(crate) use super::shard::Fired;
@@ -101,6 +110,19 @@ pub trait Hooks<K, P>: Send + Sync {
     /// give up (dropping everything) once the engine stops.
     fn admit(&self, round: &mut Round<'_, K, P>) {
         let _ = round;
+    }
+
+    /// Whether `event`, kept by [`admit`](Self::admit) earlier, may still
+    /// be handed to a consumer now. Asked by every receive (`recv`,
+    /// `try_recv`, `recv_timeout`, the async forms) just before it returns
+    /// the event, on the consumer's thread; it must be cheap and must not
+    /// block. A refused event is skipped by this consumer: it is not
+    /// returned, nor acked, so the engine redelivers it after the ack
+    /// timeout (through `admit`, which decides again). The default keeps
+    /// everything; an engine without hooks does not ask.
+    fn deliverable(&self, event: &Event<K, P>) -> bool {
+        let _ = event;
+        true
     }
 
     /// `id`'s delivery was acknowledged by every group: its timer ended.
