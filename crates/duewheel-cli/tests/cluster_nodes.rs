@@ -1195,8 +1195,11 @@ fn sigstop_node_is_fenced() {
     // stale epoch after waking is only what its consumer had already
     // received before the stop: the one batch it held, printed in one
     // write. Those lines are contiguous in A's output, and no other ev line
-    // of A after the wake comes before them. Without the fence A goes on
-    // receiving what waited in its channel, in later batches.
+    // of A after the wake comes before them. From outside the process a
+    // batch received before the stop and one received from the channel
+    // after it look alike (the node takes all that is ready at once), so
+    // this checks the shape only; the count is printed, and
+    // `duewheel-cluster/tests/node_fence.rs` proves the bound itself.
     let stale_epoch = |ev: &Ev| {
         let shard = map.shard_of_id(ev.id);
         let b_took = taken
