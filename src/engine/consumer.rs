@@ -357,6 +357,7 @@ impl<K, P> Registry<K, P> {
             buffer: Vec::new().into_iter(),
             clone: Event::clone,
             acker: None,
+            hooks: None,
             #[cfg(feature = "tokio")]
             waiting: None,
         };
@@ -403,6 +404,9 @@ pub struct Consumer<K, P> {
     /// bound of their own.
     clone: fn(&Event<K, P>) -> Event<K, P>,
     pub(crate) acker: Option<Acker<K, P>>,
+    /// The store's hooks, asked whether each event is still
+    /// [deliverable](super::Hooks::deliverable); `None` without a store.
+    pub(crate) hooks: Option<Arc<dyn super::Hooks<K, P>>>,
     /// The wake-up an async receive waits on (see [`super::async_consumer`]).
     #[cfg(feature = "tokio")]
     pub(crate) waiting: Option<std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>>,
@@ -441,12 +445,18 @@ impl<K, P> Consumer<K, P> {
         self.pop()
     }
 
-    /// The next buffered event for this consumer's group.
+    /// The next buffered event for this consumer's group that the store
+    /// (if any) still lets through: every receive path ends here, so this
+    /// is the last check before an event reaches the caller. A refused
+    /// event is skipped (it stays in flight; see `Hooks::deliverable`).
     #[inline]
     fn pop(&mut self) -> Option<Event<K, P>> {
         let bit = self.shared.bit;
+        let hooks = self.hooks.as_deref();
         self.buffer
-            .find(|(_, mask, _)| mask & bit != 0)
+            .find(|(_, mask, event)| {
+                mask & bit != 0 && hooks.is_none_or(|hooks| hooks.deliverable(event))
+            })
             .map(|(_, _, event)| event)
     }
 

@@ -57,6 +57,12 @@ pub struct Event<K, P> {
     /// [`Consumer::snooze`]: crate::Consumer::snooze
     /// [`AckError::Stale`]: crate::AckError::Stale
     pub token: u64,
+    /// The store's claim epoch this delivery was admitted under: set by
+    /// [`Hooks::admit`](crate::Hooks::admit) (a cluster node's gate writes
+    /// the shard epoch its claim committed under); 0 for engines without a
+    /// store. Timers waiting in the wheel hold no `Event`, so the field
+    /// costs nothing per pending timer, only per event in delivery.
+    pub claim: u64,
     /// The payload given at schedule (cloned for reminders and for each group).
     pub payload: P,
 }

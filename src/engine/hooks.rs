@@ -10,10 +10,19 @@
 //! wheel, the dispatcher and the consumer API are the same in every mode;
 //! an engine built without hooks runs none of this.
 //!
-//! Invariant: an event reaches a consumer only if `admit` kept it; an id
+//! Between `admit` and the consumer an event may wait (in its group's
+//! channel, or in a consumer's buffer) for as long as the process is
+//! stopped; a store whose right to deliver expires (a lease) says again, at
+//! the last moment, with [`Hooks::deliverable`], which every receive path
+//! asks before it returns an event.
+//!
+//! Invariant: an event reaches a consumer only if `admit` kept it and
+//! `deliverable` said yes when a receive was about to return it; an id
 //! `admit` drops is forgotten by its shard (it is not redelivered by the
-//! engine; the store owns what happens to it next). Every path that ends a
-//! timer by acknowledgement (`ack`, `ack_async`) reports it to `ended`.
+//! engine; the store owns what happens to it next). An event `deliverable`
+//! refuses stays in flight: with acknowledgements on it comes back after
+//! the ack timeout, through `admit` again. Every path that ends a timer by
+//! acknowledgement (`ack`, `ack_async`) reports it to `ended`.
 
 use super::event::Event;
 pub(crate) use super::shard::Fired;
@@ -103,8 +112,94 @@ pub trait Hooks<K, P>: Send + Sync {
         let _ = round;
     }
 
+    /// Whether `event`, kept by [`admit`](Self::admit) earlier, may still
+    /// be handed to a consumer now. Asked by every receive (`recv`,
+    /// `try_recv`, `recv_timeout`, the async forms) just before it returns
+    /// the event, on the consumer's thread; it must be cheap and must not
+    /// block. A refused event is skipped by this consumer: it is not
+    /// returned, nor acked, so the engine redelivers it after the ack
+    /// timeout (through `admit`, which decides again). The default keeps
+    /// everything; an engine without hooks does not ask.
+    fn deliverable(&self, event: &Event<K, P>) -> bool {
+        let _ = event;
+        true
+    }
+
     /// `id`'s delivery was acknowledged by every group: its timer ended.
     fn ended(&self, id: &K) {
         let _ = id;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Engine, Event, Hooks, ManualClock, Round};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    /// Admits everything under claim 7; refuses delivery while `closed`.
+    #[derive(Default)]
+    struct Gate {
+        closed: AtomicBool,
+    }
+
+    impl Hooks<u64, u64> for Gate {
+        fn admit(&self, round: &mut Round<'_, u64, u64>) {
+            round.retain(|event| {
+                event.claim = 7;
+                true
+            });
+        }
+        fn deliverable(&self, _event: &Event<u64, u64>) -> bool {
+            !self.closed.load(Ordering::SeqCst)
+        }
+    }
+
+    #[test]
+    fn a_refused_event_is_not_returned_and_comes_back_after_the_ack_timeout() {
+        let clock = ManualClock::new(0);
+        let gate = Arc::new(Gate::default());
+        let engine = Engine::<u64, u64>::builder()
+            .clock(clock.clone())
+            .ack_timeout(Duration::from_secs(30))
+            .group("orders")
+            .hooks(gate.clone())
+            .build()
+            .unwrap();
+        let mut orders = engine.subscribe("orders").unwrap();
+        let s = engine.scheduler();
+        for id in 1..=4 {
+            s.schedule(id, Duration::from_secs(1), id).unwrap();
+        }
+        gate.closed.store(true, Ordering::SeqCst);
+        clock.advance(Duration::from_secs(1));
+        assert!(s.settle(WAIT));
+        assert!(orders.drain_ready().is_empty(), "refused at receive");
+        assert_eq!(engine.stats().in_flight, 4, "still in flight");
+        gate.closed.store(false, Ordering::SeqCst);
+        clock.advance(Duration::from_secs(30));
+        assert!(s.settle(WAIT));
+        let events = orders.drain_ready();
+        assert_eq!(events.len(), 4);
+        assert!(events.iter().all(|e| e.attempt == 2 && e.claim == 7));
+    }
+
+    #[test]
+    fn an_engine_without_a_store_delivers_claim_zero() {
+        let clock = ManualClock::new(0);
+        let engine = Engine::<u64, u64>::builder()
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        let mut orders = engine.subscribe("orders").unwrap();
+        engine
+            .scheduler()
+            .schedule(1, Duration::from_secs(1), 1)
+            .unwrap();
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(orders.recv_timeout(WAIT).unwrap().claim, 0);
     }
 }

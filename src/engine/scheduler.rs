@@ -499,6 +499,7 @@ where
             scheduler: self.clone(),
             group: position,
         });
+        consumer.hooks = self.inner.hooks.clone();
         // The dispatcher holds timers while no group exists: wake it.
         self.inner.unpark();
         Ok(consumer)

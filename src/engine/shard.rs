@@ -913,6 +913,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
                     fired_at_ms: now_ms,
                     attempt: 1,
                     token: 0,
+                    claim: 0,
                     payload: entry.payload,
                 };
                 return (due_tick, u64::MAX, event);
@@ -998,6 +999,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             } else {
                 x.token
             },
+            claim: 0,
             payload: entry.payload.clone(),
         };
         let hash = hash_id(&entry.id);
@@ -1048,6 +1050,7 @@ impl<K: Hash + Eq + Clone, P: Clone> Shard<K, P> {
             fired_at_ms: now_ms,
             attempt: 1,
             token: 0,
+            claim: 0,
             payload: entry.payload.clone(),
         };
         let mut fired = Reminders::new([before_ms]).expect("one reminder fits");

@@ -260,7 +260,15 @@ fn connections_killed_mid_statement_lose_nothing() {
     // Its own application name, so the killer spares the other tests' nodes.
     let app = format!("dw_terminate_{}", std::process::id());
     let node_dsn = format!("{dsn} application_name={app}");
-    let cfg = |name| config(&node_dsn, &schema, name).op_timeout(Duration::from_secs(10));
+    // Renewals fail while connections die every 250 ms: a delivery the
+    // delivery fence held back (lease no longer certain by the node's
+    // clock) comes back after the ack timeout, so keep it well inside the
+    // test's 30 s wait.
+    let cfg = |name| {
+        config(&node_dsn, &schema, name)
+            .op_timeout(Duration::from_secs(10))
+            .ack_timeout(Duration::from_secs(5))
+    };
     let a = cfg("a").start::<String>().unwrap();
     let b = cfg("b").start::<String>().unwrap();
     eventually(Duration::from_secs(10), "the shards divided", || {

@@ -178,7 +178,7 @@ pub(crate) fn run(args: Args) -> Result<(), Error> {
         let mut events = node
             .subscribe("out")
             .map_err(|e| Error::Usage(e.to_string()))?;
-        let (out, stop, scheduler) = (out.clone(), stop.clone(), scheduler.clone());
+        let (out, stop) = (out.clone(), stop.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 let Ok(first) = events.recv_timeout(Duration::from_millis(100)) else {
@@ -193,7 +193,9 @@ pub(crate) fn run(args: Args) -> Result<(), Error> {
                         attempt: e.attempt,
                         fired_at_ms: e.fired_at_ms,
                         deadline_ms: e.deadline_ms,
-                        epoch: scheduler.claim_epoch(e.id).unwrap_or(0),
+                        // The event's own: a redelivery queued before an
+                        // ack still names the claim it was admitted under.
+                        epoch: e.claim,
                         payload: e.payload.clone(),
                     };
                     push(&mut lines, &Line::Ev(ev));
@@ -368,6 +370,7 @@ fn stats_line(s: &NodeStats) -> Line {
         ("notified", s.notified),
         ("db_errors", s.db_errors),
         ("overdue", s.overdue),
+        ("fence_held", s.fence_held),
     ];
     Line::Stats(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
 }

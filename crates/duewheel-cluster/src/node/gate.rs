@@ -6,17 +6,21 @@
 //! under the epoch this node holds for its shard; every other event is
 //! dropped (and the engine forgets it). A claim in doubt delivers nothing:
 //! its shards are taken again (epoch + 1) and reloaded, so whatever that
-//! statement did is redelivered from the table.
+//! statement did is redelivered from the table. A kept event carries the
+//! epoch it was claimed under (`Event::claim`), and is handed out only
+//! while the node's own clock says that lease is certain (the
+//! [`fence`](super::fence)): checked once the claim returns, and again by
+//! every consumer receive ([`Hooks::deliverable`]).
 
 use super::sql::NodeDb;
 use super::{KeeperMsg, Shared, bump};
 use crate::error::QueryError;
 use crossbeam_channel::Sender;
-use duewheel::{Hooks, Round};
+use duewheel::{Event, Hooks, Round};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub(super) struct Gate {
     shared: Arc<Shared>,
@@ -31,6 +35,48 @@ impl Gate {
             shared,
             db: Mutex::new(Some(db)),
             acks,
+        }
+    }
+}
+
+impl Gate {
+    /// The fence, right after a claim returned: the process may have been
+    /// stopped while it ran (or since the keeper last renewed), so events of
+    /// a shard whose lease is no longer certain by this node's clock are
+    /// dropped, and the shard is taken again at a new epoch (if nobody else
+    /// took it), which reloads those rows, claimed, for redelivery.
+    fn fence<P>(&self, round: &mut Round<'_, u64, P>) {
+        let shared = &*self.shared;
+        let now = Instant::now();
+        let mut lapsed: Vec<(u32, u64, u64)> = Vec::new();
+        round.retain(|event| {
+            let shard = shared.map.shard_of_id(event.id);
+            let valid = shared.fence.valid(shard, event.claim, now);
+            if !valid {
+                lapsed.push((shard, event.claim, event.id));
+            }
+            valid
+        });
+        if lapsed.is_empty() {
+            return;
+        }
+        bump(&shared.counters.fence_held, lapsed.len() as u64);
+        {
+            let mut claim_epochs = shared.claim_epochs.lock();
+            for &(_, _, id) in &lapsed {
+                claim_epochs.remove(&id);
+            }
+        }
+        let mut shards: Vec<(u32, u64)> = lapsed.iter().map(|&(s, e, _)| (s, e)).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        crate::trace::warning!(
+            shards = shards.len(),
+            events = lapsed.len(),
+            "lease no longer certain by the node's clock; claimed events held back"
+        );
+        for (shard, epoch) in shards {
+            let _ = shared.keeper.send(KeeperMsg::Reacquire { shard, epoch });
         }
     }
 }
@@ -95,6 +141,7 @@ impl<P: Clone> Hooks<u64, P> for Gate {
                             let shard = shared.map.shard_of_id(event.id);
                             if let Some(&epoch) = epochs.get(&shard) {
                                 claim_epochs.insert(event.id, epoch);
+                                event.claim = epoch;
                             }
                             true
                         }
@@ -105,6 +152,8 @@ impl<P: Clone> Hooks<u64, P> for Gate {
                             false
                         }
                     });
+                    drop((claim_epochs, marked));
+                    self.fence(round);
                     return;
                 }
                 Err(QueryError::Refused(e)) => {
@@ -137,6 +186,18 @@ impl<P: Clone> Hooks<u64, P> for Gate {
                 }
             }
         }
+    }
+
+    fn deliverable(&self, event: &Event<u64, P>) -> bool {
+        let shared = &*self.shared;
+        let shard = shared.map.shard_of_id(event.id);
+        if shared.fence.valid(shard, event.claim, Instant::now()) {
+            return true;
+        }
+        // Still in flight: the ack timeout brings it back through `admit`,
+        // which delivers it if this node holds the shard again by then.
+        bump(&shared.counters.fence_held, 1);
+        false
     }
 
     fn ended(&self, id: &u64) {

@@ -9,10 +9,14 @@
 //! from an earlier incarnation, and shards whose lease expired more than
 //! `grace` ago (`FOR UPDATE SKIP LOCKED`, bumping each epoch before anything
 //! of it fires: the backstop sweeper); above it, it releases the surplus.
-//! Leases are judged by the database's clock only.
+//! Leases are judged by the database's clock; each statement that acquires
+//! or renews one also records, in the [`fence`](super::fence), how long the
+//! lease is certain by this process's monotonic clock, counted from an
+//! instant taken before the statement was sent.
 //!
 //! Invariant: `owned` holds a shard only at an epoch this node acquired,
-//! and only until a renewal or a fenced write says otherwise.
+//! and only until a renewal or a fenced write says otherwise; the fence
+//! holds it at that epoch, no longer than `owned` does.
 
 use super::sql::NodeDb;
 use super::{KeeperMsg, Shared, bump, ms};
@@ -36,6 +40,13 @@ pub(super) fn run(shared: &Shared, db: NodeDb, rx: &Receiver<KeeperMsg>) {
         if shared.stopping() {
             leave(shared, &mut db);
             return;
+        }
+        if shared
+            .keeper_paused
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
         }
         let wait = next_round
             .saturating_duration_since(Instant::now())
@@ -96,10 +107,14 @@ fn round(
     let live = conn.heartbeat(me, live_ms).map_err(|e| e.to_string())?;
     let held: Vec<(u32, u64)> = shared.owned.read().iter().map(|(&s, &e)| (s, e)).collect();
     if renew && !held.is_empty() {
+        // Before sending: the database's new expiry is later than this.
+        let sent = Instant::now();
         let kept = conn.renew(me, &held, ttl_ms).map_err(|e| e.to_string())?;
         let kept: rustc_hash::FxHashSet<u32> = kept.into_iter().collect();
         for &(shard, epoch) in &held {
-            if !kept.contains(&shard) && shared.drop_shard(shard, epoch) {
+            if kept.contains(&shard) {
+                shared.fence.grant(shard, epoch, sent);
+            } else if shared.drop_shard(shard, epoch) {
                 bump(&shared.counters.lost, 1);
                 crate::trace::warning!(shard, epoch, "shard lost: its lease was taken");
             }
@@ -114,6 +129,7 @@ fn round(
     if owned.len() < target {
         let held: Vec<u32> = owned.iter().map(|&(s, _)| s).collect();
         let want = i64::try_from(target - owned.len()).unwrap_or(i64::MAX);
+        let sent = Instant::now();
         let got = conn
             .acquire_some(me, ttl_ms, &held, grace_ms, want)
             .map_err(|e| e.to_string())?;
@@ -121,7 +137,7 @@ fn round(
             crate::trace::info!(shards = got.len(), live, "acquired shards");
         }
         for (shard, epoch) in got {
-            take(shared, shard, epoch);
+            take(shared, shard, epoch, sent);
         }
     } else if owned.len() > target {
         let mut surplus = owned;
@@ -137,8 +153,10 @@ fn round(
     Ok(())
 }
 
-/// Records a new lease and hands the shard to the pager to load.
-fn take(shared: &Shared, shard: u32, epoch: u64) {
+/// Records a new lease, acquired by a statement sent at `sent`, and hands
+/// the shard to the pager to load.
+fn take(shared: &Shared, shard: u32, epoch: u64, sent: Instant) {
+    shared.fence.grant(shard, epoch, sent);
     shared.owned.write().insert(shard, epoch);
     bump(&shared.counters.acquired, 1);
     let _ = shared.pager.send((shard, epoch));
@@ -150,11 +168,12 @@ fn reacquire(shared: &Shared, db: &mut Option<NodeDb>, shard: u32) {
     if db.as_ref().is_none_or(NodeDb::is_closed) {
         *db = shared.reconnect(Some(Instant::now() + shared.config.renew_every));
     }
+    let sent = Instant::now();
     let taken = db
         .as_mut()
         .map(|conn| conn.reacquire(&shared.node_id, shard, shared.config.lease_ttl));
     match taken {
-        Some(Ok(Some(epoch))) => take(shared, shard, epoch),
+        Some(Ok(Some(epoch))) => take(shared, shard, epoch, sent),
         // Someone else has it, or the database is gone: the balancer takes
         // it again later if it is free, and its owner reloads it either way.
         Some(Ok(None)) => bump(&shared.counters.lost, 1),
@@ -169,6 +188,7 @@ fn reacquire(shared: &Shared, db: &mut Option<NodeDb>, shard: u32) {
 /// need not wait out the lease) and leave the heartbeat table.
 fn leave(shared: &Shared, db: &mut Option<NodeDb>) {
     let held: Vec<(u32, u64)> = shared.owned.write().drain().collect();
+    shared.fence.clear();
     if db.as_ref().is_none_or(NodeDb::is_closed) {
         *db = shared.reconnect(Some(Instant::now() + shared.config.op_timeout));
     }

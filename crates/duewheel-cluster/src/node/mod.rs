@@ -34,6 +34,7 @@
 
 mod acker;
 mod error;
+mod fence;
 mod gate;
 mod keeper;
 mod pager;
@@ -291,6 +292,7 @@ struct Counters {
     notified: AtomicU64,
     db_errors: AtomicU64,
     overdue: AtomicU64,
+    fence_held: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -311,6 +313,12 @@ struct Shared {
     /// The epoch each event in delivery was claimed under (for
     /// [`Node::claim_epoch`]); removed when the timer ends.
     claim_epochs: Mutex<FxHashMap<u64, u64>>,
+    /// How long each held lease is certain by this process's monotonic
+    /// clock: nothing of a shard is delivered past it (see [`fence`]).
+    fence: fence::Fence,
+    /// Test seam: the keeper does nothing while set, as if its thread were
+    /// stopped (see [`Node::pause_keeper`]).
+    keeper_paused: AtomicBool,
     /// Ids loaded as claimed (an earlier owner's, or our own in-doubt
     /// claim's): the gate may claim them again. Removed once claimed.
     redeliver: Mutex<rustc_hash::FxHashSet<u64>>,
@@ -363,6 +371,7 @@ impl Shared {
         let mut owned = self.owned.write();
         if owned.get(&shard) == Some(&epoch) {
             owned.remove(&shard);
+            self.fence.revoke(shard, epoch);
             true
         } else {
             false
@@ -409,6 +418,9 @@ pub struct NodeStats {
     /// At the last sweep: pending rows of owned shards more than a minute
     /// overdue (the alarm for an owner that renews but stopped firing).
     pub overdue: u64,
+    /// Claimed events not handed out because their shard's lease was no
+    /// longer certain by the node's own clock (the delivery fence).
+    pub fence_held: u64,
 }
 
 /// A running cluster node. Dropping it shuts it down (see
@@ -466,6 +478,8 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
             stopping: AtomicBool::new(false),
             counters: Counters::default(),
             claim_epochs: Mutex::new(FxHashMap::default()),
+            fence: fence::Fence::new(config.lease_ttl),
+            keeper_paused: AtomicBool::new(false),
             redeliver: Mutex::new(rustc_hash::FxHashSet::default()),
             keeper: keeper_tx,
             pager: pager_tx,
@@ -555,9 +569,19 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
     }
 
     /// The epoch under which this node claimed `id`'s event that is being
-    /// delivered now (until every group acked it).
+    /// delivered now (until every group acked it). A delivery carries its
+    /// own in [`Event::claim`](duewheel::Event::claim), which stays right
+    /// after the ack; this looks up the latest claim.
     pub fn claim_epoch(&self, id: u64) -> Option<u64> {
         self.shared.claim_epochs.lock().get(&id).copied()
+    }
+
+    /// Test seam: while `paused`, the keeper neither renews, balances nor
+    /// reads its messages, as if its thread were stopped; the leases run
+    /// out in the database and by the node's own clock. Not for production.
+    #[doc(hidden)]
+    pub fn pause_keeper(&self, paused: bool) {
+        self.shared.keeper_paused.store(paused, Ordering::SeqCst);
     }
 
     /// The node's counters.
@@ -581,6 +605,7 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
             notified: get(&c.notified),
             db_errors: get(&c.db_errors),
             overdue: get(&c.overdue),
+            fence_held: get(&c.fence_held),
         }
     }
 
@@ -791,7 +816,9 @@ impl<P: Codec + Clone + Send + 'static> NodeScheduler<P> {
     }
 
     /// The epoch under which this node claimed `id`'s event that is being
-    /// delivered now (until every group acked it).
+    /// delivered now (until every group acked it). A delivery carries its
+    /// own in [`Event::claim`](duewheel::Event::claim), which stays right
+    /// after the ack; this looks up the latest claim.
     pub fn claim_epoch(&self, id: u64) -> Option<u64> {
         self.shared.claim_epochs.lock().get(&id).copied()
     }
