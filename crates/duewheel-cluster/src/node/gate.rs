@@ -67,7 +67,7 @@ impl<P: Clone> Hooks<u64, P> for Gate {
             }
             let mut db = self.db.lock();
             if db.as_ref().is_none_or(NodeDb::is_closed) {
-                *db = shared.reconnect(None);
+                *db = shared.reconnect_for_rows(None);
                 continue;
             }
             let conn = db.as_mut().expect("connected above");

@@ -328,9 +328,23 @@ impl Shared {
     /// Opens a new connection, retrying with backoff until `deadline` (or
     /// forever, if `None`) unless the node stops.
     fn reconnect(&self, deadline: Option<Instant>) -> Option<NodeDb> {
+        self.reconnect_with(deadline, NodeDb::open)
+    }
+
+    /// [`reconnect`](Self::reconnect) with generic plans (see
+    /// `NodeDb::open_for_rows`): for the writers, the gate and the acker.
+    fn reconnect_for_rows(&self, deadline: Option<Instant>) -> Option<NodeDb> {
+        self.reconnect_with(deadline, NodeDb::open_for_rows)
+    }
+
+    fn reconnect_with(
+        &self,
+        deadline: Option<Instant>,
+        open: fn(&StoreConfig) -> Result<NodeDb, super::error::OpenError>,
+    ) -> Option<NodeDb> {
         let mut backoff = Duration::from_millis(50);
         loop {
-            match NodeDb::open(&self.config.store) {
+            match open(&self.config.store) {
                 Ok(db) => return Some(db),
                 Err(e) => {
                     bump(&self.counters.db_errors, 1);
@@ -438,9 +452,12 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
         let keeper_db = NodeDb::open(&config.store)?;
         let map =
             ShardMap::new(config.store.shards).map_err(|e| NodeError::Config(e.to_string()))?;
+        // Popped below: the gate, the writers and the acker take generic
+        // plans (see `NodeDb::open_for_rows`), the pager does not.
+        let pager_db = NodeDb::open(&config.store)?;
         let mut dbs = Vec::new();
-        for _ in 0..config.writers + 3 {
-            dbs.push(NodeDb::open(&config.store)?);
+        for _ in 0..config.writers + 2 {
+            dbs.push(NodeDb::open_for_rows(&config.store)?);
         }
         let (keeper_tx, keeper_rx) = crossbeam_channel::unbounded();
         let (pager_tx, pager_rx) = crossbeam_channel::unbounded();
@@ -483,7 +500,6 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
                 writer::run(&shared, db, &rx)
             })?);
         }
-        let pager_db = dbs.pop().expect("opened above");
         {
             let (shared, s) = (shared.clone(), scheduler.clone());
             threads.push(spawn("duewheel-pager", move || {

@@ -122,18 +122,20 @@ impl Statements {
             // unacked past the ack timeout), attempt + 1. A first fire never
             // takes a claimed row: it may be a stale copy of one just
             // delivered and acked, whose delete is not committed yet.
+            // `l` carries the fenced epoch to the update (perf, #16): joining
+            // `f` again there made the generic plan a nested loop over `f`
+            // per claimed row (~250 x 1000 comparisons a round).
             claim: c.prepare(&format!(
                 "WITH {FENCE},
-                 l AS (SELECT t.shard_id, t.timer_id FROM timers t
+                 l AS (SELECT t.shard_id, t.timer_id, f.epoch FROM timers t
                    JOIN unnest($2::int[], $3::bigint[], $4::bigint[], $6::bool[]) AS x(s, id, e, r)
                      ON t.shard_id = x.s AND t.timer_id = x.id
                    JOIN f ON f.shard_id = x.s AND f.epoch = x.e
                    WHERE (t.state = 0 AND t.deadline_ms <= $5) OR (t.state = 1 AND x.r)
                    ORDER BY t.shard_id, t.timer_id FOR UPDATE OF t),
-                 u AS (UPDATE timers t SET state = 1, fired_epoch = f.epoch, attempt = t.attempt + 1
-                   FROM l, f
+                 u AS (UPDATE timers t SET state = 1, fired_epoch = l.epoch, attempt = t.attempt + 1
+                   FROM l
                    WHERE t.shard_id = l.shard_id AND t.timer_id = l.timer_id
-                     AND f.shard_id = l.shard_id
                    RETURNING t.timer_id, t.attempt)
                  SELECT 0, f.shard_id::bigint, f.epoch FROM f
                  UNION ALL SELECT 1, u.timer_id, u.attempt::bigint FROM u"
@@ -240,7 +242,34 @@ fn shard_of_row(s: i64) -> u32 {
 impl NodeDb {
     /// Connects and checks the schema (see [`PgStore::open`]).
     pub(super) fn open(config: &StoreConfig) -> Result<Self, OpenError> {
+        Self::open_with(config, false)
+    }
+
+    /// [`open`](Self::open), for the threads that send rows by the
+    /// thousand (writers, gate, acker): every statement runs its generic
+    /// plan, planned once per connection.
+    ///
+    /// Why (perf, #16): with a 1000-element array PostgreSQL's custom plan
+    /// for a cancel (or an ack) hash-joins the array against a sequential
+    /// scan of every partition (~400 ms at 200k rows, against ~25 ms for
+    /// the generic plan's index probes), and each custom plan costs ~2-3 ms
+    /// of planning over the 16 partitions. A connection ran its first five
+    /// executions that way before the plan cache settled, so every extra
+    /// node (and every reconnect) paid it again: cancels through 3 nodes ran
+    /// at 35-60% of one node's rate. The pager keeps custom plans: its
+    /// sweep's `deadline_ms <= now` is selective only with the value known.
+    pub(super) fn open_for_rows(config: &StoreConfig) -> Result<Self, OpenError> {
+        Self::open_with(config, true)
+    }
+
+    fn open_with(config: &StoreConfig, generic: bool) -> Result<Self, OpenError> {
         let mut store = PgStore::open(config)?;
+        if generic {
+            store
+                .client
+                .batch_execute("SET plan_cache_mode = force_generic_plan")
+                .map_err(|e| OpenError::Schema(QueryError::from(e)))?;
+        }
         let st = Statements::prepare(&mut store.client)
             .map_err(|e| OpenError::Schema(QueryError::from(e)))?;
         Ok(Self { store, st })
