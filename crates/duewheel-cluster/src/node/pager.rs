@@ -27,6 +27,10 @@ const SWEEP_LIMIT: i64 = 10_000;
 /// How overdue a pending row must be to count in the alarm.
 const OVERDUE_MS: u64 = 60_000;
 
+/// A takeover loads the rows due within this much of now first, in one
+/// small query, so firing resumes before the rest of a large shard is read.
+const FIRST_SPAN_MS: u64 = 5_000;
+
 pub(super) fn run<P: Codec + Clone + Send + 'static>(
     shared: &Shared,
     db: NodeDb,
@@ -215,8 +219,13 @@ fn fetch_notified<P: Codec + Clone + Send + 'static>(
     Ok(())
 }
 
-/// Loads newly acquired shards: claimed rows (to redeliver at once) and
-/// pending rows up to the horizon's end.
+/// Loads newly acquired shards: the rows due within [`FIRST_SPAN_MS`]
+/// (overdue ones, and claimed ones to redeliver at once), then the rest:
+/// pending rows up to the horizon's end, and claimed ones. The wheel fires what it holds
+/// while the rest streams in: the first two queries read a few rows, the
+/// last may read millions (perf, #16). The split point is one value, so
+/// each row is read by exactly one of the two pending queries; a row that
+/// falls due while the rest is read fires as soon as it is put in.
 fn take_over<P: Codec + Clone + Send + 'static>(
     shared: &Shared,
     conn: &mut NodeDb,
@@ -230,16 +239,18 @@ fn take_over<P: Codec + Clone + Send + 'static>(
         .collect();
     if !shards.is_empty() {
         let mut loaded = 0;
-        conn.load_claimed(&shards, &mut |row| {
-            shared.redeliver.lock().insert(row.id);
+        let mut each = |row: Loaded| {
+            if row.claimed {
+                shared.redeliver.lock().insert(row.id);
+            }
             loaded += u64::from(put.row(row));
-        })?;
+        };
         let end = shared
             .horizon_end_ms
             .load(std::sync::atomic::Ordering::SeqCst);
-        conn.load_pending(&shards, 0, end, &mut |row| {
-            loaded += u64::from(put.row(row));
-        })?;
+        let split = shared.now_ms().saturating_add(FIRST_SPAN_MS).min(end);
+        conn.load_first(&shards, split, &mut each)?;
+        conn.load_rest(&shards, split, end, &mut each)?;
         bump(&shared.counters.loaded, loaded);
         crate::trace::info!(
             shards = shards.len(),

@@ -26,6 +26,8 @@ pub(super) struct Loaded {
     pub(super) id: u64,
     pub(super) deadline_ms: u64,
     pub(super) payload: Vec<u8>,
+    /// Claimed (an earlier delivery never acked), not pending.
+    pub(super) claimed: bool,
 }
 
 /// What a fenced statement found for each shard it touched.
@@ -56,7 +58,8 @@ struct Statements {
     heartbeat: Statement,
     leave: Statement,
     load_pending: Statement,
-    load_claimed: Statement,
+    load_first: Statement,
+    load_rest: Statement,
     sweep: Statement,
     overdue: Statement,
     notify: Statement,
@@ -195,9 +198,22 @@ impl Statements {
                  WHERE shard_id = ANY($1::int[]) AND state = 0
                    AND deadline_ms >= $2 AND deadline_ms < $3",
             )?,
-            load_claimed: c.prepare(
-                "SELECT shard_id, timer_id, deadline_ms, payload FROM timers
-                 WHERE shard_id = ANY($1::int[]) AND state = 1",
+            // A takeover's load, nearest first (perf, #16): the rows due
+            // before $2, pending or claimed, through the deadline index (a
+            // few rows: firing resumes after this one), then one scan for
+            // the rest: pending ones up to the horizon's end $3 and claimed
+            // ones at any deadline (a claim needs the row due, so these are
+            // rare: a claiming node's clock ahead of ours). `state = 1` is
+            // not indexed; the old separate claimed query scanned the
+            // shards before anything could fire.
+            load_first: c.prepare(
+                "SELECT shard_id, timer_id, deadline_ms, payload, state FROM timers
+                 WHERE shard_id = ANY($1::int[]) AND deadline_ms < $2 AND state IN (0, 1)",
+            )?,
+            load_rest: c.prepare(
+                "SELECT shard_id, timer_id, deadline_ms, payload, state FROM timers
+                 WHERE shard_id = ANY($1::int[]) AND deadline_ms >= $2
+                   AND (state = 1 OR (state = 0 AND deadline_ms < $3))",
             )?,
             sweep: c.prepare(
                 "SELECT shard_id, timer_id, deadline_ms, payload FROM timers
@@ -503,15 +519,34 @@ impl NodeDb {
         self.stream(StatementKind::Pending, &params, each)
     }
 
-    /// Streams the claimed rows of `shards` (to redeliver after takeover).
-    pub(super) fn load_claimed(
+    /// Streams the pending and claimed rows of `shards` due before
+    /// `split_ms` (a takeover's first load).
+    pub(super) fn load_first(
         &mut self,
         shards: &[u32],
+        split_ms: u64,
         each: &mut dyn FnMut(Loaded),
     ) -> Result<(), QueryError> {
         let s = shards_param(shards);
-        let params: [&dyn ToSql; 1] = [&s];
-        self.stream(StatementKind::Claimed, &params, each)
+        let split = i64::try_from(split_ms).unwrap_or(i64::MAX);
+        let params: [&dyn ToSql; 2] = [&s, &split];
+        self.stream(StatementKind::First, &params, each)
+    }
+
+    /// Streams the rest of a takeover's load: the pending rows of `shards`
+    /// with `split <= deadline < to`, and the claimed ones from `split` on.
+    pub(super) fn load_rest(
+        &mut self,
+        shards: &[u32],
+        split_ms: u64,
+        to_ms: u64,
+        each: &mut dyn FnMut(Loaded),
+    ) -> Result<(), QueryError> {
+        let s = shards_param(shards);
+        let split = i64::try_from(split_ms).unwrap_or(i64::MAX);
+        let to = i64::try_from(to_ms).unwrap_or(i64::MAX);
+        let params: [&dyn ToSql; 3] = [&s, &split, &to];
+        self.stream(StatementKind::Rest, &params, each)
     }
 
     /// The earliest `limit` pending rows of `shards` due at `now_ms`.
@@ -602,7 +637,8 @@ impl NodeDb {
     ) -> Result<(), QueryError> {
         let statement = match kind {
             StatementKind::Pending => &self.st.load_pending,
-            StatementKind::Claimed => &self.st.load_claimed,
+            StatementKind::First => &self.st.load_first,
+            StatementKind::Rest => &self.st.load_rest,
             StatementKind::Sweep => &self.st.sweep,
         };
         let mut rows = self
@@ -618,7 +654,8 @@ impl NodeDb {
 
 enum StatementKind {
     Pending,
-    Claimed,
+    First,
+    Rest,
     Sweep,
 }
 
@@ -632,6 +669,8 @@ fn loaded(row: &Row) -> Result<Loaded, postgres::Error> {
         // CHECK (deadline_ms >= 0) in the schema.
         deadline_ms: u64::try_from(d).unwrap_or(0),
         payload: row.try_get(3)?,
+        // Only the takeover's loads return the state.
+        claimed: row.len() > 4 && row.try_get::<_, i16>(4)? == 1,
     })
 }
 
