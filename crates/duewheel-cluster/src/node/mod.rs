@@ -456,7 +456,7 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
         // plans (see `NodeDb::open_for_rows`), the pager does not.
         let pager_db = NodeDb::open(&config.store)?;
         let mut dbs = Vec::new();
-        for _ in 0..config.writers + 2 {
+        for _ in 0..config.writers + 1 + gate::CLAIM_CONNECTIONS {
             dbs.push(NodeDb::open_for_rows(&config.store)?);
         }
         let (keeper_tx, keeper_rx) = crossbeam_channel::unbounded();
@@ -478,8 +478,8 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
             pager: pager_tx,
             refetch: refetch_tx,
         });
-        let gate_db = dbs.pop().expect("opened above");
-        let gate = Arc::new(gate::Gate::new(shared.clone(), gate_db, acks_tx.clone()));
+        let gate_dbs = dbs.split_off(dbs.len() - gate::CLAIM_CONNECTIONS);
+        let gate = Arc::new(gate::Gate::new(shared.clone(), gate_dbs, acks_tx.clone()));
         let mut builder = Engine::<u64, P>::builder()
             .clock(ClockRef(config.clock.clone()))
             .ack_timeout(config.ack_timeout)
