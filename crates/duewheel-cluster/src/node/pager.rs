@@ -21,8 +21,11 @@ use crossbeam_channel::Receiver;
 use duewheel::{Codec, Deadline, ScheduleError, Scheduler};
 use std::time::{Duration, Instant};
 
-/// Most due rows one sweep reads.
+/// Most due rows one sweep reads (split evenly over the owned shards).
 const SWEEP_LIMIT: i64 = 10_000;
+
+/// Least due rows one sweep reads per shard.
+const SWEEP_PER_SHARD_MIN: i64 = 100;
 
 /// How overdue a pending row must be to count in the alarm.
 const OVERDUE_MS: u64 = 60_000;
@@ -87,7 +90,9 @@ pub(super) fn run<P: Codec + Clone + Send + 'static>(
                 let shards = owned(shared);
                 if !shards.is_empty() {
                     let now = shared.now_ms();
-                    conn.sweep(&shards, now, SWEEP_LIMIT, &mut |row| {
+                    let per_shard = (SWEEP_LIMIT / i64::try_from(shards.len()).unwrap_or(1))
+                        .max(SWEEP_PER_SHARD_MIN);
+                    conn.sweep(&shards, now, per_shard, &mut |row| {
                         if put.row(row) {
                             bump(&shared.counters.swept, 1);
                         }

@@ -215,10 +215,17 @@ impl Statements {
                  WHERE shard_id = ANY($1::int[]) AND deadline_ms >= $2
                    AND (state = 1 OR (state = 0 AND deadline_ms < $3))",
             )?,
+            // The earliest due rows of each shard (perf, #16): one ordered
+            // index range per shard, `$3` rows at most. Ordering all shards'
+            // due rows together sorted every due row: during a burst of
+            // 200k due timers each sweep seq-scanned every partition
+            // (~140 ms, two parallel workers), back to back on every node.
             sweep: c.prepare(
-                "SELECT shard_id, timer_id, deadline_ms, payload FROM timers
-                 WHERE shard_id = ANY($1::int[]) AND state = 0 AND deadline_ms <= $2
-                 ORDER BY deadline_ms LIMIT $3",
+                "SELECT t.shard_id, t.timer_id, t.deadline_ms, t.payload
+                 FROM unnest($1::int[]) AS s(id)
+                 CROSS JOIN LATERAL (SELECT shard_id, timer_id, deadline_ms, payload FROM timers
+                   WHERE shard_id = s.id AND state = 0 AND deadline_ms <= $2
+                   ORDER BY deadline_ms LIMIT $3) t",
             )?,
             // One notification per chunk of ids (a payload holds < 8000 bytes).
             notify: c.prepare("SELECT pg_notify($1, x) FROM unnest($2::text[]) AS x")?,
@@ -549,17 +556,18 @@ impl NodeDb {
         self.stream(StatementKind::Rest, &params, each)
     }
 
-    /// The earliest `limit` pending rows of `shards` due at `now_ms`.
+    /// The earliest `per_shard` pending rows of each of `shards` due at
+    /// `now_ms`.
     pub(super) fn sweep(
         &mut self,
         shards: &[u32],
         now_ms: u64,
-        limit: i64,
+        per_shard: i64,
         each: &mut dyn FnMut(Loaded),
     ) -> Result<(), QueryError> {
         let s = shards_param(shards);
         let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
-        let params: [&dyn ToSql; 3] = [&s, &now, &limit];
+        let params: [&dyn ToSql; 3] = [&s, &now, &per_shard];
         self.stream(StatementKind::Sweep, &params, each)
     }
 
