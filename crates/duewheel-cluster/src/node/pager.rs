@@ -9,7 +9,9 @@
 //! - **Sweep**: every `sweep_every` the pending rows of owned shards that
 //!   are due now are read, and those the wheel lacks are put in (due at
 //!   once). This is what fires rows written by other nodes, or committed
-//!   after a takeover's load or a page; it bounds how late they fire.
+//!   after a takeover's load or a page; it bounds how late they fire. While
+//!   the wheel has overdue timers it reads only rows due before the oldest
+//!   of them (the rest would fire behind that backlog anyway).
 //!
 //! Invariant: the pager only ever *adds* to the wheel; whether anything
 //! fires is the gate's claim's decision.
@@ -92,7 +94,14 @@ pub(super) fn run<P: Codec + Clone + Send + 'static>(
                     let now = shared.now_ms();
                     let per_shard = (SWEEP_LIMIT / i64::try_from(shards.len()).unwrap_or(1))
                         .max(SWEEP_PER_SHARD_MIN);
-                    conn.sweep(&shards, now, per_shard, &mut |row| {
+                    // Not past the wheel's own backlog (perf, #16): what is
+                    // due after its oldest overdue timer would fire behind
+                    // that backlog anyway, and during a burst the sweep
+                    // otherwise re-reads, every time, due rows the wheel
+                    // holds. A row the wheel lacks fires at most one sweep
+                    // after the dispatcher passes its deadline.
+                    let until = engine.stats().oldest_overdue_ms.map_or(now, |o| o.min(now));
+                    conn.sweep(&shards, until, per_shard, &mut |row| {
                         if put.row(row) {
                             bump(&shared.counters.swept, 1);
                         }
