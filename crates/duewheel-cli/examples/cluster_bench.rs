@@ -23,7 +23,13 @@
 //!   process start until its `stats` shows `owned=1` and all of them in its
 //!   wheel; then a second node takes over after the first is killed with
 //!   SIGKILL, timed from the lease's expiry (`lease_expires_at` in the
-//!   `shards` table) to its `stats` showing all of them.
+//!   `shards` table) to its first `ev` (one of `OVERDUE_ROWS` overdue
+//!   timers written right after the kill) and to its `stats` showing all
+//!   of them; once with short leases (`LEASE_ARGS`), once with the
+//!   defaults (10 s lease, 1 s grace).
+//!
+//! Each rate row's note gives the CPU the PostgreSQL server and the nodes
+//! spent per second of it (`/proc`, Linux) and the load average after it.
 //!
 //! Environment: `DUEWHEEL_PG_DSN` (required), `DUEWHEEL_BIN` (default
 //! `target/release/duewheel`), `BENCH_TIMERS` (default 200000),
