@@ -30,7 +30,8 @@
 //! the `keeper` (heartbeat, lease renewal, balancing and orphan takeover),
 //! the `pager` (takeover loads, the horizon, the sweep), the `acker`
 //! (batched deletes of acked rows), and the engine's dispatcher, which
-//! claims through the gate. Each has its own connection.
+//! claims through the gate (a round split by shard over two connections,
+//! claimed at once). Each has its own connection.
 
 mod acker;
 mod error;
