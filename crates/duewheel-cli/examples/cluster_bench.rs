@@ -23,11 +23,18 @@
 //!   process start until its `stats` shows `owned=1` and all of them in its
 //!   wheel; then a second node takes over after the first is killed with
 //!   SIGKILL, timed from the lease's expiry (`lease_expires_at` in the
-//!   `shards` table) to its `stats` showing all of them.
+//!   `shards` table) to its first `ev` (one of `OVERDUE_ROWS` overdue
+//!   timers written right after the kill) and to its `stats` showing all
+//!   of them; once with short leases (`LEASE_ARGS`), once with the
+//!   defaults (10 s lease, 1 s grace).
+//!
+//! Each rate row's note gives the CPU the PostgreSQL server and the nodes
+//! spent per second of it (`/proc`, Linux) and the load average after it.
 //!
 //! Environment: `DUEWHEEL_PG_DSN` (required), `DUEWHEEL_BIN` (default
 //! `target/release/duewheel`), `BENCH_TIMERS` (default 200000),
-//! `BENCH_TAKEOVER_ROWS` (default 1000000). Each measurement works in a
+//! `BENCH_TAKEOVER_ROWS` (default 1000000), `BENCH_ONLY` (a comma-separated
+//! subset of `rates`, `fires`, `takeover`; all by default). Each measurement works in a
 //! schema of its own, dropped at the end; every node is killed on the way
 //! out, error or not.
 
@@ -47,6 +54,10 @@ const WINDOW: u64 = 20_000;
 
 /// Logical shards of the throughput runs.
 const SHARDS: u32 = 256;
+
+/// Overdue timers written into the takeover's shard once its owner is
+/// killed: the survivor's first `ev` times how soon firing resumes.
+const OVERDUE_ROWS: u64 = 1_000;
 
 /// Short leases, so the takeover measurement is about loading, not waiting.
 const LEASE_ARGS: [&str; 8] = [
@@ -104,59 +115,84 @@ fn run() -> Result<()> {
     let load_before = loadavg();
     let mut rows = Vec::new();
 
-    let mut schedules_per_s = 0.0;
-    for nodes in [1, 3] {
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let want = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
+    // Until measured: a guess at the schedule rate, for the fires' lead.
+    let mut schedules_per_s = 50_000.0;
+    for nodes in [1, 3].into_iter().filter(|_| want("rates")) {
         eprintln!("schedules and cancels through {nodes} node(s)...");
         let (sched, cancel) = bench.schedule_and_cancel(nodes, timers)?;
         schedules_per_s = sched.count as f64 / sched.secs;
         rows.push(Row::rate("acked schedules", nodes, &sched));
         rows.push(Row::rate("cancels (`cancelled`)", nodes, &cancel));
     }
-    eprintln!("fires through 3 nodes...");
-    let fires = bench.fires(3, timers, schedules_per_s)?;
-    rows.push(Row::rate("fires (`ev` lines)", 3, &fires.rate));
-    rows.push(Row {
-        what: "fires: the due moment to the last `ev`".into(),
-        nodes: 3,
-        count: fires.rate.count,
-        time_s: fires.due_to_last_s,
-        rate: None,
-        note: format!(
-            "first `ev` {:.0} ms after the due moment",
-            fires.due_to_first_s * 1e3
-        ),
-    });
-    eprintln!("takeover of one shard with {takeover_rows} timers...");
-    let t = bench.takeover(takeover_rows)?;
-    rows.push(Row {
-        what: "fill one shard (`insert_unfenced`, 10k/statement)".into(),
-        nodes: 0,
-        count: takeover_rows,
-        time_s: t.fill_s,
-        rate: Some(takeover_rows as f64 / t.fill_s),
-        note: "64-byte payloads, deadlines over the next hour".into(),
-    });
-    rows.push(Row {
-        what: "node start → owned=1, all in its wheel".into(),
-        nodes: 1,
-        count: takeover_rows,
-        time_s: t.start_to_loaded_s,
-        rate: None,
-        note: format!("`ready` after {:.0} ms", t.start_to_ready_s * 1e3),
-    });
-    rows.push(Row {
-        what: "takeover: lease expiry → survivor has all in its wheel".into(),
-        nodes: 2,
-        count: takeover_rows,
-        time_s: t.expiry_to_loaded_s,
-        rate: None,
-        note: format!(
-            "acquired {:.0} ms after expiry; {:.0} ms after the SIGKILL (3 s lease, \
-             renewed every 750 ms; target ≤ 2 s after expiry)",
-            t.expiry_to_acquired_s * 1e3,
-            t.kill_to_loaded_s * 1e3
-        ),
-    });
+    if want("fires") {
+        eprintln!("fires through 3 nodes...");
+        let fires = bench.fires(3, timers, schedules_per_s)?;
+        rows.push(Row::rate("fires (`ev` lines)", 3, &fires.rate));
+        rows.push(Row {
+            what: "fires: the due moment to the last `ev`".into(),
+            nodes: 3,
+            count: fires.rate.count,
+            time_s: fires.due_to_last_s,
+            rate: None,
+            note: format!(
+                "first `ev` {:.0} ms after the due moment",
+                fires.due_to_first_s * 1e3
+            ),
+        });
+    }
+    for (lease, args) in [
+        ("3 s lease, no grace", &LEASE_ARGS[..]),
+        ("defaults: 10 s lease, 1 s grace", &[][..]),
+    ]
+    .into_iter()
+    .filter(|_| want("takeover"))
+    {
+        eprintln!("takeover of one shard with {takeover_rows} timers ({lease})...");
+        let load = loadavg();
+        let t = bench.takeover(takeover_rows, args)?;
+        rows.push(Row {
+            what: "fill one shard (`insert_unfenced`, 10k/statement)".into(),
+            nodes: 0,
+            count: takeover_rows,
+            time_s: t.fill_s,
+            rate: Some(takeover_rows as f64 / t.fill_s),
+            note: format!("64-byte payloads, deadlines over the next hour; load {load}"),
+        });
+        rows.push(Row {
+            what: format!("node start → owned=1, all in its wheel ({lease})"),
+            nodes: 1,
+            count: takeover_rows,
+            time_s: t.start_to_loaded_s,
+            rate: None,
+            note: format!("`ready` after {:.0} ms", t.start_to_ready_s * 1e3),
+        });
+        rows.push(Row {
+            what: format!("takeover: lease expiry → first overdue `ev` ({lease})"),
+            nodes: 2,
+            count: OVERDUE_ROWS,
+            time_s: t.expiry_to_first_ev_s,
+            rate: None,
+            note: format!(
+                "acquired {:.0} ms after expiry; target ≤ 0.5 s",
+                t.expiry_to_acquired_s * 1e3
+            ),
+        });
+        rows.push(Row {
+            what: format!("takeover: lease expiry → survivor has all in its wheel ({lease})"),
+            nodes: 2,
+            count: takeover_rows,
+            time_s: t.expiry_to_loaded_s,
+            rate: None,
+            note: format!(
+                "{:.0} ms after the SIGKILL; target ≤ 1 s after expiry; {}; load {}",
+                t.kill_to_loaded_s * 1e3,
+                t.cpu,
+                loadavg()
+            ),
+        });
+    }
     let load_after = loadavg();
 
     println!(
@@ -182,6 +218,97 @@ fn run() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// CPU seconds (user + system, every thread) spent by the PostgreSQL
+/// server (its postmaster and the processes it forked) and by the nodes,
+/// read from `/proc/<pid>/stat` (Linux; zero elsewhere). A server process
+/// that exits in between (an autovacuum worker) takes its share with it.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    pg_s: f64,
+    nodes_s: f64,
+    /// The span it was spent over, for the share of a core.
+    span_s: f64,
+}
+
+/// The server's postmaster pid, once known (see [`postmaster_pid`]).
+static POSTMASTER: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+
+/// `/proc/<pid>/stat`'s utime + stime in clock ticks, and its parent.
+fn proc_stat(pid: u32) -> Option<(u64, u32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: the fields follow its last ')'.
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ppid = fields.get(1)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime, ppid))
+}
+
+/// Linux's `USER_HZ`, which `/proc` counts in (100 on every common
+/// configuration; read without libc).
+const TICKS_PER_S: f64 = 100.0;
+
+impl Cpu {
+    fn now(node_pids: &[u32]) -> Cpu {
+        let nodes: u64 = node_pids
+            .iter()
+            .filter_map(|&p| proc_stat(p))
+            .map(|s| s.0)
+            .sum();
+        let mut pg = 0;
+        if let Some(Some(root)) = POSTMASTER.get() {
+            pg += proc_stat(*root).map_or(0, |s| s.0);
+            for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                    continue;
+                };
+                if let Some((ticks, ppid)) = proc_stat(pid)
+                    && ppid == *root
+                {
+                    pg += ticks;
+                }
+            }
+        }
+        Cpu {
+            pg_s: pg as f64 / TICKS_PER_S,
+            nodes_s: nodes as f64 / TICKS_PER_S,
+            span_s: 0.0,
+        }
+    }
+
+    fn since(&self, before: &Cpu, span_s: f64) -> Cpu {
+        Cpu {
+            pg_s: (self.pg_s - before.pg_s).max(0.0),
+            nodes_s: (self.nodes_s - before.nodes_s).max(0.0),
+            span_s,
+        }
+    }
+}
+
+impl std::fmt::Display for Cpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.span_s <= 0.0 || POSTMASTER.get().is_none_or(Option::is_none) {
+            return Ok(());
+        }
+        write!(
+            f,
+            "CPU: postgres {:.2} cores, nodes {:.2} cores",
+            self.pg_s / self.span_s,
+            self.nodes_s / self.span_s
+        )
+    }
+}
+
+/// The postmaster's pid, from `postmaster.pid` in the server's data
+/// directory (readable when the benchmark runs as the server's user or
+/// root, on the same machine); `None` otherwise.
+fn postmaster_pid(client: &mut Client) -> Option<u32> {
+    let dir: String = client.query_one("SHOW data_directory", &[]).ok()?.get(0);
+    let text = std::fs::read_to_string(format!("{dir}/postmaster.pid")).ok()?;
+    text.lines().next()?.trim().parse().ok()
 }
 
 /// `/proc/loadavg`'s three averages.
@@ -231,9 +358,15 @@ impl Row {
             time_s: m.secs,
             rate: Some(m.count as f64 / m.secs.max(1e-9)),
             note: if m.failed > 0 {
-                format!("{} other answers, e.g. {:?}", m.failed, m.example)
+                format!(
+                    "{}; load {}; {} other answers, e.g. {:?}",
+                    m.cpu,
+                    loadavg(),
+                    m.failed,
+                    m.example
+                )
             } else {
-                String::new()
+                format!("{}; load {}", m.cpu, loadavg())
             },
         }
     }
@@ -246,6 +379,8 @@ struct Measured {
     /// Answers other than the one counted.
     failed: u64,
     example: String,
+    /// CPU spent meanwhile by the database and by the nodes.
+    cpu: Cpu,
 }
 
 struct Fires {
@@ -255,6 +390,11 @@ struct Fires {
 }
 
 struct Takeover {
+    /// From the lease's expiry to the survivor's first `ev` (an overdue
+    /// timer written after the kill).
+    expiry_to_first_ev_s: f64,
+    /// Spent from the survivor's acquire to all loaded.
+    cpu: Cpu,
     fill_s: f64,
     start_to_ready_s: f64,
     start_to_loaded_s: f64,
@@ -276,6 +416,7 @@ impl Bench {
         client
             .batch_execute("SELECT 1")
             .map_err(|e| format!("PostgreSQL: {e}"))?;
+        POSTMASTER.get_or_init(|| postmaster_pid(&mut client));
         Ok(Schema { client, name })
     }
 
@@ -332,6 +473,7 @@ impl Bench {
         if wall_ms() > due_ms {
             eprintln!("note: the schedules finished after the due moment; fires overlap them");
         }
+        let cpu_before = nodes.cpu();
         let until = Instant::now() + Duration::from_millis(ahead_ms) + Duration::from_secs(120);
         let evs = || {
             nodes
@@ -352,6 +494,7 @@ impl Bench {
             .max()
             .unwrap_or(0);
         let count = evs();
+        let cpu = nodes.cpu();
         if count < sched.count {
             eprintln!(
                 "note: only {count} of {} timers fired within 2 minutes",
@@ -366,13 +509,18 @@ impl Bench {
                 secs: last_ms.saturating_sub(first_ms) as f64 / 1e3,
                 failed: 0,
                 example: String::new(),
+                // From the schedules' end: the wait for the due moment
+                // costs next to nothing.
+                cpu: cpu.since(&cpu_before, last_ms.saturating_sub(first_ms) as f64 / 1e3),
             },
             due_to_first_s: first_ms.saturating_sub(due_ms) as f64 / 1e3,
             due_to_last_s: last_ms.saturating_sub(due_ms) as f64 / 1e3,
         })
     }
 
-    fn takeover(&self, rows: u64) -> Result<Takeover> {
+    /// `lease`: the nodes' lease arguments (the bench's short ones, or
+    /// none for the defaults: 10 s leases, 1 s grace).
+    fn takeover(&self, rows: u64, lease: &[&str]) -> Result<Takeover> {
         let mut schema = self.schema("takeover")?;
         let mut store = StoreConfig::new(&self.dsn)
             .schema(&schema.name)
@@ -399,11 +547,10 @@ impl Bench {
                 .map_err(|e| format!("insert_unfenced: {e}"))?;
             next = end;
         }
-        drop(store);
         let fill_s = fill.elapsed().as_secs_f64();
 
         let mut extra = vec!["--shards", "1", "--horizon-ms", "3600000"];
-        extra.extend(LEASE_ARGS);
+        extra.extend(lease);
         let started = Instant::now();
         let mut nodes = Cluster(vec![self.start(&schema.name, "first", &extra)?]);
         nodes.0[0].await_ready(Duration::from_secs(30))?;
@@ -431,6 +578,28 @@ impl Bench {
         let survivor = 1 - victim;
         nodes.0[victim].kill();
         let killed_ms = wall_ms();
+        // Overdue timers the survivor must fire first: written now, so no
+        // owner fired them before (the victim is dead, the survivor does
+        // not own the shard yet). Their `ev` lines are the survivor's first.
+        let overdue: Vec<(u64, String)> = (rows + 1..=rows + OVERDUE_ROWS)
+            .map(|id| (id, payload(id)))
+            .collect();
+        let due_ms = killed_ms.saturating_sub(1_000);
+        let batch: Vec<NewTimer<'_>> = overdue
+            .iter()
+            .map(|(id, p)| NewTimer {
+                id: *id,
+                deadline_ms: due_ms,
+                payload: p.as_bytes(),
+            })
+            .collect();
+        store
+            .insert_unfenced(0, &batch)
+            .map_err(|e| format!("insert_unfenced: {e}"))?;
+        drop(store);
+        let counts = &nodes.0[survivor].counts;
+        counts.first_ev_ms.store(0, Relaxed);
+        counts.ev.store(0, Relaxed);
         let (_, expires_ms) = schema.owner_of_shard0()?;
         // When the survivor's acquire committed (polled), then its load.
         let until = Instant::now() + Duration::from_secs(60);
@@ -443,13 +612,25 @@ impl Bench {
             }
             std::thread::sleep(Duration::from_millis(5));
         };
+        let cpu_before = nodes.cpu();
         let done_ms = {
             nodes.0[survivor].await_loaded(rows, Duration::from_secs(300))?;
             wall_ms()
         };
+        let cpu = nodes.cpu();
+        let until = Instant::now() + Duration::from_secs(30);
+        while nodes.0[survivor].counts.ev.load(Relaxed) == 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let first_ev_ms = nodes.0[survivor].counts.first_ev_ms.load(Relaxed);
         nodes.quit();
         schema.drop_now();
         Ok(Takeover {
+            expiry_to_first_ev_s: (first_ev_ms as f64 - expires_ms) / 1e3,
+            cpu: cpu.since(
+                &cpu_before,
+                done_ms.saturating_sub(acquired_ms) as f64 / 1e3,
+            ),
             fill_s,
             start_to_ready_s,
             start_to_loaded_s,
@@ -727,6 +908,12 @@ impl Node {
 struct Cluster(Vec<Node>);
 
 impl Cluster {
+    /// CPU used so far by the database server and by these nodes.
+    fn cpu(&self) -> Cpu {
+        let pids: Vec<u32> = self.0.iter().map(|n| n.process().pid()).collect();
+        Cpu::now(&pids)
+    }
+
     /// Sends one line per id, id `i` to node `(i + shift) % n`, each
     /// node's share from its own thread with at most `WINDOW` in flight,
     /// and counts the answers `counter` names, from the first line written
@@ -741,6 +928,7 @@ impl Cluster {
         let n = self.0.len() as u64;
         let before: Vec<u64> = self.0.iter().map(|x| x.counts.answered(counter)).collect();
         let counted_before: Vec<u64> = self.0.iter().map(|x| x.counts.counted(counter)).collect();
+        let cpu_before = self.cpu();
         let start_ms = wall_ms();
         let results: Vec<Result<u64>> = std::thread::scope(|s| {
             let handles: Vec<_> = self
@@ -818,11 +1006,13 @@ impl Cluster {
             .filter_map(|x| x.counts.example.lock().ok().map(|e| e.clone()))
             .find(|e| !e.is_empty())
             .unwrap_or_default();
+        let secs = last_ms.saturating_sub(start_ms).max(1) as f64 / 1e3;
         Ok(Measured {
             count: counted,
-            secs: last_ms.saturating_sub(start_ms).max(1) as f64 / 1e3,
+            secs,
             failed: sent - counted,
             example,
+            cpu: self.cpu().since(&cpu_before, secs),
         })
     }
 

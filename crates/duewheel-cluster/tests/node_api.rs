@@ -469,3 +469,59 @@ fn an_async_ack_ends_the_row_and_no_other_node_redelivers_it() {
     b.shutdown();
     drop_schema(&dsn, &schema);
 }
+
+/// A takeover's load reads the rows due soon first and the rest after
+/// (issue #16); both parts must bring in every claimed row, whatever its
+/// deadline: one claimed under a clock ahead of ours can be due past the
+/// first part, and only the second part reads it.
+#[test]
+fn a_takeover_redelivers_claimed_rows_due_after_its_first_load_and_fires_overdue_rows() {
+    let Some(dsn) = dsn() else { return };
+    let schema = schema("load_order");
+    let mut store = StoreConfig::new(dsn.clone())
+        .schema(&schema)
+        .shards(16)
+        .open()
+        .unwrap();
+    let map = duewheel_cluster::ShardMap::new(16).unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // 1..=10 pending and overdue; 11..=20 claimed and overdue; 21..=30
+    // claimed, due 8 s ahead (past the first part's 5 s).
+    let deadline = |id: u64| if id <= 20 { now - 1_000 } else { now + 8_000 };
+    let payloads: Vec<String> = (1..=30u64).map(|id| format!("p{id}")).collect();
+    for id in 1..=30u64 {
+        let timer = duewheel_cluster::NewTimer {
+            id,
+            deadline_ms: deadline(id),
+            payload: payloads[id as usize - 1].as_bytes(),
+        };
+        store
+            .insert_unfenced(map.shard_of_id(id), &[timer])
+            .unwrap();
+    }
+    drop(store);
+    let mut c = postgres::Client::connect(&dsn, postgres::NoTls).unwrap();
+    c.batch_execute(&format!(
+        "UPDATE \"{schema}\".timers SET state = 1, fired_epoch = 0, attempt = 1 \
+         WHERE timer_id > 10"
+    ))
+    .unwrap();
+    let a = config(&dsn, &schema, "a").start::<String>().unwrap();
+    let mut ca = a.subscribe("orders").unwrap();
+    let mut seen = HashMap::new();
+    collect(&mut ca, &mut seen, 30, Duration::from_secs(30));
+    let mut missing: Vec<u64> = (1..=30).filter(|id| !seen.contains_key(id)).collect();
+    missing.sort_unstable();
+    assert!(missing.is_empty(), "never delivered: {missing:?}");
+    for (id, deliveries) in &seen {
+        let attempt = deliveries[0].0;
+        let expected = if *id <= 10 { 1 } else { 2 };
+        assert_eq!(attempt, expected, "id {id}: {deliveries:?}");
+    }
+    drop(ca);
+    a.shutdown();
+    drop_schema(&dsn, &schema);
+}

@@ -73,7 +73,7 @@ fn flush(shared: &Shared, db: &mut Option<NodeDb>, ids: &mut Vec<u64>, last: boo
             break;
         }
         if db.as_ref().is_none_or(NodeDb::is_closed) {
-            *db = shared.reconnect(Some(Instant::now() + shared.config.op_timeout));
+            *db = shared.reconnect_for_rows(Some(Instant::now() + shared.config.op_timeout));
         }
         let result = match db.as_mut() {
             Some(conn) => conn.ack(&items).map_err(|e| e.to_string()),

@@ -1,6 +1,14 @@
 //! The gate: the engine's dispatcher asks it before every delivery, and it
-//! claims the rows in one fenced statement (see the core's
+//! claims the rows in fenced statements (see the core's
 //! [`duewheel::Hooks`]).
+//!
+//! A round is split by shard into [`CLAIM_CONNECTIONS`] parts, claimed at
+//! once on as many connections (perf, #16: a claim waits mostly on the
+//! database, and the dispatcher waits for the claim). The parts touch
+//! disjoint shard rows and timer rows, so they never wait on each other.
+//! Each part's claim stands alone: one that succeeded is final (its rows
+//! are claimed), one refused is retried alone, one in doubt drops only its
+//! own events.
 //!
 //! Invariant: an event is kept only if its row was claimed, in this round,
 //! under the epoch this node holds for its shard; every other event is
@@ -12,7 +20,7 @@
 //! [`fence`](super::fence)): checked once the claim returns, and again by
 //! every consumer receive ([`Hooks::deliverable`]).
 
-use super::sql::NodeDb;
+use super::sql::{Claimed, NodeDb};
 use super::{KeeperMsg, Shared, bump};
 use crate::error::QueryError;
 use crossbeam_channel::Sender;
@@ -22,21 +30,68 @@ use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Connections a round's claim is split over, by shard.
+pub(super) const CLAIM_CONNECTIONS: usize = 2;
+
 pub(super) struct Gate {
     shared: Arc<Shared>,
-    db: Mutex<Option<NodeDb>>,
+    /// One per part of a round (`shard % CLAIM_CONNECTIONS`).
+    dbs: Vec<Mutex<Option<NodeDb>>>,
     /// Ended timers, for the acker to delete.
     acks: Sender<u64>,
 }
 
+/// One part of a round: `(shard, epoch, id)` items and their redelivery
+/// flags, claimed on one connection.
+#[derive(Default)]
+struct Part {
+    items: Vec<(u32, u64, u64)>,
+    redeliver: Vec<bool>,
+}
+
 impl Gate {
-    pub(super) fn new(shared: Arc<Shared>, db: NodeDb, acks: Sender<u64>) -> Self {
+    /// `dbs`: the claim connections (at least one; see
+    /// [`CLAIM_CONNECTIONS`]).
+    pub(super) fn new(shared: Arc<Shared>, dbs: Vec<NodeDb>, acks: Sender<u64>) -> Self {
         Self {
             shared,
-            db: Mutex::new(Some(db)),
+            dbs: dbs.into_iter().map(|db| Mutex::new(Some(db))).collect(),
             acks,
         }
     }
+
+    /// Claims one part on connection `k`, reconnecting first if needed
+    /// (until it connects, or the node stops).
+    fn claim_part(&self, k: usize, part: &Part) -> Outcome {
+        let shared = &*self.shared;
+        let mut db = self.dbs[k].lock();
+        if db.as_ref().is_none_or(NodeDb::is_closed) {
+            *db = shared.reconnect_for_rows(None);
+        }
+        let Some(conn) = db.as_mut() else {
+            return Outcome::GaveUp;
+        };
+        match conn.claim(&part.items, &part.redeliver, shared.now_ms()) {
+            Ok(claimed) => Outcome::Claimed(claimed),
+            Err(QueryError::Refused(e)) => Outcome::Refused(e.to_string()),
+            Err(QueryError::InDoubt(e)) => {
+                *db = None;
+                Outcome::InDoubt(e.to_string())
+            }
+        }
+    }
+}
+
+/// What became of one part's claim.
+enum Outcome {
+    Claimed(Claimed),
+    /// Refused: nothing happened.
+    Refused(String),
+    /// The connection failed mid-statement: it may have committed.
+    InDoubt(String),
+    /// The node is stopping and no connection could be opened: nothing
+    /// was sent.
+    GaveUp,
 }
 
 impl Gate {
@@ -84,108 +139,150 @@ impl Gate {
 impl<P: Clone> Hooks<u64, P> for Gate {
     fn admit(&self, round: &mut Round<'_, u64, P>) {
         let shared = &*self.shared;
+        let n = self.dbs.len().max(1);
+        // Only shards this node holds now; the rest left with their
+        // shard (the new owner fires them from its own load).
+        let mut parts: Vec<Part> = (0..n).map(|_| Part::default()).collect();
+        let mut marked = shared.redeliver.lock();
+        round.retain(|event| {
+            let shard = shared.map.shard_of_id(event.id);
+            match shared.epoch_of(shard) {
+                Some(epoch) if !shared.stopping() => {
+                    let part = &mut parts[shard as usize % n];
+                    part.items.push((shard, epoch, event.id));
+                    // The engine's own redelivery, or a row loaded as
+                    // claimed: it may take a claimed row.
+                    part.redeliver
+                        .push(event.attempt > 1 || marked.contains(&event.id));
+                    true
+                }
+                _ => {
+                    marked.remove(&event.id);
+                    false
+                }
+            }
+        });
+        drop(marked);
+        let mut attempts: FxHashMap<u64, u32> = FxHashMap::default();
+        let mut epochs: FxHashMap<u32, u64> = FxHashMap::default();
         let mut backoff = Duration::from_millis(50);
-        loop {
-            // Only shards this node holds now; the rest left with their
-            // shard (the new owner fires them from its own load).
-            let mut items = Vec::with_capacity(round.len());
-            let mut redeliver = Vec::with_capacity(round.len());
-            let mut marked = shared.redeliver.lock();
-            round.retain(|event| {
-                let shard = shared.map.shard_of_id(event.id);
-                match shared.epoch_of(shard) {
-                    Some(epoch) if !shared.stopping() => {
-                        items.push((shard, epoch, event.id));
-                        // The engine's own redelivery, or a row loaded as
-                        // claimed: it may take a claimed row.
-                        redeliver.push(event.attempt > 1 || marked.contains(&event.id));
-                        true
+        let mut todo: Vec<(usize, Part)> = parts
+            .into_iter()
+            .enumerate()
+            .filter(|(_, p)| !p.items.is_empty())
+            .collect();
+        while !todo.is_empty() {
+            let results: Vec<Outcome> = if todo.len() == 1 {
+                vec![self.claim_part(todo[0].0, &todo[0].1)]
+            } else {
+                std::thread::scope(|s| {
+                    let others: Vec<_> = todo[1..]
+                        .iter()
+                        .map(|(k, part)| s.spawn(move || self.claim_part(*k, part)))
+                        .collect();
+                    let mut results = vec![self.claim_part(todo[0].0, &todo[0].1)];
+                    for handle in others {
+                        results.push(handle.join().unwrap_or_else(|_| {
+                            // A claim that panicked may have been sent:
+                            // treated as in doubt.
+                            Outcome::InDoubt("the claim thread panicked".into())
+                        }));
                     }
-                    _ => {
-                        marked.remove(&event.id);
-                        false
-                    }
-                }
-            });
-            drop(marked);
-            if items.is_empty() {
-                return;
-            }
-            let mut db = self.db.lock();
-            if db.as_ref().is_none_or(NodeDb::is_closed) {
-                *db = shared.reconnect(None);
-                continue;
-            }
-            let conn = db.as_mut().expect("connected above");
-            match conn.claim(&items, &redeliver, shared.now_ms()) {
-                Ok(claimed) => {
-                    for &shard in &claimed.fence.fenced {
-                        bump(&shared.counters.fenced, 1);
-                        if let Some(&(_, epoch, _)) = items.iter().find(|i| i.0 == shard) {
-                            let _ = shared.keeper.send(KeeperMsg::Lost { shard, epoch });
-                        }
-                    }
-                    let epochs: FxHashMap<u32, u64> =
-                        items.iter().map(|&(s, e, _)| (s, e)).collect();
-                    let attempts: FxHashMap<u64, u32> = claimed.ids.into_iter().collect();
-                    let mut claim_epochs = shared.claim_epochs.lock();
-                    let mut marked = shared.redeliver.lock();
-                    round.retain(|event| match attempts.get(&event.id) {
-                        Some(&attempt) => {
-                            marked.remove(&event.id);
-                            event.attempt = attempt.max(1);
-                            bump(&shared.counters.claimed, 1);
-                            if attempt > 1 {
-                                bump(&shared.counters.redelivered, 1);
+                    results
+                })
+            };
+            let mut refused = Vec::new();
+            for ((k, part), result) in todo.drain(..).zip(results) {
+                match result {
+                    Outcome::Claimed(claimed) => {
+                        for &shard in &claimed.fence.fenced {
+                            bump(&shared.counters.fenced, 1);
+                            if let Some(&(_, epoch, _)) = part.items.iter().find(|i| i.0 == shard) {
+                                let _ = shared.keeper.send(KeeperMsg::Lost { shard, epoch });
                             }
-                            let shard = shared.map.shard_of_id(event.id);
-                            if let Some(&epoch) = epochs.get(&shard) {
-                                claim_epochs.insert(event.id, epoch);
-                                event.claim = epoch;
-                            }
-                            true
                         }
-                        // Cancelled meanwhile (the row is gone), fenced, or
-                        // not due by the table's deadline: nothing to deliver.
-                        None => {
-                            marked.remove(&event.id);
-                            false
-                        }
-                    });
-                    drop((claim_epochs, marked));
-                    self.fence(round);
-                    return;
-                }
-                Err(QueryError::Refused(e)) => {
-                    // Nothing happened; try again (ownership re-checked).
-                    bump(&shared.counters.db_errors, 1);
-                    crate::trace::warning!(error = e.to_string(), "claim refused; retrying");
-                    drop(db);
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-                Err(QueryError::InDoubt(e)) => {
-                    // The claim may have committed: deliver none of it, take
-                    // the shards again and reload them (claimed rows come
-                    // back and are claimed again, attempt + 1).
-                    bump(&shared.counters.db_errors, 1);
-                    crate::trace::warning!(
-                        error = e.to_string(),
-                        "claim in doubt; re-acquiring its shards"
-                    );
-                    *db = None;
-                    let mut shards: Vec<(u32, u64)> =
-                        items.iter().map(|&(s, e, _)| (s, e)).collect();
-                    shards.sort_unstable();
-                    shards.dedup();
-                    for (shard, epoch) in shards {
-                        let _ = shared.keeper.send(KeeperMsg::Reacquire { shard, epoch });
+                        epochs.extend(part.items.iter().map(|&(s, e, _)| (s, e)));
+                        attempts.extend(claimed.ids);
                     }
-                    round.drop_all();
-                    return;
+                    // Nothing was sent: the events are dropped (the node
+                    // is stopping; the next owner fires them).
+                    Outcome::GaveUp => {}
+                    Outcome::Refused(e) => {
+                        // Nothing happened; try this part again (ownership
+                        // re-checked below).
+                        bump(&shared.counters.db_errors, 1);
+                        crate::trace::warning!(error = e, "claim refused; retrying");
+                        refused.push((k, part));
+                    }
+                    Outcome::InDoubt(e) => {
+                        // The claim may have committed: deliver none of this
+                        // part, take its shards again and reload them
+                        // (claimed rows come back and are claimed again,
+                        // attempt + 1).
+                        bump(&shared.counters.db_errors, 1);
+                        crate::trace::warning!(
+                            error = e,
+                            "claim in doubt; re-acquiring its shards"
+                        );
+                        let mut shards: Vec<(u32, u64)> =
+                            part.items.iter().map(|&(s, e, _)| (s, e)).collect();
+                        shards.sort_unstable();
+                        shards.dedup();
+                        for (shard, epoch) in shards {
+                            let _ = shared.keeper.send(KeeperMsg::Reacquire { shard, epoch });
+                        }
+                    }
+                }
+            }
+            if refused.is_empty() {
+                break;
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            // A refused part keeps only what this node still holds at the
+            // same epoch; the rest is dropped below (not in `attempts`).
+            for (k, part) in refused {
+                let mut kept = Part::default();
+                for (&item, &r) in part.items.iter().zip(&part.redeliver) {
+                    if !shared.stopping() && shared.epoch_of(item.0) == Some(item.1) {
+                        kept.items.push(item);
+                        kept.redeliver.push(r);
+                    }
+                }
+                if !kept.items.is_empty() {
+                    todo.push((k, kept));
                 }
             }
         }
+        // After the claims: each kept event was claimed under the epoch
+        // its shard was sent with (`epochs`).
+        let mut claim_epochs = shared.claim_epochs.lock();
+        let mut marked = shared.redeliver.lock();
+        round.retain(|event| match attempts.get(&event.id) {
+            Some(&attempt) => {
+                marked.remove(&event.id);
+                event.attempt = attempt.max(1);
+                bump(&shared.counters.claimed, 1);
+                if attempt > 1 {
+                    bump(&shared.counters.redelivered, 1);
+                }
+                let shard = shared.map.shard_of_id(event.id);
+                if let Some(&epoch) = epochs.get(&shard) {
+                    claim_epochs.insert(event.id, epoch);
+                    event.claim = epoch;
+                }
+                true
+            }
+            // Cancelled meanwhile (the row is gone), fenced, not due by
+            // the table's deadline, or its part's claim was in doubt or
+            // gave up: nothing to deliver.
+            None => {
+                marked.remove(&event.id);
+                false
+            }
+        });
+        drop((claim_epochs, marked));
+        self.fence(round);
     }
 
     fn deliverable(&self, event: &Event<u64, P>) -> bool {

@@ -30,7 +30,8 @@
 //! the `keeper` (heartbeat, lease renewal, balancing and orphan takeover),
 //! the `pager` (takeover loads, the horizon, the sweep), the `acker`
 //! (batched deletes of acked rows), and the engine's dispatcher, which
-//! claims through the gate. Each has its own connection.
+//! claims through the gate (a round split by shard over two connections,
+//! claimed at once). Each has its own connection.
 
 mod acker;
 mod error;
@@ -346,9 +347,23 @@ impl Shared {
     /// Opens a new connection, retrying with backoff until `deadline` (or
     /// forever, if `None`) unless the node stops.
     fn reconnect(&self, deadline: Option<Instant>) -> Option<NodeDb> {
+        self.reconnect_with(deadline, NodeDb::open)
+    }
+
+    /// [`reconnect`](Self::reconnect) with generic plans (see
+    /// `NodeDb::open_for_rows`): for the writers, the gate and the acker.
+    fn reconnect_for_rows(&self, deadline: Option<Instant>) -> Option<NodeDb> {
+        self.reconnect_with(deadline, NodeDb::open_for_rows)
+    }
+
+    fn reconnect_with(
+        &self,
+        deadline: Option<Instant>,
+        open: fn(&StoreConfig) -> Result<NodeDb, super::error::OpenError>,
+    ) -> Option<NodeDb> {
         let mut backoff = Duration::from_millis(50);
         loop {
-            match NodeDb::open(&self.config.store) {
+            match open(&self.config.store) {
                 Ok(db) => return Some(db),
                 Err(e) => {
                     bump(&self.counters.db_errors, 1);
@@ -460,9 +475,12 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
         let keeper_db = NodeDb::open(&config.store)?;
         let map =
             ShardMap::new(config.store.shards).map_err(|e| NodeError::Config(e.to_string()))?;
+        // Popped below: the gate, the writers and the acker take generic
+        // plans (see `NodeDb::open_for_rows`), the pager does not.
+        let pager_db = NodeDb::open(&config.store)?;
         let mut dbs = Vec::new();
-        for _ in 0..config.writers + 3 {
-            dbs.push(NodeDb::open(&config.store)?);
+        for _ in 0..config.writers + 1 + gate::CLAIM_CONNECTIONS {
+            dbs.push(NodeDb::open_for_rows(&config.store)?);
         }
         let (keeper_tx, keeper_rx) = crossbeam_channel::unbounded();
         let (pager_tx, pager_rx) = crossbeam_channel::unbounded();
@@ -485,8 +503,8 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
             pager: pager_tx,
             refetch: refetch_tx,
         });
-        let gate_db = dbs.pop().expect("opened above");
-        let gate = Arc::new(gate::Gate::new(shared.clone(), gate_db, acks_tx.clone()));
+        let gate_dbs = dbs.split_off(dbs.len() - gate::CLAIM_CONNECTIONS);
+        let gate = Arc::new(gate::Gate::new(shared.clone(), gate_dbs, acks_tx.clone()));
         let mut builder = Engine::<u64, P>::builder()
             .clock(ClockRef(config.clock.clone()))
             .ack_timeout(config.ack_timeout)
@@ -507,7 +525,6 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
                 writer::run(&shared, db, &rx)
             })?);
         }
-        let pager_db = dbs.pop().expect("opened above");
         {
             let (shared, s) = (shared.clone(), scheduler.clone());
             threads.push(spawn("duewheel-pager", move || {

@@ -9,7 +9,9 @@
 //! - **Sweep**: every `sweep_every` the pending rows of owned shards that
 //!   are due now are read, and those the wheel lacks are put in (due at
 //!   once). This is what fires rows written by other nodes, or committed
-//!   after a takeover's load or a page; it bounds how late they fire.
+//!   after a takeover's load or a page; it bounds how late they fire. While
+//!   the wheel has overdue timers it reads only rows due before the oldest
+//!   of them (the rest would fire behind that backlog anyway).
 //!
 //! Invariant: the pager only ever *adds* to the wheel; whether anything
 //! fires is the gate's claim's decision.
@@ -21,11 +23,18 @@ use crossbeam_channel::Receiver;
 use duewheel::{Codec, Deadline, ScheduleError, Scheduler};
 use std::time::{Duration, Instant};
 
-/// Most due rows one sweep reads.
+/// Most due rows one sweep reads (split evenly over the owned shards).
 const SWEEP_LIMIT: i64 = 10_000;
+
+/// Least due rows one sweep reads per shard.
+const SWEEP_PER_SHARD_MIN: i64 = 100;
 
 /// How overdue a pending row must be to count in the alarm.
 const OVERDUE_MS: u64 = 60_000;
+
+/// A takeover loads the rows due within this much of now first, in one
+/// small query, so firing resumes before the rest of a large shard is read.
+const FIRST_SPAN_MS: u64 = 5_000;
 
 pub(super) fn run<P: Codec + Clone + Send + 'static>(
     shared: &Shared,
@@ -88,7 +97,16 @@ pub(super) fn run<P: Codec + Clone + Send + 'static>(
                 let shards = owned(shared);
                 if !shards.is_empty() {
                     let now = shared.now_ms();
-                    conn.sweep(&shards, now, SWEEP_LIMIT, &mut |row| {
+                    let per_shard = (SWEEP_LIMIT / i64::try_from(shards.len()).unwrap_or(1))
+                        .max(SWEEP_PER_SHARD_MIN);
+                    // Not past the wheel's own backlog (perf, #16): what is
+                    // due after its oldest overdue timer would fire behind
+                    // that backlog anyway, and during a burst the sweep
+                    // otherwise re-reads, every time, due rows the wheel
+                    // holds. A row the wheel lacks fires at most one sweep
+                    // after the dispatcher passes its deadline.
+                    let until = engine.stats().oldest_overdue_ms.map_or(now, |o| o.min(now));
+                    conn.sweep(&shards, until, per_shard, &mut |row| {
                         if put.row(row) {
                             bump(&shared.counters.swept, 1);
                         }
@@ -250,8 +268,13 @@ fn fetch_notified<P: Codec + Clone + Send + 'static>(
     Ok(())
 }
 
-/// Loads newly acquired shards: claimed rows (to redeliver at once) and
-/// pending rows up to the horizon's end.
+/// Loads newly acquired shards: the rows due within [`FIRST_SPAN_MS`]
+/// (overdue ones, and claimed ones to redeliver at once), then the rest:
+/// pending rows up to the horizon's end, and claimed ones. The wheel fires what it holds
+/// while the rest streams in: the first two queries read a few rows, the
+/// last may read millions (perf, #16). The split point is one value, so
+/// each row is read by exactly one of the two pending queries; a row that
+/// falls due while the rest is read fires as soon as it is put in.
 fn take_over<P: Codec + Clone + Send + 'static>(
     shared: &Shared,
     conn: &mut NodeDb,
@@ -265,16 +288,18 @@ fn take_over<P: Codec + Clone + Send + 'static>(
         .collect();
     if !shards.is_empty() {
         let mut loaded = 0;
-        conn.load_claimed(&shards, &mut |row| {
-            shared.redeliver.lock().insert(row.id);
+        let mut each = |row: Loaded| {
+            if row.claimed {
+                shared.redeliver.lock().insert(row.id);
+            }
             loaded += u64::from(put.row(row));
-        })?;
+        };
         let end = shared
             .horizon_end_ms
             .load(std::sync::atomic::Ordering::SeqCst);
-        conn.load_pending(&shards, 0, end, &mut |row| {
-            loaded += u64::from(put.row(row));
-        })?;
+        let split = shared.now_ms().saturating_add(FIRST_SPAN_MS).min(end);
+        conn.load_first(&shards, split, &mut each)?;
+        conn.load_rest(&shards, split, end, &mut each)?;
         bump(&shared.counters.loaded, loaded);
         crate::trace::info!(
             shards = shards.len(),

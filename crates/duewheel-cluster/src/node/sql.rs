@@ -43,6 +43,8 @@ pub(crate) struct Loaded {
     pub(crate) id: u64,
     pub(crate) deadline_ms: u64,
     pub(crate) payload: Vec<u8>,
+    /// Claimed (an earlier delivery never acked), not pending.
+    pub(crate) claimed: bool,
 }
 
 /// What a fenced statement found for each shard it touched.
@@ -75,7 +77,8 @@ pub(crate) struct Statements {
     heartbeat: Statement,
     leave: Statement,
     load_pending: Statement,
-    load_claimed: Statement,
+    load_first: Statement,
+    load_rest: Statement,
     sweep: Statement,
     overdue: Statement,
     notify: Statement,
@@ -198,18 +201,20 @@ impl Statements {
             // unacked past the ack timeout), attempt + 1. A first fire never
             // takes a claimed row: it may be a stale copy of one just
             // delivered and acked, whose delete is not committed yet.
+            // `l` carries the fenced epoch to the update (perf, #16): joining
+            // `f` again there made the generic plan a nested loop over `f`
+            // per claimed row (~250 x 1000 comparisons a round).
             claim: c.prepare(&format!(
                 "WITH {FENCE},
-                 l AS (SELECT t.shard_id, t.timer_id FROM timers t
+                 l AS (SELECT t.shard_id, t.timer_id, f.epoch FROM timers t
                    JOIN unnest($2::int[], $3::bigint[], $4::bigint[], $6::bool[]) AS x(s, id, e, r)
                      ON t.shard_id = x.s AND t.timer_id = x.id
                    JOIN f ON f.shard_id = x.s AND f.epoch = x.e
                    WHERE (t.state = 0 AND t.deadline_ms <= $5) OR (t.state = 1 AND x.r)
                    ORDER BY t.shard_id, t.timer_id FOR UPDATE OF t),
-                 u AS (UPDATE timers t SET state = 1, fired_epoch = f.epoch, attempt = t.attempt + 1
-                   FROM l, f
+                 u AS (UPDATE timers t SET state = 1, fired_epoch = l.epoch, attempt = t.attempt + 1
+                   FROM l
                    WHERE t.shard_id = l.shard_id AND t.timer_id = l.timer_id
-                     AND f.shard_id = l.shard_id
                    RETURNING t.timer_id, t.attempt)
                  SELECT 0, f.shard_id::bigint, f.epoch FROM f
                  UNION ALL SELECT 1, u.timer_id, u.attempt::bigint FROM u"
@@ -271,15 +276,36 @@ impl Statements {
                  WHERE shard_id = ANY($1::int[]) AND state = 0
                    AND deadline_ms >= $2 AND deadline_ms < $3",
             )?,
-            load_claimed: c.prepare(
-                "SELECT shard_id, timer_id, deadline_ms, payload FROM timers
-                 WHERE shard_id = ANY($1::int[]) AND state = 1",
+            // A takeover's load, nearest first (perf, #16): the rows due
+            // before $2, pending or claimed, through the deadline index (a
+            // few rows: firing resumes after this one), then one scan for
+            // the rest: pending ones up to the horizon's end $3 and claimed
+            // ones at any deadline (a claim needs the row due, so these are
+            // rare: a claiming node's clock ahead of ours). `state = 1` is
+            // not indexed; the old separate claimed query scanned the
+            // shards before anything could fire.
+            load_first: c.prepare(
+                "SELECT shard_id, timer_id, deadline_ms, payload, state FROM timers
+                 WHERE shard_id = ANY($1::int[]) AND deadline_ms >= 0 AND deadline_ms < $2
+                   AND state IN (0, 1)",
             )?,
+            load_rest: c.prepare(
+                "SELECT shard_id, timer_id, deadline_ms, payload, state FROM timers
+                 WHERE shard_id = ANY($1::int[]) AND deadline_ms >= $2
+                   AND (state = 1 OR (state = 0 AND deadline_ms < $3))",
+            )?,
+            // The earliest due rows of each shard (perf, #16): one ordered
+            // index range per shard, `$3` rows at most. Ordering all shards'
+            // due rows together sorted every due row: during a burst of
+            // 200k due timers each sweep seq-scanned every partition
+            // (~140 ms, two parallel workers), back to back on every node.
             sweep: c.prepare(
-                "SELECT shard_id, timer_id, deadline_ms, payload FROM timers
-                 WHERE shard_id = ANY($1::int[]) AND state = 0
-                   AND deadline_ms >= 0 AND deadline_ms <= $2
-                 ORDER BY deadline_ms LIMIT $3",
+                "SELECT t.shard_id, t.timer_id, t.deadline_ms, t.payload
+                 FROM unnest($1::int[]) AS s(id)
+                 CROSS JOIN LATERAL (SELECT shard_id, timer_id, deadline_ms, payload FROM timers
+                   WHERE shard_id = s.id AND state = 0
+                     AND deadline_ms >= 0 AND deadline_ms <= $2
+                   ORDER BY deadline_ms LIMIT $3) t",
             )?,
             // One notification per chunk of ids (a payload holds < 8000 bytes).
             notify: c.prepare("SELECT pg_notify($1, x) FROM unnest($2::text[]) AS x")?,
@@ -352,12 +378,38 @@ fn shard_of_row(s: i64) -> u32 {
 impl NodeDb {
     /// Connects and checks the schema (see [`PgStore::open`]).
     pub(crate) fn open(config: &StoreConfig) -> Result<Self, OpenError> {
-        Self::open_with(config, FenceMode::LOCKED)
+        Self::connect(config, FenceMode::LOCKED, false)
+    }
+
+    /// [`open`](Self::open), for the threads that send rows by the
+    /// thousand (writers, gate, acker): every statement runs its generic
+    /// plan, planned once per connection.
+    ///
+    /// Why (perf, #16): with a 1000-element array PostgreSQL's custom plan
+    /// for a cancel (or an ack) hash-joins the array against a sequential
+    /// scan of every partition (~400 ms at 200k rows, against ~25 ms for
+    /// the generic plan's index probes), and each custom plan costs ~2-3 ms
+    /// of planning over the 16 partitions. A connection ran its first five
+    /// executions that way before the plan cache settled, so every extra
+    /// node (and every reconnect) paid it again: cancels through 3 nodes ran
+    /// at 35-60% of one node's rate. The pager keeps custom plans: its
+    /// sweep's `deadline_ms <= now` is selective only with the value known.
+    pub(crate) fn open_for_rows(config: &StoreConfig) -> Result<Self, OpenError> {
+        Self::connect(config, FenceMode::LOCKED, true)
     }
 
     /// [`open`](Self::open) with the fence built as `mode` says (tests).
     pub(crate) fn open_with(config: &StoreConfig, mode: FenceMode) -> Result<Self, OpenError> {
+        Self::connect(config, mode, false)
+    }
+
+    fn connect(config: &StoreConfig, mode: FenceMode, generic: bool) -> Result<Self, OpenError> {
         let (mut client, map) = crate::store::connect(config)?;
+        if generic {
+            client
+                .batch_execute("SET plan_cache_mode = force_generic_plan")
+                .map_err(|e| OpenError::Schema(QueryError::from(e)))?;
+        }
         let st = Statements::prepare(&mut client, mode)
             .map_err(|e| OpenError::Schema(QueryError::from(e)))?;
         Ok(Self { client, map, st })
@@ -698,28 +750,48 @@ impl NodeDb {
         self.stream(StatementKind::Pending, &params, each)
     }
 
-    /// Streams the claimed rows of `shards` (to redeliver after takeover).
-    pub(super) fn load_claimed(
+    /// Streams the pending and claimed rows of `shards` due before
+    /// `split_ms` (a takeover's first load).
+    pub(super) fn load_first(
         &mut self,
         shards: &[u32],
+        split_ms: u64,
         each: &mut dyn FnMut(Loaded),
     ) -> Result<(), QueryError> {
         let s = shards_param(shards);
-        let params: [&dyn ToSql; 1] = [&s];
-        self.stream(StatementKind::Claimed, &params, each)
+        let split = i64::try_from(split_ms).unwrap_or(i64::MAX);
+        let params: [&dyn ToSql; 2] = [&s, &split];
+        self.stream(StatementKind::First, &params, each)
     }
 
-    /// The earliest `limit` pending rows of `shards` due at `now_ms`.
+    /// Streams the rest of a takeover's load: the pending rows of `shards`
+    /// with `split <= deadline < to`, and the claimed ones from `split` on.
+    pub(crate) fn load_rest(
+        &mut self,
+        shards: &[u32],
+        split_ms: u64,
+        to_ms: u64,
+        each: &mut dyn FnMut(Loaded),
+    ) -> Result<(), QueryError> {
+        let s = shards_param(shards);
+        let split = i64::try_from(split_ms).unwrap_or(i64::MAX);
+        let to = i64::try_from(to_ms).unwrap_or(i64::MAX);
+        let params: [&dyn ToSql; 3] = [&s, &split, &to];
+        self.stream(StatementKind::Rest, &params, each)
+    }
+
+    /// The earliest `per_shard` pending rows of each of `shards` due at
+    /// `now_ms`.
     pub(crate) fn sweep(
         &mut self,
         shards: &[u32],
         now_ms: u64,
-        limit: i64,
+        per_shard: i64,
         each: &mut dyn FnMut(Loaded),
     ) -> Result<(), QueryError> {
         let s = shards_param(shards);
         let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
-        let params: [&dyn ToSql; 3] = [&s, &now, &limit];
+        let params: [&dyn ToSql; 3] = [&s, &now, &per_shard];
         self.stream(StatementKind::Sweep, &params, each)
     }
 
@@ -790,7 +862,8 @@ impl NodeDb {
     ) -> Result<(), QueryError> {
         let statement = match kind {
             StatementKind::Pending => &self.st.load_pending,
-            StatementKind::Claimed => &self.st.load_claimed,
+            StatementKind::First => &self.st.load_first,
+            StatementKind::Rest => &self.st.load_rest,
             StatementKind::Sweep => &self.st.sweep,
         };
         let mut rows = self.client.query_raw(statement, params.iter().copied())?;
@@ -803,7 +876,8 @@ impl NodeDb {
 
 enum StatementKind {
     Pending,
-    Claimed,
+    First,
+    Rest,
     Sweep,
 }
 
@@ -817,6 +891,8 @@ fn loaded(row: &Row) -> Result<Loaded, postgres::Error> {
         // CHECK (deadline_ms >= 0) in the schema.
         deadline_ms: u64::try_from(d).unwrap_or(0),
         payload: row.try_get(3)?,
+        // Only the takeover's loads return the state.
+        claimed: row.len() > 4 && row.try_get::<_, i16>(4)? == 1,
     })
 }
 

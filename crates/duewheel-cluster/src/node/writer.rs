@@ -174,7 +174,7 @@ fn connected<'a>(
     deadline: Instant,
 ) -> Option<&'a mut NodeDb> {
     if db.as_ref().is_none_or(NodeDb::is_closed) {
-        *db = shared.reconnect(Some(deadline));
+        *db = shared.reconnect_for_rows(Some(deadline));
     }
     db.as_mut()
 }
