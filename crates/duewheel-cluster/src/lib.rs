@@ -9,7 +9,9 @@
 //! - [`PgStore::acquire`] / [`renew`](PgStore::renew) /
 //!   [`release`](PgStore::release): a shard's lease, judged by the database's
 //!   clock, and its **epoch**, bumped by every acquire.
-//! - [`PgStore`]'s timer statements: insert, cancel, claim, ack, load.
+//! - [`PgStore`]'s timer statements: insert, cancel, claim, ack, load (thin
+//!   per-shard wrappers of the node's own batched statements: one SQL text
+//!   per operation in the crate).
 //!
 //! # Which writes are fenced, and why
 //!
@@ -20,7 +22,8 @@
 //! - [`claim_due`](PgStore::claim_due): firing is the owner's job. A stale
 //!   owner that claimed after a takeover would fire timers the new owner also
 //!   fires from its load, and would mark rows claimed behind its back.
-//! - [`ack`](PgStore::ack): deleting a claimed row ends its delivery. After a
+//! - [`ack`](PgStore::ack): ending a claimed row (a tombstone, state 2,
+//!   reaped later) ends its delivery. After a
 //!   takeover the new owner redelivers what it loaded; a stale owner's ack
 //!   racing that is refused, so the row stays until the *current* owner's
 //!   consumer acknowledges it (at-least-once, never zero).

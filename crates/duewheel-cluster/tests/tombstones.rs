@@ -103,9 +103,9 @@ fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// Schedules `ids` due now, receives and acks each, and waits until every
-/// row is a tombstone.
-fn fire_and_ack(db: &Db, node: &Node<String>, ids: &[u64]) {
+/// Schedules `ids` due now (payload `p<id>`), receives and acks each, and
+/// waits until every row is a tombstone; returns their deadline.
+fn fire_and_ack(db: &Db, node: &Node<String>, ids: &[u64]) -> u64 {
     let mut consumer = node.subscribe("orders").unwrap();
     let now = node.scheduler().now_ms();
     let timers = ids
@@ -128,6 +128,7 @@ fn fire_and_ack(db: &Db, node: &Node<String>, ids: &[u64]) {
         "every ack reached the table",
         || db.count(ids, 2) == ids.len() as i64,
     );
+    now + 50
 }
 
 /// The case: after a database restart, cancels of timers that had
@@ -172,6 +173,32 @@ fn a_cancel_killed_mid_statement_after_the_fire_was_acked_answers_already_fired(
     let answer = cancel.join().unwrap();
     assert_eq!(answer, Ok(Cancel::AlreadyFired), "not in doubt: it fired");
     assert!(node.stats().db_errors > 0, "the first try failed");
+    node.shutdown();
+}
+
+/// A schedule retried after its first try committed, fired and was acked
+/// (the same id, deadline and payload) is answered `Ok` and not fired
+/// again; another timer under the same id replaces the tombstone and fires.
+#[test]
+fn the_same_schedule_after_its_fire_is_not_fired_again_and_another_timer_is() {
+    let Some(db) = Db::new("again") else { return };
+    let app = format!("dw_tomb_again_{}", std::process::id());
+    let node = db.node(&app, Duration::from_secs(600));
+    let due_ms = fire_and_ack(&db, &node, &[42]);
+    let mut consumer = node.subscribe("orders").unwrap();
+    let s = node.scheduler();
+    assert_eq!(
+        s.schedule(42, Deadline::at_unix_ms(due_ms), "p42".to_string()),
+        Ok(())
+    );
+    let again = consumer.recv_timeout(Duration::from_millis(1500));
+    assert!(again.is_err(), "fired twice: {again:?}");
+    assert_eq!(db.count(&[42], 2), 1, "the tombstone stayed");
+    s.schedule(42, Duration::from_millis(50), "new".to_string())
+        .unwrap();
+    let e = consumer.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!((e.id, e.payload.as_str(), e.attempt), (42, "new", 1));
+    consumer.ack(&e).unwrap();
     node.shutdown();
 }
 
