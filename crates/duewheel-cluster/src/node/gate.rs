@@ -95,6 +95,7 @@ enum Outcome {
 }
 
 impl Gate {
+
     /// The fence, right after a claim returned: the process may have been
     /// stopped while it ran (or since the keeper last renewed), so events of
     /// a shard whose lease is no longer certain by this node's clock are
