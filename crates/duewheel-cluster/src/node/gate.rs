@@ -33,6 +33,13 @@ impl Gate {
             acks,
         }
     }
+
+    /// Drops the connection (at shutdown, on a thread of the node's: see
+    /// `off_runtime`). The dispatcher has stopped, and a stopping node's
+    /// gate admits nothing, so nothing reconnects.
+    pub(super) fn close(&self) {
+        drop(self.db.lock().take());
+    }
 }
 
 impl<P: Clone> Hooks<u64, P> for Gate {

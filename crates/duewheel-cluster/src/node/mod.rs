@@ -409,6 +409,9 @@ pub struct Node<P: Codec + Clone + Send + Sync + 'static> {
     /// The engine's scheduler, for the wheel hints.
     scheduler: duewheel::Scheduler<u64, P>,
     writer_tx: Option<Sender<writer::Request>>,
+    /// Kept to close its connection at shutdown on a thread of ours (the
+    /// engine may outlive the node inside a consumer).
+    gate: Arc<gate::Gate>,
     threads: Vec<JoinHandle<()>>,
     acker: Option<(Sender<u64>, JoinHandle<()>)>,
     keeper: Option<JoinHandle<()>>,
@@ -430,9 +433,32 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
         .map_err(|e| NodeError::Spawn(e.to_string()))
 }
 
+/// Runs `f` on a thread of its own and waits for it. The sync `postgres`
+/// client runs a runtime of its own and blocks on it, which panics on a
+/// thread of the host's tokio runtime ("Cannot start a runtime from within
+/// a runtime"), and so does dropping a connection there. Every connect and
+/// every connection drop that happens in the caller's call (`start`,
+/// `shutdown`, `Drop`) goes through here, so a node starts and stops
+/// anywhere, inside an async service too.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, NodeError> {
+    thread::scope(|scope| {
+        let handle = thread::Builder::new()
+            .name("duewheel-node-start".into())
+            .spawn_scoped(scope, f)
+            .map_err(|e| NodeError::Spawn(e.to_string()))?;
+        Ok(handle
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    })
+}
+
 impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
     fn start(config: NodeConfig) -> Result<Self, NodeError> {
         config.validate()?;
+        off_runtime(move || Self::start_here(config))?
+    }
+
+    fn start_here(config: NodeConfig) -> Result<Self, NodeError> {
         // The first connection answers bad DSNs, unreachable servers and
         // newer schemas before anything starts.
         let keeper_db = NodeDb::open(&config.store)?;
@@ -467,7 +493,7 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
             .clock(ClockRef(config.clock.clone()))
             .ack_timeout(config.ack_timeout)
             .channel_capacity(config.channel_capacity)
-            .hooks(gate);
+            .hooks(gate.clone());
         for group in &config.groups {
             builder = builder.group(group.clone());
         }
@@ -509,6 +535,7 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
             engine: Some(engine),
             scheduler,
             writer_tx: Some(writer_tx),
+            gate,
             threads,
             acker: Some((acks_tx, acker)),
             keeper: Some(keeper),
@@ -583,6 +610,17 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
     }
 
     fn stop(&mut self) {
+        if self.keeper.is_none() {
+            return; // stopped already
+        }
+        // The keeper's leave and the gate's close drop connections.
+        if off_runtime(|| self.stop_here()).is_err() {
+            // No thread to spare: stop here (outside a runtime this is fine).
+            self.stop_here();
+        }
+    }
+
+    fn stop_here(&mut self) {
         // Writers answer what is queued with `ShuttingDown` and exit.
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.writer_tx = None;
@@ -599,6 +637,7 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
         if let Some(keeper) = self.keeper.take() {
             let _ = keeper.join();
         }
+        self.gate.close();
     }
 }
 

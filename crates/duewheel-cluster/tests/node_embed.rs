@@ -1,0 +1,100 @@
+//! A node embedded in an async service: started, used and stopped on a
+//! tokio runtime's thread (multi-thread and current-thread), consuming with
+//! the engine consumer's `recv_async` and acking with `ack_async`. Before
+//! issue #17 `NodeConfig::start` panicked there ("Cannot start a runtime
+//! from within a runtime": the sync client blocks on a runtime of its own).
+//!
+//! Needs `DUEWHEEL_PG_DSN`; with `CI=true` a missing DSN fails instead of
+//! skipping.
+
+use duewheel_cluster::{Node, NodeConfig, StoreConfig};
+use duewheel_testkit::pg::TestSchema;
+use std::time::Duration;
+
+fn config(schema: &TestSchema, name: &str) -> NodeConfig {
+    let store = StoreConfig::new(&schema.dsn).schema(&schema.name).shards(8);
+    NodeConfig::new(store, name)
+        .lease_ttl(Duration::from_millis(1500))
+        .renew_every(Duration::from_millis(300))
+        .grace(Duration::ZERO)
+        .sweep_every(Duration::from_millis(50))
+        .group("orders")
+}
+
+/// Everything a service does with a node, from inside a runtime.
+async fn start_schedule_consume_ack_shutdown(prefix: &str) {
+    let Some(schema) = TestSchema::new(prefix) else {
+        return;
+    };
+    // Called on the runtime's thread, as a service would.
+    let node: Node<String> = config(&schema, "embedded-a").start().expect("start");
+    let mut orders = node.subscribe("orders").unwrap();
+    let scheduler = node.scheduler();
+    tokio::task::spawn_blocking(move || {
+        for id in 0..20u64 {
+            scheduler
+                .schedule(id, Duration::from_millis(100), format!("order {id}"))
+                .unwrap();
+        }
+    })
+    .await
+    .unwrap();
+
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 20 {
+        let event = tokio::time::timeout(Duration::from_secs(20), orders.recv_async())
+            .await
+            .expect("every scheduled timer fires within 20 s")
+            .expect("the node is running");
+        assert_eq!(event.payload, format!("order {}", event.id));
+        orders.ack_async(&event).await.unwrap();
+        seen.insert(event.id);
+    }
+    assert_eq!(seen, (0..20).collect());
+    let acked = async {
+        while node.stats().acked < 20 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), acked)
+        .await
+        .expect("every ack reaches the table");
+    // Shut down on the runtime's thread too; the consumer outlives the node
+    // (its engine's gate held a connection: dropping it here panicked).
+    node.shutdown();
+    drop(orders);
+    let remaining: i64 = tokio::task::spawn_blocking(move || {
+        let count = schema
+            .client()
+            .query_one("SELECT count(*) FROM timers WHERE state <> 2", &[])
+            .unwrap()
+            .get(0);
+        drop(schema); // its cleanup connects: off the runtime
+        count
+    })
+    .await
+    .unwrap();
+    assert_eq!(remaining, 0, "acked rows are gone from the table");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starts_runs_and_stops_inside_a_multi_thread_runtime() {
+    start_schedule_consume_ack_shutdown("embed_mt").await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_node_starts_runs_and_stops_inside_a_current_thread_runtime() {
+    start_schedule_consume_ack_shutdown("embed_ct").await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_node_dropped_inside_a_runtime_does_not_panic() {
+    let Some(schema) = TestSchema::new("embed_drop") else {
+        return;
+    };
+    let node: Node<String> = config(&schema, "embedded-drop").start().expect("start");
+    drop(node);
+    tokio::task::spawn_blocking(move || drop(schema))
+        .await
+        .unwrap();
+}
