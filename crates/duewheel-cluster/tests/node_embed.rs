@@ -98,3 +98,57 @@ async fn a_node_dropped_inside_a_runtime_does_not_panic() {
         .await
         .unwrap();
 }
+
+/// The metrics a platform scrapes: they parse, and the oldest-unacked gauge
+/// rises while a delivery waits for its ack and falls back to 0 after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oldest_unacked_age_grows_until_the_ack_and_the_metrics_parse() {
+    let Some(schema) = TestSchema::new("embed_metrics") else {
+        return;
+    };
+    let node: Node<String> = config(&schema, "embedded-metrics").start().expect("start");
+    let mut orders = node.subscribe("orders").unwrap();
+    let scheduler = node.scheduler();
+    tokio::task::spawn_blocking(move || {
+        scheduler
+            .schedule(1, Duration::from_millis(50), "one".to_string())
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(20), orders.recv_async())
+        .await
+        .expect("fires")
+        .expect("running");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let scrape = || {
+        let mut text = String::new();
+        node.render_prometheus(&mut text);
+        duewheel_testkit::prom_text::parse(&text).expect("valid exposition")
+    };
+    let labels = [("node", "embedded-metrics")];
+    let age = |p: &duewheel_testkit::prom_text::Exposition| {
+        p.value("duewheel_node_oldest_unacked_age_seconds", &labels)
+            .unwrap()
+    };
+    let before = scrape();
+    assert!(age(&before) >= 0.3, "age {} while unacked", age(&before));
+    assert_eq!(
+        before.value("duewheel_node_claimed_total", &labels),
+        Some(1.0)
+    );
+    assert!(before.value("duewheel_node_owned_shards", &labels).unwrap() >= 1.0);
+    orders.ack_async(&event).await.unwrap();
+    let settled = async {
+        while age(&scrape()) != 0.0 || node.stats().acked < 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), settled)
+        .await
+        .expect("the gauge falls to 0 after the ack");
+    node.shutdown();
+    tokio::task::spawn_blocking(move || drop(schema))
+        .await
+        .unwrap();
+}

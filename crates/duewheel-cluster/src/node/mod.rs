@@ -36,6 +36,7 @@ mod acker;
 mod error;
 mod gate;
 mod keeper;
+mod metrics;
 mod pager;
 mod sql;
 mod writer;
@@ -301,6 +302,9 @@ struct Shared {
     /// The epoch each event in delivery was claimed under (for
     /// [`Node::claim_epoch`]); removed when the timer ends.
     claim_epochs: Mutex<FxHashMap<u64, u64>>,
+    /// First-claim times of deliveries in flight, for the oldest-unacked
+    /// gauge.
+    in_flight: metrics::InFlight,
     /// Ids loaded as claimed (an earlier owner's, or our own in-doubt
     /// claim's): the gate may claim them again. Removed once claimed.
     redeliver: Mutex<rustc_hash::FxHashSet<u64>>,
@@ -399,6 +403,11 @@ pub struct NodeStats {
     /// At the last sweep: pending rows of owned shards more than a minute
     /// overdue (the alarm for an owner that renews but stopped firing).
     pub overdue: u64,
+    /// How long ago the oldest delivery this node claimed and still waits
+    /// for acks was first claimed (0 if none): the alarm for a stuck
+    /// consumer. Kept in memory (see [`render_prometheus`](Self::render_prometheus)
+    /// and SCALE_OUT.md, "Monitoring").
+    pub oldest_unacked_age_ms: u64,
 }
 
 /// A running cluster node. Dropping it shuts it down (see
@@ -412,6 +421,9 @@ pub struct Node<P: Codec + Clone + Send + Sync + 'static> {
     /// Kept to close its connection at shutdown on a thread of ours (the
     /// engine may outlive the node inside a consumer).
     gate: Arc<gate::Gate>,
+    /// The engine's own series, made at the first render.
+    #[cfg(feature = "prometheus")]
+    exporter: std::sync::OnceLock<duewheel::prometheus::Exporter>,
     threads: Vec<JoinHandle<()>>,
     acker: Option<(Sender<u64>, JoinHandle<()>)>,
     keeper: Option<JoinHandle<()>>,
@@ -482,6 +494,7 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
             stopping: AtomicBool::new(false),
             counters: Counters::default(),
             claim_epochs: Mutex::new(FxHashMap::default()),
+            in_flight: metrics::InFlight::default(),
             redeliver: Mutex::new(rustc_hash::FxHashSet::default()),
             keeper: keeper_tx,
             pager: pager_tx,
@@ -536,6 +549,8 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
             scheduler,
             writer_tx: Some(writer_tx),
             gate,
+            #[cfg(feature = "prometheus")]
+            exporter: std::sync::OnceLock::new(),
             threads,
             acker: Some((acks_tx, acker)),
             keeper: Some(keeper),
@@ -598,7 +613,41 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
             notified: get(&c.notified),
             db_errors: get(&c.db_errors),
             overdue: get(&c.overdue),
+            oldest_unacked_age_ms: self.shared.in_flight.oldest_age_ms(
+                self.shared.now_ms(),
+                |id| {
+                    self.shared
+                        .epoch_of(self.shared.map.shard_of_id(id))
+                        .is_some()
+                },
+            ),
         }
+    }
+
+    /// Appends the node's metrics to `out` in the Prometheus text format
+    /// (version 0.0.4): [`NodeStats::render_prometheus`] with this node's
+    /// id and, with the `prometheus` feature, the engine's own series (the
+    /// core's [`duewheel::prometheus::Exporter`]: lateness, consumer lag,
+    /// oldest overdue). Serve it as `GET /metrics` with content type
+    /// `text/plain; version=0.0.4`.
+    ///
+    /// ```no_run
+    /// # let node: duewheel_cluster::Node<String> = unimplemented!();
+    /// let mut text = String::new();
+    /// node.render_prometheus(&mut text);
+    /// assert!(text.contains("duewheel_node_oldest_unacked_age_seconds"));
+    /// ```
+    pub fn render_prometheus(&self, out: &mut String) {
+        self.stats().render_prometheus(&self.shared.node_id, out);
+        #[cfg(feature = "prometheus")]
+        out.push_str(
+            &self
+                .exporter
+                .get_or_init(|| {
+                    duewheel::prometheus::Exporter::for_scheduler(self.scheduler.clone())
+                })
+                .render(),
+        );
     }
 
     /// Stops accepting, lets the acks already made reach the database,
