@@ -152,3 +152,65 @@ async fn the_oldest_unacked_age_grows_until_the_ack_and_the_metrics_parse() {
         .await
         .unwrap();
 }
+
+/// Issue #17: leases are held by node id, so a second live process with the
+/// same id must be refused at start, not share (and fence) the first's
+/// shards; the id is free again once the first shut down.
+#[test]
+fn a_second_live_node_with_the_same_id_is_refused_and_the_id_is_free_after_shutdown() {
+    let Some(schema) = TestSchema::new("embed_sameid") else {
+        return;
+    };
+    let first: Node<String> = config(&schema, "twin").start().expect("first start");
+    let second = config(&schema, "twin").start::<String>();
+    assert!(
+        matches!(&second, Err(duewheel_cluster::NodeError::NodeIdInUse { node_id }) if node_id == "twin"),
+        "second start: {second:?}"
+    );
+    // The first runs on, unharmed.
+    first
+        .scheduler()
+        .schedule(1, Duration::from_secs(60), "x".into())
+        .unwrap();
+    first.shutdown();
+    // Shut down (its row left): the id is free at once.
+    let again: Node<String> = config(&schema, "twin")
+        .start()
+        .expect("restart after shutdown");
+    again.shutdown();
+}
+
+/// A process that died leaves a fresh heartbeat row behind; it stands
+/// still, so a restart under the same id takes the id (after a short
+/// watch) instead of waiting out the lease ttl or being refused.
+#[test]
+fn a_restart_after_the_holder_died_takes_the_id() {
+    let Some(schema) = TestSchema::new("embed_dead") else {
+        return;
+    };
+    drop(
+        StoreConfig::new(&schema.dsn)
+            .schema(&schema.name)
+            .shards(8)
+            .open()
+            .expect("creates the schema"),
+    );
+    let mut client = schema.client();
+    client
+        .execute(
+            "INSERT INTO nodes (node_id, seen_at, session) VALUES ('phoenix', now(), 'dead-process')",
+            &[],
+        )
+        .unwrap();
+    let node: Node<String> = config(&schema, "phoenix")
+        .lease_ttl(Duration::from_secs(60))
+        .start()
+        .expect("the dead holder's id is taken");
+    let session: Option<String> = client
+        .query_one("SELECT session FROM nodes WHERE node_id = 'phoenix'", &[])
+        .unwrap()
+        .get(0);
+    assert_ne!(session.as_deref(), Some("dead-process"));
+    assert!(session.is_some());
+    node.shutdown();
+}

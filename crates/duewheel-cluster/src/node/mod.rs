@@ -38,6 +38,7 @@ mod gate;
 mod keeper;
 mod metrics;
 mod pager;
+mod session;
 mod sql;
 mod writer;
 
@@ -120,8 +121,9 @@ macro_rules! setter {
 }
 
 impl NodeConfig {
-    /// A node named `node_id` (unique in the cluster: two live processes
-    /// with one name take each other's shards) on the database `store`.
+    /// A node named `node_id` on the database `store`. The id is unique
+    /// among live processes: a start while another live process heartbeats
+    /// under it fails with [`NodeError::NodeIdInUse`].
     pub fn new(store: StoreConfig, node_id: impl Into<String>) -> Self {
         Self {
             store,
@@ -473,7 +475,19 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
     fn start_here(config: NodeConfig) -> Result<Self, NodeError> {
         // The first connection answers bad DSNs, unreachable servers and
         // newer schemas before anything starts.
-        let keeper_db = NodeDb::open(&config.store)?;
+        let mut keeper_db = NodeDb::open(&config.store)?;
+        // One live process per id: its leases are held by id. A live
+        // keeper heartbeats every `renew_every` (at most BALANCE_EVERY), so
+        // a heartbeat standing still for two of those and a margin is a
+        // dead one's.
+        let beat = config.renew_every.min(keeper::BALANCE_EVERY);
+        session::claim(
+            keeper_db.client(),
+            &config.node_id,
+            &session::new_token(),
+            config.lease_ttl,
+            beat * 2 + Duration::from_millis(250),
+        )?;
         let map =
             ShardMap::new(config.store.shards).map_err(|e| NodeError::Config(e.to_string()))?;
         let mut dbs = Vec::new();
