@@ -214,3 +214,148 @@ fn a_restart_after_the_holder_died_takes_the_id() {
     assert!(session.is_some());
     node.shutdown();
 }
+
+/// The TLS DSN of `DUEWHEEL_PG_TLS=1 scripts/pg-up.sh` (required in CI).
+#[cfg(feature = "tls")]
+fn tls_dsn() -> Option<String> {
+    duewheel_testkit::pg::required_env("DUEWHEEL_PG_TLS_DSN", "the TLS tests")
+}
+
+/// A node whose every connection is TLS (verified against the test CA)
+/// schedules, fires and acks; the server reports its sessions encrypted.
+#[cfg(feature = "tls")]
+#[test]
+fn a_node_connects_over_tls_and_schedules() {
+    let (Some(dsn), Some(schema)) = (tls_dsn(), TestSchema::new("embed_tls")) else {
+        return;
+    };
+    let app = schema.name.clone();
+    let store = StoreConfig::new(format!("{dsn} application_name={app}"))
+        .schema(&schema.name)
+        .shards(8);
+    let node: Node<String> = NodeConfig::new(store, "tls-node")
+        .renew_every(Duration::from_millis(300))
+        .lease_ttl(Duration::from_millis(1500))
+        .sweep_every(Duration::from_millis(50))
+        .group("orders")
+        .start()
+        .expect("start over TLS");
+    let mut orders = node.subscribe("orders").unwrap();
+    node.scheduler()
+        .schedule(5, Duration::from_millis(50), "five".into())
+        .unwrap();
+    let event = orders.recv_timeout(Duration::from_secs(20)).expect("fires");
+    assert_eq!(event.payload, "five");
+    orders.ack(&event).unwrap();
+    let (encrypted, plain): (i64, i64) = {
+        let row = schema
+            .client()
+            .query_one(
+                "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+                 FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                 WHERE a.application_name = $1",
+                &[&app],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert!(encrypted >= 3, "{encrypted} encrypted sessions");
+    assert_eq!(plain, 0, "no plain session");
+    node.shutdown();
+}
+
+/// A server certificate that does not chain to the configured roots is a
+/// clear `OpenError` (the handshake's reason in it), at start, not a panic
+/// and not a plain-text fallback; an unreadable root file names itself.
+#[cfg(feature = "tls")]
+#[test]
+fn a_wrong_root_certificate_is_an_open_error() {
+    use duewheel_cluster::{NodeError, OpenError, Tls};
+    let (Some(dsn), Some(schema)) = (tls_dsn(), TestSchema::new("embed_badca")) else {
+        return;
+    };
+    let wrong =
+        std::env::var("DUEWHEEL_PG_TLS_WRONG_CA").expect("pg-up exports it with the TLS DSN");
+    let store = StoreConfig::new(&dsn)
+        .schema(&schema.name)
+        .tls(Tls::Require {
+            root_cert: wrong.into(),
+        });
+    let refused = store.open();
+    let error = refused.expect_err("an unknown issuer is refused");
+    assert!(matches!(error, OpenError::Connect(_)), "{error:?}");
+    let text = format!("{error} {:?}", std::error::Error::source(&error));
+    assert!(text.to_lowercase().contains("certificate"), "{text}");
+    let started = NodeConfig::new(store, "bad-ca")
+        .group("orders")
+        .start::<String>();
+    assert!(
+        matches!(started, Err(NodeError::Open(OpenError::Connect(_)))),
+        "{started:?}"
+    );
+    let missing = StoreConfig::new(&dsn)
+        .tls(Tls::Require {
+            root_cert: "/nonexistent/ca.pem".into(),
+        })
+        .open();
+    assert!(
+        matches!(&missing, Err(OpenError::InvalidConfig(m)) if m.contains("/nonexistent/ca.pem")),
+        "{missing:?}"
+    );
+}
+
+/// Without the `tls` feature, asking for TLS is a configuration error
+/// naming the feature (never a silent plain connection).
+#[cfg(not(feature = "tls"))]
+#[test]
+fn tls_without_the_feature_is_a_configuration_error() {
+    let error = StoreConfig::new("host=localhost user=x sslmode=require sslrootcert=/ca.pem")
+        .open()
+        .expect_err("refused");
+    assert!(
+        matches!(&error, duewheel_cluster::OpenError::InvalidConfig(m) if m.contains("`tls` feature")),
+        "{error:?}"
+    );
+}
+
+/// Issue #17: the password need not be in the DSN. A role that must
+/// authenticate (scram over TCP) connects with the password from a private
+/// password file, and fails to without it.
+#[test]
+fn a_password_from_the_password_file_authenticates() {
+    let Some(dsn) = duewheel_testkit::pg::required_env("DUEWHEEL_PG_PW_DSN", "the password test")
+    else {
+        return;
+    };
+    if std::env::var_os("PGPASSWORD").is_some() {
+        eprintln!("note: PGPASSWORD is set; it would win over the file; skipping");
+        return;
+    }
+    let schema = duewheel_testkit::pg::unique_schema("embed_pw");
+    let dir = std::env::temp_dir().join(&schema);
+    std::fs::create_dir_all(&dir).unwrap();
+    let passfile = dir.join("pgpass");
+    std::fs::write(
+        &passfile,
+        "# host:port:database:user:password\nelsewhere:*:*:*:wrong\n*:*:postgres:duewheel_pw:duewheel-test-password\n",
+    )
+    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let store = StoreConfig::new(&dsn).schema(&schema).shards(8);
+    let without = store.clone().passfile(dir.join("absent")).open();
+    assert!(
+        matches!(without, Err(duewheel_cluster::OpenError::Connect(_))),
+        "no password: {without:?}"
+    );
+    let with = store.passfile(&passfile).open();
+    assert!(with.is_ok(), "password from the file: {with:?}");
+    drop(with);
+    std::fs::remove_dir_all(&dir).unwrap();
+    if let Some(admin) = duewheel_testkit::pg::dsn() {
+        duewheel_testkit::pg::drop_schema(&admin, &schema);
+    }
+}
