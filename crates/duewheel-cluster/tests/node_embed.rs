@@ -359,3 +359,39 @@ fn a_password_from_the_password_file_authenticates() {
         duewheel_testkit::pg::drop_schema(&admin, &schema);
     }
 }
+
+/// A holder paused past the start's quiet window loses its id to a newer
+/// process (here the newer process's take is written by hand): when its
+/// keeper sees another token it steps down (no shards, none taken again)
+/// and leaves the successor's row alone at shutdown.
+#[test]
+fn a_node_whose_id_was_taken_steps_down_and_leaves_the_row_alone() {
+    let Some(schema) = TestSchema::new("embed_superseded") else {
+        return;
+    };
+    let node: Node<String> = config(&schema, "paused").start().expect("start");
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while node.stats().owned == 0 {
+        assert!(std::time::Instant::now() < until, "never took shards");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut client = schema.client();
+    client
+        .execute(
+            "UPDATE nodes SET session = 'successor', seen_at = now() WHERE node_id = 'paused'",
+            &[],
+        )
+        .unwrap();
+    while !(node.stats().superseded && node.stats().owned == 0) {
+        assert!(std::time::Instant::now() < until, "never stepped down");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(node.stats().owned, 0, "takes no shards again");
+    node.shutdown();
+    let session: Option<String> = client
+        .query_one("SELECT session FROM nodes WHERE node_id = 'paused'", &[])
+        .expect("the successor's row stays")
+        .get(0);
+    assert_eq!(session.as_deref(), Some("successor"));
+}

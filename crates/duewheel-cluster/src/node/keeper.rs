@@ -88,6 +88,10 @@ fn round(
     }
     let conn = db.as_mut().ok_or("cannot reach the database")?;
     let me = &shared.node_id;
+    if super::session::superseded(conn.client(), me, &shared.session).map_err(|e| e.to_string())? {
+        step_down(shared);
+        return Ok(());
+    }
     // Counted as live: nodes heard from within a few balance rounds (or a
     // lease, if shorter). Not a whole lease: an incarnation that died
     // right after it started must not hold the others below the share
@@ -137,6 +141,22 @@ fn round(
     Ok(())
 }
 
+/// Another process took our id (see `session.rs`): forget every shard and
+/// stay idle; `round` returns here at every turn from now on.
+fn step_down(shared: &Shared) {
+    if !shared
+        .superseded
+        .swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        crate::trace::error!(
+            node = &*shared.node_id,
+            "node id taken by another process; stepping down"
+        );
+    }
+    let dropped = shared.owned.write().drain().count();
+    bump(&shared.counters.lost, dropped as u64);
+}
+
 /// Records a new lease and hands the shard to the pager to load.
 fn take(shared: &Shared, shard: u32, epoch: u64) {
     shared.owned.write().insert(shard, epoch);
@@ -169,6 +189,9 @@ fn reacquire(shared: &Shared, db: &mut Option<NodeDb>, shard: u32) {
 /// need not wait out the lease) and leave the heartbeat table.
 fn leave(shared: &Shared, db: &mut Option<NodeDb>) {
     let held: Vec<(u32, u64)> = shared.owned.write().drain().collect();
+    if shared.superseded.load(std::sync::atomic::Ordering::SeqCst) {
+        return; // the row and the id are the successor's
+    }
     if db.as_ref().is_none_or(NodeDb::is_closed) {
         *db = shared.reconnect(Some(Instant::now() + shared.config.op_timeout));
     }

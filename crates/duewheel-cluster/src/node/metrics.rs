@@ -27,6 +27,7 @@
 //! | `duewheel_node_pending_timers` | gauge | [`NodeStats::pending`] |
 //! | `duewheel_node_oldest_unacked_age_seconds` | gauge | [`NodeStats::oldest_unacked_age_ms`] |
 //! | `duewheel_node_overdue_rows` | gauge | [`NodeStats::overdue`] |
+//! | `duewheel_node_superseded` | gauge | [`NodeStats::superseded`] (0 or 1) |
 //! | `duewheel_node_scheduled_total` … `duewheel_node_db_errors_total` | counter | the other [`NodeStats`] fields |
 
 use super::NodeStats;
@@ -102,7 +103,12 @@ impl NodeStats {
     pub fn render_prometheus(&self, node_id: &str, out: &mut String) {
         let node = escape_label(node_id);
         let n = node.as_str();
-        let gauges: [(&str, &str, f64); 4] = [
+        let gauges: [(&str, &str, f64); 5] = [
+            (
+                "superseded",
+                "1 once another process took this node's id: it holds and takes no shards.",
+                f64::from(u8::from(self.superseded)),
+            ),
             (
                 "owned_shards",
                 "Shards this node owns now.",
@@ -253,7 +259,7 @@ mod tests {
             Some("counter")
         );
         assert_eq!(parsed.type_of("duewheel_node_overdue_rows"), Some("gauge"));
-        assert_eq!(parsed.samples.len(), 17, "every NodeStats figure, once");
+        assert_eq!(parsed.samples.len(), 18, "every NodeStats figure, once");
     }
 
     #[test]

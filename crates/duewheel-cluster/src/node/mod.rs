@@ -293,6 +293,11 @@ fn bump(counter: &AtomicU64, by: u64) {
 /// What every node thread shares.
 struct Shared {
     node_id: String,
+    /// This process's token in `nodes.session` (see `session.rs`).
+    session: String,
+    /// Another process took the node id while this one was paused: it
+    /// holds no shards and balances no more.
+    superseded: AtomicBool,
     map: ShardMap,
     config: NodeConfig,
     /// Shards this node owns, with the epoch it holds each at.
@@ -410,6 +415,10 @@ pub struct NodeStats {
     /// consumer. Kept in memory (see [`render_prometheus`](Self::render_prometheus)
     /// and SCALE_OUT.md, "Monitoring").
     pub oldest_unacked_age_ms: u64,
+    /// `true` once another process took this node's id (this one was
+    /// paused past the start's quiet window): it holds no shards and takes
+    /// none; restart it under another id.
+    pub superseded: bool,
 }
 
 /// A running cluster node. Dropping it shuts it down (see
@@ -481,10 +490,11 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
         // a heartbeat standing still for two of those and a margin is a
         // dead one's.
         let beat = config.renew_every.min(keeper::BALANCE_EVERY);
+        let token = session::new_token();
         session::claim(
             keeper_db.client(),
             &config.node_id,
-            &session::new_token(),
+            &token,
             config.lease_ttl,
             beat * 2 + Duration::from_millis(250),
         )?;
@@ -501,6 +511,8 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
         let now_ms = config.clock.now_ms();
         let shared = Arc::new(Shared {
             node_id: config.node_id.clone(),
+            session: token,
+            superseded: AtomicBool::new(false),
             map,
             horizon_end_ms: AtomicU64::new(now_ms.saturating_add(ms(config.horizon))),
             config: config.clone(),
@@ -627,6 +639,7 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
             notified: get(&c.notified),
             db_errors: get(&c.db_errors),
             overdue: get(&c.overdue),
+            superseded: self.shared.superseded.load(Ordering::SeqCst),
             oldest_unacked_age_ms: self.shared.in_flight.oldest_age_ms(
                 self.shared.now_ms(),
                 |id| {

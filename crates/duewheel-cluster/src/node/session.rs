@@ -15,10 +15,15 @@
 //! one conditional statement on the `seen_at` last read, so of two starters
 //! racing for one id at most one wins.
 //!
+//! A holder paused for longer than the window (say by SIGSTOP) loses the id
+//! like it loses its leases: when it resumes, its keeper finds another
+//! token in the row ([`superseded`]) and steps down: it forgets its shards
+//! (their writes are fenced by epoch anyway), stops heartbeating and
+//! balancing, and leaves the row alone at shutdown.
+//!
 //! Invariant: a node starts only after writing its own token into the id's
 //! row, at a moment when no other process had heartbeated within the quiet
-//! window. (A holder paused for longer than the window, say by SIGSTOP,
-//! loses the id like it loses its leases; its writes are fenced by epoch.)
+//! window; it balances only while the row holds its token (or none).
 
 use super::NodeError;
 use crate::error::{OpenError, QueryError};
@@ -123,6 +128,19 @@ fn watch(
             }
         }
     }
+}
+
+/// `true` if another process's session holds `node_id` now (it took the id
+/// while this one was paused). A missing row, or one without a token, is
+/// not a successor.
+pub(super) fn superseded(
+    client: &mut postgres::Client,
+    node_id: &str,
+    token: &str,
+) -> Result<bool, postgres::Error> {
+    let row = client.query_opt("SELECT session FROM nodes WHERE node_id = $1", &[&node_id])?;
+    let session: Option<String> = row.and_then(|r| r.get(0));
+    Ok(session.is_some_and(|s| s != token))
 }
 
 #[cfg(test)]
