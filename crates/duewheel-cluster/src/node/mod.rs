@@ -466,7 +466,7 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
 fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, NodeError> {
     thread::scope(|scope| {
         let handle = thread::Builder::new()
-            .name("duewheel-node-start".into())
+            .name("duewheel-node-call".into())
             .spawn_scoped(scope, f)
             .map_err(|e| NodeError::Spawn(e.to_string()))?;
         Ok(handle
