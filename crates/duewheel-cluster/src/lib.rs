@@ -59,7 +59,20 @@
 //!   [`Codec`](duewheel::Codec) as the write-ahead log does.
 //! - Deadlines are absolute UTC milliseconds in `bigint`, at most `i64::MAX`.
 //!
-//! Connections are plain (`NoTls`); use a Unix socket or a trusted network.
+//! # Connections, embedding, monitoring
+//!
+//! - Connections are plain unless TLS is asked for ([`StoreConfig::tls`],
+//!   or `sslmode` / `sslrootcert` in the DSN; feature `tls`, rustls):
+//!   then the server's certificate is verified against the given roots and
+//!   its host name, or the connection is refused. A password not in the DSN
+//!   comes from `PGPASSWORD` or the libpq password file
+//!   ([`StoreConfig::passfile`]).
+//! - A [`Node`] may be started, used and stopped on a tokio runtime's
+//!   thread: its synchronous connections are opened and dropped on threads
+//!   of its own.
+//! - One live process per node id ([`NodeError::NodeIdInUse`]).
+//! - [`Node::render_prometheus`]: the node's metrics (and with the
+//!   `prometheus` feature the engine's) in the Prometheus text format.
 //!
 //! [SCALE_OUT.md]: https://github.com/duewheel/duewheel/blob/main/docs/SCALE_OUT.md
 
@@ -70,9 +83,11 @@ mod config;
 mod error;
 mod lease;
 mod node;
+mod passfile;
 pub mod schema;
 mod shard_map;
 mod store;
+mod tls;
 // Not every level has a call site here.
 #[allow(unused_macros)]
 mod trace;
@@ -91,3 +106,4 @@ pub use store::FenceMode;
 pub use store::{
     Cancel, Inserted, Load, MAX_BATCH, MAX_PAYLOAD_BYTES, NewTimer, PgStore, RowState, StoredTimer,
 };
+pub use tls::Tls;

@@ -60,6 +60,15 @@ impl Gate {
         }
     }
 
+    /// Drops the connections (at shutdown, on a thread of the node's: see
+    /// `off_runtime`). The dispatcher has stopped, and a stopping node's
+    /// gate admits nothing, so nothing reconnects.
+    pub(super) fn close(&self) {
+        for db in &self.dbs {
+            drop(db.lock().take());
+        }
+    }
+
     /// Claims one part on connection `k`, reconnecting first if needed
     /// (until it connects, or the node stops).
     fn claim_part(&self, k: usize, part: &Part) -> Outcome {
@@ -95,7 +104,6 @@ enum Outcome {
 }
 
 impl Gate {
-
     /// The fence, right after a claim returned: the process may have been
     /// stopped while it ran (or since the keeper last renewed), so events of
     /// a shard whose lease is no longer certain by this node's clock are
@@ -257,6 +265,7 @@ impl<P: Clone> Hooks<u64, P> for Gate {
         }
         // After the claims: each kept event was claimed under the epoch
         // its shard was sent with (`epochs`).
+        let now_ms = shared.now_ms();
         let mut claim_epochs = shared.claim_epochs.lock();
         let mut marked = shared.redeliver.lock();
         round.retain(|event| match attempts.get(&event.id) {
@@ -272,6 +281,7 @@ impl<P: Clone> Hooks<u64, P> for Gate {
                     claim_epochs.insert(event.id, epoch);
                     event.claim = epoch;
                 }
+                shared.in_flight.claimed(event.id, now_ms);
                 true
             }
             // Cancelled meanwhile (the row is gone), fenced, not due by
@@ -299,6 +309,7 @@ impl<P: Clone> Hooks<u64, P> for Gate {
     }
 
     fn ended(&self, id: &u64) {
+        self.shared.in_flight.ended(*id);
         let _ = self.acks.send(*id);
     }
 }

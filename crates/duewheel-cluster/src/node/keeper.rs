@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 /// How often the keeper looks for shards to take or give up: a dead
 /// node's shards are taken within this (plus `grace`) of their lease's
 /// expiry, not a whole renew interval later.
-const BALANCE_EVERY: Duration = Duration::from_millis(500);
+pub(super) const BALANCE_EVERY: Duration = Duration::from_millis(500);
 
 pub(super) fn run(shared: &Shared, db: NodeDb, rx: &Receiver<KeeperMsg>) {
     let mut db = Some(db);
@@ -99,6 +99,10 @@ fn round(
     }
     let conn = db.as_mut().ok_or("cannot reach the database")?;
     let me = &shared.node_id;
+    if super::session::superseded(conn.client(), me, &shared.session).map_err(|e| e.to_string())? {
+        step_down(shared);
+        return Ok(());
+    }
     // Counted as live: nodes heard from within a few balance rounds (or a
     // lease, if shorter). Not a whole lease: an incarnation that died
     // right after it started must not hold the others below the share
@@ -153,6 +157,23 @@ fn round(
     Ok(())
 }
 
+/// Another process took our id (see `session.rs`): forget every shard and
+/// stay idle; `round` returns here at every turn from now on.
+fn step_down(shared: &Shared) {
+    if !shared
+        .superseded
+        .swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        crate::trace::error!(
+            node = &*shared.node_id,
+            "node id taken by another process; stepping down"
+        );
+    }
+    let dropped = shared.owned.write().drain().count();
+    shared.fence.clear();
+    bump(&shared.counters.lost, dropped as u64);
+}
+
 /// Records a new lease, acquired by a statement sent at `sent`, and hands
 /// the shard to the pager to load.
 fn take(shared: &Shared, shard: u32, epoch: u64, sent: Instant) {
@@ -189,6 +210,9 @@ fn reacquire(shared: &Shared, db: &mut Option<NodeDb>, shard: u32) {
 fn leave(shared: &Shared, db: &mut Option<NodeDb>) {
     let held: Vec<(u32, u64)> = shared.owned.write().drain().collect();
     shared.fence.clear();
+    if shared.superseded.load(std::sync::atomic::Ordering::SeqCst) {
+        return; // the row and the id are the successor's
+    }
     if db.as_ref().is_none_or(NodeDb::is_closed) {
         *db = shared.reconnect(Some(Instant::now() + shared.config.op_timeout));
     }

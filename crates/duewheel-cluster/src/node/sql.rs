@@ -447,6 +447,11 @@ impl NodeDb {
         Ok((written, current))
     }
 
+    /// The connection, for the session's statements (`session.rs`).
+    pub(super) fn client(&mut self) -> &mut postgres::Client {
+        &mut self.client
+    }
+
     /// Inserts rows (shard, id, deadline, payload); returns the ids written.
     /// Ids that existed already are skipped.
     pub(crate) fn insert(
