@@ -329,10 +329,17 @@ impl Shared {
     /// forever, if `None`) unless the node stops.
     fn reconnect(&self, deadline: Option<Instant>) -> Option<NodeDb> {
         let mut backoff = Duration::from_millis(50);
+        let mut failed = false;
         loop {
             match NodeDb::open(&self.config.store) {
-                Ok(db) => return Some(db),
+                Ok(db) => {
+                    if failed {
+                        crate::trace::info!("database connection restored");
+                    }
+                    return Some(db);
+                }
                 Err(e) => {
+                    failed = true;
                     bump(&self.counters.db_errors, 1);
                     crate::trace::warning!(
                         error = e.to_string(),
