@@ -413,7 +413,7 @@ async fn events(
 ) -> Result<Reply, Reply> {
     let query = query.unwrap_or_default();
     let poll: Poll = serde_urlencoded_poll(&query)?;
-    let max = poll.max.unwrap_or(100);
+    let max = poll.max.unwrap_or(app.limits.max_batch.min(100));
     if max == 0 || max > app.limits.max_batch {
         return Err(bad(format!(
             "max={max}: 1 to {} (--max-batch)",
