@@ -107,7 +107,8 @@ pub(super) struct Groups {
     pumps: FxHashMap<String, Pump>,
     /// A group the line protocol consumes (`out` with `--stdio`).
     taken: Option<&'static str>,
-    /// Waiting long-polls answer at once, and new ones are refused.
+    /// Waiting long-polls answer at once, and new ones are refused (acks
+    /// still go through until the pumps stop).
     stop_waiting: Arc<AtomicBool>,
     /// The pumps exit.
     stop: Arc<AtomicBool>,
@@ -151,12 +152,14 @@ impl Groups {
         })
     }
 
-    fn pump(&self, group: &str) -> Result<&Pump, GroupError> {
+    /// The pump of `group`; while stopping, only for acks and snoozes (a
+    /// client finishing its work spares the next owner a redelivery).
+    fn pump(&self, group: &str, pull: bool) -> Result<&Pump, GroupError> {
         if self.taken == Some(group) {
             return Err(GroupError::Taken);
         }
         let pump = self.pumps.get(group).ok_or(GroupError::Unknown)?;
-        if self.stop_waiting.load(Ordering::SeqCst) {
+        if pull && self.stop_waiting.load(Ordering::SeqCst) {
             return Err(GroupError::Stopping);
         }
         Ok(pump)
@@ -169,7 +172,7 @@ impl Groups {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<EventJson>, GroupError> {
-        let pump = self.pump(group)?;
+        let pump = self.pump(group, true)?;
         let (reply, answer) = oneshot::channel();
         let until = Instant::now() + wait;
         pump.tx
@@ -184,7 +187,7 @@ impl Groups {
         group: &str,
         items: Vec<(u64, u64)>,
     ) -> Result<Vec<Outcome>, GroupError> {
-        let pump = self.pump(group)?;
+        let pump = self.pump(group, false)?;
         let (reply, answer) = oneshot::channel();
         pump.tx
             .send(Request::Ack { items, reply })
@@ -198,7 +201,7 @@ impl Groups {
         group: &str,
         items: Vec<(u64, u64, Duration)>,
     ) -> Result<Vec<Outcome>, GroupError> {
-        let pump = self.pump(group)?;
+        let pump = self.pump(group, false)?;
         let (reply, answer) = oneshot::channel();
         pump.tx
             .send(Request::Snooze { items, reply })
@@ -206,7 +209,7 @@ impl Groups {
         answer.await.map_err(|_| GroupError::Stopping)
     }
 
-    /// Answers every waiting long-poll (empty) and refuses new requests.
+    /// Answers every waiting long-poll (empty) and refuses new ones.
     pub(super) fn stop_waiting(&self) {
         self.stop_waiting.store(true, Ordering::SeqCst);
     }
