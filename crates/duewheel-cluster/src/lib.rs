@@ -67,9 +67,11 @@ mod config;
 mod error;
 mod lease;
 mod node;
+mod passfile;
 pub mod schema;
 mod shard_map;
 mod store;
+mod tls;
 // Not every level has a call site here.
 #[allow(unused_macros)]
 mod trace;
@@ -86,3 +88,4 @@ pub use shard_map::{DEFAULT_SHARDS, InvalidShardCount, MAX_SHARDS, ShardMap};
 pub use store::{
     Cancel, Inserted, Load, MAX_BATCH, MAX_PAYLOAD_BYTES, NewTimer, PgStore, RowState, StoredTimer,
 };
+pub use tls::Tls;

@@ -269,15 +269,8 @@ impl PgStore {
         if connect_ms == 0 || statement_ms == 0 {
             return invalid("timeouts must be at least 1 ms".into());
         }
-        let mut pg: postgres::Config = config
-            .dsn
-            .parse()
-            .map_err(|e| OpenError::InvalidConfig(format!("DSN: {e}")))?;
-        pg.connect_timeout(config.connect_timeout);
-        if pg.get_application_name().is_none() {
-            pg.application_name("duewheel");
-        }
-        let mut client = pg.connect(postgres::NoTls).map_err(OpenError::Connect)?;
+        // DSN, password lookup, TLS: config.rs.
+        let mut client = config.connect()?;
         let q = |e: postgres::Error| OpenError::Schema(QueryError::from(e));
         // The name is [a-z0-9_] only, so quoting it is enough. Acks rely on
         // durable commits, whatever the server's default.

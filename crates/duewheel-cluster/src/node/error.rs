@@ -18,6 +18,15 @@ pub enum NodeError {
     /// The in-process engine could not start.
     #[error("the engine could not start: {0}")]
     Engine(#[from] duewheel::BuildError),
+    /// Another live process runs with this node id: its heartbeat moved
+    /// within the last moments (see SCALE_OUT.md, "Node ids"). Pick another
+    /// id, or stop the other process; an id whose process died is free
+    /// again after a second or so, one that shut down at once.
+    #[error("node id {node_id:?} is in use by another live process")]
+    NodeIdInUse {
+        /// The id asked for.
+        node_id: String,
+    },
     /// A node thread could not be started.
     #[error("could not start a node thread: {0}")]
     Spawn(String),

@@ -33,6 +33,13 @@ impl Gate {
             acks,
         }
     }
+
+    /// Drops the connection (at shutdown, on a thread of the node's: see
+    /// `off_runtime`). The dispatcher has stopped, and a stopping node's
+    /// gate admits nothing, so nothing reconnects.
+    pub(super) fn close(&self) {
+        drop(self.db.lock().take());
+    }
 }
 
 impl<P: Clone> Hooks<u64, P> for Gate {
@@ -71,7 +78,8 @@ impl<P: Clone> Hooks<u64, P> for Gate {
                 continue;
             }
             let conn = db.as_mut().expect("connected above");
-            match conn.claim(&items, &redeliver, shared.now_ms()) {
+            let now_ms = shared.now_ms();
+            match conn.claim(&items, &redeliver, now_ms) {
                 Ok(claimed) => {
                     for &shard in &claimed.fence.fenced {
                         bump(&shared.counters.fenced, 1);
@@ -96,6 +104,7 @@ impl<P: Clone> Hooks<u64, P> for Gate {
                             if let Some(&epoch) = epochs.get(&shard) {
                                 claim_epochs.insert(event.id, epoch);
                             }
+                            shared.in_flight.claimed(event.id, now_ms);
                             true
                         }
                         // Cancelled meanwhile (the row is gone), fenced, or
@@ -140,6 +149,7 @@ impl<P: Clone> Hooks<u64, P> for Gate {
     }
 
     fn ended(&self, id: &u64) {
+        self.shared.in_flight.ended(*id);
         let _ = self.acks.send(*id);
     }
 }

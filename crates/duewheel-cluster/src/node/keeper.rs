@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 /// How often the keeper looks for shards to take or give up: a dead
 /// node's shards are taken within this (plus `grace`) of their lease's
 /// expiry, not a whole renew interval later.
-const BALANCE_EVERY: Duration = Duration::from_millis(500);
+pub(super) const BALANCE_EVERY: Duration = Duration::from_millis(500);
 
 pub(super) fn run(shared: &Shared, db: NodeDb, rx: &Receiver<KeeperMsg>) {
     let mut db = Some(db);

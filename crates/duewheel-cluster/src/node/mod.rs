@@ -36,7 +36,9 @@ mod acker;
 mod error;
 mod gate;
 mod keeper;
+mod metrics;
 mod pager;
+mod session;
 mod sql;
 mod writer;
 
@@ -119,8 +121,9 @@ macro_rules! setter {
 }
 
 impl NodeConfig {
-    /// A node named `node_id` (unique in the cluster: two live processes
-    /// with one name take each other's shards) on the database `store`.
+    /// A node named `node_id` on the database `store`. The id is unique
+    /// among live processes: a start while another live process heartbeats
+    /// under it fails with [`NodeError::NodeIdInUse`].
     pub fn new(store: StoreConfig, node_id: impl Into<String>) -> Self {
         Self {
             store,
@@ -301,6 +304,9 @@ struct Shared {
     /// The epoch each event in delivery was claimed under (for
     /// [`Node::claim_epoch`]); removed when the timer ends.
     claim_epochs: Mutex<FxHashMap<u64, u64>>,
+    /// First-claim times of deliveries in flight, for the oldest-unacked
+    /// gauge.
+    in_flight: metrics::InFlight,
     /// Ids loaded as claimed (an earlier owner's, or our own in-doubt
     /// claim's): the gate may claim them again. Removed once claimed.
     redeliver: Mutex<rustc_hash::FxHashSet<u64>>,
@@ -406,6 +412,11 @@ pub struct NodeStats {
     /// At the last sweep: pending rows of owned shards more than a minute
     /// overdue (the alarm for an owner that renews but stopped firing).
     pub overdue: u64,
+    /// How long ago the oldest delivery this node claimed and still waits
+    /// for acks was first claimed (0 if none): the alarm for a stuck
+    /// consumer. Kept in memory (see [`render_prometheus`](Self::render_prometheus)
+    /// and SCALE_OUT.md, "Monitoring").
+    pub oldest_unacked_age_ms: u64,
 }
 
 /// A running cluster node. Dropping it shuts it down (see
@@ -416,6 +427,12 @@ pub struct Node<P: Codec + Clone + Send + Sync + 'static> {
     /// The engine's scheduler, for the wheel hints.
     scheduler: duewheel::Scheduler<u64, P>,
     writer_tx: Option<Sender<writer::Request>>,
+    /// Kept to close its connection at shutdown on a thread of ours (the
+    /// engine may outlive the node inside a consumer).
+    gate: Arc<gate::Gate>,
+    /// The engine's own series, made at the first render.
+    #[cfg(feature = "prometheus")]
+    exporter: std::sync::OnceLock<duewheel::prometheus::Exporter>,
     threads: Vec<JoinHandle<()>>,
     acker: Option<(Sender<u64>, JoinHandle<()>)>,
     keeper: Option<JoinHandle<()>>,
@@ -437,12 +454,47 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
         .map_err(|e| NodeError::Spawn(e.to_string()))
 }
 
+/// Runs `f` on a thread of its own and waits for it. The sync `postgres`
+/// client runs a runtime of its own and blocks on it, which panics on a
+/// thread of the host's tokio runtime ("Cannot start a runtime from within
+/// a runtime"), and so does dropping a connection there. Every connect and
+/// every connection drop that happens in the caller's call (`start`,
+/// `shutdown`, `Drop`) goes through here, so a node starts and stops
+/// anywhere, inside an async service too.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, NodeError> {
+    thread::scope(|scope| {
+        let handle = thread::Builder::new()
+            .name("duewheel-node-start".into())
+            .spawn_scoped(scope, f)
+            .map_err(|e| NodeError::Spawn(e.to_string()))?;
+        Ok(handle
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    })
+}
+
 impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
     fn start(config: NodeConfig) -> Result<Self, NodeError> {
         config.validate()?;
+        off_runtime(move || Self::start_here(config))?
+    }
+
+    fn start_here(config: NodeConfig) -> Result<Self, NodeError> {
         // The first connection answers bad DSNs, unreachable servers and
         // newer schemas before anything starts.
-        let keeper_db = NodeDb::open(&config.store)?;
+        let mut keeper_db = NodeDb::open(&config.store)?;
+        // One live process per id: its leases are held by id. A live
+        // keeper heartbeats every `renew_every` (at most BALANCE_EVERY), so
+        // a heartbeat standing still for two of those and a margin is a
+        // dead one's.
+        let beat = config.renew_every.min(keeper::BALANCE_EVERY);
+        session::claim(
+            keeper_db.client(),
+            &config.node_id,
+            &session::new_token(),
+            config.lease_ttl,
+            beat * 2 + Duration::from_millis(250),
+        )?;
         let map =
             ShardMap::new(config.store.shards).map_err(|e| NodeError::Config(e.to_string()))?;
         let mut dbs = Vec::new();
@@ -463,6 +515,7 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
             stopping: AtomicBool::new(false),
             counters: Counters::default(),
             claim_epochs: Mutex::new(FxHashMap::default()),
+            in_flight: metrics::InFlight::default(),
             redeliver: Mutex::new(rustc_hash::FxHashSet::default()),
             keeper: keeper_tx,
             pager: pager_tx,
@@ -474,7 +527,7 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
             .clock(ClockRef(config.clock.clone()))
             .ack_timeout(config.ack_timeout)
             .channel_capacity(config.channel_capacity)
-            .hooks(gate);
+            .hooks(gate.clone());
         for group in &config.groups {
             builder = builder.group(group.clone());
         }
@@ -516,6 +569,9 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
             engine: Some(engine),
             scheduler,
             writer_tx: Some(writer_tx),
+            gate,
+            #[cfg(feature = "prometheus")]
+            exporter: std::sync::OnceLock::new(),
             threads,
             acker: Some((acks_tx, acker)),
             keeper: Some(keeper),
@@ -578,7 +634,41 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
             notified: get(&c.notified),
             db_errors: get(&c.db_errors),
             overdue: get(&c.overdue),
+            oldest_unacked_age_ms: self.shared.in_flight.oldest_age_ms(
+                self.shared.now_ms(),
+                |id| {
+                    self.shared
+                        .epoch_of(self.shared.map.shard_of_id(id))
+                        .is_some()
+                },
+            ),
         }
+    }
+
+    /// Appends the node's metrics to `out` in the Prometheus text format
+    /// (version 0.0.4): [`NodeStats::render_prometheus`] with this node's
+    /// id and, with the `prometheus` feature, the engine's own series (the
+    /// core's [`duewheel::prometheus::Exporter`]: lateness, consumer lag,
+    /// oldest overdue). Serve it as `GET /metrics` with content type
+    /// `text/plain; version=0.0.4`.
+    ///
+    /// ```no_run
+    /// # let node: duewheel_cluster::Node<String> = unimplemented!();
+    /// let mut text = String::new();
+    /// node.render_prometheus(&mut text);
+    /// assert!(text.contains("duewheel_node_oldest_unacked_age_seconds"));
+    /// ```
+    pub fn render_prometheus(&self, out: &mut String) {
+        self.stats().render_prometheus(&self.shared.node_id, out);
+        #[cfg(feature = "prometheus")]
+        out.push_str(
+            &self
+                .exporter
+                .get_or_init(|| {
+                    duewheel::prometheus::Exporter::for_scheduler(self.scheduler.clone())
+                })
+                .render(),
+        );
     }
 
     /// Stops accepting, lets the acks already made reach the database,
@@ -590,6 +680,17 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
     }
 
     fn stop(&mut self) {
+        if self.keeper.is_none() {
+            return; // stopped already
+        }
+        // The keeper's leave and the gate's close drop connections.
+        if off_runtime(|| self.stop_here()).is_err() {
+            // No thread to spare: stop here (outside a runtime this is fine).
+            self.stop_here();
+        }
+    }
+
+    fn stop_here(&mut self) {
         // Writers answer what is queued with `ShuttingDown` and exit.
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.writer_tx = None;
@@ -606,6 +707,7 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
         if let Some(keeper) = self.keeper.take() {
             let _ = keeper.join();
         }
+        self.gate.close();
     }
 }
 

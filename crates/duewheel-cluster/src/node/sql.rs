@@ -250,6 +250,11 @@ impl NodeDb {
         self.store.is_closed()
     }
 
+    /// The connection, for the session's statements (`session.rs`).
+    pub(super) fn client(&mut self) -> &mut postgres::Client {
+        &mut self.store.client
+    }
+
     /// Inserts rows (shard, id, deadline, payload); returns the ids written.
     /// Ids that existed already are skipped.
     pub(super) fn insert(
