@@ -19,6 +19,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const SHARDS: u32 = 16;
+/// The `node` label of the API test's node.
+const NODE_API: [(&str, &str); 1] = [("node", "api")];
 /// Long enough that only a handback explains a takeover within seconds.
 const TTL_MS: u64 = 30_000;
 /// How long a node may take to connect, migrate and listen.
@@ -386,14 +388,21 @@ fn schedules_cancels_consumes_and_refuses_bad_input_over_http() {
     assert_eq!(status, 200);
     let metrics = prom_text::parse(&text).expect("Prometheus text");
     assert!(
-        metrics.value("duewheel_node_scheduled_total", &[]).unwrap() >= 3.0,
+        metrics
+            .value("duewheel_node_scheduled_total", &NODE_API)
+            .unwrap()
+            >= 3.0,
         "{text}"
     );
     assert_eq!(
-        metrics.value("duewheel_node_owned_shards", &[]),
+        metrics.value("duewheel_node_owned_shards", &NODE_API),
         Some(f64::from(SHARDS))
     );
-    assert_eq!(metrics.value("duewheel_node_ready", &[]), Some(1.0));
+    assert_eq!(metrics.value("duewheel_node_ready", &NODE_API), Some(1.0));
+    assert_eq!(
+        metrics.type_of("duewheel_node_fenced_total"),
+        Some("counter")
+    );
 
     // SIGTERM with a long-poll waiting: it answers, the node exits 0.
     let addr = node.addr.clone();

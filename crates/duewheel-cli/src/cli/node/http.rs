@@ -552,6 +552,9 @@ async fn healthz(State(app): State<Arc<App>>) -> Reply {
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let ready = app.readiness().is_ok();
-    let text = super::metrics::render(app.node.stats().as_ref(), ready);
+    let text = app
+        .node
+        .with(|node| super::metrics::render(Some(node), &app.node.node_id, ready))
+        .unwrap_or_else(|| super::metrics::render(None, &app.node.node_id, ready));
     ([(CONTENT_TYPE, duewheel::prometheus::CONTENT_TYPE)], text).into_response()
 }

@@ -1,104 +1,34 @@
-//! `GET /metrics`: a node's [`NodeStats`] in the Prometheus text format
-//! (version 0.0.4), plus the HTTP layer's own readiness gauge.
+//! `GET /metrics`: the node's own series ([`Node::render_prometheus`]: its
+//! counters and gauges with a `node` label, and the engine's series, the
+//! cluster crate's `prometheus` feature) after the HTTP layer's readiness
+//! gauge, `duewheel_node_ready`.
 //!
-//! TODO(lead): the `embed` branch gives the cluster crate its own rendering
-//! of a node's metrics (with the oldest-unacked age); once merged, call it
-//! here and delete [`render`]'s body. The names below follow the core's
-//! scheme (`duewheel_` prefix, `_total` on counters) under `duewheel_node_`.
-//!
-//! Invariant: every series gets `# HELP` and `# TYPE` lines once, and
-//! counters come straight from the node's monotonic totals.
+//! Invariant: the text is one valid exposition (version 0.0.4): every
+//! series gets its `# HELP` and `# TYPE` lines once, and once the node has
+//! shut down only the readiness gauge (0) is left.
 
-use duewheel_cluster::NodeStats;
+use duewheel_cluster::Node;
 use std::fmt::Write as _;
 
-/// Renders `stats` (absent once the node shut down: then only `ready`).
-pub(super) fn render(stats: Option<&NodeStats>, ready: bool) -> String {
+/// Renders `node` (absent once it shut down) and `ready` for `node_id`.
+pub(super) fn render(node: Option<&Node<String>>, node_id: &str, ready: bool) -> String {
     let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        let _ = writeln!(out, "{name} {value}");
-    };
-    family(
-        "duewheel_node_ready",
-        "gauge",
-        "1 while /healthz answers 200.",
-        u64::from(ready),
+    let label = node_id
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
+    let _ = writeln!(
+        out,
+        "# HELP duewheel_node_ready 1 while /healthz answers 200."
     );
-    let Some(s) = stats else {
-        return out;
-    };
-    let gauges = [
-        ("owned_shards", s.owned as u64, "Shards owned now."),
-        (
-            "pending_timers",
-            s.pending as u64,
-            "Timers in this node's wheel.",
-        ),
-        (
-            "overdue_rows",
-            s.overdue,
-            "Pending rows of owned shards more than a minute overdue, at the last sweep.",
-        ),
-    ];
-    for (name, value, help) in gauges {
-        family(&format!("duewheel_node_{name}"), "gauge", help, value);
-    }
-    let counters = [
-        (
-            "scheduled",
-            s.scheduled,
-            "Schedules committed through this node.",
-        ),
-        (
-            "cancelled",
-            s.cancelled,
-            "Cancels through this node that won.",
-        ),
-        ("claimed", s.claimed, "Rows claimed for delivery."),
-        (
-            "redelivered",
-            s.redelivered,
-            "Claims of a row claimed before.",
-        ),
-        (
-            "acked",
-            s.acked,
-            "Claimed rows deleted after every group acked.",
-        ),
-        ("fenced", s.fenced, "Statements refused for a stale epoch."),
-        ("lost", s.lost, "Shards lost to another owner."),
-        ("acquired", s.acquired, "Shard acquisitions."),
-        (
-            "released",
-            s.released,
-            "Shards given up (rebalance, shutdown).",
-        ),
-        ("loaded", s.loaded, "Rows loaded into the wheel."),
-        (
-            "swept",
-            s.swept,
-            "Due rows the sweep found missing from the wheel.",
-        ),
-        (
-            "notified",
-            s.notified,
-            "Rows other nodes wrote into owned shards.",
-        ),
-        (
-            "db_errors",
-            s.db_errors,
-            "Statements or connections that failed.",
-        ),
-    ];
-    for (name, value, help) in counters {
-        family(
-            &format!("duewheel_node_{name}_total"),
-            "counter",
-            help,
-            value,
-        );
+    let _ = writeln!(out, "# TYPE duewheel_node_ready gauge");
+    let _ = writeln!(
+        out,
+        "duewheel_node_ready{{node=\"{label}\"}} {}",
+        u8::from(ready)
+    );
+    if let Some(node) = node {
+        node.render_prometheus(&mut out);
     }
     out
 }
@@ -109,23 +39,13 @@ mod tests {
     use duewheel_testkit::prom_text;
 
     #[test]
-    fn renders_parseable_text_with_every_counter() {
-        let mut stats = NodeStats::default();
-        stats.owned = 3;
-        stats.scheduled = 7;
-        let text = render(Some(&stats), true);
+    fn a_stopped_node_renders_its_readiness_alone() {
+        let text = render(None, "a\"b", false);
         let parsed = prom_text::parse(&text).expect("valid exposition");
-        assert_eq!(parsed.value("duewheel_node_owned_shards", &[]), Some(3.0));
         assert_eq!(
-            parsed.value("duewheel_node_scheduled_total", &[]),
-            Some(7.0)
+            parsed.value("duewheel_node_ready", &[("node", "a\"b")]),
+            Some(0.0)
         );
-        assert_eq!(
-            parsed.type_of("duewheel_node_fenced_total"),
-            Some("counter")
-        );
-        assert_eq!(parsed.value("duewheel_node_ready", &[]), Some(1.0));
-        let stopped = prom_text::parse(&render(None, false)).expect("valid exposition");
-        assert_eq!(stopped.value("duewheel_node_ready", &[]), Some(0.0));
+        assert_eq!(parsed.type_of("duewheel_node_ready"), Some("gauge"));
     }
 }
