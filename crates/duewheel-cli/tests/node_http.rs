@@ -322,6 +322,16 @@ fn schedules_cancels_consumes_and_refuses_bad_input_over_http() {
     assert!(matches!(status, 200 | 404 | 409 | 501), "{status} {body}");
     assert!(body["outcome"].is_string(), "{body}");
 
+    // Reminders answer 501 until nodes deliver them (the `features` branch:
+    // then this becomes a 201 and a reminder event).
+    let (status, body) = node.json(
+        "POST",
+        "/v1/timers",
+        Some(json!({ "id": 20, "delay_ms": 60000, "reminders_ms": [1000] })),
+    );
+    assert_eq!(status, 501, "{body}");
+    assert!(error_of(&body).contains("reminders"), "{body}");
+
     // Refusals: each a 4xx with a JSON error naming the problem.
     let refusals: [(&str, &str, Option<String>, u16, &str); 11] = [
         ("POST", "/v1/timers", Some("{\"id\": 1,".into()), 400, "EOF"),

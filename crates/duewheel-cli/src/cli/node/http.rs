@@ -26,6 +26,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use duewheel::{Cancel, CancelError, Deadline, RescheduleError, ScheduleError};
+use duewheel_cluster::NodeScheduler;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -199,15 +200,54 @@ fn deadline_of(
     }
 }
 
+/// A timer checked and ready for the node.
+struct Accepted {
+    id: u64,
+    deadline_ms: u64,
+    reminders: Vec<Duration>,
+    payload: String,
+}
+
 impl NewTimer {
-    fn deadline_ms(&self, now_ms: u64) -> Result<u64, String> {
+    /// The timer with its absolute deadline, or why not (status, message).
+    fn accept(self, now_ms: u64) -> Result<Accepted, (StatusCode, String)> {
+        let deadline_ms = deadline_of(self.deadline_ms, self.delay_ms, now_ms)
+            .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
         if !self.reminders_ms.is_empty() {
-            // TODO(lead): the `features` branch adds
-            // `NodeScheduler::schedule_with_reminders`; call it here.
-            return Err("reminders_ms: cluster nodes do not deliver reminders yet".to_owned());
+            // TODO(lead): with `features` merged, drop this refusal (see
+            // `schedule_on`).
+            return Err((
+                StatusCode::NOT_IMPLEMENTED,
+                "reminders_ms: cluster nodes do not deliver reminders yet".to_owned(),
+            ));
         }
-        deadline_of(self.deadline_ms, self.delay_ms, now_ms)
+        Ok(Accepted {
+            id: self.id,
+            deadline_ms,
+            reminders: self
+                .reminders_ms
+                .into_iter()
+                .map(Duration::from_millis)
+                .collect(),
+            payload: self.payload,
+        })
     }
+}
+
+/// Schedules `timers` on the node (blocking: a commit); one result each.
+fn schedule_on(
+    scheduler: &NodeScheduler<String>,
+    timers: &[Accepted],
+) -> Vec<Result<(), ScheduleError<String>>> {
+    // TODO(lead): with `features` merged, reminders reach the node by
+    // `scheduler.schedule_batch_with_reminders(timers.iter().map(|t| (t.id,
+    // Deadline::at_unix_ms(t.deadline_ms), &t.reminders[..], t.payload.clone())))`.
+    debug_assert!(timers.iter().all(|t| t.reminders.is_empty()));
+    scheduler.schedule_batch(
+        timers
+            .iter()
+            .map(|t| (t.id, Deadline::at_unix_ms(t.deadline_ms), t.payload.clone())),
+    )
 }
 
 /// A schedule's answer: status, and the outcome word of a batch item.
@@ -245,18 +285,13 @@ async fn schedule_one(
 ) -> Result<Reply, Reply> {
     let timer: NewTimer = parse(body)?;
     let scheduler = app.node.scheduler.clone();
-    let deadline_ms = timer.deadline_ms(scheduler.now_ms()).map_err(|e| {
-        if timer.reminders_ms.is_empty() {
-            bad(e)
-        } else {
-            error(StatusCode::NOT_IMPLEMENTED, e)
-        }
-    })?;
-    let id = timer.id;
-    let result = App::blocking(move || {
-        scheduler.schedule(id, Deadline::at_unix_ms(deadline_ms), timer.payload)
-    })
-    .await?;
+    let timer = timer
+        .accept(scheduler.now_ms())
+        .map_err(|(status, e)| error(status, e))?;
+    let (id, deadline_ms) = (timer.id, timer.deadline_ms);
+    let result = App::blocking(move || schedule_on(&scheduler, &[timer]).pop())
+        .await?
+        .unwrap_or_else(|| unreachable!("one result per timer"));
     Ok(schedule_reply(id, deadline_ms, result))
 }
 
@@ -285,26 +320,24 @@ async fn schedule_batch(
     let mut results: Vec<Option<Value>> = Vec::with_capacity(batch.timers.len());
     let mut accepted = Vec::new();
     for timer in batch.timers {
-        match timer.deadline_ms(now_ms) {
-            Ok(deadline_ms) => {
-                accepted.push((results.len(), timer.id, deadline_ms, timer.payload));
+        let id = timer.id;
+        match timer.accept(now_ms) {
+            Ok(timer) => {
+                accepted.push((results.len(), timer));
                 results.push(None);
             }
-            Err(e) => results.push(Some(json!({
-                "id": timer.id, "status": 400, "outcome": "invalid", "error": e
+            Err((status, e)) => results.push(Some(json!({
+                "id": id, "status": status.as_u16(), "outcome": "invalid", "error": e
             }))),
         }
     }
     let answers = App::blocking(move || {
-        let outcomes = scheduler.schedule_batch(
-            accepted
-                .iter()
-                .map(|(_, id, at, p)| (*id, Deadline::at_unix_ms(*at), p.clone())),
-        );
-        accepted
-            .into_iter()
+        let (at, timers): (Vec<usize>, Vec<Accepted>) = accepted.into_iter().unzip();
+        let outcomes = schedule_on(&scheduler, &timers);
+        at.into_iter()
+            .zip(timers)
             .zip(outcomes)
-            .map(|((at, id, deadline_ms, _), r)| (at, schedule_reply(id, deadline_ms, r)))
+            .map(|((at, t), r)| (at, schedule_reply(t.id, t.deadline_ms, r)))
             .collect::<Vec<_>>()
     })
     .await?;
@@ -376,6 +409,8 @@ async fn reschedule(
         Err(RescheduleError::DeadlineTooFar { .. }) => (StatusCode::BAD_REQUEST, "invalid"),
         Err(RescheduleError::Unsupported) => (StatusCode::NOT_IMPLEMENTED, "unsupported"),
         Err(RescheduleError::ShuttingDown) => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        // TODO(lead): `features` adds RescheduleError::InDoubt: map it to
+        // 500 "in_doubt" (Unavailable already falls to 503 below).
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
     };
     let mut body = json!({ "id": id, "deadline_ms": deadline_ms, "outcome": outcome });
