@@ -83,4 +83,4 @@ for i in 2 3; do echo "node-$i: $(curl -s "$(url $i)/healthz")"; done
 echo "== node-1's log"
 cat "$LOGS/node-1.log"
 echo "== node-2 metrics (excerpt)"
-curl -s "$(url 2)/metrics" | grep -E '^duewheel_node_(owned_shards|scheduled_total|acked_total|acquired_total) '
+curl -s "$(url 2)/metrics" | grep -E '^duewheel_node_(owned_shards|scheduled_total|acked_total|shards_acquired_total)[{ ]'
