@@ -219,6 +219,24 @@ fn consume_all(node: &Node, group: &str, want: &BTreeSet<u64>, within: Duration)
     seen
 }
 
+/// The next event of `group`, which must be `id`'s, within 30 s.
+fn poll_one(node: &Node, group: &str, id: u64) -> Value {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        let (status, events) = node.json(
+            "GET",
+            &format!("/v1/groups/{group}/events?max=1&wait_ms=1000"),
+            None,
+        );
+        assert_eq!(status, 200, "{events}");
+        if let Some(event) = events.as_array().and_then(|a| a.first()) {
+            assert_eq!(event["id"], id, "{event}");
+            return event.clone();
+        }
+    }
+    panic!("no event of {id} in {group} within 30 s");
+}
+
 fn error_of(v: &Value) -> &str {
     v["error"]
         .as_str()
@@ -309,6 +327,30 @@ fn schedules_cancels_consumes_and_refuses_bad_input_over_http() {
         Some(json!([{ "id": 10, "token": 999 }])),
     );
     assert_eq!(body["results"][0]["outcome"], "not_in_flight", "{body}");
+    // Snooze: the same delivery (same token) comes back after the delay.
+    let (status, _) = node.json(
+        "POST",
+        "/v1/timers",
+        Some(json!({ "id": 30, "delay_ms": 0, "payload": "snoozed" })),
+    );
+    assert_eq!(status, 201);
+    let first = poll_one(&node, "billing", 30);
+    let token = first["token"].clone();
+    let (_, body) = node.json(
+        "POST",
+        "/v1/groups/billing/snooze",
+        Some(json!([{ "id": 30, "token": token, "delay_ms": 200 }])),
+    );
+    assert_eq!(body["results"][0]["outcome"], "ok", "{body}");
+    let again = poll_one(&node, "billing", 30);
+    assert_eq!(again["token"], token, "{again}");
+    let (_, body) = node.json(
+        "POST",
+        "/v1/groups/billing/acks",
+        Some(json!([{ "id": 30, "token": token }])),
+    );
+    assert_eq!(body["results"][0]["outcome"], "ok", "{body}");
+
     // Nothing due: the long-poll answers an empty array after its wait.
     let (status, body) = node.json("GET", "/v1/groups/billing/events?wait_ms=200", None);
     assert_eq!((status, body), (200, json!([])));
