@@ -225,6 +225,12 @@ pub(crate) fn run(args: Args) -> Result<(), Error> {
             if signal.recv().await.is_some() {
                 let _ = stop_tx.send(name).await;
             }
+            // A second one while stopping: the operator will not wait (the
+            // leases not yet released expire with their ttl).
+            if signal.recv().await.is_some() {
+                tracing::warn!(target: "duewheel", signal = name, "second signal: exiting now");
+                std::process::exit(130);
+            }
         });
     }
     drop(stop_tx);
