@@ -1849,7 +1849,12 @@ fn bad_input_is_a_clear_startup_error() {
             "bad input: {what}: exit {got:?} after {took:?}: {}",
             stderr.trim()
         );
-        let first = stderr.lines().next().unwrap_or("");
+        // Log lines (timestamped: the node's tracing output, e.g. a warning
+        // about a password file) may come before the error.
+        let first = stderr
+            .lines()
+            .find(|l| !l.starts_with(|c: char| c.is_ascii_digit()))
+            .unwrap_or("");
         if got != Some(code) || !first.starts_with("error:") || took > within {
             failures.push(format!(
                 "{what}: want exit {code} with `error: ...` within {within:?}, got {got:?} after {took:?}: {stderr:?}"

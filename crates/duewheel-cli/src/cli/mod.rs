@@ -29,9 +29,9 @@ enum Command {
     /// Run a flash sale end to end: orders, payments, reminders, re-checks,
     /// cancellations and stock, then check the invariants and report.
     Simulate(Box<simulate::Args>),
-    /// Run one cluster node on a shared PostgreSQL database, driven over
-    /// stdin/stdout (see docs/SCALE_OUT.md).
-    Node(node::Args),
+    /// Run one cluster node on a shared PostgreSQL database, serving HTTP
+    /// (--listen) or driven over stdin/stdout (see docs/SCALE_OUT.md).
+    Node(Box<node::Args>),
 }
 
 /// Parses the command line, runs the command and returns its exit code.
@@ -40,7 +40,7 @@ pub(crate) fn run() -> ExitCode {
     // `--help` and `--version`).
     let cli = Cli::parse();
     match cli.command {
-        Command::Node(args) => match node::run(args) {
+        Command::Node(args) => match node::run(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(node::Error::Usage(message)) => {
                 eprintln!("error: {message}");

@@ -219,8 +219,18 @@ fn leave(shared: &Shared, db: &mut Option<NodeDb>) {
     let Some(conn) = db.as_mut() else {
         return;
     };
-    if !held.is_empty() && conn.release(&shared.node_id, &held).is_ok() {
-        bump(&shared.counters.released, held.len() as u64);
+    if !held.is_empty() {
+        match conn.release(&shared.node_id, &held) {
+            Ok(_) => {
+                bump(&shared.counters.released, held.len() as u64);
+                crate::trace::info!(shards = held.len(), "released shards at shutdown");
+            }
+            Err(e) => crate::trace::warning!(
+                shards = held.len(),
+                error = e.to_string(),
+                "could not release shards at shutdown; they expire with their leases"
+            ),
+        }
     }
     let _ = conn.leave(&shared.node_id);
 }

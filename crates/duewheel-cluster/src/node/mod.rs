@@ -373,10 +373,17 @@ impl Shared {
         open: fn(&StoreConfig) -> Result<NodeDb, super::error::OpenError>,
     ) -> Option<NodeDb> {
         let mut backoff = Duration::from_millis(50);
+        let mut failed = false;
         loop {
             match open(&self.config.store) {
-                Ok(db) => return Some(db),
+                Ok(db) => {
+                    if failed {
+                        crate::trace::info!("database connection restored");
+                    }
+                    return Some(db);
+                }
                 Err(e) => {
+                    failed = true;
                     bump(&self.counters.db_errors, 1);
                     crate::trace::warning!(
                         error = e.to_string(),
