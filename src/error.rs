@@ -194,6 +194,15 @@ pub enum RescheduleError {
     /// hands the payload back, and schedule again.
     #[error("this scheduler cannot reschedule; cancel and schedule again")]
     Unsupported,
+    /// The store was unreachable or refused the update (a cluster node's
+    /// database): the deadline did not move.
+    #[error("the store is unavailable; the deadline did not move")]
+    Unavailable,
+    /// The connection failed mid-statement (a cluster node): the deadline
+    /// may or may not have moved. Rescheduling again to the same deadline
+    /// settles it.
+    #[error("the reschedule is in doubt: the deadline may or may not have moved")]
+    InDoubt,
 }
 
 /// Why a cancel ([`Schedule::cancel`](crate::Schedule::cancel)) could not
