@@ -12,7 +12,7 @@ use super::sql::NodeDb;
 use super::{KeeperMsg, Shared, bump};
 use crate::error::QueryError;
 use crossbeam_channel::Sender;
-use duewheel::{Hooks, Round};
+use duewheel::{Event, EventKind, Hooks, Round};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
@@ -23,6 +23,8 @@ pub(super) struct Gate {
     db: Mutex<Option<NodeDb>>,
     /// Ended timers, for the acker to delete.
     acks: Sender<u64>,
+    /// Snoozed deliveries, to write back (see `remind`).
+    snoozes: super::remind::Snoozes,
 }
 
 impl Gate {
@@ -31,12 +33,15 @@ impl Gate {
             shared,
             db: Mutex::new(Some(db)),
             acks,
+            snoozes: super::remind::Snoozes::default(),
         }
     }
 }
 
 impl<P: Clone> Hooks<u64, P> for Gate {
     fn admit(&self, round: &mut Round<'_, u64, P>) {
+        // Reminders never claim (see `remind`); only expiries reach the claim.
+        super::remind::admit(&self.shared, &self.db, round);
         let shared = &*self.shared;
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -46,6 +51,9 @@ impl<P: Clone> Hooks<u64, P> for Gate {
             let mut redeliver = Vec::with_capacity(round.len());
             let mut marked = shared.redeliver.lock();
             round.retain(|event| {
+                if matches!(event.kind, EventKind::Reminder(_)) {
+                    return true;
+                }
                 let shard = shared.map.shard_of_id(event.id);
                 match shared.epoch_of(shard) {
                     Some(epoch) if !shared.stopping() => {
@@ -85,6 +93,7 @@ impl<P: Clone> Hooks<u64, P> for Gate {
                     let mut claim_epochs = shared.claim_epochs.lock();
                     let mut marked = shared.redeliver.lock();
                     round.retain(|event| match attempts.get(&event.id) {
+                        _ if matches!(event.kind, EventKind::Reminder(_)) => true,
                         Some(&attempt) => {
                             marked.remove(&event.id);
                             event.attempt = attempt.max(1);
@@ -141,5 +150,9 @@ impl<P: Clone> Hooks<u64, P> for Gate {
 
     fn ended(&self, id: &u64) {
         let _ = self.acks.send(*id);
+    }
+
+    fn snoozed(&self, event: &Event<u64, P>, until_ms: u64) {
+        self.snoozes.snoozed(&self.shared, event, until_ms);
     }
 }

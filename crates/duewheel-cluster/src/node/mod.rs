@@ -37,6 +37,8 @@ mod error;
 mod gate;
 mod keeper;
 mod pager;
+mod remind;
+mod reschedule;
 mod sql;
 mod writer;
 
@@ -660,17 +662,73 @@ impl<P: Codec + Clone + Send + 'static> NodeScheduler<P> {
         &self,
         timers: impl IntoIterator<Item = (u64, D, P)>,
     ) -> Vec<Result<(), ScheduleError<P>>> {
+        self.schedule_rows(
+            timers
+                .into_iter()
+                .map(|(id, deadline, payload)| (id, deadline, &[][..], payload)),
+        )
+    }
+
+    /// Like [`schedule`](Self::schedule), with reminders: each offset asks
+    /// for an [`EventKind::Reminder`](duewheel::EventKind::Reminder) that
+    /// long before the deadline (at most [`duewheel::MAX_REMINDERS`]), as
+    /// the engine's
+    /// [`schedule_with_reminders`](duewheel::Scheduler::schedule_with_reminders)
+    /// does. The row keeps the reminder times not yet delivered; the owner
+    /// delivers each at most once while the row is pending (never after a
+    /// cancel or the expiry's claim, and not again after a takeover). A
+    /// reminder whose time has passed fires at once. Reminders are numbered
+    /// from 1 by the node that delivers them: after a takeover the
+    /// numbering starts again with the first one left.
+    ///
+    /// ```no_run
+    /// use duewheel_cluster::{NodeConfig, StoreConfig};
+    /// use std::time::Duration;
+    ///
+    /// let store = StoreConfig::new("host=/tmp/pg port=54329 user=postgres");
+    /// let node = NodeConfig::new(store, "node-a").group("orders").start::<String>()?;
+    /// let remind = [Duration::from_secs(5 * 60)];
+    /// node.scheduler().schedule_with_reminders(
+    ///     42,
+    ///     Duration::from_secs(30 * 60),
+    ///     &remind,
+    ///     "order 42".to_string(),
+    /// )?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn schedule_with_reminders(
+        &self,
+        id: u64,
+        deadline: impl Into<Deadline>,
+        reminders_before: &[Duration],
+        payload: P,
+    ) -> Result<(), ScheduleError<P>> {
+        self.schedule_rows([(id, deadline, reminders_before, payload)])
+            .pop()
+            .unwrap_or_else(|| unreachable!("one result per timer"))
+    }
+
+    /// Schedules timers with their reminder offsets; one result per timer.
+    fn schedule_rows<'r, D: Into<Deadline>>(
+        &self,
+        timers: impl IntoIterator<Item = (u64, D, &'r [Duration], P)>,
+    ) -> Vec<Result<(), ScheduleError<P>>> {
         let now_ms = self.shared.now_ms();
         let mut results: Vec<Result<(), ScheduleError<P>>> = Vec::new();
-        // Accepted for the database: (position, id, deadline, payload).
+        // Accepted for the database: (position, id, deadline, reminders, payload).
         let mut kept = Vec::new();
         let mut rows = Vec::new();
-        for (id, deadline, payload) in timers {
+        for (id, deadline, before, payload) in timers {
+            if before.len() > duewheel::MAX_REMINDERS {
+                results.push(Err(ScheduleError::TooManyReminders(payload)));
+                continue;
+            }
             let deadline_ms = deadline.into().to_unix_ms(now_ms);
-            match writer::Row::new(&self.shared.map, id, deadline_ms, &payload) {
+            let reminders_ms = remind::times_ms(deadline_ms, before);
+            match writer::Row::new(&self.shared.map, id, deadline_ms, &reminders_ms, &payload) {
                 Ok(row) => {
                     rows.push(row);
-                    kept.push((results.len(), id, deadline_ms, payload));
+                    kept.push((results.len(), id, deadline_ms, reminders_ms, payload));
                     results.push(Ok(()));
                 }
                 Err(reason) => results.push(Err(ScheduleError::Invalid { reason, payload })),
@@ -680,11 +738,13 @@ impl<P: Codec + Clone + Send + 'static> NodeScheduler<P> {
             return results;
         }
         let outcomes = self.submit_rows(rows);
-        for ((at, id, deadline_ms, payload), outcome) in kept.into_iter().zip(outcomes) {
+        for ((at, id, deadline_ms, reminders_ms, payload), outcome) in
+            kept.into_iter().zip(outcomes)
+        {
             results[at] = match outcome {
                 writer::Outcome::Stored => {
                     bump(&self.shared.counters.scheduled, 1);
-                    self.hint(id, deadline_ms, payload);
+                    self.hint(id, deadline_ms, &reminders_ms, payload);
                     Ok(())
                 }
                 writer::Outcome::Duplicate => Err(ScheduleError::AlreadyScheduled(payload)),
@@ -717,18 +777,22 @@ impl<P: Codec + Clone + Send + 'static> NodeScheduler<P> {
     /// commit, so a takeover or a page that began before it loads the row,
     /// and one that began after it is seen here (see the module invariants;
     /// if both, the wheel keeps one and the claim decides anyway).
-    fn hint(&self, id: u64, deadline_ms: u64, payload: P) {
+    fn hint(&self, id: u64, deadline_ms: u64, reminders_ms: &[u64], payload: P) {
         let shard = self.shared.map.shard_of_id(id);
         if self.shared.epoch_of(shard).is_none()
-            || deadline_ms >= self.shared.horizon_end_ms.load(Ordering::SeqCst)
+            || remind::first_due_ms(deadline_ms, reminders_ms)
+                >= self.shared.horizon_end_ms.load(Ordering::SeqCst)
         {
             return;
         }
         // Already there (loaded meanwhile), or the engine is stopping: the
         // row is stored, and the sweep finds what the wheel lacks.
-        let _ = self
-            .engine
-            .schedule(id, Deadline::at_unix_ms(deadline_ms), payload);
+        let _ = self.engine.schedule_with_reminders(
+            id,
+            Deadline::at_unix_ms(deadline_ms),
+            &remind::offsets(deadline_ms, reminders_ms),
+            payload,
+        );
     }
 
     /// Cancels `id`'s timer, on whatever node it lives. The row decides
@@ -786,22 +850,159 @@ impl<P: Codec + Clone + Send + 'static> NodeScheduler<P> {
         self.shared.claim_epochs.lock().get(&id).copied()
     }
 
-    /// Always [`RescheduleError::Unsupported`]: a node has no atomic way
-    /// to move a stored deadline (the row may be claimed by its owner
-    /// meanwhile). [`cancel`](Self::cancel), which hands the payload back on
-    /// `Cancelled`, then [`schedule`](Self::schedule) again.
+    /// Moves `id`'s deadline, earlier or later, on whatever node it lives:
+    /// one statement moves the row's deadline only while it is pending, so
+    /// the row decides between this and the owner's claim as for a cancel.
+    /// `Ok` (it fires at the new deadline, not at the old), `AlreadyFired`
+    /// (it was claimed: it fired or is firing), `NotFound` (never
+    /// scheduled, cancelled, or fired and acked), `DeadlineTooFar` (beyond
+    /// `i64::MAX` ms), `Unavailable` (nothing moved), `InDoubt` (a
+    /// connection failed: rescheduling again to the same deadline settles
+    /// it) or `ShuttingDown`. Reminders already delivered stay delivered;
+    /// the pending ones keep their offsets before the new deadline.
+    ///
+    /// ```no_run
+    /// use duewheel_cluster::{NodeConfig, StoreConfig};
+    /// use std::time::Duration;
+    ///
+    /// let store = StoreConfig::new("host=/tmp/pg port=54329 user=postgres");
+    /// let node = NodeConfig::new(store, "node-a").group("orders").start::<String>()?;
+    /// let s = node.scheduler();
+    /// s.schedule(42, Duration::from_secs(30 * 60), "order 42".to_string())?;
+    /// s.reschedule(&42, Duration::from_secs(60 * 60))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn reschedule(
         &self,
-        _id: &u64,
-        _deadline: impl Into<Deadline>,
+        id: &u64,
+        deadline: impl Into<Deadline>,
     ) -> Result<(), RescheduleError> {
-        Err(RescheduleError::Unsupported)
+        let id = *id;
+        let deadline_ms = deadline.into().to_unix_ms(self.shared.now_ms());
+        let Ok(stored_ms) = i64::try_from(deadline_ms) else {
+            return Err(RescheduleError::DeadlineTooFar {
+                deadline_ms,
+                max_ms: i64::MAX as u64,
+            });
+        };
+        let shard = self.shared.map.shard_of_id(id);
+        let (reply, outcome) = crossbeam_channel::bounded(1);
+        let request = writer::Request::Reschedule(reschedule::Request {
+            shard,
+            id,
+            deadline_ms: stored_ms,
+            reply,
+        });
+        let tx = self.tx.as_ref().ok_or(RescheduleError::ShuttingDown)?;
+        tx.send(request)
+            .map_err(|_| RescheduleError::ShuttingDown)?;
+        let (payload, reminders_ms) = outcome
+            .recv()
+            .map_err(|_| RescheduleError::ShuttingDown)??;
+        // This node's wheel, if it owns the shard: move its copy, or put
+        // the row in if it had none (the new deadline may be nearer).
+        // Another owner learns by notification (see `reschedule`).
+        if self.shared.epoch_of(shard).is_some() {
+            let at = Deadline::at_unix_ms(deadline_ms);
+            if let Err(RescheduleError::NotFound) = self.engine.reschedule(&id, at) {
+                if let Ok(payload) = P::decode(&payload) {
+                    self.hint(id, deadline_ms, &reminders_ms, payload);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `_async` forms (feature `tokio`): each makes its blocking call on
+/// tokio's blocking pool, so the runtime's threads never wait for a
+/// commit. A relative deadline is measured from the call. Outside a tokio
+/// runtime they run the call when first polled.
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+impl<P: Codec + Clone + Send + Sync + 'static> NodeScheduler<P> {
+    /// [`schedule`](Self::schedule) for async code.
+    pub fn schedule_async(
+        &self,
+        id: u64,
+        deadline: impl Into<Deadline>,
+        payload: P,
+    ) -> impl Future<Output = Result<(), ScheduleError<P>>> + Send + 'static {
+        let at = Deadline::at_unix_ms(deadline.into().to_unix_ms(self.now_ms()));
+        let this = self.clone();
+        // Handed back if the runtime drops the work before it runs.
+        let kept = payload.clone();
+        off_runtime(
+            move || this.schedule(id, at, payload),
+            move || Err(ScheduleError::ShuttingDown(kept)),
+        )
+    }
+
+    /// [`schedule_with_reminders`](Self::schedule_with_reminders) for async
+    /// code.
+    pub fn schedule_with_reminders_async(
+        &self,
+        id: u64,
+        deadline: impl Into<Deadline>,
+        reminders_before: &[Duration],
+        payload: P,
+    ) -> impl Future<Output = Result<(), ScheduleError<P>>> + Send + 'static {
+        let at = Deadline::at_unix_ms(deadline.into().to_unix_ms(self.now_ms()));
+        let this = self.clone();
+        let before = reminders_before.to_vec();
+        let kept = payload.clone();
+        off_runtime(
+            move || this.schedule_with_reminders(id, at, &before, payload),
+            move || Err(ScheduleError::ShuttingDown(kept)),
+        )
+    }
+
+    /// [`cancel`](Self::cancel) for async code.
+    pub fn cancel_async(
+        &self,
+        id: &u64,
+    ) -> impl Future<Output = Result<Cancel<P>, CancelError>> + Send + 'static {
+        let (this, id) = (self.clone(), *id);
+        off_runtime(move || this.cancel(&id), || Err(CancelError::ShuttingDown))
+    }
+
+    /// [`reschedule`](Self::reschedule) for async code.
+    pub fn reschedule_async(
+        &self,
+        id: &u64,
+        deadline: impl Into<Deadline>,
+    ) -> impl Future<Output = Result<(), RescheduleError>> + Send + 'static {
+        let at = Deadline::at_unix_ms(deadline.into().to_unix_ms(self.now_ms()));
+        let (this, id) = (self.clone(), *id);
+        off_runtime(
+            move || this.reschedule(&id, at),
+            || Err(RescheduleError::ShuttingDown),
+        )
+    }
+}
+
+/// Runs `work` on tokio's blocking pool (or, outside a runtime, in the
+/// poll); `gone` answers if the runtime dropped it unrun (shutting down).
+#[cfg(feature = "tokio")]
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+    gone: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => match runtime.spawn_blocking(work).await {
+            Ok(answer) => answer,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => gone(),
+        },
+        Err(_) => work(),
     }
 }
 
 /// The scheduling interface the engine's `Scheduler` has too. The `_async`
-/// forms (core feature `tokio`) are the trait's defaults: they make the
-/// blocking call (a database commit) when the future is created.
+/// forms (core feature `tokio`) are this crate's own with its feature
+/// `tokio` (off the runtime's threads); without it, the trait's defaults,
+/// which make the blocking call (a database commit) when the future is
+/// created.
 impl<P: Codec + Clone + Send + Sync + 'static> Schedule<u64, P> for NodeScheduler<P> {
     fn schedule(
         &self,
@@ -818,6 +1019,36 @@ impl<P: Codec + Clone + Send + Sync + 'static> Schedule<u64, P> for NodeSchedule
 
     fn reschedule(&self, id: &u64, deadline: impl Into<Deadline>) -> Result<(), RescheduleError> {
         NodeScheduler::reschedule(self, id, deadline)
+    }
+
+    #[cfg(feature = "tokio")]
+    fn schedule_async(
+        &self,
+        id: u64,
+        deadline: impl Into<Deadline> + Send,
+        payload: P,
+    ) -> impl Future<Output = Result<(), ScheduleError<P>>> + Send
+    where
+        P: Send,
+    {
+        NodeScheduler::schedule_async(self, id, deadline, payload)
+    }
+
+    #[cfg(feature = "tokio")]
+    fn cancel_async(&self, id: &u64) -> impl Future<Output = Result<Cancel<P>, CancelError>> + Send
+    where
+        P: Send,
+    {
+        NodeScheduler::cancel_async(self, id)
+    }
+
+    #[cfg(feature = "tokio")]
+    fn reschedule_async(
+        &self,
+        id: &u64,
+        deadline: impl Into<Deadline> + Send,
+    ) -> impl Future<Output = Result<(), RescheduleError>> + Send {
+        NodeScheduler::reschedule_async(self, id, deadline)
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! - **Takeover**: a newly acquired shard's claimed rows (an earlier
 //!   owner's deliveries that were never acked) go into the wheel due at
-//!   once, and its pending rows due before the horizon's end as they are.
+//!   once, and its pending rows due (or with a reminder due) before the
+//!   horizon's end as they are, with their pending reminders.
 //! - **Horizon**: every `page_every` the horizon's end moves to `now +
 //!   horizon` and the rows between the old and the new end are paged in, so
 //!   the wheel never needs the whole table.
@@ -125,6 +126,17 @@ impl<P: Codec + Clone + Send + 'static> Put<'_, P> {
     /// once); `true` if the wheel did not hold it. Rows of shards no longer
     /// ours are skipped.
     fn row(&mut self, row: Loaded) -> bool {
+        self.put(row, false)
+    }
+
+    /// [`row`](Self::row), and if the wheel holds the timer already, moves
+    /// it to the row's deadline (a reschedule through another node; one
+    /// in flight stays as it is).
+    fn row_or_move(&mut self, row: Loaded) -> bool {
+        self.put(row, true)
+    }
+
+    fn put(&mut self, row: Loaded, move_held: bool) -> bool {
         if self.shared.epoch_of(row.shard).is_none() {
             return false;
         }
@@ -141,12 +153,20 @@ impl<P: Codec + Clone + Send + 'static> Put<'_, P> {
                 return false;
             }
         };
+        // With the reminders not yet delivered (see `remind`).
+        let reminders = super::remind::offsets(row.deadline_ms, &row.reminders_ms);
+        let deadline = Deadline::at_unix_ms(row.deadline_ms);
         match self
             .engine
-            .schedule(row.id, Deadline::at_unix_ms(row.deadline_ms), payload)
+            .schedule_with_reminders(row.id, deadline, &reminders, payload)
         {
             Ok(()) => true,
-            Err(ScheduleError::AlreadyScheduled(_)) => false,
+            Err(ScheduleError::AlreadyScheduled(_)) => {
+                if move_held {
+                    let _ = self.engine.reschedule(&row.id, deadline);
+                }
+                false
+            }
             Err(e) => {
                 bump(&self.shared.counters.db_errors, 1);
                 crate::trace::error!(
@@ -207,7 +227,7 @@ fn fetch_notified<P: Codec + Clone + Send + 'static>(
         .zip(ids.chunks(crate::MAX_BATCH))
     {
         conn.fetch(s, i, 0, &mut |row| {
-            if put.row(row) {
+            if put.row_or_move(row) {
                 bump(&shared.counters.notified, 1);
             }
         })?;
@@ -240,6 +260,9 @@ fn take_over<P: Codec + Clone + Send + 'static>(
         conn.load_pending(&shards, 0, end, &mut |row| {
             loaded += u64::from(put.row(row));
         })?;
+        conn.load_reminding(&shards, 0, end, &mut |row| {
+            loaded += u64::from(put.row(row));
+        })?;
         bump(&shared.counters.loaded, loaded);
         crate::trace::info!(
             shards = shards.len(),
@@ -270,9 +293,15 @@ fn page<P: Codec + Clone + Send + 'static>(
         return Ok(());
     }
     let mut loaded = 0;
-    let result = conn.load_pending(&shards, old_end, new_end, &mut |row| {
-        loaded += u64::from(put.row(row));
-    });
+    let result = conn
+        .load_pending(&shards, old_end, new_end, &mut |row| {
+            loaded += u64::from(put.row(row));
+        })
+        .and_then(|()| {
+            conn.load_reminding(&shards, old_end, new_end, &mut |row| {
+                loaded += u64::from(put.row(row));
+            })
+        });
     bump(&shared.counters.loaded, loaded);
     if result.is_err() {
         // Page the same span again next time (the sweep covers it meanwhile).

@@ -26,6 +26,8 @@ pub(super) struct Loaded {
     pub(super) id: u64,
     pub(super) deadline_ms: u64,
     pub(super) payload: Vec<u8>,
+    /// Reminder times not yet delivered, ascending (UTC ms).
+    pub(super) reminders_ms: Vec<u64>,
 }
 
 /// What a fenced statement found for each shard it touched.
@@ -89,9 +91,10 @@ impl Statements {
             // Unfenced on purpose: firing never trusts a wheel, it claims
             // from the table (see the node's module doc).
             insert: c.prepare(
-                "INSERT INTO timers (shard_id, timer_id, deadline_ms, payload)
-                 SELECT t.s, t.id, t.d, t.p
-                 FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::bytea[]) AS t(s, id, d, p)
+                "INSERT INTO timers (shard_id, timer_id, deadline_ms, payload, reminders_ms)
+                 SELECT t.s, t.id, t.d, t.p, t.r::bigint[]
+                 FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::bytea[], $5::text[])
+                   AS t(s, id, d, p, r)
                  ON CONFLICT DO NOTHING RETURNING timer_id",
             )?,
             same_rows: c.prepare(
@@ -189,23 +192,25 @@ impl Statements {
             )?,
             leave: c.prepare("DELETE FROM nodes WHERE node_id = $1")?,
             load_pending: c.prepare(
-                "SELECT shard_id, timer_id, deadline_ms, payload FROM timers
+                "SELECT shard_id, timer_id, deadline_ms, payload, reminders_ms FROM timers
                  WHERE shard_id = ANY($1::int[]) AND state = 0
                    AND deadline_ms >= $2 AND deadline_ms < $3",
             )?,
             load_claimed: c.prepare(
-                "SELECT shard_id, timer_id, deadline_ms, payload FROM timers
+                "SELECT shard_id, timer_id, deadline_ms, payload, '{}'::bigint[] FROM timers
                  WHERE shard_id = ANY($1::int[]) AND state = 1",
             )?,
             sweep: c.prepare(
-                "SELECT shard_id, timer_id, deadline_ms, payload FROM timers
+                "SELECT shard_id, timer_id, deadline_ms, payload, reminders_ms FROM timers
                  WHERE shard_id = ANY($1::int[]) AND state = 0 AND deadline_ms <= $2
                  ORDER BY deadline_ms LIMIT $3",
             )?,
             // One notification per chunk of ids (a payload holds < 8000 bytes).
             notify: c.prepare("SELECT pg_notify($1, x) FROM unnest($2::text[]) AS x")?,
             fetch: c.prepare(
-                "SELECT t.shard_id, t.timer_id, t.deadline_ms, t.payload FROM timers t
+                "SELECT t.shard_id, t.timer_id, t.deadline_ms, t.payload,
+                   CASE WHEN t.state = 0 THEN t.reminders_ms ELSE '{}' END
+                 FROM timers t
                  JOIN unnest($1::int[], $2::bigint[]) AS u(s, id)
                    ON t.shard_id = u.s AND t.timer_id = u.id
                  WHERE t.state = $3",
@@ -222,6 +227,7 @@ impl Statements {
 pub(super) struct NodeDb {
     store: PgStore,
     st: Statements,
+    ft: FeatureStatements,
 }
 
 fn shards_param(shards: &[u32]) -> Vec<i32> {
@@ -243,7 +249,9 @@ impl NodeDb {
         let mut store = PgStore::open(config)?;
         let st = Statements::prepare(&mut store.client)
             .map_err(|e| OpenError::Schema(QueryError::from(e)))?;
-        Ok(Self { store, st })
+        let ft = FeatureStatements::prepare(&mut store.client)
+            .map_err(|e| OpenError::Schema(QueryError::from(e)))?;
+        Ok(Self { store, st, ft })
     }
 
     pub(super) fn is_closed(&self) -> bool {
@@ -258,11 +266,12 @@ impl NodeDb {
         ids: &[i64],
         deadlines: &[i64],
         payloads: &[&[u8]],
+        reminders: &[&str],
     ) -> Result<Vec<u64>, QueryError> {
-        let rows = self
-            .store
-            .client
-            .query(&self.st.insert, &[&shards, &ids, &deadlines, &payloads])?;
+        let rows = self.store.client.query(
+            &self.st.insert,
+            &[&shards, &ids, &deadlines, &payloads, &reminders],
+        )?;
         rows.iter()
             .map(|r| Ok(r.try_get::<_, i64>(0)? as u64))
             .collect()
@@ -603,6 +612,11 @@ fn loaded(row: &Row) -> Result<Loaded, postgres::Error> {
         // CHECK (deadline_ms >= 0) in the schema.
         deadline_ms: u64::try_from(d).unwrap_or(0),
         payload: row.try_get(3)?,
+        reminders_ms: row
+            .try_get::<_, Vec<i64>>(4)?
+            .into_iter()
+            .map(|r| u64::try_from(r).unwrap_or(0))
+            .collect(),
     })
 }
 
@@ -657,6 +671,211 @@ fn fence_of(items: &[(u32, u64, u64)], current: &[(u32, u64)]) -> Fence {
     fenced.sort_unstable();
     fenced.dedup();
     Fence { fenced }
+}
+
+// ---------------------------------------------------------------------
+// Reminders, reschedule and snooze (see `super::remind`): their own
+// statements, in their own block.
+// ---------------------------------------------------------------------
+
+/// What [`NodeDb::reschedule`] found.
+#[derive(Debug)]
+pub(super) enum Moved {
+    /// The row was pending: its deadline moved. Its payload bytes and its
+    /// pending reminder times after the move, ascending.
+    Moved {
+        payload: Vec<u8>,
+        reminders_ms: Vec<u64>,
+    },
+    /// The row is claimed (or ended): the fire won.
+    Claimed,
+    /// No row.
+    Absent,
+}
+
+struct FeatureStatements {
+    remind: Statement,
+    snooze: Statement,
+    reschedule: Statement,
+    state_of: Statement,
+    load_reminding: Statement,
+}
+
+impl FeatureStatements {
+    fn prepare(c: &mut postgres::Client) -> Result<Self, postgres::Error> {
+        Ok(Self {
+            // "Reminder delivered": the earliest pending reminder time, if
+            // due, leaves the row, fenced like a claim; only a pending row
+            // (never a claimed one: its expiry won) delivers a reminder.
+            remind: c.prepare(&format!(
+                "WITH {FENCE},
+                 l AS (SELECT t.shard_id, t.timer_id FROM timers t
+                   JOIN unnest($2::int[], $3::bigint[], $4::bigint[]) AS x(s, id, e)
+                     ON t.shard_id = x.s AND t.timer_id = x.id
+                   JOIN f ON f.shard_id = x.s AND f.epoch = x.e
+                   WHERE t.state = 0 AND t.reminders_ms[1] <= $5
+                   ORDER BY t.shard_id, t.timer_id FOR UPDATE OF t),
+                 u AS (UPDATE timers t SET reminders_ms = t.reminders_ms[2:]
+                   FROM l
+                   WHERE t.shard_id = l.shard_id AND t.timer_id = l.timer_id
+                   RETURNING t.timer_id)
+                 SELECT 0, f.shard_id::bigint, f.epoch FROM f
+                 UNION ALL SELECT 1, u.timer_id, 0::bigint FROM u"
+            ))?,
+            // A snoozed delivery becomes pending again, due at the snooze's
+            // end: only the claim this node holds (its epoch, still the
+            // shard's, and its attempt: a redelivery that claimed it again
+            // meanwhile is not undone). Reminders are over once it fired.
+            snooze: c.prepare(&format!(
+                "WITH {FENCE},
+                 l AS (SELECT t.shard_id, t.timer_id FROM timers t
+                   JOIN f ON f.shard_id = t.shard_id AND f.epoch = $4
+                   WHERE t.shard_id = $2 AND t.timer_id = $3 AND t.state = 1
+                     AND t.fired_epoch = $4 AND t.attempt = $5
+                   FOR UPDATE OF t),
+                 u AS (UPDATE timers t SET state = 0, fired_epoch = NULL,
+                     deadline_ms = $6, reminders_ms = '{{}}'
+                   FROM l
+                   WHERE t.shard_id = l.shard_id AND t.timer_id = l.timer_id
+                   RETURNING 1)
+                 SELECT (SELECT f.epoch FROM f), (SELECT count(*) FROM u)"
+            ))?,
+            // Moves a pending row's deadline, and its pending reminders by
+            // as much (each keeps its offset before the deadline). The row
+            // lock decides against a concurrent claim, as for a cancel: a
+            // claim that committed first leaves `state = 1`, and this
+            // updates nothing.
+            reschedule: c.prepare(
+                "UPDATE timers t SET deadline_ms = $3::bigint,
+                   reminders_ms = ARRAY(SELECT GREATEST(u.r + ($3::bigint - t.deadline_ms), 0)
+                                        FROM unnest(t.reminders_ms) AS u(r) ORDER BY 1)
+                 WHERE t.shard_id = $1 AND t.timer_id = $2 AND t.state = 0
+                 RETURNING t.payload, t.reminders_ms",
+            )?,
+            state_of: c
+                .prepare("SELECT state FROM timers WHERE shard_id = $1 AND timer_id = $2")?,
+            // Pending rows due past `$3` whose first reminder falls in
+            // [`$2`, `$3`): the wheel needs them for the reminder. No index
+            // serves `reminders_ms[1]`: this reads the owned shards'
+            // pending rows due past `$3`.
+            load_reminding: c.prepare(
+                "SELECT shard_id, timer_id, deadline_ms, payload, reminders_ms FROM timers
+                 WHERE shard_id = ANY($1::int[]) AND state = 0 AND deadline_ms >= $3
+                   AND cardinality(reminders_ms) > 0
+                   AND reminders_ms[1] >= $2 AND reminders_ms[1] < $3",
+            )?,
+        })
+    }
+}
+
+impl NodeDb {
+    /// Delivers due reminders of `(shard, epoch, id)` rows, fenced: the ids
+    /// whose earliest pending reminder time (at or before `now_ms`) this
+    /// statement removed.
+    pub(super) fn remind(
+        &mut self,
+        items: &[(u32, u64, u64)],
+        now_ms: u64,
+    ) -> Result<(Vec<u64>, Fence), QueryError> {
+        let (touched, s, e, i) = columns(items);
+        let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        let rows = self
+            .store
+            .client
+            .query(&self.ft.remind, &[&touched, &s, &i, &e, &now])?;
+        let (mut ids, mut current) = (Vec::new(), Vec::new());
+        for row in &rows {
+            let kind: i32 = row.try_get(0)?;
+            let a: i64 = row.try_get(1)?;
+            let b: i64 = row.try_get(2)?;
+            if kind == 0 {
+                current.push((shard_of_row(a), epoch_of(b)));
+            } else {
+                ids.push(a as u64);
+            }
+        }
+        Ok((ids, fence_of(items, &current)))
+    }
+
+    /// Writes a snoozed delivery back as pending, due at `until_ms`, if
+    /// this node's claim (`epoch`, `attempt`) still holds the row. Returns
+    /// the shard's epoch now (`None`: no shard row) and whether it wrote.
+    pub(super) fn snooze(
+        &mut self,
+        shard: u32,
+        id: u64,
+        epoch: u64,
+        attempt: u32,
+        until_ms: u64,
+    ) -> Result<(Option<u64>, bool), QueryError> {
+        let touched = vec![shard_param(shard)];
+        let row = self.store.client.query_one(
+            &self.ft.snooze,
+            &[
+                &touched,
+                &shard_param(shard),
+                &(id as i64),
+                &epoch_param(epoch),
+                &i32::try_from(attempt).unwrap_or(i32::MAX),
+                &i64::try_from(until_ms).unwrap_or(i64::MAX),
+            ],
+        )?;
+        let current: Option<i64> = row.try_get(0)?;
+        let written: i64 = row.try_get(1)?;
+        Ok((current.map(epoch_of), written > 0))
+    }
+
+    /// Moves `id`'s pending row to `deadline_ms` (see [`Moved`]).
+    pub(super) fn reschedule(
+        &mut self,
+        shard: u32,
+        id: u64,
+        deadline_ms: i64,
+    ) -> Result<Moved, QueryError> {
+        let (s, i) = (shard_param(shard), id as i64);
+        let rows = self
+            .store
+            .client
+            .query(&self.ft.reschedule, &[&s, &i, &deadline_ms])?;
+        if let Some(row) = rows.first() {
+            let reminders: Vec<i64> = row.try_get(1)?;
+            return Ok(Moved::Moved {
+                payload: row.try_get(0)?,
+                reminders_ms: reminders
+                    .into_iter()
+                    .map(|r| u64::try_from(r).unwrap_or(0))
+                    .collect(),
+            });
+        }
+        // A fresh snapshot: a claim that won the row lock is seen.
+        let state = self.store.client.query_opt(&self.ft.state_of, &[&s, &i])?;
+        Ok(match state {
+            Some(_) => Moved::Claimed,
+            None => Moved::Absent,
+        })
+    }
+
+    /// Streams the pending rows of `shards` due at or past `to_ms` whose
+    /// first reminder is in `[from_ms, to_ms)`.
+    pub(super) fn load_reminding(
+        &mut self,
+        shards: &[u32],
+        from_ms: u64,
+        to_ms: u64,
+        each: &mut dyn FnMut(Loaded),
+    ) -> Result<(), QueryError> {
+        let s = shards_param(shards);
+        let from = i64::try_from(from_ms).unwrap_or(i64::MAX);
+        let to = i64::try_from(to_ms).unwrap_or(i64::MAX);
+        for row in self
+            .store
+            .client
+            .query(&self.ft.load_reminding, &[&s, &from, &to])?
+        {
+            each(loaded(&row)?);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,10 @@ pub(super) struct Row {
     id: i64,
     deadline: i64,
     bytes: Vec<u8>,
+    /// The pending reminder times as an array literal (`{}` for none).
+    reminders: String,
+    /// When the wheel first needs it: its first reminder or its deadline.
+    first_due_ms: u64,
 }
 
 impl Row {
@@ -32,6 +36,7 @@ impl Row {
         map: &ShardMap,
         id: u64,
         deadline_ms: u64,
+        reminders_ms: &[u64],
         payload: &P,
     ) -> Result<Self, &'static str> {
         let deadline =
@@ -47,6 +52,8 @@ impl Row {
             id: id as i64,
             deadline,
             bytes,
+            reminders: super::remind::array_literal(reminders_ms)?,
+            first_due_ms: super::remind::first_due_ms(deadline_ms, reminders_ms),
         })
     }
 }
@@ -82,13 +89,14 @@ pub(super) enum Request {
         id: u64,
         reply: Sender<Result<Cancelled, CancelError>>,
     },
+    Reschedule(super::reschedule::Request),
 }
 
 impl Request {
     fn rows(&self) -> usize {
         match self {
             Self::Schedule { rows, .. } => rows.len(),
-            Self::Cancel { .. } => 1,
+            Self::Cancel { .. } | Self::Reschedule(_) => 1,
         }
     }
 
@@ -99,6 +107,9 @@ impl Request {
             }
             Self::Cancel { reply, .. } => {
                 let _ = reply.send(Err(CancelError::ShuttingDown));
+            }
+            Self::Reschedule(r) => {
+                let _ = r.reply.send(Err(duewheel::RescheduleError::ShuttingDown));
             }
         }
     }
@@ -139,10 +150,12 @@ pub(super) fn run(shared: &Shared, db: NodeDb, rx: &Receiver<Request>) {
         }
         let mut schedules = Vec::new();
         let mut cancels = Vec::new();
+        let mut reschedules = Vec::new();
         for request in batch {
             match request {
                 Request::Schedule { rows, reply } => schedules.push((rows, reply)),
                 Request::Cancel { shard, id, reply } => cancels.push((shard, id, reply)),
+                Request::Reschedule(r) => reschedules.push(r),
             }
         }
         if !schedules.is_empty() {
@@ -150,6 +163,9 @@ pub(super) fn run(shared: &Shared, db: NodeDb, rx: &Receiver<Request>) {
         }
         if !cancels.is_empty() {
             write_cancels(shared, &mut db, cancels);
+        }
+        if !reschedules.is_empty() {
+            super::reschedule::write(shared, &mut db, reschedules);
         }
     }
 }
@@ -224,7 +240,7 @@ fn notify_owners(
                 .epoch_of(u32::try_from(row.shard).unwrap_or(u32::MAX))
                 .is_some()
         };
-        if !stored || u64::try_from(row.deadline).unwrap_or(0) >= near || ours() {
+        if !stored || row.first_due_ms >= near || ours() {
             continue;
         }
         let chunk = chunks.last_mut().expect("never empty");
@@ -255,6 +271,7 @@ fn insert(shared: &Shared, db: &mut Option<NodeDb>, rows: &[&Row]) -> Vec<Outcom
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     let deadlines: Vec<i64> = rows.iter().map(|r| r.deadline).collect();
     let payloads: Vec<&[u8]> = rows.iter().map(|r| &r.bytes[..]).collect();
+    let reminders: Vec<&str> = rows.iter().map(|r| &r.reminders[..]).collect();
     let deadline = Instant::now() + shared.config.op_timeout;
     let all = |o: &dyn Fn() -> Outcome| rows.iter().map(|_| o()).collect();
     let mut in_doubt = false;
@@ -266,7 +283,7 @@ fn insert(shared: &Shared, db: &mut Option<NodeDb>, rows: &[&Row]) -> Vec<Outcom
                 all(&|| Outcome::Unavailable("cannot reach the database".into()))
             };
         };
-        let written = conn.insert(&shards, &ids, &deadlines, &payloads);
+        let written = conn.insert(&shards, &ids, &deadlines, &payloads, &reminders);
         let written = match written {
             Ok(written) => written,
             Err(e) if !in_doubt && !is_transient(&e) && matches!(e, QueryError::Refused(_)) => {
