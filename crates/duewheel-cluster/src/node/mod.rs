@@ -904,10 +904,10 @@ impl<P: Codec + Clone + Send + 'static> NodeScheduler<P> {
         // Another owner learns by notification (see `reschedule`).
         if self.shared.epoch_of(shard).is_some() {
             let at = Deadline::at_unix_ms(deadline_ms);
-            if let Err(RescheduleError::NotFound) = self.engine.reschedule(&id, at) {
-                if let Ok(payload) = P::decode(&payload) {
-                    self.hint(id, deadline_ms, &reminders_ms, payload);
-                }
+            if let Err(RescheduleError::NotFound) = self.engine.reschedule(&id, at)
+                && let Ok(payload) = P::decode(&payload)
+            {
+                self.hint(id, deadline_ms, &reminders_ms, payload);
             }
         }
         Ok(())

@@ -15,7 +15,7 @@
 //! from the table) and leaves the wheel; the sweep then fires the row at
 //! its new deadline.
 
-use super::sql::{Moved, NodeDb, is_transient};
+use super::sql::{NodeDb, Rescheduled, is_transient};
 use super::{Shared, bump};
 use crate::error::QueryError;
 use crossbeam_channel::Sender;
@@ -80,7 +80,7 @@ fn write_one(
         }
     };
     match moved {
-        Moved::Moved {
+        Rescheduled::Moved {
             payload,
             reminders_ms,
         } => {
@@ -98,7 +98,7 @@ fn write_one(
             Ok((payload, reminders_ms))
         }
         _ if in_doubt => Err(RescheduleError::InDoubt),
-        Moved::Claimed => Err(RescheduleError::AlreadyFired),
-        Moved::Absent => Err(RescheduleError::NotFound),
+        Rescheduled::Claimed => Err(RescheduleError::AlreadyFired),
+        Rescheduled::Absent => Err(RescheduleError::NotFound),
     }
 }

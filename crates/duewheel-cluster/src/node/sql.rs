@@ -680,7 +680,7 @@ fn fence_of(items: &[(u32, u64, u64)], current: &[(u32, u64)]) -> Fence {
 
 /// What [`NodeDb::reschedule`] found.
 #[derive(Debug)]
-pub(super) enum Moved {
+pub(super) enum Rescheduled {
     /// The row was pending: its deadline moved. Its payload bytes and its
     /// pending reminder times after the move, ascending.
     Moved {
@@ -825,13 +825,13 @@ impl NodeDb {
         Ok((current.map(epoch_of), written > 0))
     }
 
-    /// Moves `id`'s pending row to `deadline_ms` (see [`Moved`]).
+    /// Moves `id`'s pending row to `deadline_ms` (see [`Rescheduled`]).
     pub(super) fn reschedule(
         &mut self,
         shard: u32,
         id: u64,
         deadline_ms: i64,
-    ) -> Result<Moved, QueryError> {
+    ) -> Result<Rescheduled, QueryError> {
         let (s, i) = (shard_param(shard), id as i64);
         let rows = self
             .store
@@ -839,7 +839,7 @@ impl NodeDb {
             .query(&self.ft.reschedule, &[&s, &i, &deadline_ms])?;
         if let Some(row) = rows.first() {
             let reminders: Vec<i64> = row.try_get(1)?;
-            return Ok(Moved::Moved {
+            return Ok(Rescheduled::Moved {
                 payload: row.try_get(0)?,
                 reminders_ms: reminders
                     .into_iter()
@@ -850,8 +850,8 @@ impl NodeDb {
         // A fresh snapshot: a claim that won the row lock is seen.
         let state = self.store.client.query_opt(&self.ft.state_of, &[&s, &i])?;
         Ok(match state {
-            Some(_) => Moved::Claimed,
-            None => Moved::Absent,
+            Some(_) => Rescheduled::Claimed,
+            None => Rescheduled::Absent,
         })
     }
 
