@@ -40,6 +40,10 @@ fn config(dsn: &str, schema: &str, name: &str) -> NodeConfig {
         .renew_every(Duration::from_millis(300))
         .grace(Duration::ZERO)
         .sweep_every(Duration::from_millis(50))
+        // A short horizon, so that reminders of timers due past it are
+        // tested: the wheel must hold those for their reminders.
+        .horizon(Duration::from_secs(2))
+        .page_every(Duration::from_millis(500))
         .group("orders")
 }
 
@@ -206,6 +210,54 @@ fn a_reminder_delivered_before_a_takeover_is_not_repeated_by_the_next_owner() {
     );
     assert_eq!(seen.last().unwrap().attempt, 1);
     drop(on_b);
+    b.shutdown();
+    drop_schema(&dsn, &schema);
+}
+
+#[test]
+fn reminders_of_timers_due_past_the_horizon_are_delivered_on_time_whichever_node_wrote_them() {
+    let Some(dsn) = dsn() else { return };
+    let schema = schema("remindfar");
+    let a = config(&dsn, &schema, "a").start::<String>().unwrap();
+    let b = config(&dsn, &schema, "b").start::<String>().unwrap();
+    eventually(Duration::from_secs(10), "the shards divided", || {
+        let (x, y) = (a.stats().owned, b.stats().owned);
+        x + y == SHARDS as usize && x > 0 && y > 0
+    });
+    let (mut on_a, mut on_b) = (
+        a.subscribe("orders").unwrap(),
+        b.subscribe("orders").unwrap(),
+    );
+    // Due well past the 2 s horizon; reminded 1.5 s from now, within it.
+    let deadline_ms = b.scheduler().now_ms() + 8000;
+    let remind = [Duration::from_millis(6500)];
+    const N: u64 = 16;
+    for id in 1..=N {
+        b.scheduler()
+            .schedule_with_reminders(id, Deadline::at_unix_ms(deadline_ms), &remind, "r".into())
+            .unwrap();
+    }
+    let mut reminded = std::collections::HashMap::new();
+    let until = Instant::now() + Duration::from_secs(5);
+    while reminded.len() < N as usize && Instant::now() < until {
+        for c in [&mut on_a, &mut on_b] {
+            if let Ok(e) = c.recv_timeout(Duration::from_millis(20)) {
+                assert!(matches!(e.kind, EventKind::Reminder(1)), "{e:?}");
+                assert!(reminded.insert(e.id, e.due_ms).is_none(), "twice: {e:?}");
+            }
+        }
+    }
+    assert_eq!(reminded.len(), N as usize, "every reminder, on both owners");
+    assert!(reminded.values().all(|&due| due == deadline_ms - 6500));
+    // Still pending (a reminder claims nothing): every cancel wins.
+    for id in 1..=N {
+        assert_eq!(
+            a.scheduler().cancel(&id).unwrap(),
+            Cancel::Cancelled("r".into())
+        );
+    }
+    drop((on_a, on_b));
+    a.shutdown();
     b.shutdown();
     drop_schema(&dsn, &schema);
 }

@@ -780,7 +780,7 @@ impl<P: Codec + Clone + Send + 'static> NodeScheduler<P> {
     fn hint(&self, id: u64, deadline_ms: u64, reminders_ms: &[u64], payload: P) {
         let shard = self.shared.map.shard_of_id(id);
         if self.shared.epoch_of(shard).is_none()
-            || remind::first_due_ms(deadline_ms, reminders_ms)
+            || remind::held_from_ms(deadline_ms, reminders_ms)
                 >= self.shared.horizon_end_ms.load(Ordering::SeqCst)
         {
             return;

@@ -2,8 +2,9 @@
 //!
 //! - **Takeover**: a newly acquired shard's claimed rows (an earlier
 //!   owner's deliveries that were never acked) go into the wheel due at
-//!   once, and its pending rows due (or with a reminder due) before the
-//!   horizon's end as they are, with their pending reminders.
+//!   once, and its pending rows due before the horizon's end as they are,
+//!   and those with reminders still to deliver whatever their deadline
+//!   (see `remind`), with their pending reminders.
 //! - **Horizon**: every `page_every` the horizon's end moves to `now +
 //!   horizon` and the rows between the old and the new end are paged in, so
 //!   the wheel never needs the whole table.
@@ -260,7 +261,7 @@ fn take_over<P: Codec + Clone + Send + 'static>(
         conn.load_pending(&shards, 0, end, &mut |row| {
             loaded += u64::from(put.row(row));
         })?;
-        conn.load_reminding(&shards, 0, end, &mut |row| {
+        conn.load_reminding(&shards, end, &mut |row| {
             loaded += u64::from(put.row(row));
         })?;
         bump(&shared.counters.loaded, loaded);
@@ -293,15 +294,9 @@ fn page<P: Codec + Clone + Send + 'static>(
         return Ok(());
     }
     let mut loaded = 0;
-    let result = conn
-        .load_pending(&shards, old_end, new_end, &mut |row| {
-            loaded += u64::from(put.row(row));
-        })
-        .and_then(|()| {
-            conn.load_reminding(&shards, old_end, new_end, &mut |row| {
-                loaded += u64::from(put.row(row));
-            })
-        });
+    let result = conn.load_pending(&shards, old_end, new_end, &mut |row| {
+        loaded += u64::from(put.row(row));
+    });
     bump(&shared.counters.loaded, loaded);
     if result.is_err() {
         // Page the same span again next time (the sweep covers it meanwhile).

@@ -3,7 +3,11 @@
 //!
 //! - **Reminders**: a row keeps the reminder times not yet delivered
 //!   (`timers.reminders_ms`, ascending). The owner's wheel holds the timer
-//!   with those reminders (the pager and the hint put them in); when one
+//!   with those reminders from the moment it learns of it, past the
+//!   horizon too (hint, notification, takeover load: see
+//!   [`held_from_ms`]; the horizon pages by deadline only, so reminders
+//!   cost no scan each page, and the wheel's memory grows by the timers
+//!   with reminders pending); when one
 //!   fires, [`admit`] delivers it only if one fenced statement removed the
 //!   row's earliest pending reminder time, due by now ("reminder
 //!   delivered"): the row is pending (a cancelled or claimed row delivers
@@ -69,14 +73,16 @@ pub(super) fn offsets(deadline_ms: u64, reminders_ms: &[u64]) -> Vec<Duration> {
         .collect()
 }
 
-/// When the wheel first needs a timer: its first pending reminder, or its
-/// deadline.
-pub(super) fn first_due_ms(deadline_ms: u64, reminders_ms: &[u64]) -> u64 {
-    reminders_ms
-        .iter()
-        .copied()
-        .min()
-        .map_or(deadline_ms, |r| r.min(deadline_ms))
+/// From when the owner's wheel holds a timer, for the horizon test: a
+/// timer with reminders still to deliver at once (0), whatever its
+/// deadline, so that paging by deadline (indexed) never has to look for
+/// reminders; any other at its deadline. See the module doc.
+pub(super) fn held_from_ms(deadline_ms: u64, reminders_ms: &[u64]) -> u64 {
+    if reminders_ms.is_empty() {
+        deadline_ms
+    } else {
+        0
+    }
 }
 
 /// Tries at a refused statement (a deadlock victim, say) before the round's
@@ -268,13 +274,13 @@ mod tests {
     }
 
     #[test]
-    fn offsets_and_times_are_inverse_and_the_first_due_is_the_earliest() {
+    fn offsets_and_times_are_inverse_and_a_reminding_timer_is_held_at_once() {
         let before = [Duration::from_secs(60), Duration::from_secs(10)];
         let times = times_ms(100_000, &before);
         assert_eq!(times, vec![40_000, 90_000]);
         assert_eq!(offsets(100_000, &times), before.to_vec());
-        assert_eq!(first_due_ms(100_000, &times), 40_000);
-        assert_eq!(first_due_ms(100_000, &[]), 100_000);
+        assert_eq!(held_from_ms(100_000, &times), 0);
+        assert_eq!(held_from_ms(100_000, &[]), 100_000);
         // A reminder before the epoch is due at 0.
         assert_eq!(times_ms(5, &[Duration::from_secs(1)]), vec![0]);
     }

@@ -754,15 +754,15 @@ impl FeatureStatements {
             )?,
             state_of: c
                 .prepare("SELECT state FROM timers WHERE shard_id = $1 AND timer_id = $2")?,
-            // Pending rows due past `$3` whose first reminder falls in
-            // [`$2`, `$3`): the wheel needs them for the reminder. No index
-            // serves `reminders_ms[1]`: this reads the owned shards'
-            // pending rows due past `$3`.
+            // Pending rows due at or past `$2` with reminders still to
+            // deliver: the wheel holds them whatever their deadline (see
+            // `super::remind`). Read at takeover only; it reads the
+            // acquired shards' rows due past `$2` (no index serves
+            // `reminders_ms`).
             load_reminding: c.prepare(
                 "SELECT shard_id, timer_id, deadline_ms, payload, reminders_ms FROM timers
-                 WHERE shard_id = ANY($1::int[]) AND state = 0 AND deadline_ms >= $3
-                   AND cardinality(reminders_ms) > 0
-                   AND reminders_ms[1] >= $2 AND reminders_ms[1] < $3",
+                 WHERE shard_id = ANY($1::int[]) AND state = 0 AND deadline_ms >= $2
+                   AND cardinality(reminders_ms) > 0",
             )?,
         })
     }
@@ -855,23 +855,22 @@ impl NodeDb {
         })
     }
 
-    /// Streams the pending rows of `shards` due at or past `to_ms` whose
-    /// first reminder is in `[from_ms, to_ms)`.
+    /// Streams the pending rows of `shards` due at or past `from_ms` that
+    /// have reminders still to deliver.
     pub(super) fn load_reminding(
         &mut self,
         shards: &[u32],
         from_ms: u64,
-        to_ms: u64,
         each: &mut dyn FnMut(Loaded),
     ) -> Result<(), QueryError> {
         let s = shards_param(shards);
         let from = i64::try_from(from_ms).unwrap_or(i64::MAX);
-        let to = i64::try_from(to_ms).unwrap_or(i64::MAX);
-        for row in self
+        let params: [&dyn ToSql; 2] = [&s, &from];
+        let mut rows = self
             .store
             .client
-            .query(&self.ft.load_reminding, &[&s, &from, &to])?
-        {
+            .query_raw(&self.ft.load_reminding, params.iter().copied())?;
+        while let Some(row) = rows.next()? {
             each(loaded(&row)?);
         }
         Ok(())

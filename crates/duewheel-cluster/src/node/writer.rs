@@ -26,8 +26,8 @@ pub(super) struct Row {
     bytes: Vec<u8>,
     /// The pending reminder times as an array literal (`{}` for none).
     reminders: String,
-    /// When the wheel first needs it: its first reminder or its deadline.
-    first_due_ms: u64,
+    /// From when the owner's wheel holds it (see `remind::held_from_ms`).
+    held_from_ms: u64,
 }
 
 impl Row {
@@ -53,7 +53,7 @@ impl Row {
             deadline,
             bytes,
             reminders: super::remind::array_literal(reminders_ms)?,
-            first_due_ms: super::remind::first_due_ms(deadline_ms, reminders_ms),
+            held_from_ms: super::remind::held_from_ms(deadline_ms, reminders_ms),
         })
     }
 }
@@ -240,7 +240,7 @@ fn notify_owners(
                 .epoch_of(u32::try_from(row.shard).unwrap_or(u32::MAX))
                 .is_some()
         };
-        if !stored || row.first_due_ms >= near || ours() {
+        if !stored || row.held_from_ms >= near || ours() {
             continue;
         }
         let chunk = chunks.last_mut().expect("never empty");
