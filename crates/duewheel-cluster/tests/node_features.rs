@@ -4,7 +4,7 @@
 //! node's write, a takeover).
 //!
 //! Needs `DUEWHEEL_PG_DSN`; with `CI=true` a missing DSN fails instead of
-//! skipping. The async test needs the crate's feature `tokio`.
+//! skipping.
 
 use duewheel::{Cancel, Consumer, Deadline, Event, EventKind, RescheduleError};
 use duewheel_cluster::{Node, NodeConfig, ShardMap, StoreConfig};
@@ -429,7 +429,6 @@ fn a_snoozed_delivery_is_redelivered_by_the_next_owner_at_the_snoozed_time_not_a
 /// The async forms, awaited on a tokio runtime's own thread. (The node
 /// starts, and the table is read, outside it: the blocking `postgres`
 /// client runs its own runtime and refuses to block inside another.)
-#[cfg(feature = "tokio")]
 #[test]
 fn the_async_forms_schedule_reschedule_cancel_snooze_and_ack_through_the_table() {
     let Some(dsn) = dsn() else { return };

@@ -38,6 +38,7 @@ mod gate;
 mod keeper;
 mod pager;
 mod remind;
+mod reply;
 mod reschedule;
 mod sql;
 mod writer;
@@ -713,31 +714,81 @@ impl<P: Codec + Clone + Send + 'static> NodeScheduler<P> {
         &self,
         timers: impl IntoIterator<Item = (u64, D, &'r [Duration], P)>,
     ) -> Vec<Result<(), ScheduleError<P>>> {
+        let mut batch = self.prepare_rows(timers);
+        if batch.rows.is_empty() {
+            return batch.results;
+        }
+        let rows = std::mem::take(&mut batch.rows);
+        let n = rows.len();
+        let (reply, outcomes) = crossbeam_channel::bounded(1);
+        let outcomes = if self.submit(rows, reply.into()) {
+            outcomes.recv().ok()
+        } else {
+            None
+        };
+        self.finish_rows(batch, outcomes, n)
+    }
+
+    /// Validates and encodes timers for the table (the part of a schedule
+    /// done at the call, blocking or async).
+    fn prepare_rows<'r, D: Into<Deadline>>(
+        &self,
+        timers: impl IntoIterator<Item = (u64, D, &'r [Duration], P)>,
+    ) -> Batch<P> {
         let now_ms = self.shared.now_ms();
-        let mut results: Vec<Result<(), ScheduleError<P>>> = Vec::new();
-        // Accepted for the database: (position, id, deadline, reminders, payload).
-        let mut kept = Vec::new();
-        let mut rows = Vec::new();
+        let mut batch = Batch {
+            results: Vec::new(),
+            kept: Vec::new(),
+            rows: Vec::new(),
+        };
         for (id, deadline, before, payload) in timers {
             if before.len() > duewheel::MAX_REMINDERS {
-                results.push(Err(ScheduleError::TooManyReminders(payload)));
+                batch
+                    .results
+                    .push(Err(ScheduleError::TooManyReminders(payload)));
                 continue;
             }
             let deadline_ms = deadline.into().to_unix_ms(now_ms);
             let reminders_ms = remind::times_ms(deadline_ms, before);
             match writer::Row::new(&self.shared.map, id, deadline_ms, &reminders_ms, &payload) {
                 Ok(row) => {
-                    rows.push(row);
-                    kept.push((results.len(), id, deadline_ms, reminders_ms, payload));
-                    results.push(Ok(()));
+                    batch.rows.push(row);
+                    let at = batch.results.len();
+                    batch
+                        .kept
+                        .push((at, id, deadline_ms, reminders_ms, payload));
+                    batch.results.push(Ok(()));
                 }
-                Err(reason) => results.push(Err(ScheduleError::Invalid { reason, payload })),
+                Err(reason) => batch
+                    .results
+                    .push(Err(ScheduleError::Invalid { reason, payload })),
             }
         }
-        if rows.is_empty() {
-            return results;
-        }
-        let outcomes = self.submit_rows(rows);
+        batch
+    }
+
+    /// Hands rows to a writer, which answers `reply` after the commit;
+    /// `false` if no writer takes them (the node stops).
+    fn submit(&self, rows: Vec<writer::Row>, reply: writer::Reply) -> bool {
+        self.tx
+            .as_ref()
+            .is_some_and(|tx| tx.send(writer::Request::Schedule { rows, reply }).is_ok())
+    }
+
+    /// The results once the writer answered (`None`: it never will, the
+    /// node stopped) for the `n` rows sent: the wheel hinted of each
+    /// stored one.
+    fn finish_rows(
+        &self,
+        batch: Batch<P>,
+        outcomes: Option<Vec<writer::Outcome>>,
+        n: usize,
+    ) -> Vec<Result<(), ScheduleError<P>>> {
+        let Batch {
+            mut results, kept, ..
+        } = batch;
+        let outcomes =
+            outcomes.unwrap_or_else(|| (0..n).map(|_| writer::Outcome::ShuttingDown).collect());
         for ((at, id, deadline_ms, reminders_ms, payload), outcome) in
             kept.into_iter().zip(outcomes)
         {
@@ -756,20 +807,6 @@ impl<P: Codec + Clone + Send + 'static> NodeScheduler<P> {
             };
         }
         results
-    }
-
-    /// Hands rows to a writer and waits for their outcomes (one per row).
-    fn submit_rows(&self, rows: Vec<writer::Row>) -> Vec<writer::Outcome> {
-        let n = rows.len();
-        let down = || (0..n).map(|_| writer::Outcome::ShuttingDown).collect();
-        let Some(tx) = &self.tx else {
-            return down();
-        };
-        let (reply, outcomes) = crossbeam_channel::bounded(1);
-        if tx.send(writer::Request::Schedule { rows, reply }).is_err() {
-            return down();
-        }
-        outcomes.recv().unwrap_or_else(|_| down())
     }
 
     /// After a commit: puts the timer in this node's wheel if this node owns
@@ -815,33 +852,44 @@ impl<P: Codec + Clone + Send + 'static> NodeScheduler<P> {
         let mut waiting = Vec::new();
         for id in ids {
             let (reply, outcome) = crossbeam_channel::bounded(1);
-            let shard = self.shared.map.shard_of_id(id);
-            let sent = self.tx.as_ref().is_some_and(|tx| {
-                tx.send(writer::Request::Cancel { shard, id, reply })
-                    .is_ok()
-            });
+            let sent = self.submit_cancel(id, reply.into());
             waiting.push((id, sent.then_some(outcome)));
         }
         waiting
             .into_iter()
-            .map(|(id, outcome)| {
-                let outcome = outcome.ok_or(CancelError::ShuttingDown)?;
-                let answer = outcome.recv().map_err(|_| CancelError::ShuttingDown)??;
-                Ok(match answer {
-                    writer::Cancelled::Deleted(bytes) => {
-                        bump(&self.shared.counters.cancelled, 1);
-                        // Drop the wheel's copy, if it has one; the row is
-                        // gone, so a claim of it would find nothing anyway.
-                        let _ = self.engine.cancel(&id);
-                        Cancel::Cancelled(
-                            P::decode(&bytes).map_err(|e| CancelError::Corrupt(e.to_string()))?,
-                        )
-                    }
-                    writer::Cancelled::Claimed => Cancel::AlreadyFired,
-                    writer::Cancelled::Absent => Cancel::NotFound,
-                })
-            })
+            .map(|(id, outcome)| self.cancelled(id, outcome.and_then(|o| o.recv().ok())))
             .collect()
+    }
+
+    /// Hands a cancel to a writer; `false` if no writer takes it.
+    fn submit_cancel(&self, id: u64, reply: writer::CancelReply) -> bool {
+        let shard = self.shared.map.shard_of_id(id);
+        self.tx.as_ref().is_some_and(|tx| {
+            tx.send(writer::Request::Cancel { shard, id, reply })
+                .is_ok()
+        })
+    }
+
+    /// A cancel's answer from the writer's (`None`: the node stopped).
+    fn cancelled(
+        &self,
+        id: u64,
+        answer: Option<Result<writer::Cancelled, CancelError>>,
+    ) -> Result<Cancel<P>, CancelError> {
+        let answer = answer.ok_or(CancelError::ShuttingDown)??;
+        Ok(match answer {
+            writer::Cancelled::Deleted(bytes) => {
+                bump(&self.shared.counters.cancelled, 1);
+                // Drop the wheel's copy, if it has one; the row is
+                // gone, so a claim of it would find nothing anyway.
+                let _ = self.engine.cancel(&id);
+                Cancel::Cancelled(
+                    P::decode(&bytes).map_err(|e| CancelError::Corrupt(e.to_string()))?,
+                )
+            }
+            writer::Cancelled::Claimed => Cancel::AlreadyFired,
+            writer::Cancelled::Absent => Cancel::NotFound,
+        })
     }
 
     /// The epoch under which this node claimed `id`'s event that is being
@@ -877,18 +925,28 @@ impl<P: Codec + Clone + Send + 'static> NodeScheduler<P> {
         id: &u64,
         deadline: impl Into<Deadline>,
     ) -> Result<(), RescheduleError> {
-        let id = *id;
-        let deadline_ms = deadline.into().to_unix_ms(self.shared.now_ms());
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let (id, deadline_ms) = self.submit_reschedule(*id, deadline.into(), reply.into())?;
+        self.rescheduled(id, deadline_ms, answer.recv().ok())
+    }
+
+    /// Hands a reschedule to a writer: the id and the new deadline (UTC
+    /// ms) to finish with.
+    fn submit_reschedule(
+        &self,
+        id: u64,
+        deadline: Deadline,
+        reply: reschedule::Reply,
+    ) -> Result<(u64, u64), RescheduleError> {
+        let deadline_ms = deadline.to_unix_ms(self.shared.now_ms());
         let Ok(stored_ms) = i64::try_from(deadline_ms) else {
             return Err(RescheduleError::DeadlineTooFar {
                 deadline_ms,
                 max_ms: i64::MAX as u64,
             });
         };
-        let shard = self.shared.map.shard_of_id(id);
-        let (reply, outcome) = crossbeam_channel::bounded(1);
         let request = writer::Request::Reschedule(reschedule::Request {
-            shard,
+            shard: self.shared.map.shard_of_id(id),
             id,
             deadline_ms: stored_ms,
             reply,
@@ -896,13 +954,25 @@ impl<P: Codec + Clone + Send + 'static> NodeScheduler<P> {
         let tx = self.tx.as_ref().ok_or(RescheduleError::ShuttingDown)?;
         tx.send(request)
             .map_err(|_| RescheduleError::ShuttingDown)?;
-        let (payload, reminders_ms) = outcome
-            .recv()
-            .map_err(|_| RescheduleError::ShuttingDown)??;
-        // This node's wheel, if it owns the shard: move its copy, or put
-        // the row in if it had none (the new deadline may be nearer).
-        // Another owner learns by notification (see `reschedule`).
-        if self.shared.epoch_of(shard).is_some() {
+        Ok((id, deadline_ms))
+    }
+
+    /// A reschedule's answer from the writer (`None`: the node stopped).
+    /// This node's wheel, if it owns the shard: move its copy, or put the
+    /// row in if it had none (the new deadline may be nearer). Another
+    /// owner learns by notification (see `reschedule`).
+    fn rescheduled(
+        &self,
+        id: u64,
+        deadline_ms: u64,
+        answer: Option<reschedule::Outcome>,
+    ) -> Result<(), RescheduleError> {
+        let (payload, reminders_ms) = answer.ok_or(RescheduleError::ShuttingDown)??;
+        if self
+            .shared
+            .epoch_of(self.shared.map.shard_of_id(id))
+            .is_some()
+        {
             let at = Deadline::at_unix_ms(deadline_ms);
             if let Err(RescheduleError::NotFound) = self.engine.reschedule(&id, at)
                 && let Ok(payload) = P::decode(&payload)
@@ -914,12 +984,22 @@ impl<P: Codec + Clone + Send + 'static> NodeScheduler<P> {
     }
 }
 
-/// The `_async` forms (feature `tokio`): each makes its blocking call on
-/// tokio's blocking pool, so the runtime's threads never wait for a
-/// commit. A relative deadline is measured from the call. Outside a tokio
-/// runtime they run the call when first polled.
-#[cfg(feature = "tokio")]
-#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+/// A schedule call's timers on their way to the table.
+struct Batch<P> {
+    results: Vec<Result<(), ScheduleError<P>>>,
+    /// Accepted for the table: position, id, deadline, reminder times,
+    /// payload.
+    kept: Vec<(usize, u64, u64, Vec<u64>, P)>,
+    rows: Vec<writer::Row>,
+}
+
+/// The `_async` forms: each does at the call what its blocking form does
+/// before waiting (validation, a relative deadline measured from the call,
+/// the request handed to a writer), and its future only waits for the
+/// writer's answer, woken by the writer thread: no thread blocks for an
+/// async caller, and any executor polls it. The futures own what they need
+/// (`'static`), so they can be spawned; dropping one leaves the operation
+/// to complete unseen.
 impl<P: Codec + Clone + Send + Sync + 'static> NodeScheduler<P> {
     /// [`schedule`](Self::schedule) for async code.
     pub fn schedule_async(
@@ -928,14 +1008,7 @@ impl<P: Codec + Clone + Send + Sync + 'static> NodeScheduler<P> {
         deadline: impl Into<Deadline>,
         payload: P,
     ) -> impl Future<Output = Result<(), ScheduleError<P>>> + Send + 'static {
-        let at = Deadline::at_unix_ms(deadline.into().to_unix_ms(self.now_ms()));
-        let this = self.clone();
-        // Handed back if the runtime drops the work before it runs.
-        let kept = payload.clone();
-        off_runtime(
-            move || this.schedule(id, at, payload),
-            move || Err(ScheduleError::ShuttingDown(kept)),
-        )
+        self.schedule_with_reminders_async(id, deadline, &[], payload)
     }
 
     /// [`schedule_with_reminders`](Self::schedule_with_reminders) for async
@@ -947,14 +1020,28 @@ impl<P: Codec + Clone + Send + Sync + 'static> NodeScheduler<P> {
         reminders_before: &[Duration],
         payload: P,
     ) -> impl Future<Output = Result<(), ScheduleError<P>>> + Send + 'static {
-        let at = Deadline::at_unix_ms(deadline.into().to_unix_ms(self.now_ms()));
+        let mut batch = self.prepare_rows([(id, deadline, reminders_before, payload)]);
+        let rows = std::mem::take(&mut batch.rows);
+        let n = rows.len();
+        let answer = (n > 0).then(|| {
+            let (reply, answer) = reply::pair();
+            self.submit(rows, reply).then_some(answer)
+        });
         let this = self.clone();
-        let before = reminders_before.to_vec();
-        let kept = payload.clone();
-        off_runtime(
-            move || this.schedule_with_reminders(id, at, &before, payload),
-            move || Err(ScheduleError::ShuttingDown(kept)),
-        )
+        async move {
+            let outcomes = match answer {
+                Some(Some(answer)) => answer.await,
+                _ => None,
+            };
+            let mut results = if n == 0 {
+                batch.results
+            } else {
+                this.finish_rows(batch, outcomes, n)
+            };
+            results
+                .pop()
+                .unwrap_or_else(|| unreachable!("one result per timer"))
+        }
     }
 
     /// [`cancel`](Self::cancel) for async code.
@@ -962,8 +1049,14 @@ impl<P: Codec + Clone + Send + Sync + 'static> NodeScheduler<P> {
         &self,
         id: &u64,
     ) -> impl Future<Output = Result<Cancel<P>, CancelError>> + Send + 'static {
-        let (this, id) = (self.clone(), *id);
-        off_runtime(move || this.cancel(&id), || Err(CancelError::ShuttingDown))
+        let id = *id;
+        let (reply, answer) = reply::pair();
+        let sent = self.submit_cancel(id, reply);
+        let this = self.clone();
+        async move {
+            let answer = if sent { answer.await } else { None };
+            this.cancelled(id, answer)
+        }
     }
 
     /// [`reschedule`](Self::reschedule) for async code.
@@ -972,37 +1065,20 @@ impl<P: Codec + Clone + Send + Sync + 'static> NodeScheduler<P> {
         id: &u64,
         deadline: impl Into<Deadline>,
     ) -> impl Future<Output = Result<(), RescheduleError>> + Send + 'static {
-        let at = Deadline::at_unix_ms(deadline.into().to_unix_ms(self.now_ms()));
-        let (this, id) = (self.clone(), *id);
-        off_runtime(
-            move || this.reschedule(&id, at),
-            || Err(RescheduleError::ShuttingDown),
-        )
-    }
-}
-
-/// Runs `work` on tokio's blocking pool (or, outside a runtime, in the
-/// poll); `gone` answers if the runtime dropped it unrun (shutting down).
-#[cfg(feature = "tokio")]
-async fn off_runtime<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-    gone: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => match runtime.spawn_blocking(work).await {
-            Ok(answer) => answer,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => gone(),
-        },
-        Err(_) => work(),
+        let (reply, answer) = reply::pair();
+        let submitted = self.submit_reschedule(*id, deadline.into(), reply);
+        let this = self.clone();
+        async move {
+            let (id, deadline_ms) = submitted?;
+            this.rescheduled(id, deadline_ms, answer.await)
+        }
     }
 }
 
 /// The scheduling interface the engine's `Scheduler` has too. The `_async`
 /// forms (core feature `tokio`) are this crate's own with its feature
-/// `tokio` (off the runtime's threads); without it, the trait's defaults,
-/// which make the blocking call (a database commit) when the future is
-/// created.
+/// `tokio` (they never block); without it, the trait's defaults, which
+/// make the blocking call (a database commit) when the future is created.
 impl<P: Codec + Clone + Send + Sync + 'static> Schedule<u64, P> for NodeScheduler<P> {
     fn schedule(
         &self,

@@ -18,12 +18,14 @@
 use super::sql::{NodeDb, Rescheduled, is_transient};
 use super::{Shared, bump};
 use crate::error::QueryError;
-use crossbeam_channel::Sender;
 use duewheel::RescheduleError;
 use std::time::{Duration, Instant};
 
 /// A reschedule's answer: the moved row's payload bytes and reminder times.
-pub(super) type Reply = Sender<Result<(Vec<u8>, Vec<u64>), RescheduleError>>;
+pub(super) type Outcome = Result<(Vec<u8>, Vec<u64>), RescheduleError>;
+
+/// Where a reschedule's [`Outcome`] goes.
+pub(super) type Reply = super::reply::Reply<Outcome>;
 
 /// One reschedule: shard, id, new deadline, where to answer.
 pub(super) struct Request {
@@ -40,11 +42,7 @@ pub(super) fn write(shared: &Shared, db: &mut Option<NodeDb>, requests: Vec<Requ
     }
 }
 
-fn write_one(
-    shared: &Shared,
-    db: &mut Option<NodeDb>,
-    request: &Request,
-) -> Result<(Vec<u8>, Vec<u64>), RescheduleError> {
+fn write_one(shared: &Shared, db: &mut Option<NodeDb>, request: &Request) -> Outcome {
     let deadline = Instant::now() + shared.config.op_timeout;
     let mut in_doubt = false;
     let moved = loop {

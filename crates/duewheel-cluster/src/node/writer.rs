@@ -12,7 +12,7 @@ use super::sql::{NodeDb, is_transient};
 use super::{Shared, bump};
 use crate::error::QueryError;
 use crate::{MAX_PAYLOAD_BYTES, ShardMap};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use duewheel::CancelError;
 use duewheel::Codec;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -82,12 +82,12 @@ pub(super) enum Cancelled {
 pub(super) enum Request {
     Schedule {
         rows: Vec<Row>,
-        reply: Sender<Vec<Outcome>>,
+        reply: Reply,
     },
     Cancel {
         shard: u32,
         id: u64,
-        reply: Sender<Result<Cancelled, CancelError>>,
+        reply: CancelReply,
     },
     Reschedule(super::reschedule::Request),
 }
@@ -182,7 +182,7 @@ fn connected<'a>(
     db.as_mut()
 }
 
-type Reply = Sender<Vec<Outcome>>;
+pub(super) type Reply = super::reply::Reply<Vec<Outcome>>;
 
 fn write_schedules(shared: &Shared, db: &mut Option<NodeDb>, requests: Vec<(Vec<Row>, Reply)>) {
     let all: Vec<&Row> = requests.iter().flat_map(|(rows, _)| rows).collect();
@@ -328,7 +328,7 @@ fn insert(shared: &Shared, db: &mut Option<NodeDb>, rows: &[&Row]) -> Vec<Outcom
     }
 }
 
-type CancelReply = Sender<Result<Cancelled, CancelError>>;
+pub(super) type CancelReply = super::reply::Reply<Result<Cancelled, CancelError>>;
 
 fn write_cancels(shared: &Shared, db: &mut Option<NodeDb>, cancels: Vec<(u32, u64, CancelReply)>) {
     let deadline = Instant::now() + shared.config.op_timeout;
