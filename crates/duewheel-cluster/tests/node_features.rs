@@ -232,10 +232,22 @@ fn reminders_of_timers_due_past_the_horizon_are_delivered_on_time_whichever_node
     let deadline_ms = b.scheduler().now_ms() + 8000;
     let remind = [Duration::from_millis(6500)];
     const N: u64 = 16;
-    for id in 1..=N {
+    // Half one by one, half in a batch.
+    for id in 1..=N / 2 {
         b.scheduler()
             .schedule_with_reminders(id, Deadline::at_unix_ms(deadline_ms), &remind, "r".into())
             .unwrap();
+    }
+    let batch = (N / 2 + 1..=N).map(|id| {
+        (
+            id,
+            Deadline::at_unix_ms(deadline_ms),
+            &remind[..],
+            "r".to_string(),
+        )
+    });
+    for r in b.scheduler().schedule_batch_with_reminders(batch) {
+        r.unwrap();
     }
     let mut reminded = std::collections::HashMap::new();
     let until = Instant::now() + Duration::from_secs(5);

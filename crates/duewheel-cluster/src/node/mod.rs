@@ -709,6 +709,16 @@ impl<P: Codec + Clone + Send + 'static> NodeScheduler<P> {
             .unwrap_or_else(|| unreachable!("one result per timer"))
     }
 
+    /// [`schedule_batch`](Self::schedule_batch) with each timer's reminder
+    /// offsets (as [`schedule_with_reminders`](Self::schedule_with_reminders)
+    /// takes them); one result per timer, in order, sharing commits.
+    pub fn schedule_batch_with_reminders<'r, D: Into<Deadline>>(
+        &self,
+        timers: impl IntoIterator<Item = (u64, D, &'r [Duration], P)>,
+    ) -> Vec<Result<(), ScheduleError<P>>> {
+        self.schedule_rows(timers)
+    }
+
     /// Schedules timers with their reminder offsets; one result per timer.
     fn schedule_rows<'r, D: Into<Deadline>>(
         &self,
