@@ -25,12 +25,14 @@
 //!   load, paged in late) are found by the periodic sweep, which reads the
 //!   table; the wheel makes firing on time cheap, the table makes it sure.
 //!
-//! Threads: `writer`s (schedules and cancels, batched up to
+//! Threads: `writer`s (schedules, cancels and reschedules, batched up to
 //! `batch_rows`/`batch_wait` per commit, answered after the commit),
 //! the `keeper` (heartbeat, lease renewal, balancing and orphan takeover),
 //! the `pager` (takeover loads, the horizon, the sweep), the `acker`
-//! (batched deletes of acked rows), and the engine's dispatcher, which
-//! claims through the gate. Each has its own connection.
+//! (batched deletes of acked rows), the engine's dispatcher, which
+//! claims (and delivers reminders, see `remind`) through the gate, and,
+//! from the first snooze, the snoozer (writes snoozes back). Each has its
+//! own connection.
 
 mod acker;
 mod error;
@@ -611,7 +613,8 @@ impl<P: Codec + Clone + Send + Sync + 'static> Drop for Node<P> {
     }
 }
 
-/// Schedules and cancels through a node. `Clone + Send + Sync`.
+/// Schedules, cancels and reschedules through a node, blocking or async
+/// (`_async` forms). `Clone + Send + Sync`.
 pub struct NodeScheduler<P> {
     shared: Arc<Shared>,
     tx: Option<Sender<writer::Request>>,
