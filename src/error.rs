@@ -189,11 +189,20 @@ pub enum RescheduleError {
     /// The write-ahead log failed (fail-stop); the deadline may not have moved.
     #[error("the write-ahead log failed; the engine accepts no more changes")]
     Storage,
-    /// This scheduler cannot move a deadline atomically (a cluster node:
-    /// its timers are rows another node may be claiming). Cancel, which
-    /// hands the payload back, and schedule again.
+    /// This scheduler cannot move a deadline atomically. (No scheduler in
+    /// this workspace answers it any more: a cluster node reschedules
+    /// atomically since it gained `reschedule`; kept for compatibility.)
     #[error("this scheduler cannot reschedule; cancel and schedule again")]
     Unsupported,
+    /// The store was unreachable or refused the update (a cluster node's
+    /// database): the deadline did not move.
+    #[error("the store is unavailable; the deadline did not move")]
+    Unavailable,
+    /// The connection failed mid-statement (a cluster node): the deadline
+    /// may or may not have moved. Rescheduling again to the same deadline
+    /// settles it.
+    #[error("the reschedule is in doubt: the deadline may or may not have moved")]
+    InDoubt,
 }
 
 /// Why a cancel ([`Schedule::cancel`](crate::Schedule::cancel)) could not

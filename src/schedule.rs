@@ -82,7 +82,7 @@ pub trait Schedule<K, P>: Send + Sync {
     /// # Errors
     ///
     /// A [`RescheduleError`]: no such pending timer, already fired, out of
-    /// reach, or (a cluster node) [`RescheduleError::Unsupported`].
+    /// reach, or (a cluster node) its database unavailable or in doubt.
     fn reschedule(&self, id: &K, deadline: impl Into<Deadline>) -> Result<(), RescheduleError>;
 
     /// [`schedule`](Self::schedule) for async code.

@@ -306,3 +306,55 @@ fn every_ack_path_reports_the_ended_timer_to_the_hooks() {
     assert_eq!(orders.ack(&events[0]), Err(AckError::NotInFlight));
     assert_eq!(ends.0.lock().unwrap().len(), 6);
 }
+
+/// Records the snoozes reported (the cluster writes them back to the row).
+#[derive(Default)]
+struct Snoozes(std::sync::Mutex<Vec<(u64, u32, u64)>>);
+
+impl duewheel::Hooks<u64, u64> for Snoozes {
+    fn snoozed(&self, event: &duewheel::Event<u64, u64>, until_ms: u64) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((event.id, event.attempt, until_ms));
+    }
+}
+
+/// Both snooze paths, blocking and async, report each accepted snooze with
+/// the event snoozed and when it is due again; a refused one reports nothing.
+#[test]
+fn every_snooze_path_reports_the_snooze_to_the_hooks() {
+    let clock = ManualClock::new(T0);
+    let snoozes = std::sync::Arc::new(Snoozes::default());
+    let engine = Engine::<u64, u64>::builder()
+        .clock(clock.clone())
+        .ack_timeout(Duration::from_secs(30))
+        .max_snoozes(1)
+        .group("orders")
+        .hooks(snoozes.clone())
+        .build()
+        .unwrap();
+    let mut orders = engine.subscribe("orders").unwrap();
+    let s = engine.scheduler();
+    s.schedule(1, Duration::from_secs(1), 1).unwrap();
+    s.schedule(2, Duration::from_secs(1), 2).unwrap();
+    clock.advance(Duration::from_secs(1));
+    assert!(s.settle(WAIT));
+    let mut events = orders.drain_ready();
+    events.sort_by_key(|e| e.id);
+    orders.snooze(&events[0], Duration::from_secs(10)).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(orders.snooze_async(&events[1], Duration::from_secs(20)))
+        .unwrap();
+    let now = T0 + 1000;
+    assert_eq!(
+        *snoozes.0.lock().unwrap(),
+        [(1, 1, now + 10_000), (2, 1, now + 20_000)]
+    );
+    // Refused (not in flight any more): nothing reported.
+    assert!(orders.snooze(&events[0], Duration::from_secs(5)).is_err());
+    assert_eq!(snoozes.0.lock().unwrap().len(), 2);
+}

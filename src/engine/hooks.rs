@@ -22,7 +22,8 @@
 //! engine; the store owns what happens to it next). An event `deliverable`
 //! refuses stays in flight: with acknowledgements on it comes back after
 //! the ack timeout, through `admit` again. Every path that ends a timer by
-//! acknowledgement (`ack`, `ack_async`) reports it to `ended`.
+//! acknowledgement (`ack`, `ack_async`) reports it to `ended`, and
+//! every accepted snooze (`snooze`, `snooze_async`) to `snoozed`.
 
 use super::event::Event;
 pub(crate) use super::shard::Fired;
@@ -128,6 +129,16 @@ pub trait Hooks<K, P>: Send + Sync {
     /// `id`'s delivery was acknowledged by every group: its timer ended.
     fn ended(&self, id: &K) {
         let _ = id;
+    }
+
+    /// A consumer snoozed `event` (an `Expired` delivery the engine
+    /// accepted as snoozed): its timer is due again at `until_ms`. A store
+    /// writes the due time back, so that whoever fires the timer next (a
+    /// takeover included) fires it then and not at once. Called once per
+    /// accepted snooze, blocking or async, on the snoozing thread, after
+    /// the engine moved the timer and with no lock held.
+    fn snoozed(&self, event: &Event<K, P>, until_ms: u64) {
+        let _ = (event, until_ms);
     }
 }
 

@@ -489,6 +489,10 @@ where
             .lock()
             .snooze(hash, &event.id, event.token, until_ms)?;
         self.inner.note_due(accepted.value);
+        // Both snooze paths come through here, so the store hears of each.
+        if let Some(hooks) = &self.inner.hooks {
+            hooks.snoozed(event, until_ms);
+        }
         Ok(accepted.seq)
     }
 

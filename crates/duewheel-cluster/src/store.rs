@@ -294,9 +294,10 @@ impl PgStore {
     ) -> Result<Inserted, InsertError> {
         let (ids, deadlines, payloads) = self.columns(shard, timers)?;
         let shards = vec![shard_param(shard); ids.len()];
+        let no_reminders = vec!["{}"; ids.len()];
         let written: Vec<i64> = self
             .db
-            .insert(&shards, &ids, &deadlines, &payloads)?
+            .insert(&shards, &ids, &deadlines, &payloads, &no_reminders)?
             .into_iter()
             .map(|id| id as i64)
             .collect();

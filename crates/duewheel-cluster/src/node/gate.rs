@@ -24,7 +24,7 @@ use super::sql::{Claimed, NodeDb};
 use super::{KeeperMsg, Shared, bump};
 use crate::error::QueryError;
 use crossbeam_channel::Sender;
-use duewheel::{Event, Hooks, Round};
+use duewheel::{Event, EventKind, Hooks, Round};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
@@ -39,6 +39,8 @@ pub(super) struct Gate {
     dbs: Vec<Mutex<Option<NodeDb>>>,
     /// Ended timers, for the acker to delete.
     acks: Sender<u64>,
+    /// Snoozed deliveries, to write back (see `remind`).
+    snoozes: super::remind::Snoozes,
 }
 
 /// One part of a round: `(shard, epoch, id)` items and their redelivery
@@ -57,6 +59,7 @@ impl Gate {
             shared,
             dbs: dbs.into_iter().map(|db| Mutex::new(Some(db))).collect(),
             acks,
+            snoozes: super::remind::Snoozes::default(),
         }
     }
 
@@ -147,6 +150,8 @@ impl Gate {
 
 impl<P: Clone> Hooks<u64, P> for Gate {
     fn admit(&self, round: &mut Round<'_, u64, P>) {
+        // Reminders never claim (see `remind`); only expiries reach the claim.
+        super::remind::admit(&self.shared, &self.dbs[0], round);
         let shared = &*self.shared;
         let n = self.dbs.len().max(1);
         // Only shards this node holds now; the rest left with their
@@ -154,6 +159,9 @@ impl<P: Clone> Hooks<u64, P> for Gate {
         let mut parts: Vec<Part> = (0..n).map(|_| Part::default()).collect();
         let mut marked = shared.redeliver.lock();
         round.retain(|event| {
+            if matches!(event.kind, EventKind::Reminder(_)) {
+                return true;
+            }
             let shard = shared.map.shard_of_id(event.id);
             match shared.epoch_of(shard) {
                 Some(epoch) if !shared.stopping() => {
@@ -269,6 +277,8 @@ impl<P: Clone> Hooks<u64, P> for Gate {
         let mut claim_epochs = shared.claim_epochs.lock();
         let mut marked = shared.redeliver.lock();
         round.retain(|event| match attempts.get(&event.id) {
+            // Admitted by `remind::admit`, under its own fenced statement.
+            _ if matches!(event.kind, EventKind::Reminder(_)) => true,
             Some(&attempt) => {
                 marked.remove(&event.id);
                 event.attempt = attempt.max(1);
@@ -311,5 +321,9 @@ impl<P: Clone> Hooks<u64, P> for Gate {
     fn ended(&self, id: &u64) {
         self.shared.in_flight.ended(*id);
         let _ = self.acks.send(*id);
+    }
+
+    fn snoozed(&self, event: &Event<u64, P>, until_ms: u64) {
+        self.snoozes.snoozed(&self.shared, event, until_ms);
     }
 }

@@ -25,13 +25,15 @@
 //!   load, paged in late) are found by the periodic sweep, which reads the
 //!   table; the wheel makes firing on time cheap, the table makes it sure.
 //!
-//! Threads: `writer`s (schedules and cancels, batched up to
+//! Threads: `writer`s (schedules, cancels and reschedules, batched up to
 //! `batch_rows`/`batch_wait` per commit, answered after the commit),
 //! the `keeper` (heartbeat, lease renewal, balancing and orphan takeover),
 //! the `pager` (takeover loads, the horizon, the sweep), the `acker`
-//! (batched deletes of acked rows), and the engine's dispatcher, which
+//! (batched deletes of acked rows), the engine's dispatcher, which
 //! claims through the gate (a round split by shard over two connections,
-//! claimed at once). Each has its own connection.
+//! claimed at once; reminders are delivered there too, see `remind`),
+//! and, from the first snooze, the snoozer (writes snoozes back). Each has
+//! its own connection.
 
 mod acker;
 mod error;
@@ -40,6 +42,9 @@ mod gate;
 mod keeper;
 mod metrics;
 mod pager;
+mod remind;
+mod reply;
+mod reschedule;
 mod session;
 pub(crate) mod sql;
 mod writer;
@@ -782,7 +787,8 @@ impl<P: Codec + Clone + Send + Sync + 'static> Drop for Node<P> {
     }
 }
 
-/// Schedules and cancels through a node. `Clone + Send + Sync`.
+/// Schedules, cancels and reschedules through a node, blocking or async
+/// (`_async` forms). `Clone + Send + Sync`.
 pub struct NodeScheduler<P> {
     shared: Arc<Shared>,
     tx: Option<Sender<writer::Request>>,
@@ -834,31 +840,149 @@ impl<P: Codec + Clone + Send + 'static> NodeScheduler<P> {
         &self,
         timers: impl IntoIterator<Item = (u64, D, P)>,
     ) -> Vec<Result<(), ScheduleError<P>>> {
+        self.schedule_rows(
+            timers
+                .into_iter()
+                .map(|(id, deadline, payload)| (id, deadline, &[][..], payload)),
+        )
+    }
+
+    /// Like [`schedule`](Self::schedule), with reminders: each offset asks
+    /// for an [`EventKind::Reminder`](duewheel::EventKind::Reminder) that
+    /// long before the deadline (at most [`duewheel::MAX_REMINDERS`]), as
+    /// the engine's
+    /// [`schedule_with_reminders`](duewheel::Scheduler::schedule_with_reminders)
+    /// does. The row keeps the reminder times not yet delivered; the owner
+    /// delivers each at most once while the row is pending (never after a
+    /// cancel or the expiry's claim, and not again after a takeover). A
+    /// reminder whose time has passed fires at once. Reminders are numbered
+    /// from 1 by the node that delivers them: after a takeover the
+    /// numbering starts again with the first one left.
+    ///
+    /// ```no_run
+    /// use duewheel_cluster::{NodeConfig, StoreConfig};
+    /// use std::time::Duration;
+    ///
+    /// let store = StoreConfig::new("host=/tmp/pg port=54329 user=postgres");
+    /// let node = NodeConfig::new(store, "node-a").group("orders").start::<String>()?;
+    /// let remind = [Duration::from_secs(5 * 60)];
+    /// node.scheduler().schedule_with_reminders(
+    ///     42,
+    ///     Duration::from_secs(30 * 60),
+    ///     &remind,
+    ///     "order 42".to_string(),
+    /// )?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn schedule_with_reminders(
+        &self,
+        id: u64,
+        deadline: impl Into<Deadline>,
+        reminders_before: &[Duration],
+        payload: P,
+    ) -> Result<(), ScheduleError<P>> {
+        self.schedule_rows([(id, deadline, reminders_before, payload)])
+            .pop()
+            .unwrap_or_else(|| unreachable!("one result per timer"))
+    }
+
+    /// [`schedule_batch`](Self::schedule_batch) with each timer's reminder
+    /// offsets (as [`schedule_with_reminders`](Self::schedule_with_reminders)
+    /// takes them); one result per timer, in order, sharing commits.
+    pub fn schedule_batch_with_reminders<'r, D: Into<Deadline>>(
+        &self,
+        timers: impl IntoIterator<Item = (u64, D, &'r [Duration], P)>,
+    ) -> Vec<Result<(), ScheduleError<P>>> {
+        self.schedule_rows(timers)
+    }
+
+    /// Schedules timers with their reminder offsets; one result per timer.
+    fn schedule_rows<'r, D: Into<Deadline>>(
+        &self,
+        timers: impl IntoIterator<Item = (u64, D, &'r [Duration], P)>,
+    ) -> Vec<Result<(), ScheduleError<P>>> {
+        let mut batch = self.prepare_rows(timers);
+        if batch.rows.is_empty() {
+            return batch.results;
+        }
+        let rows = std::mem::take(&mut batch.rows);
+        let n = rows.len();
+        let (reply, outcomes) = crossbeam_channel::bounded(1);
+        let outcomes = if self.submit(rows, reply.into()) {
+            outcomes.recv().ok()
+        } else {
+            None
+        };
+        self.finish_rows(batch, outcomes, n)
+    }
+
+    /// Validates and encodes timers for the table (the part of a schedule
+    /// done at the call, blocking or async).
+    fn prepare_rows<'r, D: Into<Deadline>>(
+        &self,
+        timers: impl IntoIterator<Item = (u64, D, &'r [Duration], P)>,
+    ) -> Batch<P> {
         let now_ms = self.shared.now_ms();
-        let mut results: Vec<Result<(), ScheduleError<P>>> = Vec::new();
-        // Accepted for the database: (position, id, deadline, payload).
-        let mut kept = Vec::new();
-        let mut rows = Vec::new();
-        for (id, deadline, payload) in timers {
+        let mut batch = Batch {
+            results: Vec::new(),
+            kept: Vec::new(),
+            rows: Vec::new(),
+        };
+        for (id, deadline, before, payload) in timers {
+            if before.len() > duewheel::MAX_REMINDERS {
+                batch
+                    .results
+                    .push(Err(ScheduleError::TooManyReminders(payload)));
+                continue;
+            }
             let deadline_ms = deadline.into().to_unix_ms(now_ms);
-            match writer::Row::new(&self.shared.map, id, deadline_ms, &payload) {
+            let reminders_ms = remind::times_ms(deadline_ms, before);
+            match writer::Row::new(&self.shared.map, id, deadline_ms, &reminders_ms, &payload) {
                 Ok(row) => {
-                    rows.push(row);
-                    kept.push((results.len(), id, deadline_ms, payload));
-                    results.push(Ok(()));
+                    batch.rows.push(row);
+                    let at = batch.results.len();
+                    batch
+                        .kept
+                        .push((at, id, deadline_ms, reminders_ms, payload));
+                    batch.results.push(Ok(()));
                 }
-                Err(reason) => results.push(Err(ScheduleError::Invalid { reason, payload })),
+                Err(reason) => batch
+                    .results
+                    .push(Err(ScheduleError::Invalid { reason, payload })),
             }
         }
-        if rows.is_empty() {
-            return results;
-        }
-        let outcomes = self.submit_rows(rows);
-        for ((at, id, deadline_ms, payload), outcome) in kept.into_iter().zip(outcomes) {
+        batch
+    }
+
+    /// Hands rows to a writer, which answers `reply` after the commit;
+    /// `false` if no writer takes them (the node stops).
+    fn submit(&self, rows: Vec<writer::Row>, reply: writer::Reply) -> bool {
+        self.tx
+            .as_ref()
+            .is_some_and(|tx| tx.send(writer::Request::Schedule { rows, reply }).is_ok())
+    }
+
+    /// The results once the writer answered (`None`: it never will, the
+    /// node stopped) for the `n` rows sent: the wheel hinted of each
+    /// stored one.
+    fn finish_rows(
+        &self,
+        batch: Batch<P>,
+        outcomes: Option<Vec<writer::Outcome>>,
+        n: usize,
+    ) -> Vec<Result<(), ScheduleError<P>>> {
+        let Batch {
+            mut results, kept, ..
+        } = batch;
+        let outcomes =
+            outcomes.unwrap_or_else(|| (0..n).map(|_| writer::Outcome::ShuttingDown).collect());
+        for ((at, id, deadline_ms, reminders_ms, payload), outcome) in
+            kept.into_iter().zip(outcomes)
+        {
             results[at] = match outcome {
                 writer::Outcome::Stored => {
                     bump(&self.shared.counters.scheduled, 1);
-                    self.hint(id, deadline_ms, payload);
+                    self.hint(id, deadline_ms, &reminders_ms, payload);
                     Ok(())
                 }
                 writer::Outcome::Duplicate => Err(ScheduleError::AlreadyScheduled(payload)),
@@ -872,37 +996,27 @@ impl<P: Codec + Clone + Send + 'static> NodeScheduler<P> {
         results
     }
 
-    /// Hands rows to a writer and waits for their outcomes (one per row).
-    fn submit_rows(&self, rows: Vec<writer::Row>) -> Vec<writer::Outcome> {
-        let n = rows.len();
-        let down = || (0..n).map(|_| writer::Outcome::ShuttingDown).collect();
-        let Some(tx) = &self.tx else {
-            return down();
-        };
-        let (reply, outcomes) = crossbeam_channel::bounded(1);
-        if tx.send(writer::Request::Schedule { rows, reply }).is_err() {
-            return down();
-        }
-        outcomes.recv().unwrap_or_else(|_| down())
-    }
-
     /// After a commit: puts the timer in this node's wheel if this node owns
     /// its shard and the deadline is within the horizon. Read after the
     /// commit, so a takeover or a page that began before it loads the row,
     /// and one that began after it is seen here (see the module invariants;
     /// if both, the wheel keeps one and the claim decides anyway).
-    fn hint(&self, id: u64, deadline_ms: u64, payload: P) {
+    fn hint(&self, id: u64, deadline_ms: u64, reminders_ms: &[u64], payload: P) {
         let shard = self.shared.map.shard_of_id(id);
         if self.shared.epoch_of(shard).is_none()
-            || deadline_ms >= self.shared.horizon_end_ms.load(Ordering::SeqCst)
+            || remind::held_from_ms(deadline_ms, reminders_ms)
+                >= self.shared.horizon_end_ms.load(Ordering::SeqCst)
         {
             return;
         }
         // Already there (loaded meanwhile), or the engine is stopping: the
         // row is stored, and the sweep finds what the wheel lacks.
-        let _ = self
-            .engine
-            .schedule(id, Deadline::at_unix_ms(deadline_ms), payload);
+        let _ = self.engine.schedule_with_reminders(
+            id,
+            Deadline::at_unix_ms(deadline_ms),
+            &remind::offsets(deadline_ms, reminders_ms),
+            payload,
+        );
     }
 
     /// Cancels `id`'s timer, on whatever node it lives. The row decides
@@ -925,33 +1039,44 @@ impl<P: Codec + Clone + Send + 'static> NodeScheduler<P> {
         let mut waiting = Vec::new();
         for id in ids {
             let (reply, outcome) = crossbeam_channel::bounded(1);
-            let shard = self.shared.map.shard_of_id(id);
-            let sent = self.tx.as_ref().is_some_and(|tx| {
-                tx.send(writer::Request::Cancel { shard, id, reply })
-                    .is_ok()
-            });
+            let sent = self.submit_cancel(id, reply.into());
             waiting.push((id, sent.then_some(outcome)));
         }
         waiting
             .into_iter()
-            .map(|(id, outcome)| {
-                let outcome = outcome.ok_or(CancelError::ShuttingDown)?;
-                let answer = outcome.recv().map_err(|_| CancelError::ShuttingDown)??;
-                Ok(match answer {
-                    writer::Cancelled::Deleted(bytes) => {
-                        bump(&self.shared.counters.cancelled, 1);
-                        // Drop the wheel's copy, if it has one; the row is
-                        // gone, so a claim of it would find nothing anyway.
-                        let _ = self.engine.cancel(&id);
-                        Cancel::Cancelled(
-                            P::decode(&bytes).map_err(|e| CancelError::Corrupt(e.to_string()))?,
-                        )
-                    }
-                    writer::Cancelled::Claimed => Cancel::AlreadyFired,
-                    writer::Cancelled::Absent => Cancel::NotFound,
-                })
-            })
+            .map(|(id, outcome)| self.cancelled(id, outcome.and_then(|o| o.recv().ok())))
             .collect()
+    }
+
+    /// Hands a cancel to a writer; `false` if no writer takes it.
+    fn submit_cancel(&self, id: u64, reply: writer::CancelReply) -> bool {
+        let shard = self.shared.map.shard_of_id(id);
+        self.tx.as_ref().is_some_and(|tx| {
+            tx.send(writer::Request::Cancel { shard, id, reply })
+                .is_ok()
+        })
+    }
+
+    /// A cancel's answer from the writer's (`None`: the node stopped).
+    fn cancelled(
+        &self,
+        id: u64,
+        answer: Option<Result<writer::Cancelled, CancelError>>,
+    ) -> Result<Cancel<P>, CancelError> {
+        let answer = answer.ok_or(CancelError::ShuttingDown)??;
+        Ok(match answer {
+            writer::Cancelled::Deleted(bytes) => {
+                bump(&self.shared.counters.cancelled, 1);
+                // Drop the wheel's copy, if it has one; the row is
+                // gone, so a claim of it would find nothing anyway.
+                let _ = self.engine.cancel(&id);
+                Cancel::Cancelled(
+                    P::decode(&bytes).map_err(|e| CancelError::Corrupt(e.to_string()))?,
+                )
+            }
+            writer::Cancelled::Claimed => Cancel::AlreadyFired,
+            writer::Cancelled::Absent => Cancel::NotFound,
+        })
     }
 
     /// The epoch under which this node claimed `id`'s event that is being
@@ -962,22 +1087,187 @@ impl<P: Codec + Clone + Send + 'static> NodeScheduler<P> {
         self.shared.claim_epochs.lock().get(&id).copied()
     }
 
-    /// Always [`RescheduleError::Unsupported`]: a node has no atomic way
-    /// to move a stored deadline (the row may be claimed by its owner
-    /// meanwhile). [`cancel`](Self::cancel), which hands the payload back on
-    /// `Cancelled`, then [`schedule`](Self::schedule) again.
+    /// Moves `id`'s deadline, earlier or later, on whatever node it lives:
+    /// one statement moves the row's deadline only while it is pending, so
+    /// the row decides between this and the owner's claim as for a cancel.
+    /// `Ok` (it fires at the new deadline, not at the old), `AlreadyFired`
+    /// (it was claimed: it fired or is firing), `NotFound` (never
+    /// scheduled, cancelled, or fired and acked), `DeadlineTooFar` (beyond
+    /// `i64::MAX` ms), `Unavailable` (nothing moved), `InDoubt` (a
+    /// connection failed: rescheduling again to the same deadline settles
+    /// it) or `ShuttingDown`. Reminders already delivered stay delivered;
+    /// the pending ones keep their offsets before the new deadline.
+    ///
+    /// ```no_run
+    /// use duewheel_cluster::{NodeConfig, StoreConfig};
+    /// use std::time::Duration;
+    ///
+    /// let store = StoreConfig::new("host=/tmp/pg port=54329 user=postgres");
+    /// let node = NodeConfig::new(store, "node-a").group("orders").start::<String>()?;
+    /// let s = node.scheduler();
+    /// s.schedule(42, Duration::from_secs(30 * 60), "order 42".to_string())?;
+    /// s.reschedule(&42, Duration::from_secs(60 * 60))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn reschedule(
         &self,
-        _id: &u64,
-        _deadline: impl Into<Deadline>,
+        id: &u64,
+        deadline: impl Into<Deadline>,
     ) -> Result<(), RescheduleError> {
-        Err(RescheduleError::Unsupported)
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let (id, deadline_ms) = self.submit_reschedule(*id, deadline.into(), reply.into())?;
+        self.rescheduled(id, deadline_ms, answer.recv().ok())
+    }
+
+    /// Hands a reschedule to a writer: the id and the new deadline (UTC
+    /// ms) to finish with.
+    fn submit_reschedule(
+        &self,
+        id: u64,
+        deadline: Deadline,
+        reply: reschedule::Reply,
+    ) -> Result<(u64, u64), RescheduleError> {
+        let deadline_ms = deadline.to_unix_ms(self.shared.now_ms());
+        let Ok(stored_ms) = i64::try_from(deadline_ms) else {
+            return Err(RescheduleError::DeadlineTooFar {
+                deadline_ms,
+                max_ms: i64::MAX as u64,
+            });
+        };
+        let request = writer::Request::Reschedule(reschedule::Request {
+            shard: self.shared.map.shard_of_id(id),
+            id,
+            deadline_ms: stored_ms,
+            reply,
+        });
+        let tx = self.tx.as_ref().ok_or(RescheduleError::ShuttingDown)?;
+        tx.send(request)
+            .map_err(|_| RescheduleError::ShuttingDown)?;
+        Ok((id, deadline_ms))
+    }
+
+    /// A reschedule's answer from the writer (`None`: the node stopped).
+    /// This node's wheel, if it owns the shard: move its copy, or put the
+    /// row in if it had none (the new deadline may be nearer). Another
+    /// owner learns by notification (see `reschedule`).
+    fn rescheduled(
+        &self,
+        id: u64,
+        deadline_ms: u64,
+        answer: Option<reschedule::Outcome>,
+    ) -> Result<(), RescheduleError> {
+        let (payload, reminders_ms) = answer.ok_or(RescheduleError::ShuttingDown)??;
+        if self
+            .shared
+            .epoch_of(self.shared.map.shard_of_id(id))
+            .is_some()
+        {
+            let at = Deadline::at_unix_ms(deadline_ms);
+            if let Err(RescheduleError::NotFound) = self.engine.reschedule(&id, at)
+                && let Ok(payload) = P::decode(&payload)
+            {
+                self.hint(id, deadline_ms, &reminders_ms, payload);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A schedule call's timers on their way to the table.
+struct Batch<P> {
+    results: Vec<Result<(), ScheduleError<P>>>,
+    /// Accepted for the table: position, id, deadline, reminder times,
+    /// payload.
+    kept: Vec<(usize, u64, u64, Vec<u64>, P)>,
+    rows: Vec<writer::Row>,
+}
+
+/// The `_async` forms: each does at the call what its blocking form does
+/// before waiting (validation, a relative deadline measured from the call,
+/// the request handed to a writer), and its future only waits for the
+/// writer's answer, woken by the writer thread: no thread blocks for an
+/// async caller, and any executor polls it. The futures own what they need
+/// (`'static`), so they can be spawned; dropping one leaves the operation
+/// to complete unseen.
+impl<P: Codec + Clone + Send + Sync + 'static> NodeScheduler<P> {
+    /// [`schedule`](Self::schedule) for async code.
+    pub fn schedule_async(
+        &self,
+        id: u64,
+        deadline: impl Into<Deadline>,
+        payload: P,
+    ) -> impl Future<Output = Result<(), ScheduleError<P>>> + Send + 'static {
+        self.schedule_with_reminders_async(id, deadline, &[], payload)
+    }
+
+    /// [`schedule_with_reminders`](Self::schedule_with_reminders) for async
+    /// code.
+    pub fn schedule_with_reminders_async(
+        &self,
+        id: u64,
+        deadline: impl Into<Deadline>,
+        reminders_before: &[Duration],
+        payload: P,
+    ) -> impl Future<Output = Result<(), ScheduleError<P>>> + Send + 'static {
+        let mut batch = self.prepare_rows([(id, deadline, reminders_before, payload)]);
+        let rows = std::mem::take(&mut batch.rows);
+        let n = rows.len();
+        let answer = (n > 0).then(|| {
+            let (reply, answer) = reply::pair();
+            self.submit(rows, reply).then_some(answer)
+        });
+        let this = self.clone();
+        async move {
+            let outcomes = match answer {
+                Some(Some(answer)) => answer.await,
+                _ => None,
+            };
+            let mut results = if n == 0 {
+                batch.results
+            } else {
+                this.finish_rows(batch, outcomes, n)
+            };
+            results
+                .pop()
+                .unwrap_or_else(|| unreachable!("one result per timer"))
+        }
+    }
+
+    /// [`cancel`](Self::cancel) for async code.
+    pub fn cancel_async(
+        &self,
+        id: &u64,
+    ) -> impl Future<Output = Result<Cancel<P>, CancelError>> + Send + 'static {
+        let id = *id;
+        let (reply, answer) = reply::pair();
+        let sent = self.submit_cancel(id, reply);
+        let this = self.clone();
+        async move {
+            let answer = if sent { answer.await } else { None };
+            this.cancelled(id, answer)
+        }
+    }
+
+    /// [`reschedule`](Self::reschedule) for async code.
+    pub fn reschedule_async(
+        &self,
+        id: &u64,
+        deadline: impl Into<Deadline>,
+    ) -> impl Future<Output = Result<(), RescheduleError>> + Send + 'static {
+        let (reply, answer) = reply::pair();
+        let submitted = self.submit_reschedule(*id, deadline.into(), reply);
+        let this = self.clone();
+        async move {
+            let (id, deadline_ms) = submitted?;
+            this.rescheduled(id, deadline_ms, answer.await)
+        }
     }
 }
 
 /// The scheduling interface the engine's `Scheduler` has too. The `_async`
-/// forms (core feature `tokio`) are the trait's defaults: they make the
-/// blocking call (a database commit) when the future is created.
+/// forms (core feature `tokio`) are this crate's own with its feature
+/// `tokio` (they never block); without it, the trait's defaults, which
+/// make the blocking call (a database commit) when the future is created.
 impl<P: Codec + Clone + Send + Sync + 'static> Schedule<u64, P> for NodeScheduler<P> {
     fn schedule(
         &self,
@@ -994,6 +1284,36 @@ impl<P: Codec + Clone + Send + Sync + 'static> Schedule<u64, P> for NodeSchedule
 
     fn reschedule(&self, id: &u64, deadline: impl Into<Deadline>) -> Result<(), RescheduleError> {
         NodeScheduler::reschedule(self, id, deadline)
+    }
+
+    #[cfg(feature = "tokio")]
+    fn schedule_async(
+        &self,
+        id: u64,
+        deadline: impl Into<Deadline> + Send,
+        payload: P,
+    ) -> impl Future<Output = Result<(), ScheduleError<P>>> + Send
+    where
+        P: Send,
+    {
+        NodeScheduler::schedule_async(self, id, deadline, payload)
+    }
+
+    #[cfg(feature = "tokio")]
+    fn cancel_async(&self, id: &u64) -> impl Future<Output = Result<Cancel<P>, CancelError>> + Send
+    where
+        P: Send,
+    {
+        NodeScheduler::cancel_async(self, id)
+    }
+
+    #[cfg(feature = "tokio")]
+    fn reschedule_async(
+        &self,
+        id: &u64,
+        deadline: impl Into<Deadline> + Send,
+    ) -> impl Future<Output = Result<(), RescheduleError>> + Send {
+        NodeScheduler::reschedule_async(self, id, deadline)
     }
 }
 

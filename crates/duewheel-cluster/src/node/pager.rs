@@ -2,7 +2,9 @@
 //!
 //! - **Takeover**: a newly acquired shard's claimed rows (an earlier
 //!   owner's deliveries that were never acked) go into the wheel due at
-//!   once, and its pending rows due before the horizon's end as they are.
+//!   once, and its pending rows due before the horizon's end as they are,
+//!   and those with reminders still to deliver whatever their deadline
+//!   (see `remind`), with their pending reminders.
 //! - **Horizon**: every `page_every` the horizon's end moves to `now +
 //!   horizon` and the rows between the old and the new end are paged in, so
 //!   the wheel never needs the whole table.
@@ -178,6 +180,17 @@ impl<P: Codec + Clone + Send + 'static> Put<'_, P> {
     /// once); `true` if the wheel did not hold it. Rows of shards no longer
     /// ours are skipped.
     fn row(&mut self, row: Loaded) -> bool {
+        self.put(row, false)
+    }
+
+    /// [`row`](Self::row), and if the wheel holds the timer already, moves
+    /// it to the row's deadline (a reschedule through another node; one
+    /// in flight stays as it is).
+    fn row_or_move(&mut self, row: Loaded) -> bool {
+        self.put(row, true)
+    }
+
+    fn put(&mut self, row: Loaded, move_held: bool) -> bool {
         if self.shared.epoch_of(row.shard).is_none() {
             return false;
         }
@@ -194,12 +207,20 @@ impl<P: Codec + Clone + Send + 'static> Put<'_, P> {
                 return false;
             }
         };
+        // With the reminders not yet delivered (see `remind`).
+        let reminders = super::remind::offsets(row.deadline_ms, &row.reminders_ms);
+        let deadline = Deadline::at_unix_ms(row.deadline_ms);
         match self
             .engine
-            .schedule(row.id, Deadline::at_unix_ms(row.deadline_ms), payload)
+            .schedule_with_reminders(row.id, deadline, &reminders, payload)
         {
             Ok(()) => true,
-            Err(ScheduleError::AlreadyScheduled(_)) => false,
+            Err(ScheduleError::AlreadyScheduled(_)) => {
+                if move_held {
+                    let _ = self.engine.reschedule(&row.id, deadline);
+                }
+                false
+            }
             Err(e) => {
                 bump(&self.shared.counters.db_errors, 1);
                 crate::trace::error!(
@@ -260,7 +281,7 @@ fn fetch_notified<P: Codec + Clone + Send + 'static>(
         .zip(ids.chunks(crate::MAX_BATCH))
     {
         conn.fetch(s, i, 0, &mut |row| {
-            if put.row(row) {
+            if put.row_or_move(row) {
                 bump(&shared.counters.notified, 1);
             }
         })?;
@@ -300,6 +321,7 @@ fn take_over<P: Codec + Clone + Send + 'static>(
         let split = shared.now_ms().saturating_add(FIRST_SPAN_MS).min(end);
         conn.load_first(&shards, split, &mut each)?;
         conn.load_rest(&shards, split, end, &mut each)?;
+        conn.load_reminding(&shards, end, &mut each)?;
         bump(&shared.counters.loaded, loaded);
         crate::trace::info!(
             shards = shards.len(),

@@ -43,6 +43,8 @@ pub(crate) struct Loaded {
     pub(crate) id: u64,
     pub(crate) deadline_ms: u64,
     pub(crate) payload: Vec<u8>,
+    /// Reminder times not yet delivered, ascending (UTC ms).
+    pub(crate) reminders_ms: Vec<u64>,
     /// Claimed (an earlier delivery never acked), not pending.
     pub(crate) claimed: bool,
 }
@@ -152,9 +154,10 @@ impl Statements {
             // from the table (see the node's module doc). A tombstone of a
             // different timer under the same id is replaced (see REPLACE).
             insert: c.prepare(&format!(
-                "INSERT INTO timers (shard_id, timer_id, deadline_ms, payload)
-                 SELECT t.s, t.id, t.d, t.p
-                 FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::bytea[]) AS t(s, id, d, p)
+                "INSERT INTO timers (shard_id, timer_id, deadline_ms, payload, reminders_ms)
+                 SELECT t.s, t.id, t.d, t.p, t.r::bigint[]
+                 FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::bytea[], $5::text[])
+                   AS t(s, id, d, p, r)
                  {REPLACE} RETURNING timer_id"
             ))?,
             // The store's fenced insert: a row goes in only where its
@@ -272,7 +275,7 @@ impl Statements {
             )?,
             leave: c.prepare("DELETE FROM nodes WHERE node_id = $1")?,
             load_pending: c.prepare(
-                "SELECT shard_id, timer_id, deadline_ms, payload FROM timers
+                "SELECT shard_id, timer_id, deadline_ms, payload, reminders_ms FROM timers
                  WHERE shard_id = ANY($1::int[]) AND state = 0
                    AND deadline_ms >= $2 AND deadline_ms < $3",
             )?,
@@ -285,12 +288,14 @@ impl Statements {
             // not indexed; the old separate claimed query scanned the
             // shards before anything could fire.
             load_first: c.prepare(
-                "SELECT shard_id, timer_id, deadline_ms, payload, state FROM timers
+                "SELECT shard_id, timer_id, deadline_ms, payload,
+                   CASE WHEN state = 0 THEN reminders_ms ELSE '{}' END, state FROM timers
                  WHERE shard_id = ANY($1::int[]) AND deadline_ms >= 0 AND deadline_ms < $2
                    AND state IN (0, 1)",
             )?,
             load_rest: c.prepare(
-                "SELECT shard_id, timer_id, deadline_ms, payload, state FROM timers
+                "SELECT shard_id, timer_id, deadline_ms, payload,
+                   CASE WHEN state = 0 THEN reminders_ms ELSE '{}' END, state FROM timers
                  WHERE shard_id = ANY($1::int[]) AND deadline_ms >= $2
                    AND (state = 1 OR (state = 0 AND deadline_ms < $3))",
             )?,
@@ -300,9 +305,9 @@ impl Statements {
             // 200k due timers each sweep seq-scanned every partition
             // (~140 ms, two parallel workers), back to back on every node.
             sweep: c.prepare(
-                "SELECT t.shard_id, t.timer_id, t.deadline_ms, t.payload
+                "SELECT t.shard_id, t.timer_id, t.deadline_ms, t.payload, t.reminders_ms
                  FROM unnest($1::int[]) AS s(id)
-                 CROSS JOIN LATERAL (SELECT shard_id, timer_id, deadline_ms, payload FROM timers
+                 CROSS JOIN LATERAL (SELECT shard_id, timer_id, deadline_ms, payload, reminders_ms FROM timers
                    WHERE shard_id = s.id AND state = 0
                      AND deadline_ms >= 0 AND deadline_ms <= $2
                    ORDER BY deadline_ms LIMIT $3) t",
@@ -310,7 +315,9 @@ impl Statements {
             // One notification per chunk of ids (a payload holds < 8000 bytes).
             notify: c.prepare("SELECT pg_notify($1, x) FROM unnest($2::text[]) AS x")?,
             fetch: c.prepare(
-                "SELECT t.shard_id, t.timer_id, t.deadline_ms, t.payload FROM timers t
+                "SELECT t.shard_id, t.timer_id, t.deadline_ms, t.payload,
+                   CASE WHEN t.state = 0 THEN t.reminders_ms ELSE '{}' END
+                 FROM timers t
                  JOIN unnest($1::int[], $2::bigint[]) AS u(s, id)
                    ON t.shard_id = u.s AND t.timer_id = u.id
                  WHERE t.state = $3",
@@ -360,6 +367,7 @@ pub(crate) struct NodeDb {
     pub(crate) client: Client,
     pub(crate) map: ShardMap,
     st: Statements,
+    ft: FeatureStatements,
 }
 
 fn shards_param(shards: &[u32]) -> Vec<i32> {
@@ -412,7 +420,14 @@ impl NodeDb {
         }
         let st = Statements::prepare(&mut client, mode)
             .map_err(|e| OpenError::Schema(QueryError::from(e)))?;
-        Ok(Self { client, map, st })
+        let ft = FeatureStatements::prepare(&mut client, mode)
+            .map_err(|e| OpenError::Schema(QueryError::from(e)))?;
+        Ok(Self {
+            client,
+            map,
+            st,
+            ft,
+        })
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -460,10 +475,12 @@ impl NodeDb {
         ids: &[i64],
         deadlines: &[i64],
         payloads: &[&[u8]],
+        reminders: &[&str],
     ) -> Result<Vec<u64>, QueryError> {
-        let rows = self
-            .client
-            .query(&self.st.insert, &[&shards, &ids, &deadlines, &payloads])?;
+        let rows = self.client.query(
+            &self.st.insert,
+            &[&shards, &ids, &deadlines, &payloads, &reminders],
+        )?;
         rows.iter()
             .map(|r| Ok(r.try_get::<_, i64>(0)? as u64))
             .collect()
@@ -896,8 +913,13 @@ fn loaded(row: &Row) -> Result<Loaded, postgres::Error> {
         // CHECK (deadline_ms >= 0) in the schema.
         deadline_ms: u64::try_from(d).unwrap_or(0),
         payload: row.try_get(3)?,
+        reminders_ms: row
+            .try_get::<_, Vec<i64>>(4)?
+            .into_iter()
+            .map(|r| u64::try_from(r).unwrap_or(0))
+            .collect(),
         // Only the takeover's loads return the state.
-        claimed: row.len() > 4 && row.try_get::<_, i16>(4)? == 1,
+        claimed: row.len() > 5 && row.try_get::<_, i16>(5)? == 1,
     })
 }
 
@@ -962,6 +984,209 @@ fn fence_of(items: &[(u32, u64, u64)], current: &[(u32, u64)]) -> Fence {
     fenced.sort_unstable();
     fenced.dedup();
     Fence { fenced }
+}
+
+// ---------------------------------------------------------------------
+// Reminders, reschedule and snooze (see `super::remind`): their own
+// statements, in their own block.
+// ---------------------------------------------------------------------
+
+/// What [`NodeDb::reschedule`] found.
+#[derive(Debug)]
+pub(super) enum Rescheduled {
+    /// The row was pending: its deadline moved. Its payload bytes and its
+    /// pending reminder times after the move, ascending.
+    Moved {
+        payload: Vec<u8>,
+        reminders_ms: Vec<u64>,
+    },
+    /// The row is claimed (or ended): the fire won.
+    Claimed,
+    /// No row.
+    Absent,
+}
+
+struct FeatureStatements {
+    remind: Statement,
+    snooze: Statement,
+    reschedule: Statement,
+    state_of: Statement,
+    load_reminding: Statement,
+}
+
+impl FeatureStatements {
+    fn prepare(c: &mut Client, mode: FenceMode) -> Result<Self, postgres::Error> {
+        #[allow(non_snake_case)]
+        let FENCE = fence(mode);
+        Ok(Self {
+            // "Reminder delivered": the earliest pending reminder time, if
+            // due, leaves the row, fenced like a claim; only a pending row
+            // (never a claimed one: its expiry won) delivers a reminder.
+            remind: c.prepare(&format!(
+                "WITH {FENCE},
+                 l AS (SELECT t.shard_id, t.timer_id FROM timers t
+                   JOIN unnest($2::int[], $3::bigint[], $4::bigint[]) AS x(s, id, e)
+                     ON t.shard_id = x.s AND t.timer_id = x.id
+                   JOIN f ON f.shard_id = x.s AND f.epoch = x.e
+                   WHERE t.state = 0 AND t.reminders_ms[1] <= $5
+                   ORDER BY t.shard_id, t.timer_id FOR UPDATE OF t),
+                 u AS (UPDATE timers t SET reminders_ms = t.reminders_ms[2:]
+                   FROM l
+                   WHERE t.shard_id = l.shard_id AND t.timer_id = l.timer_id
+                   RETURNING t.timer_id)
+                 SELECT 0, f.shard_id::bigint, f.epoch FROM f
+                 UNION ALL SELECT 1, u.timer_id, 0::bigint FROM u"
+            ))?,
+            // A snoozed delivery becomes pending again, due at the snooze's
+            // end: only the claim this node holds (its epoch, still the
+            // shard's, and its attempt: a redelivery that claimed it again
+            // meanwhile is not undone). Reminders are over once it fired.
+            snooze: c.prepare(&format!(
+                "WITH {FENCE},
+                 l AS (SELECT t.shard_id, t.timer_id FROM timers t
+                   JOIN f ON f.shard_id = t.shard_id AND f.epoch = $4
+                   WHERE t.shard_id = $2 AND t.timer_id = $3 AND t.state = 1
+                     AND t.fired_epoch = $4 AND t.attempt = $5
+                   FOR UPDATE OF t),
+                 u AS (UPDATE timers t SET state = 0, fired_epoch = NULL,
+                     deadline_ms = $6, reminders_ms = '{{}}'
+                   FROM l
+                   WHERE t.shard_id = l.shard_id AND t.timer_id = l.timer_id
+                   RETURNING 1)
+                 SELECT (SELECT f.epoch FROM f), (SELECT count(*) FROM u)"
+            ))?,
+            // Moves a pending row's deadline, and its pending reminders by
+            // as much (each keeps its offset before the deadline). The row
+            // lock decides against a concurrent claim, as for a cancel: a
+            // claim that committed first leaves `state = 1`, and this
+            // updates nothing.
+            reschedule: c.prepare(
+                "UPDATE timers t SET deadline_ms = $3::bigint,
+                   reminders_ms = ARRAY(SELECT GREATEST(u.r + ($3::bigint - t.deadline_ms), 0)
+                                        FROM unnest(t.reminders_ms) AS u(r) ORDER BY 1)
+                 WHERE t.shard_id = $1 AND t.timer_id = $2 AND t.state = 0
+                 RETURNING t.payload, t.reminders_ms",
+            )?,
+            state_of: c
+                .prepare("SELECT state FROM timers WHERE shard_id = $1 AND timer_id = $2")?,
+            // Pending rows due at or past `$2` with reminders still to
+            // deliver: the wheel holds them whatever their deadline (see
+            // `super::remind`). Read at takeover only; it reads the
+            // acquired shards' rows due past `$2` (no index serves
+            // `reminders_ms`).
+            load_reminding: c.prepare(
+                "SELECT shard_id, timer_id, deadline_ms, payload, reminders_ms FROM timers
+                 WHERE shard_id = ANY($1::int[]) AND state = 0 AND deadline_ms >= $2
+                   AND cardinality(reminders_ms) > 0",
+            )?,
+        })
+    }
+}
+
+impl NodeDb {
+    /// Delivers due reminders of `(shard, epoch, id)` rows, fenced: the ids
+    /// whose earliest pending reminder time (at or before `now_ms`) this
+    /// statement removed.
+    pub(super) fn remind(
+        &mut self,
+        items: &[(u32, u64, u64)],
+        now_ms: u64,
+    ) -> Result<(Vec<u64>, Fence), QueryError> {
+        let (touched, s, e, i) = columns(items);
+        let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        let rows = self
+            .client
+            .query(&self.ft.remind, &[&touched, &s, &i, &e, &now])?;
+        let (mut ids, mut current) = (Vec::new(), Vec::new());
+        for row in &rows {
+            let kind: i32 = row.try_get(0)?;
+            let a: i64 = row.try_get(1)?;
+            let b: i64 = row.try_get(2)?;
+            if kind == 0 {
+                current.push((shard_of_row(a), epoch_of(b)));
+            } else {
+                ids.push(a as u64);
+            }
+        }
+        Ok((ids, fence_of(items, &current)))
+    }
+
+    /// Writes a snoozed delivery back as pending, due at `until_ms`, if
+    /// this node's claim (`epoch`, `attempt`) still holds the row. Returns
+    /// the shard's epoch now (`None`: no shard row) and whether it wrote.
+    pub(super) fn snooze(
+        &mut self,
+        shard: u32,
+        id: u64,
+        epoch: u64,
+        attempt: u32,
+        until_ms: u64,
+    ) -> Result<(Option<u64>, bool), QueryError> {
+        let touched = vec![shard_param(shard)];
+        let row = self.client.query_one(
+            &self.ft.snooze,
+            &[
+                &touched,
+                &shard_param(shard),
+                &(id as i64),
+                &epoch_param(epoch),
+                &i32::try_from(attempt).unwrap_or(i32::MAX),
+                &i64::try_from(until_ms).unwrap_or(i64::MAX),
+            ],
+        )?;
+        let current: Option<i64> = row.try_get(0)?;
+        let written: i64 = row.try_get(1)?;
+        Ok((current.map(epoch_of), written > 0))
+    }
+
+    /// Moves `id`'s pending row to `deadline_ms` (see [`Rescheduled`]).
+    pub(super) fn reschedule(
+        &mut self,
+        shard: u32,
+        id: u64,
+        deadline_ms: i64,
+    ) -> Result<Rescheduled, QueryError> {
+        let (s, i) = (shard_param(shard), id as i64);
+        let rows = self
+            .client
+            .query(&self.ft.reschedule, &[&s, &i, &deadline_ms])?;
+        if let Some(row) = rows.first() {
+            let reminders: Vec<i64> = row.try_get(1)?;
+            return Ok(Rescheduled::Moved {
+                payload: row.try_get(0)?,
+                reminders_ms: reminders
+                    .into_iter()
+                    .map(|r| u64::try_from(r).unwrap_or(0))
+                    .collect(),
+            });
+        }
+        // A fresh snapshot: a claim that won the row lock is seen.
+        let state = self.client.query_opt(&self.ft.state_of, &[&s, &i])?;
+        Ok(match state {
+            Some(_) => Rescheduled::Claimed,
+            None => Rescheduled::Absent,
+        })
+    }
+
+    /// Streams the pending rows of `shards` due at or past `from_ms` that
+    /// have reminders still to deliver.
+    pub(super) fn load_reminding(
+        &mut self,
+        shards: &[u32],
+        from_ms: u64,
+        each: &mut dyn FnMut(Loaded),
+    ) -> Result<(), QueryError> {
+        let s = shards_param(shards);
+        let from = i64::try_from(from_ms).unwrap_or(i64::MAX);
+        let params: [&dyn ToSql; 2] = [&s, &from];
+        let mut rows = self
+            .client
+            .query_raw(&self.ft.load_reminding, params.iter().copied())?;
+        while let Some(row) = rows.next()? {
+            each(loaded(&row)?);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

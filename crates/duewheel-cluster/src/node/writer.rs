@@ -25,7 +25,7 @@ use super::sql::{NodeDb, is_transient};
 use super::{Shared, bump};
 use crate::error::QueryError;
 use crate::{MAX_PAYLOAD_BYTES, ShardMap};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use duewheel::CancelError;
 use duewheel::Codec;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -37,6 +37,10 @@ pub(super) struct Row {
     id: i64,
     deadline: i64,
     bytes: Vec<u8>,
+    /// The pending reminder times as an array literal (`{}` for none).
+    reminders: String,
+    /// From when the owner's wheel holds it (see `remind::held_from_ms`).
+    held_from_ms: u64,
 }
 
 impl Row {
@@ -45,6 +49,7 @@ impl Row {
         map: &ShardMap,
         id: u64,
         deadline_ms: u64,
+        reminders_ms: &[u64],
         payload: &P,
     ) -> Result<Self, &'static str> {
         let deadline =
@@ -60,6 +65,8 @@ impl Row {
             id: id as i64,
             deadline,
             bytes,
+            reminders: super::remind::array_literal(reminders_ms)?,
+            held_from_ms: super::remind::held_from_ms(deadline_ms, reminders_ms),
         })
     }
 }
@@ -88,20 +95,21 @@ pub(super) enum Cancelled {
 pub(super) enum Request {
     Schedule {
         rows: Vec<Row>,
-        reply: Sender<Vec<Outcome>>,
+        reply: Reply,
     },
     Cancel {
         shard: u32,
         id: u64,
-        reply: Sender<Result<Cancelled, CancelError>>,
+        reply: CancelReply,
     },
+    Reschedule(super::reschedule::Request),
 }
 
 impl Request {
     fn rows(&self) -> usize {
         match self {
             Self::Schedule { rows, .. } => rows.len(),
-            Self::Cancel { .. } => 1,
+            Self::Cancel { .. } | Self::Reschedule(_) => 1,
         }
     }
 
@@ -112,6 +120,9 @@ impl Request {
             }
             Self::Cancel { reply, .. } => {
                 let _ = reply.send(Err(CancelError::ShuttingDown));
+            }
+            Self::Reschedule(r) => {
+                let _ = r.reply.send(Err(duewheel::RescheduleError::ShuttingDown));
             }
         }
     }
@@ -152,10 +163,12 @@ pub(super) fn run(shared: &Shared, db: NodeDb, rx: &Receiver<Request>) {
         }
         let mut schedules = Vec::new();
         let mut cancels = Vec::new();
+        let mut reschedules = Vec::new();
         for request in batch {
             match request {
                 Request::Schedule { rows, reply } => schedules.push((rows, reply)),
                 Request::Cancel { shard, id, reply } => cancels.push((shard, id, reply)),
+                Request::Reschedule(r) => reschedules.push(r),
             }
         }
         if !schedules.is_empty() {
@@ -163,6 +176,9 @@ pub(super) fn run(shared: &Shared, db: NodeDb, rx: &Receiver<Request>) {
         }
         if !cancels.is_empty() {
             write_cancels(shared, &mut db, cancels);
+        }
+        if !reschedules.is_empty() {
+            super::reschedule::write(shared, &mut db, reschedules);
         }
     }
 }
@@ -179,7 +195,7 @@ fn connected<'a>(
     db.as_mut()
 }
 
-type Reply = Sender<Vec<Outcome>>;
+pub(super) type Reply = super::reply::Reply<Vec<Outcome>>;
 
 fn write_schedules(shared: &Shared, db: &mut Option<NodeDb>, requests: Vec<(Vec<Row>, Reply)>) {
     let all: Vec<&Row> = requests.iter().flat_map(|(rows, _)| rows).collect();
@@ -237,7 +253,7 @@ fn notify_owners(
                 .epoch_of(u32::try_from(row.shard).unwrap_or(u32::MAX))
                 .is_some()
         };
-        if !stored || u64::try_from(row.deadline).unwrap_or(0) >= near || ours() {
+        if !stored || row.held_from_ms >= near || ours() {
             continue;
         }
         let chunk = chunks.last_mut().expect("never empty");
@@ -268,6 +284,7 @@ fn insert(shared: &Shared, db: &mut Option<NodeDb>, rows: &[&Row]) -> Vec<Outcom
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     let deadlines: Vec<i64> = rows.iter().map(|r| r.deadline).collect();
     let payloads: Vec<&[u8]> = rows.iter().map(|r| &r.bytes[..]).collect();
+    let reminders: Vec<&str> = rows.iter().map(|r| &r.reminders[..]).collect();
     let deadline = Instant::now() + shared.config.op_timeout;
     let all = |o: &dyn Fn() -> Outcome| rows.iter().map(|_| o()).collect();
     let mut in_doubt = false;
@@ -279,7 +296,7 @@ fn insert(shared: &Shared, db: &mut Option<NodeDb>, rows: &[&Row]) -> Vec<Outcom
                 all(&|| Outcome::Unavailable("cannot reach the database".into()))
             };
         };
-        let written = conn.insert(&shards, &ids, &deadlines, &payloads);
+        let written = conn.insert(&shards, &ids, &deadlines, &payloads, &reminders);
         let written = match written {
             Ok(written) => written,
             Err(e) if !in_doubt && !is_transient(&e) && matches!(e, QueryError::Refused(_)) => {
@@ -324,7 +341,7 @@ fn insert(shared: &Shared, db: &mut Option<NodeDb>, rows: &[&Row]) -> Vec<Outcom
     }
 }
 
-type CancelReply = Sender<Result<Cancelled, CancelError>>;
+pub(super) type CancelReply = super::reply::Reply<Result<Cancelled, CancelError>>;
 
 fn write_cancels(shared: &Shared, db: &mut Option<NodeDb>, cancels: Vec<(u32, u64, CancelReply)>) {
     let deadline = Instant::now() + shared.config.op_timeout;
