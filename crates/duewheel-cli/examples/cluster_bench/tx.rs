@@ -7,7 +7,8 @@
 //! order row updated once, every timer row a tombstone.
 //!
 //! Alone: `BENCH_TX_ONLY=1 cargo run --release -p duewheel-cli --example
-//! cluster_bench` (`BENCH_TX_TIMERS`, default 200000).
+//! cluster_bench` (`BENCH_TX_TIMERS`, default 200000; `BENCH_TX_CONSUMERS`
+//! per node, each with its own connection, default 2).
 
 use super::{Bench, Measured, Result, SHARDS};
 use duewheel::Codec;
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 /// The expiries' rate through 3 nodes, and the time from the due moment to
 /// the last commit.
-pub(super) fn tx_expiries(bench: &Bench, timers: u64) -> Result<(Measured, f64)> {
+pub(super) fn tx_expiries(bench: &Bench, timers: u64) -> Result<(Measured, f64, u64)> {
     let mut schema = bench.schema("tx")?;
     let name = schema.name.clone();
     let store = StoreConfig::new(bench.dsn.clone())
@@ -99,7 +100,11 @@ pub(super) fn tx_expiries(bench: &Bench, timers: u64) -> Result<(Measured, f64)>
     let first_ms = Arc::new(AtomicU64::new(u64::MAX));
     let last_ms = Arc::new(AtomicU64::new(0));
     let mut threads = Vec::new();
-    for node in &nodes {
+    let per_node = super::env_count("BENCH_TX_CONSUMERS", 2)?;
+    for node in nodes
+        .iter()
+        .flat_map(|n| std::iter::repeat_n(n, per_node as usize))
+    {
         let mut consumer = node
             .subscribe_tx("expiry")
             .map_err(|e| format!("subscribe_tx: {e}"))?;
@@ -157,20 +162,21 @@ pub(super) fn tx_expiries(bench: &Bench, timers: u64) -> Result<(Measured, f64)>
             example: String::new(),
         },
         last.saturating_sub(due_ms) as f64 / 1e3,
+        per_node,
     ))
 }
 
 /// The section's table rows.
 pub(super) fn rows(bench: &Bench, timers: u64) -> Result<Vec<super::Row>> {
     eprintln!("transactional expiries through 3 nodes...");
-    let (rate, due_to_last_s) = tx_expiries(bench, timers)?;
+    let (rate, due_to_last_s, per_node) = tx_expiries(bench, timers)?;
     let mut row = super::Row::rate(
         "transactional expiries (`TxConsumer`, 1 order row each)",
         3,
         &rate,
     );
     row.note = format!(
-        "library nodes in one process, batches ≤ 1000; due moment → last commit {due_to_last_s:.2} s"
+        "library nodes in one process, {per_node} `TxConsumer`s each, batches ≤ 1000; due moment → last commit {due_to_last_s:.2} s"
     );
     Ok(vec![row])
 }
