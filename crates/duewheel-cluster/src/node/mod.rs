@@ -538,7 +538,9 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
     /// commits exactly once (see [`TxConsumer`]). The group must be the
     /// node's only one. It opens its own connection to the node's database.
     pub fn subscribe_tx(&self, group: &str) -> Result<TxConsumer<P>, SubscribeTxError> {
-        if self.shared.config.groups.iter().any(|g| g != group) {
+        let groups = &self.shared.config.groups;
+        // An undeclared group is the engine's refusal (`UnknownGroup`).
+        if groups.iter().any(|g| g == group) && groups.iter().any(|g| g != group) {
             return Err(SubscribeTxError::NotSoleGroup);
         }
         let consumer = self.scheduler.subscribe(group)?;
