@@ -38,6 +38,9 @@
 //! schema of its own, dropped at the end; every node is killed on the way
 //! out, error or not.
 
+#[path = "cluster_bench/tx.rs"]
+mod tx;
+
 use duewheel_cluster::{NewTimer, StoreConfig};
 use duewheel_testkit::process::{NodeProcess, Stderr};
 use duewheel_testkit::protocol::{Command, Line};
@@ -114,6 +117,26 @@ fn run() -> Result<()> {
     let bench = Bench { dsn, bin };
     let load_before = loadavg();
     let mut rows = Vec::new();
+    if std::env::var_os("BENCH_TX_ONLY").is_some() {
+        let n = env_count("BENCH_TX_TIMERS", timers)?;
+        rows.extend(tx::rows(&bench, n)?);
+        println!(
+            "\ncluster_bench (tx only): load average {load_before} before, {} after; {SHARDS} shards\n",
+            loadavg()
+        );
+        for r in rows {
+            println!(
+                "| {} | {} | {} | {:.2} s | {} | {} |",
+                r.what,
+                r.nodes,
+                r.count,
+                r.time_s,
+                r.rate.map_or("–".into(), |x| format!("{x:.0}")),
+                r.note
+            );
+        }
+        return Ok(());
+    }
 
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let want = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
@@ -192,6 +215,9 @@ fn run() -> Result<()> {
                 loadavg()
             ),
         });
+    }
+    if want("tx") {
+        rows.extend(tx::rows(&bench, timers)?);
     }
     let load_after = loadavg();
 

@@ -88,6 +88,7 @@ pub mod schema;
 mod shard_map;
 mod store;
 mod tls;
+mod txn;
 // Not every level has a call site here.
 #[allow(unused_macros)]
 mod trace;
@@ -99,6 +100,7 @@ pub use error::{
 };
 pub use lease::{Acquire, Lease, MAX_LEASE_TTL, MAX_OWNER_BYTES};
 pub use node::{Node, NodeConfig, NodeError, NodeScheduler, NodeStats};
+pub use node::{SubscribeTxError, TxConsumeError, TxConsumer};
 pub use schema::SCHEMA_VERSION;
 pub use shard_map::{DEFAULT_SHARDS, InvalidShardCount, MAX_SHARDS, ShardMap};
 #[doc(hidden)]
@@ -107,3 +109,4 @@ pub use store::{
     Cancel, Inserted, Load, MAX_BATCH, MAX_PAYLOAD_BYTES, NewTimer, PgStore, RowState, StoredTimer,
 };
 pub use tls::Tls;
+pub use txn::{TxCancelError, TxScheduleError, TxTimers};

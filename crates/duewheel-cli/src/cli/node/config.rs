@@ -57,6 +57,9 @@ macro_rules! settings {
             /// Fast-forwarded clock: how many times faster than the wall clock.
             #[arg(long, env = "DUEWHEEL_CLOCK_SPEED")]
             clock_speed: Option<f64>,
+            /// The order-service mode (flags only; not in the file).
+            #[command(flatten)]
+            orders: super::orders::Args,
             $(
                 $(#[doc = $doc])*
                 #[arg(long, env = $env)]
@@ -87,6 +90,7 @@ macro_rules! settings {
             pub(crate) groups: Vec<String>,
             pub(crate) stdio: bool,
             pub(crate) clock: Option<(u64, f64)>,
+            pub(crate) orders: super::orders::Args,
             $( $(#[doc = $doc])* pub(crate) $name: $t, )*
         }
 
@@ -141,6 +145,7 @@ macro_rules! settings {
                     groups,
                     stdio: self.stdio || file.stdio.unwrap_or(false),
                     clock,
+                    orders: self.orders,
                     $( $name: self.$name.or(file.$name).unwrap_or($default), )*
                 })
             }

@@ -14,6 +14,7 @@ mod config;
 mod groups;
 mod http;
 mod metrics;
+mod orders;
 mod stdio;
 
 pub(crate) use config::Args;
@@ -110,6 +111,11 @@ pub(crate) fn run(args: Args) -> Result<(), Error> {
     init_logging();
     let s = args.resolve().map_err(Error::Usage)?;
     let stdio = s.listen.is_none() || s.stdio;
+    if s.orders.orders && s.listen.is_some() {
+        return Err(Error::Usage(
+            "--orders speaks stdin/stdout only: drop --listen".into(),
+        ));
+    }
     if stdio && !s.groups.iter().any(|g| g == "out") {
         return Err(Error::Usage(
             "the stdin/stdout protocol consumes group `out`: declare it (--group out)".into(),
@@ -146,6 +152,11 @@ pub(crate) fn run(args: Args) -> Result<(), Error> {
             Error::Usage(e.to_string())
         }
     })?;
+    if s.orders.orders {
+        // The order-service mode (tests and `simulate --cluster --effects
+        // pg`): stdin/stdout only, its own consumer.
+        return orders::run(node, &s, &stdio::stdout());
+    }
     let cell = Arc::new(NodeCell {
         scheduler: node.scheduler(),
         node: RwLock::new(Some(node)),

@@ -22,18 +22,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-type Out = Arc<Mutex<BufWriter<std::io::Stdout>>>;
+pub(super) type Out = Arc<Mutex<BufWriter<std::io::Stdout>>>;
 
 /// Appends `line` and its newline to `buf`.
-fn push(buf: &mut String, line: &Line) {
+pub(super) fn push(buf: &mut String, line: &Line) {
     let _ = writeln!(buf, "{line}");
 }
 
-fn write_line(out: &Out, line: &Line) {
+pub(super) fn write_line(out: &Out, line: &Line) {
     write_lines(out, &format!("{line}\n"));
 }
 
-fn write_lines(out: &Out, lines: &str) {
+pub(super) fn write_lines(out: &Out, lines: &str) {
     let mut out = out.lock();
     // A closed stdout (the driver went away) leaves nothing to tell.
     let _ = out.write_all(lines.as_bytes());
@@ -47,13 +47,18 @@ pub(super) struct Stdio {
     stop: Arc<AtomicBool>,
 }
 
+/// Standard output, shared by the threads that write lines to it.
+pub(super) fn stdout() -> Out {
+    Arc::new(Mutex::new(BufWriter::new(std::io::stdout())))
+}
+
 /// Prints `ready`, then serves stdin until `quit` or EOF, when `ended`
 /// fires; events of group `out` go to stdout until [`Stdio::stop`].
 pub(super) fn start(
     node: &Arc<NodeCell>,
     ended: tokio::sync::mpsc::Sender<&'static str>,
 ) -> Result<Stdio, String> {
-    let out: Out = Arc::new(Mutex::new(BufWriter::new(std::io::stdout())));
+    let out = stdout();
     let scheduler = node.scheduler.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let mut events = node
@@ -147,6 +152,9 @@ fn read_commands(node: &NodeCell, work: &Sender<Work>, out: &Out) {
                     write_line(out, &stats_line(&node.stats().unwrap_or_default()))
                 }
                 Ok(Command::Quit) => break,
+                Ok(c @ (Command::Order { .. } | Command::Pay { .. })) => {
+                    super::orders::refuse(out, &c);
+                }
                 Err(e) => {
                     let id = Command::id_of(&line);
                     let (kind, message) = ("invalid".to_string(), Line::one_line(&e.0));
@@ -247,7 +255,7 @@ fn worker(rx: &Receiver<Work>, scheduler: &NodeScheduler<String>, out: &Out) {
     }
 }
 
-fn stats_line(s: &NodeStats) -> Line {
+pub(super) fn stats_line(s: &NodeStats) -> Line {
     let kv = [
         ("owned", s.owned as u64),
         ("pending", s.pending as u64),
