@@ -1,6 +1,8 @@
 //! `duewheel simulate --cluster`: a small sale on three node processes
-//! sharing PostgreSQL, one of them SIGKILLed early, passes every invariant
-//! and reports the kill and its takeover.
+//! sharing PostgreSQL, one of them SIGKILLed (early, or while expiries are
+//! firing) and one SIGSTOPped past its lease, passes every invariant and
+//! reports the kill, the pause, their takeovers and every duplicate's
+//! cause.
 //!
 //! Needs `DUEWHEEL_PG_DSN` (`eval "$(scripts/pg-up.sh)"` starts a throwaway
 //! server and sets it). Without it the tests print a note and pass, unless
@@ -100,6 +102,92 @@ fn a_killed_node_is_taken_over_and_every_invariant_holds() {
 }
 
 #[test]
+fn a_kill_mid_expiry_and_a_pause_past_the_lease_keep_every_invariant() {
+    let Some(dsn) = dsn() else { return };
+    let started = Instant::now();
+    // Deadlines from 60 s to 120 s of sale time, densest first; at 10x the
+    // pause (68 s, default length two 3 s leases = 60 s of sale time) and
+    // the kill (75 s) both land while expiries fire, and the kill while the
+    // paused node sleeps: simN-3 alone serves until simN-2 wakes up.
+    let out = simulate(
+        &dsn,
+        &[
+            "--orders",
+            "3000",
+            "--sale",
+            "1m",
+            "--window",
+            "1m",
+            "--pending-for",
+            "2s..20s",
+            "--speed",
+            "10",
+            "--pause-node",
+            "2@68s",
+            "--kill-node",
+            "1@75s",
+            "--json",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "simulate --cluster failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "took {:?}",
+        started.elapsed()
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON report");
+    assert_eq!(report["ok"], true, "{stdout}");
+    let kill = &report["kills"][0];
+    assert_eq!(kill["name"], "simN-1");
+    assert!(
+        kill["deliveries_last_second"].as_u64().unwrap_or(0) > 0,
+        "the kill lands while expiries are delivered: {kill}"
+    );
+    assert!(kill["taken_after_ms"].as_u64().is_some(), "{kill}");
+    let pause = &report["pauses"][0];
+    assert_eq!(pause["name"], "simN-2");
+    assert_eq!(
+        pause["for_sale_ms"], 60_000,
+        "two leases of real time at 10x"
+    );
+    assert_eq!(pause["for_wall_ms"], 6_000);
+    let taken = pause["taken_after_ms"]
+        .as_u64()
+        .expect("its shards taken over");
+    let resumed = pause["resumed_after_ms"].as_u64().expect("continued");
+    assert!(taken <= resumed, "taken while it slept: {pause}");
+    assert_eq!(pause["stale_claims"], 0, "{pause}");
+    // Every duplicate has a cause, and the faults' share is what they held.
+    let d = &report["duplicates"];
+    let n = |v: &serde_json::Value| v.as_u64().expect("a count");
+    assert_eq!(n(&d["unexplained"]), 0, "{d}");
+    assert_eq!(
+        n(&d["total"]),
+        n(&d["by_fault"]) + n(&d["same_claim"]),
+        "{d}"
+    );
+    assert_eq!(
+        n(&d["by_fault"]),
+        n(&kill["duplicates"]) + n(&pause["duplicates"]),
+        "{d}"
+    );
+    assert_eq!(report["sale"]["duplicates"], d["total"]);
+    let nodes = report["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes[0]["killed"], true);
+    assert_eq!(nodes[1]["paused"], true);
+    assert_eq!(
+        nodes[1]["unexpected_end"], false,
+        "the paused node exits 0 after quit"
+    );
+}
+
+#[test]
 fn the_text_report_says_the_kill_happened() {
     let Some(dsn) = dsn() else { return };
     let out = simulate(
@@ -139,6 +227,29 @@ fn cluster_arguments_are_checked_before_anything_runs() {
         ),
         (&["--kill-node", "0@5m"], "NODE@TIME"),
         (&["--kill-node", "1@2h"], "falls after the run"),
+        (&["--pause-node", "1@2h"], "falls after the run"),
+        (&["--pause-node", "4@5m"], "only 3 nodes"),
+        (
+            &["--pause-node", "1@5m", "--kill-node", "1@6m"],
+            "also killed",
+        ),
+        (
+            &["--pause-node", "1@5m", "--pause-node", "1@8m"],
+            "paused twice",
+        ),
+        (
+            &[
+                "--pause-node",
+                "1@5m",
+                "--kill-node",
+                "2@6m",
+                "--pause-node",
+                "3@7m",
+            ],
+            "at least one must run",
+        ),
+        (&["--pause-node", "1@5m+"], "NODE@TIME[+DURATION]"),
+        (&["--pause-node", "x@5m"], "NODE@TIME[+DURATION]"),
         (&["--durable", "/tmp/x"], "cannot be used with"),
         (&["--real-time"], "cannot be used with"),
     ];

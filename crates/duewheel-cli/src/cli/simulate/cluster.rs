@@ -7,8 +7,28 @@
 //! deadline (`c <id>`) through another random node, often not the owner.
 //! `--kill-node I@T` SIGKILLs node I when the sale's clock reaches T; its
 //! shards are taken over by the survivors once its lease (3 s, real time)
-//! runs out. Every answer and every delivery (`ev`) of every node is
-//! collected, and [`super::cluster_checks`] judges them at the end.
+//! runs out. `--pause-node I@T+D` SIGSTOPs node I at T and SIGCONTs it D
+//! later (by default two leases of real time: its shards are taken over
+//! while it sleeps, and it wakes up fenced). Every answer and every
+//! delivery (`ev`) of every node is collected, and
+//! [`super::cluster_checks`] judges them at the end.
+//!
+//! The sale's timeline: arrivals are front-loaded over `--sale` (most in
+//! its first quarter, see [`super::buyers`]) and each deadline is the
+//! arrival plus `--window`, so the expiries fire from `window` to
+//! `sale + window`, densest at the start. With the defaults (10 minutes,
+//! 30-minute windows) they fire from 30m to 40m, about 88% of them before
+//! 35m: `--kill-node 1@35m` kills a node while expiries are in flight
+//! (hundreds a real second at 60x), and the report says how many rows the
+//! victim held claimed and not acked at that moment.
+//!
+//! Duplicates: for each kill and pause the driver reads, 200 ms after the
+//! signal, the ids of the rows of the node's shards that are claimed and
+//! not acked: the deliveries handed out that no ack ended. Those, and only
+//! those, may be delivered twice because of it (the new owner claims them
+//! again with attempt + 1; a paused node may also print them late after
+//! `CONT`). The checks explain every duplicate by one of them, or by a
+//! redelivery within one node under one claim (its ack timed out).
 //!
 //! Time: all nodes run on one fast-forwarded clock
 //! (`--clock-origin-ms`/`--clock-speed`, `--speed` sale seconds per real
@@ -32,7 +52,7 @@ use super::cluster_db::{Database, Leftover, ShardRow};
 use super::cluster_nodes::{Command, Ev, Fate, Line, Nodes, Received, wall_now_ms};
 use super::{cluster_checks, cluster_report};
 use duewheel_cluster::ShardMap;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 /// The nodes' lease settings: short, so a kill is taken over in seconds.
@@ -52,6 +72,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Real time the driver keeps listening once everything expected arrived,
 /// for late duplicates.
 const SETTLE: Duration = Duration::from_millis(500);
+
+/// How long after a kill or a stop the claimed rows are read: statements
+/// the node sent before the signal have reached the database by then.
+const CLAIMS_SETTLE_MS: u64 = 200;
 
 /// How often the `shards` table is read while a takeover is awaited.
 const TAKEOVER_POLL: Duration = Duration::from_millis(20);
@@ -187,6 +211,39 @@ impl Order {
     }
 }
 
+/// What a node held when it stopped serving (killed or paused), and who
+/// took it over.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub(super) struct Handover {
+    /// The shards it owned at that moment.
+    pub(super) shards: Vec<u32>,
+    /// Their epochs then (a later claim has a higher one).
+    #[serde(skip)]
+    pub(super) epochs: BTreeMap<u32, u64>,
+    /// Real ms after the signal at which its last lease expired (by the
+    /// database clock); `None` if it owned nothing.
+    pub(super) lease_expired_after_ms: Option<f64>,
+    /// Real ms after the signal at which every one of its shards had
+    /// another owner; `None` if that never happened.
+    pub(super) taken_after_ms: Option<u64>,
+    /// Who took them: owner → shards.
+    pub(super) taken_by: BTreeMap<String, u32>,
+    /// Rows of its shards claimed and not acked, read 200 ms after the
+    /// signal: the deliveries handed out that no ack ended, which bound the
+    /// duplicates it can cause.
+    pub(super) claimed_unacked: u64,
+    #[serde(skip)]
+    pub(super) claimed_ids: BTreeSet<u64>,
+    /// `ev` lines (of every node) read in the real second before the
+    /// signal: the expiries in flight.
+    pub(super) deliveries_last_second: u64,
+    /// Deliveries beyond the first of the ids in `claimed_ids`: the
+    /// duplicates it explains (at most one per claimed id, since the node
+    /// can deliver a claim once and the next owner claims it once more,
+    /// unless that one dies too).
+    pub(super) duplicates: u64,
+}
+
 /// A kill and its takeover.
 #[derive(Clone, Debug, serde::Serialize)]
 pub(super) struct Kill {
@@ -198,22 +255,43 @@ pub(super) struct Kill {
     pub(super) at_sale_ms: u64,
     #[serde(skip)]
     pub(super) at_wall_ms: u64,
-    /// The shards it owned when it died.
-    pub(super) shards: Vec<u32>,
-    /// Real ms after the kill at which its last lease expired (by the
-    /// database clock); `None` if it owned nothing.
-    pub(super) lease_expired_after_ms: Option<f64>,
-    /// Real ms after the kill at which every one of its shards had another
-    /// owner; `None` if that never happened.
-    pub(super) taken_after_ms: Option<u64>,
-    /// Who took them: owner → shards.
-    pub(super) taken_by: BTreeMap<String, u32>,
+    #[serde(flatten)]
+    pub(super) handover: Handover,
     /// Answers it owed when it died (left unknown).
     pub(super) answers_lost: u64,
     /// Orders of its shards delivered again after the kill (attempt > 1).
     pub(super) redelivered: u64,
     /// Orders of its shards delivered by the survivors.
     pub(super) fired_by_survivors: u64,
+}
+
+/// A pause (SIGSTOP, then SIGCONT) and its takeover.
+#[derive(Clone, Debug, serde::Serialize)]
+pub(super) struct Pause {
+    /// Index of the node (0-based).
+    #[serde(skip)]
+    pub(super) node: usize,
+    pub(super) name: String,
+    /// Sale time after the opening at which it was stopped.
+    pub(super) at_sale_ms: u64,
+    /// Sale time it was to stay stopped (`+D`).
+    pub(super) for_sale_ms: u64,
+    /// The same in real time.
+    pub(super) for_wall_ms: u64,
+    #[serde(skip)]
+    pub(super) at_wall_ms: u64,
+    /// Real ms after the stop at which it was continued; `None` if the run
+    /// ended first.
+    pub(super) resumed_after_ms: Option<u64>,
+    #[serde(flatten)]
+    pub(super) handover: Handover,
+    /// Its deliveries after `CONT` under the epoch of a shard it had lost:
+    /// rows claimed before the pause, printed late (a node that checks its
+    /// lease before delivering prints none).
+    pub(super) late_deliveries: u64,
+    /// Of those, ids it had NOT claimed before the pause: a claim under a
+    /// lost lease (must be 0).
+    pub(super) stale_claims: u64,
 }
 
 /// One node as the run saw it.
@@ -231,6 +309,8 @@ pub(super) struct NodeRun {
     pub(super) end: String,
     /// Killed by `--kill-node`.
     pub(super) killed: bool,
+    /// Stopped and continued by `--pause-node`.
+    pub(super) paused: bool,
     /// Died or exited without being told to (or failed to exit).
     pub(super) unexpected_end: bool,
     /// Its last stderr lines, when it ended unexpectedly.
@@ -245,6 +325,7 @@ pub(super) struct Outcome {
     pub(super) open_ms: u64,
     pub(super) nodes: Vec<NodeRun>,
     pub(super) kills: Vec<Kill>,
+    pub(super) pauses: Vec<Pause>,
     /// Lines outside the protocol and answers nobody asked for.
     pub(super) strays: Vec<String>,
     pub(super) stray_count: u64,
@@ -270,10 +351,12 @@ pub(super) struct Outcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Action {
     // Declared in the order that same-moment actions run: an order is
-    // placed before it is paid, and a kill comes last.
+    // placed before it is paid, and the faults come last.
     Schedule(u32),
     Pay(u32),
     Kill(usize),
+    Pause(usize),
+    Resume(usize),
 }
 
 /// Runs the cluster simulation; `Ok(true)` if every invariant held.
@@ -342,9 +425,19 @@ fn node_args(dsn: &str, schema: &str, shards: u32, clock: NodeClock) -> Vec<Stri
     .collect()
 }
 
-/// A kill whose takeover is awaited.
+/// A kill or a pause.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Kill(usize),
+    Pause(usize),
+}
+
+/// A fault whose claimed rows are to be read and whose takeover is
+/// awaited.
 struct Watch {
-    kill: usize,
+    fault: Fault,
+    /// The claimed rows were read.
+    claims_read: bool,
     done: bool,
 }
 
@@ -375,6 +468,9 @@ struct Driver {
     quitting: bool,
     /// `kill_node` from the configuration, 0-based.
     planned_kills: Vec<(usize, u64)>,
+    /// `pause_node` from the configuration, 0-based: (node, at, for).
+    planned_pauses: Vec<(usize, u64, u64)>,
+    pauses: Vec<Pause>,
 }
 
 impl Driver {
@@ -397,6 +493,7 @@ impl Driver {
                 stats: BTreeMap::new(),
                 end: String::from("running"),
                 killed: false,
+                paused: false,
                 unexpected_end: false,
                 stderr_tail: None,
             })
@@ -423,6 +520,16 @@ impl Driver {
                     .collect()
             })
             .unwrap_or_default();
+        let planned_pauses = config
+            .cluster
+            .as_ref()
+            .map(|c| {
+                c.pauses
+                    .iter()
+                    .map(|p| (p.node as usize - 1, p.at_ms, p.for_ms.unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default();
         Driver {
             nodes,
             clock,
@@ -446,6 +553,8 @@ impl Driver {
             timed_out: false,
             quitting: false,
             planned_kills,
+            planned_pauses,
+            pauses: Vec::new(),
         }
     }
 
@@ -625,8 +734,79 @@ impl Driver {
         self.nodes.flush();
         self.nodes.kill(node).map_err(Error::Run)?;
         let at_wall_ms = wall_now_ms();
+        let handover = self.handover(node, at_wall_ms, db)?;
+        self.runs[node].killed = true;
+        self.runs[node].end = String::from("killed (SIGKILL)");
+        self.kills.push(Kill {
+            node,
+            name: self.nodes.name(node).to_string(),
+            at_sale_ms,
+            at_wall_ms,
+            handover,
+            answers_lost: 0,
+            redelivered: 0,
+            fired_by_survivors: 0,
+        });
+        self.watches.push(Watch {
+            fault: Fault::Kill(self.kills.len() - 1),
+            claims_read: false,
+            done: false,
+        });
+        Ok(())
+    }
+
+    /// SIGSTOPs node `node`; [`Action::Resume`] continues it.
+    fn pause(&mut self, k: usize, db: &mut Database) -> Result<(), Error> {
+        let (node, at_sale_ms, for_sale_ms) = self.planned_pauses[k];
+        // What the driver wrote so far reaches it; what it writes while the
+        // node sleeps waits in the pipe, as a load balancer's requests wait
+        // on a frozen process.
+        self.nodes.flush();
+        self.nodes.signal(node, "STOP").map_err(Error::Run)?;
+        let at_wall_ms = wall_now_ms();
+        let handover = self.handover(node, at_wall_ms, db)?;
+        self.runs[node].paused = true;
+        self.pauses.push(Pause {
+            node,
+            name: self.nodes.name(node).to_string(),
+            at_sale_ms,
+            for_sale_ms,
+            for_wall_ms: (for_sale_ms as f64 / self.clock.speed).round() as u64,
+            at_wall_ms,
+            resumed_after_ms: None,
+            handover,
+            late_deliveries: 0,
+            stale_claims: 0,
+        });
+        self.watches.push(Watch {
+            fault: Fault::Pause(self.pauses.len() - 1),
+            claims_read: false,
+            done: false,
+        });
+        Ok(())
+    }
+
+    /// SIGCONTs the node of planned pause `k`.
+    fn resume(&mut self, k: usize) -> Result<(), Error> {
+        let node = self.planned_pauses[k].0;
+        let Some(pause) = self.pauses.iter_mut().find(|p| p.node == node) else {
+            return Ok(());
+        };
+        self.nodes.signal(node, "CONT").map_err(Error::Run)?;
+        pause.resumed_after_ms = Some(wall_now_ms().saturating_sub(pause.at_wall_ms));
+        Ok(())
+    }
+
+    /// What node `node` holds now that it stopped serving at `at_wall_ms`
+    /// (its claimed rows are read later, see [`CLAIMS_SETTLE_MS`]).
+    fn handover(
+        &mut self,
+        node: usize,
+        at_wall_ms: u64,
+        db: &mut Database,
+    ) -> Result<Handover, Error> {
         let name = self.nodes.name(node).to_string();
-        // Read after the kill: the victim renews no more, so its rows show
+        // Read after the signal: the node renews no more, so its rows show
         // its last lease.
         let rows = db.shards(None).map_err(Error::Run)?;
         let theirs: Vec<&ShardRow> = rows
@@ -639,46 +819,64 @@ impl Driver {
             .fold(None, |max: Option<f64>, left| {
                 Some(max.map_or(left, |m| m.max(left)))
             })
-            .map(|left| left.max(0.0) + (wall_now_ms() - at_wall_ms) as f64);
-        self.runs[node].killed = true;
-        self.runs[node].end = String::from("killed (SIGKILL)");
-        self.kills.push(Kill {
-            node,
-            name,
-            at_sale_ms,
-            at_wall_ms,
+            .map(|left| left.max(0.0) + wall_now_ms().saturating_sub(at_wall_ms) as f64);
+        let since = at_wall_ms.saturating_sub(1_000);
+        let deliveries_last_second = self
+            .orders
+            .iter()
+            .flat_map(|o| &o.deliveries)
+            .filter(|d| d.received_wall_ms >= since)
+            .count() as u64;
+        Ok(Handover {
             shards: theirs.iter().map(|r| r.shard).collect(),
+            epochs: theirs.iter().map(|r| (r.shard, r.epoch)).collect(),
             lease_expired_after_ms,
-            taken_after_ms: None,
-            taken_by: BTreeMap::new(),
-            answers_lost: 0,
-            redelivered: 0,
-            fired_by_survivors: 0,
-        });
-        self.watches.push(Watch {
-            kill: self.kills.len() - 1,
-            done: false,
-        });
-        Ok(())
+            deliveries_last_second,
+            ..Handover::default()
+        })
     }
 
-    /// Looks whether the awaited takeovers happened.
+    /// Reads the claimed rows of the faults that settled, and looks
+    /// whether the awaited takeovers happened. A pause's takeover is
+    /// awaited until a lease after its `CONT` (a pause shorter than a
+    /// lease is not taken over at all).
     fn poll_takeovers(&mut self, db: &mut Database) -> Result<(), Error> {
+        let now = wall_now_ms();
         for w in self.watches.iter_mut().filter(|w| !w.done) {
-            let kill = &mut self.kills[w.kill];
-            if kill.shards.is_empty() {
+            let (name, at_wall_ms, handover, give_up) = match w.fault {
+                Fault::Kill(k) => {
+                    let kill = &mut self.kills[k];
+                    (&kill.name, kill.at_wall_ms, &mut kill.handover, false)
+                }
+                Fault::Pause(k) => {
+                    let pause = &mut self.pauses[k];
+                    let give_up = pause
+                        .resumed_after_ms
+                        .is_some_and(|after| now >= pause.at_wall_ms + after + LEASE_TTL_MS);
+                    (&pause.name, pause.at_wall_ms, &mut pause.handover, give_up)
+                }
+            };
+            if !w.claims_read {
+                if now < at_wall_ms + CLAIMS_SETTLE_MS {
+                    continue;
+                }
+                handover.claimed_ids = db.claimed(&handover.shards).map_err(Error::Run)?;
+                handover.claimed_unacked = handover.claimed_ids.len() as u64;
+                w.claims_read = true;
+            }
+            if handover.shards.is_empty() || give_up {
                 w.done = true;
                 continue;
             }
-            let rows = db.shards(Some(&kill.shards)).map_err(Error::Run)?;
+            let rows = db.shards(Some(&handover.shards)).map_err(Error::Run)?;
             let taken = rows
                 .iter()
-                .all(|r| r.owner.as_deref().is_some_and(|o| o != kill.name));
+                .all(|r| r.owner.as_deref().is_some_and(|o| o != name));
             if taken {
-                kill.taken_after_ms = Some(wall_now_ms().saturating_sub(kill.at_wall_ms));
+                handover.taken_after_ms = Some(wall_now_ms().saturating_sub(at_wall_ms));
                 for r in &rows {
                     if let Some(owner) = &r.owner {
-                        *kill.taken_by.entry(owner.clone()).or_default() += 1;
+                        *handover.taken_by.entry(owner.clone()).or_default() += 1;
                     }
                 }
                 w.done = true;
@@ -844,6 +1042,10 @@ impl Driver {
         for (k, &(_, at_ms)) in self.planned_kills.iter().enumerate() {
             actions.push((at_ms, Action::Kill(k)));
         }
+        for (k, &(_, at_ms, for_ms)) in self.planned_pauses.iter().enumerate() {
+            actions.push((at_ms, Action::Pause(k)));
+            actions.push((at_ms + for_ms, Action::Resume(k)));
+        }
         actions.sort_unstable();
         // The last moment anything is due: the last deadline, or a late
         // payment after it (a pending payer's gateway can confirm minutes
@@ -866,6 +1068,8 @@ impl Driver {
                         let (node, at_ms) = self.planned_kills[k];
                         self.kill(node, at_ms, db)?;
                     }
+                    Action::Pause(k) => self.pause(k, db)?,
+                    Action::Resume(k) => self.resume(k)?,
                 }
                 next += 1;
             }
@@ -984,7 +1188,8 @@ impl Driver {
         };
         for kill in &mut self.kills {
             let in_victim_shard = |order: usize| {
-                kill.shards
+                kill.handover
+                    .shards
                     .binary_search(&self.shard_map.shard_of_id(Order::id_of(order)))
                     .is_ok()
             };
@@ -1005,6 +1210,7 @@ impl Driver {
                 }
             }
         }
+        self.explain_duplicates();
         let sale_wall_s =
             (self.done_wall_ms as f64 - self.clock.wall_of(self.open_ms)).max(0.0) / 1e3;
         Outcome {
@@ -1013,6 +1219,7 @@ impl Driver {
             open_ms: self.open_ms,
             nodes: self.runs,
             kills: self.kills,
+            pauses: self.pauses,
             strays: self.strays,
             stray_count: self.stray_count,
             leftover,
@@ -1026,6 +1233,65 @@ impl Driver {
             last_ev_wall_ms: self.last_ev_wall_ms,
             schema: self.schema,
             shard_map: self.shard_map,
+        }
+    }
+}
+
+impl Driver {
+    /// Counts the duplicates each kill and pause explains, and each
+    /// pause's deliveries after `CONT` under an epoch it had lost.
+    fn explain_duplicates(&mut self) {
+        for (order, o) in self.orders.iter().enumerate() {
+            let id = Order::id_of(order);
+            let extra = (o.deliveries.len() as u64).saturating_sub(1);
+            // The first fault (kill or pause) that held the id claimed
+            // explains all its duplicates.
+            let mut faults: Vec<(u64, &mut Handover)> = self
+                .kills
+                .iter_mut()
+                .map(|k| (k.at_wall_ms, &mut k.handover))
+                .chain(
+                    self.pauses
+                        .iter_mut()
+                        .map(|p| (p.at_wall_ms, &mut p.handover)),
+                )
+                .filter(|(_, h)| h.claimed_ids.contains(&id))
+                .collect();
+            faults.sort_by_key(|(at, _)| *at);
+            if let Some((_, h)) = faults.into_iter().next() {
+                h.duplicates += extra;
+            }
+        }
+        for pause in &mut self.pauses {
+            let Some(after) = pause.resumed_after_ms else {
+                continue;
+            };
+            let resumed_wall_ms = pause.at_wall_ms + after;
+            for (order, o) in self.orders.iter().enumerate() {
+                let id = Order::id_of(order);
+                let shard = self.shard_map.shard_of_id(id);
+                // Shards it kept (a pause shorter than its lease) it may
+                // go on delivering under the same epoch.
+                let Some(&lost_epoch) = pause.handover.epochs.get(&shard) else {
+                    continue;
+                };
+                if pause.handover.taken_after_ms.is_none() {
+                    continue;
+                }
+                for d in &o.deliveries {
+                    // Epoch 0: the node no longer knew the claim's epoch
+                    // (its ack ended it first); judged by the id alone.
+                    let stale = d.ev.epoch <= lost_epoch;
+                    if d.node != pause.node || d.received_wall_ms < resumed_wall_ms || !stale {
+                        continue;
+                    }
+                    if pause.handover.claimed_ids.contains(&id) {
+                        pause.late_deliveries += 1;
+                    } else if d.ev.epoch != 0 {
+                        pause.stale_claims += 1;
+                    }
+                }
+            }
         }
     }
 }

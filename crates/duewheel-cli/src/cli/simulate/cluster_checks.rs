@@ -16,19 +16,26 @@
 //! - an order whose cancel answered `cancelled` is never delivered;
 //! - a second delivery of an order has attempt > 1: attempt 1 is delivered
 //!   at most once;
+//! - every duplicate is explained: its id was claimed and not acked on a
+//!   node when that node was killed or paused (read from the table 200 ms
+//!   after the signal), or it was delivered again by the same node under
+//!   the same claim (its ack timed out); anything else fails;
 //! - only timers that may be stored are delivered (not one refused as
 //!   `invalid`, `unavailable` or `shutdown`, which are definitely not);
 //! - every command to a node that stayed up was answered exactly once, and
 //!   every line was in the protocol;
 //! - every node not killed stayed up and exited 0 after `quit`;
-//! - every kill's shards were taken over by the survivors.
+//! - every kill's shards were taken over by the survivors;
+//! - a node paused for two leases or more had its shards taken over while
+//!   it slept, and after `CONT` delivered nothing under a lost epoch that
+//!   it had not claimed before the pause.
 //!
 //! Answers lost to a killed node (and `indoubt` ones) leave the order
 //! unknown: it is excluded from the first three checks and counted in
 //! their detail.
 
 use super::checks::{Check, Verdict};
-use super::cluster::{CancelState, ErrKind, Order, Outcome, Sched};
+use super::cluster::{CancelState, ErrKind, LEASE_TTL_MS, Order, Outcome, Sched};
 use super::driver::group_digits;
 
 /// Runs every check.
@@ -42,6 +49,7 @@ pub(super) fn run(outcome: &Outcome) -> Vec<Check> {
         every_command_answered(outcome),
         nodes_healthy(outcome),
         kills_taken_over(outcome),
+        paused_nodes_fenced(outcome),
     ]
 }
 
@@ -87,7 +95,7 @@ fn acked_delivered(outcome: &Outcome) -> Check {
             let victim = outcome
                 .kills
                 .iter()
-                .find(|k| k.shards.contains(&shard))
+                .find(|k| k.handover.shards.contains(&shard))
                 .map(|k| format!(" (owned by {} when it was killed)", k.name))
                 .unwrap_or_default();
             let row = outcome
@@ -182,12 +190,36 @@ fn duplicates_are_redeliveries(outcome: &Outcome) -> Check {
         "every duplicate delivery has attempt > 1 (a claimed, unacked row delivered again)",
     );
     let (mut duplicates, mut other_node, mut after_kill) = (0u64, 0u64, 0u64);
+    let (mut by_fault, mut same_claim) = (0u64, 0u64);
     let first_kill_wall_ms = outcome.kills.iter().map(|k| k.at_wall_ms).min();
     for (order, o) in outcome.orders.iter().enumerate() {
         if o.deliveries.len() < 2 {
             continue;
         }
-        duplicates += o.deliveries.len() as u64 - 1;
+        let extra = o.deliveries.len() as u64 - 1;
+        duplicates += extra;
+        let id = Order::id_of(order);
+        let cause = duplicate_cause(outcome, order);
+        match cause {
+            DuplicateCause::Fault => by_fault += extra,
+            DuplicateCause::SameClaim => same_claim += extra,
+            DuplicateCause::Unexplained => {}
+        }
+        v.expect(cause != DuplicateCause::Unexplained, || {
+            format!(
+                "order {order} (id {id}): delivered {} times, by {}; not claimed on a killed or \
+                 paused node at that moment, and not one node's redelivery of one claim",
+                o.deliveries.len(),
+                o.deliveries
+                    .iter()
+                    .map(|d| format!(
+                        "{} (attempt {}, epoch {})",
+                        outcome.nodes[d.node].name, d.ev.attempt, d.ev.epoch
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        });
         let firsts = o.deliveries.iter().filter(|d| d.ev.attempt <= 1).count();
         v.expect(firsts <= 1, || {
             let seen: Vec<String> = o
@@ -209,12 +241,54 @@ fn duplicates_are_redeliveries(outcome: &Outcome) -> Check {
         }
     }
     v.done(format!(
-        "{} duplicate deliveries, each with attempt > 1; {} by another node than the first \
-         (takeover), {} after a kill",
+        "{} duplicate deliveries, each with attempt > 1; {} of ids claimed and not acked on a \
+         node killed or paused, {} one node's redelivery of one claim (ack timed out); {} by \
+         another node than the first (takeover), {} after a kill",
         group_digits(duplicates),
+        group_digits(by_fault),
+        group_digits(same_claim),
         group_digits(other_node),
         group_digits(after_kill)
     ))
+}
+
+/// Why an order was delivered more than once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum DuplicateCause {
+    /// Its row was claimed and not acked on a node when that node was
+    /// killed or paused: the next owner claimed it again, or the paused
+    /// node printed it late.
+    Fault,
+    /// One node delivered one claim again (its consumer's ack timed out).
+    SameClaim,
+    /// Neither: a failure.
+    Unexplained,
+}
+
+/// Why order `order` (delivered more than once) was.
+pub(super) fn duplicate_cause(outcome: &Outcome, order: usize) -> DuplicateCause {
+    let o = &outcome.orders[order];
+    let id = Order::id_of(order);
+    let held = outcome
+        .kills
+        .iter()
+        .map(|k| &k.handover)
+        .chain(outcome.pauses.iter().map(|p| &p.handover))
+        .any(|h| h.claimed_ids.contains(&id));
+    if held {
+        return DuplicateCause::Fault;
+    }
+    let first = &o.deliveries[0];
+    // Epoch 0: the node no longer knew the claim (its ack ended it first).
+    let one_claim = o
+        .deliveries
+        .iter()
+        .all(|d| d.node == first.node && (d.ev.epoch == first.ev.epoch || d.ev.epoch == 0));
+    if one_claim {
+        DuplicateCause::SameClaim
+    } else {
+        DuplicateCause::Unexplained
+    }
 }
 
 fn only_stored_delivered(outcome: &Outcome) -> Check {
@@ -318,23 +392,76 @@ fn kills_taken_over(outcome: &Outcome) -> Check {
     let mut parts = Vec::new();
     for kill in &outcome.kills {
         v.expect(
-            kill.shards.is_empty() || kill.taken_after_ms.is_some(),
+            kill.handover.shards.is_empty() || kill.handover.taken_after_ms.is_some(),
             || {
                 format!(
                     "{}: {} shards, not all taken over by the end",
                     kill.name,
-                    kill.shards.len()
+                    kill.handover.shards.len()
                 )
             },
         );
-        parts.push(match kill.taken_after_ms {
-            Some(ms) => format!("{}: {} shards in {ms} ms", kill.name, kill.shards.len()),
-            None if kill.shards.is_empty() => format!("{}: owned no shard", kill.name),
-            None => format!("{}: {} shards, never", kill.name, kill.shards.len()),
+        let n = kill.handover.shards.len();
+        parts.push(match kill.handover.taken_after_ms {
+            Some(ms) => format!("{}: {n} shards in {ms} ms", kill.name),
+            None if n == 0 => format!("{}: owned no shard", kill.name),
+            None => format!("{}: {n} shards, never", kill.name),
         });
     }
     v.done(if parts.is_empty() {
         "no --kill-node".into()
+    } else {
+        parts.join("; ")
+    })
+}
+
+fn paused_nodes_fenced(outcome: &Outcome) -> Check {
+    let mut v = Verdict::new(
+        "paused_nodes_fenced",
+        "a node paused for two leases or more lost its shards while it slept, and after `CONT` \
+         delivered under a lost epoch only rows it had claimed before the pause",
+    );
+    let mut parts = Vec::new();
+    for pause in &outcome.pauses {
+        let h = &pause.handover;
+        let long = pause.for_wall_ms >= 2 * LEASE_TTL_MS;
+        let taken_asleep = match (h.taken_after_ms, pause.resumed_after_ms) {
+            (Some(taken), Some(resumed)) => taken <= resumed,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        v.expect(!long || h.shards.is_empty() || taken_asleep, || {
+            format!(
+                "{}: paused {} ms, yet its {} shards were not all taken over while it slept \
+                 (taken after {:?} ms, resumed after {:?} ms)",
+                pause.name,
+                pause.for_wall_ms,
+                h.shards.len(),
+                h.taken_after_ms,
+                pause.resumed_after_ms
+            )
+        });
+        v.expect(pause.stale_claims == 0, || {
+            format!(
+                "{}: {} deliveries after `CONT` under a lost epoch of rows it had not claimed \
+                 before the pause",
+                pause.name, pause.stale_claims
+            )
+        });
+        parts.push(format!(
+            "{}: {} shards{}, {} late deliveries of rows claimed before the pause, {} stale claims",
+            pause.name,
+            h.shards.len(),
+            match h.taken_after_ms {
+                Some(ms) => format!(" taken in {ms} ms"),
+                None => " not taken".into(),
+            },
+            pause.late_deliveries,
+            pause.stale_claims
+        ));
+    }
+    v.done(if parts.is_empty() {
+        "no --pause-node".into()
     } else {
         parts.join("; ")
     })

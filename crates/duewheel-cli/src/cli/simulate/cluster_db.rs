@@ -11,6 +11,7 @@
 use super::Error;
 use duewheel_cluster::{OpenError, StoreConfig};
 use postgres::{Client, NoTls};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// How long the driver waits to connect.
@@ -21,6 +22,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) struct ShardRow {
     pub(super) shard: u32,
     pub(super) owner: Option<String>,
+    /// Bumped by every acquisition: claims carry it.
+    pub(super) epoch: u64,
     /// Milliseconds until its lease expires, by the database's clock
     /// (negative: expired; `None`: released or never taken).
     pub(super) lease_left_ms: Option<f64>,
@@ -82,7 +85,7 @@ impl Database {
     /// Every shard's row, or only those in `only`.
     pub(super) fn shards(&mut self, only: Option<&[u32]>) -> Result<Vec<ShardRow>, String> {
         let sql = format!(
-            "SELECT shard_id, owner, \
+            "SELECT shard_id, owner, epoch, \
                CASE WHEN isfinite(lease_expires_at) \
                  THEN (extract(epoch FROM lease_expires_at - now()) * 1000)::float8 END \
              FROM \"{}\".shards WHERE $1::int[] IS NULL OR shard_id = ANY($1) ORDER BY shard_id",
@@ -100,11 +103,40 @@ impl Database {
                 Ok(ShardRow {
                     shard: u32::try_from(shard).map_err(|e| e.to_string())?,
                     owner: r.try_get(1).map_err(|e| e.to_string())?,
-                    lease_left_ms: r.try_get(2).map_err(|e| e.to_string())?,
+                    epoch: u64::try_from(r.try_get::<_, i64>(2).map_err(|e| e.to_string())?)
+                        .map_err(|e| e.to_string())?,
+                    lease_left_ms: r.try_get(3).map_err(|e| e.to_string())?,
                 })
             })
             .collect::<Result<_, String>>()
             .map_err(|e| format!("unexpected row in the shards table: {e}"))
+    }
+
+    /// The ids of the rows of `shards` that are claimed and not acked
+    /// (state 1): delivered, or about to be, and not ended.
+    pub(super) fn claimed(&mut self, shards: &[u32]) -> Result<BTreeSet<u64>, String> {
+        if shards.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        let sql = format!(
+            "SELECT timer_id FROM \"{}\".timers WHERE state = 1 AND shard_id = ANY($1)",
+            self.schema
+        );
+        let shards: Vec<i32> = shards
+            .iter()
+            .map(|&s| i32::try_from(s).unwrap_or(-1))
+            .collect();
+        let rows = self
+            .client
+            .query(&sql, &[&shards])
+            .map_err(|e| format!("cannot read the claimed rows: {e}"))?;
+        rows.iter()
+            .map(|r| {
+                let id: i64 = r.try_get(0).map_err(|e| e.to_string())?;
+                u64::try_from(id).map_err(|e| e.to_string())
+            })
+            .collect::<Result<_, String>>()
+            .map_err(|e| format!("unexpected row in the timers table: {e}"))
     }
 
     /// Pending and claimed rows left in the `timers` table.

@@ -9,9 +9,10 @@
 use super::args::{Config, show_ms};
 use super::checks::Check;
 use super::cluster::{
-    CancelState, ErrKind, GRACE_MS, Kill, LEASE_TTL_MS, NodeRun, Order, Outcome, RENEW_MS,
-    SWEEP_MS, Sched,
+    CancelState, ErrKind, GRACE_MS, Handover, Kill, LEASE_TTL_MS, NodeRun, Order, Outcome, Pause,
+    RENEW_MS, SWEEP_MS, Sched,
 };
+use super::cluster_checks::{DuplicateCause, duplicate_cause};
 use super::cluster_db::Leftover;
 use super::driver::group_digits;
 use super::report::rate;
@@ -34,12 +35,30 @@ pub(super) struct Report {
     pub(super) lateness: Lateness,
     pub(super) performance: Performance,
     pub(super) kills: Vec<Kill>,
+    pub(super) pauses: Vec<Pause>,
+    /// Every duplicate delivery, by cause.
+    pub(super) duplicates: Duplicates,
     /// The first orders delivered more than once, each delivery with its
     /// node, attempt and epoch: what explains a duplicate.
     pub(super) duplicate_examples: Vec<String>,
     pub(super) nodes: Vec<NodeRun>,
     /// Rows in the `timers` table after every node quit.
     pub(super) leftover: Option<Leftover>,
+}
+
+/// The duplicate deliveries by cause (see
+/// [`super::cluster_checks::DuplicateCause`]); each kill's and pause's own
+/// share, with its bound, is in `kills` and `pauses`.
+#[derive(Debug, Default, serde::Serialize)]
+pub(super) struct Duplicates {
+    /// Deliveries beyond the first of their order.
+    pub(super) total: u64,
+    /// Of ids claimed and not acked on a node killed or paused.
+    pub(super) by_fault: u64,
+    /// One node delivering one claim again (its ack timed out).
+    pub(super) same_claim: u64,
+    /// Neither: an invariant failure.
+    pub(super) unexplained: u64,
 }
 
 /// How the run was set up.
@@ -148,6 +167,7 @@ impl Report {
         };
         let (mut sale_late, mut real_late) = (Vec::new(), Vec::new());
         let mut duplicate_examples = Vec::new();
+        let mut duplicates = Duplicates::default();
         for (order, o) in outcome.orders.iter().enumerate() {
             match o.sched {
                 Sched::Ok => s.scheduled_ok += 1,
@@ -176,6 +196,13 @@ impl Report {
                     .push(first.received_wall_ms as f64 - outcome.clock.wall_of(o.deadline_ms));
             }
             if o.deliveries.len() > 1 {
+                let extra = o.deliveries.len() as u64 - 1;
+                duplicates.total += extra;
+                match duplicate_cause(outcome, order) {
+                    DuplicateCause::Fault => duplicates.by_fault += extra,
+                    DuplicateCause::SameClaim => duplicates.same_claim += extra,
+                    DuplicateCause::Unexplained => duplicates.unexplained += extra,
+                }
                 if duplicate_examples.len() < DUPLICATE_EXAMPLES {
                     let seen: Vec<String> = o
                         .deliveries
@@ -249,6 +276,8 @@ impl Report {
             },
             performance,
             kills: outcome.kills.clone(),
+            pauses: outcome.pauses.clone(),
+            duplicates,
             duplicate_examples,
             nodes: outcome.nodes.clone(),
             leftover: outcome.leftover,
@@ -331,6 +360,10 @@ impl Report {
         for kill in &self.kills {
             write_kill(&mut out, kill);
         }
+        for pause in &self.pauses {
+            write_pause(&mut out, pause);
+        }
+        self.write_duplicates(&mut out);
         if !self.duplicate_examples.is_empty() {
             let _ = writeln!(out, "  duplicates, e.g.:");
             for example in &self.duplicate_examples {
@@ -426,36 +459,132 @@ impl Report {
     }
 }
 
-fn write_kill(out: &mut String, kill: &Kill) {
-    let taken = match (kill.taken_after_ms, kill.shards.is_empty()) {
+impl Report {
+    /// The duplicates in words: each explained by a kill, a pause or a
+    /// node's own redelivery, with the bound a kill or pause puts on them.
+    fn write_duplicates(&self, out: &mut String) {
+        let d = &self.duplicates;
+        if d.total == 0 {
+            let _ = writeln!(
+                out,
+                "  duplicates           none: every order delivered at most once"
+            );
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "  duplicates           {} deliveries beyond the first of their order:",
+            group_digits(d.total)
+        );
+        for kill in &self.kills {
+            let h = &kill.handover;
+            let _ = writeln!(
+                out,
+                "    - {} after {}'s kill: of the {} rows it had claimed and not acked when it \
+                 died (delivered, or about to be, with no ack), which the new owners claimed \
+                 again and delivered with attempt > 1",
+                group_digits(h.duplicates),
+                kill.name,
+                group_digits(h.claimed_unacked)
+            );
+        }
+        for pause in &self.pauses {
+            let h = &pause.handover;
+            let _ = writeln!(
+                out,
+                "    - {} around {}'s pause: of the {} rows it had claimed and not acked when it \
+                 stopped, delivered again by the new owners of its shards or printed late by it \
+                 after SIGCONT ({} late prints)",
+                group_digits(h.duplicates),
+                pause.name,
+                group_digits(h.claimed_unacked),
+                group_digits(pause.late_deliveries)
+            );
+        }
+        if d.same_claim > 0 {
+            let _ = writeln!(
+                out,
+                "    - {} delivered again by the same node under the same claim (its consumer's \
+                 ack timed out; at-least-once within a node)",
+                group_digits(d.same_claim)
+            );
+        }
+        if d.unexplained > 0 {
+            let _ = writeln!(
+                out,
+                "    - {} UNEXPLAINED: not claimed on a killed or paused node, not one node's \
+                 redelivery (see duplicates_are_redeliveries)",
+                group_digits(d.unexplained)
+            );
+        }
+    }
+}
+
+/// How `h`'s shards were taken over, in words (`what`: "the kill").
+fn taken_words(h: &Handover, what: &str) -> String {
+    match (h.taken_after_ms, h.shards.is_empty()) {
         (_, true) => "it owned no shard".to_string(),
         (Some(ms), false) => {
-            let after_lease = kill
+            let after_lease = h
                 .lease_expired_after_ms
                 .map(|lease| format!(", {:.0} ms after its lease expired", ms as f64 - lease))
                 .unwrap_or_default();
-            let by = kill
+            let by = h
                 .taken_by
                 .iter()
                 .map(|(owner, k)| format!("{k} by {owner}"))
                 .collect::<Vec<_>>()
                 .join(", ");
             format!(
-                "its {} shards taken {ms} ms after the kill{after_lease} ({by})",
-                kill.shards.len()
+                "its {} shards taken {ms} ms after {what}{after_lease} ({by})",
+                h.shards.len()
             )
         }
-        (None, false) => format!("its {} shards NOT taken over", kill.shards.len()),
-    };
+        (None, false) => format!("its {} shards NOT taken over", h.shards.len()),
+    }
+}
+
+fn write_kill(out: &mut String, kill: &Kill) {
+    let h = &kill.handover;
     let _ = writeln!(
         out,
-        "  killed {} (SIGKILL) at {} into the sale: {taken}; {} answers lost; {} of its \
-         timers redelivered (attempt > 1), {} fired by the survivors",
+        "  killed {} (SIGKILL) at {} into the sale, {} deliveries in the second before (expiries \
+         in flight), {} rows of its shards claimed and not acked: {}; {} answers lost; {} of \
+         its timers redelivered (attempt > 1), {} fired by the survivors",
         kill.name,
         show_ms(kill.at_sale_ms),
+        group_digits(h.deliveries_last_second),
+        group_digits(h.claimed_unacked),
+        taken_words(h, "the kill"),
         group_digits(kill.answers_lost),
         group_digits(kill.redelivered),
         group_digits(kill.fired_by_survivors)
+    );
+}
+
+fn write_pause(out: &mut String, pause: &Pause) {
+    let h = &pause.handover;
+    let resumed = match pause.resumed_after_ms {
+        Some(ms) => format!("continued (SIGCONT) {ms} ms after the stop"),
+        None => "never continued (the run ended first)".into(),
+    };
+    let _ = writeln!(
+        out,
+        "  paused {} (SIGSTOP) at {} into the sale for {} ({} ms real; leases {} ms), {} \
+         deliveries in the second before, {} rows of its shards claimed and not acked: {}; {}; \
+         {} late deliveries by it after that of rows claimed before the pause, {} of rows it \
+         had not claimed under a lost epoch",
+        pause.name,
+        show_ms(pause.at_sale_ms),
+        show_ms(pause.for_sale_ms),
+        pause.for_wall_ms,
+        LEASE_TTL_MS,
+        group_digits(h.deliveries_last_second),
+        group_digits(h.claimed_unacked),
+        taken_words(h, "the stop"),
+        resumed,
+        group_digits(pause.late_deliveries),
+        group_digits(pause.stale_claims)
     );
 }
 
