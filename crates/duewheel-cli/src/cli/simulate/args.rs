@@ -194,6 +194,32 @@ pub(crate) struct Args {
     /// also killed, and at least one node is neither.
     #[arg(long, value_name = "I@T[+D]", requires = "cluster", value_parser = parse_pause)]
     pause_node: Vec<PauseAt>,
+    /// With --cluster: where the orders' effects live. `pg`: the orders
+    /// and the stock are PostgreSQL tables; each order is created with its
+    /// deadline in one transaction, each payment cancels the deadline in
+    /// its transaction, and the nodes (`duewheel node --orders`) cancel
+    /// expired orders and release their stock in the transaction that ends
+    /// the timer; the report then counts effects read from the tables.
+    #[arg(long, value_name = "WHERE", requires = "cluster", value_parser = ["pg"])]
+    effects: Option<String>,
+    /// With --cluster: restart the database (with --pg-restart-cmd) when
+    /// the sale's clock reaches T after the opening.
+    #[arg(long, value_name = "T", requires = "cluster", value_parser = parse_duration)]
+    restart_db_at: Option<Duration>,
+    /// The shell command (`sh -c`) that restarts the database
+    /// [default: env DUEWHEEL_PG_RESTART, as scripts/pg-up.sh sets it].
+    #[arg(long, value_name = "CMD", requires = "restart_db_at")]
+    pg_restart_cmd: Option<String>,
+}
+
+/// `--restart-db-at`: when, and how.
+#[derive(Clone, Debug, serde::Serialize)]
+pub(crate) struct DbRestart {
+    /// Sale time after the opening.
+    pub(crate) at_ms: u64,
+    /// Run with `sh -c`; not in the report (it may name paths or users).
+    #[serde(skip)]
+    pub(crate) command: String,
 }
 
 /// `--pause-node I@T[+D]`: which node, when, and for how long.
@@ -229,6 +255,10 @@ pub(crate) struct Cluster {
     pub(crate) kills: Vec<KillAt>,
     /// Pauses, in sale order, each with its `for_ms`.
     pub(crate) pauses: Vec<PauseAt>,
+    /// `--effects pg`: orders, stock and effects in PostgreSQL tables.
+    pub(crate) effects_pg: bool,
+    /// `--restart-db-at`.
+    pub(crate) restart: Option<DbRestart>,
 }
 
 /// A validated configuration (see the module invariant). Times are in
@@ -300,13 +330,40 @@ impl Config {
         let usage = |message: String| Err(Error::Usage(message));
         let cluster = match args.cluster {
             None => None,
-            Some(nodes) => Some(Self::cluster(
-                nodes,
-                args.pg.take(),
-                &args.kill_node,
-                &args.pause_node,
-                args.speed.unwrap_or(DEFAULT_CLUSTER_SPEED),
-            )?),
+            Some(nodes) => {
+                let mut cluster = Self::cluster(
+                    nodes,
+                    args.pg.take(),
+                    &args.kill_node,
+                    &args.pause_node,
+                    args.speed.unwrap_or(DEFAULT_CLUSTER_SPEED),
+                )?;
+                cluster.effects_pg = args.effects.as_deref() == Some("pg");
+                if let Some(at) = args.restart_db_at {
+                    let command = match args
+                        .pg_restart_cmd
+                        .take()
+                        .or_else(|| std::env::var("DUEWHEEL_PG_RESTART").ok())
+                    {
+                        Some(c) if !c.trim().is_empty() => c,
+                        _ => {
+                            return Err(Error::Usage(
+                                "--restart-db-at needs --pg-restart-cmd CMD or \
+                                 DUEWHEEL_PG_RESTART (scripts/pg-up.sh sets it)"
+                                    .into(),
+                            ));
+                        }
+                    };
+                    let at_ms = u64::try_from(at.as_millis()).unwrap_or(u64::MAX);
+                    if at_ms == 0 {
+                        return Err(Error::Usage(
+                            "--restart-db-at must be after the opening".into(),
+                        ));
+                    }
+                    cluster.restart = Some(DbRestart { at_ms, command });
+                }
+                Some(cluster)
+            }
         };
         let max_orders = if cluster.is_some() {
             MAX_CLUSTER_ORDERS
@@ -487,6 +544,14 @@ impl Config {
                     show_ms(last_ms)
                 ));
             }
+            if let Some(restart) = cluster.restart.as_ref().filter(|r| r.at_ms > last_ms) {
+                return usage(format!(
+                    "--restart-db-at {} falls after the run: the last deadline is at {} (sale + \
+                     window)",
+                    show_ms(restart.at_ms),
+                    show_ms(last_ms)
+                ));
+            }
             if let Some(pause) = cluster.pauses.iter().find(|p| p.at_ms > last_ms) {
                 return usage(format!(
                     "--pause-node {}@{} falls after the run: the last deadline is at {} (sale + \
@@ -617,6 +682,8 @@ impl Config {
             dsn,
             kills,
             pauses,
+            effects_pg: false,
+            restart: None,
         })
     }
 

@@ -48,7 +48,7 @@
 use super::Error;
 use super::args::Config;
 use super::buyers::{Rng, SALE_OPENS_MS, Sale};
-use super::cluster_db::{Database, Leftover, ShardRow};
+use super::cluster_db::{Database, Effects, Leftover, ShardRow};
 use super::cluster_nodes::{Command, Ev, Fate, Line, Nodes, Received, wall_now_ms};
 use super::{cluster_checks, cluster_report};
 use duewheel_cluster::ShardMap;
@@ -76,6 +76,11 @@ const SETTLE: Duration = Duration::from_millis(500);
 /// How long after a kill or a stop the claimed rows are read: statements
 /// the node sent before the signal have reached the database by then.
 const CLAIMS_SETTLE_MS: u64 = 200;
+
+/// `--effects pg`: how long the driver waits, once everything expected
+/// arrived, for the orders still `open` to be expired (those whose answer
+/// was lost but which committed) before it reads the tables.
+const EFFECTS_SETTLE: Duration = Duration::from_secs(15);
 
 /// How often the `shards` table is read while a takeover is awaited.
 const TAKEOVER_POLL: Duration = Duration::from_millis(20);
@@ -197,6 +202,11 @@ pub(super) struct Order {
     pub(super) cancel: CancelState,
     pub(super) cancel_node: usize,
     pub(super) deliveries: Vec<Delivery>,
+    /// Units of stock it reserves (`--effects pg`).
+    pub(super) qty: u32,
+    /// What its deliveries carry: `o<order>`, or with `--effects pg` the
+    /// quantity (the node's order mode schedules that).
+    pub(super) payload: String,
 }
 
 impl Order {
@@ -205,7 +215,7 @@ impl Order {
         order as u64 + 1
     }
 
-    /// The payload it was scheduled with.
+    /// The payload of a plain schedule.
     pub(super) fn payload_of(order: usize) -> String {
         format!("o{order}")
     }
@@ -294,6 +304,20 @@ pub(super) struct Pause {
     pub(super) stale_claims: u64,
 }
 
+/// The database restart (`--restart-db-at`) as it happened.
+#[derive(Clone, Debug, serde::Serialize)]
+pub(super) struct DbRestartRun {
+    /// Sale time after the opening at which the command started.
+    pub(super) at_sale_ms: u64,
+    #[serde(skip)]
+    pub(super) at_wall_ms: u64,
+    /// Real ms the command took (the server down and up again); `None`
+    /// while it runs.
+    pub(super) took_ms: Option<u64>,
+    /// `exit 0`, or what went wrong.
+    pub(super) end: String,
+}
+
 /// One node as the run saw it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub(super) struct NodeRun {
@@ -326,6 +350,14 @@ pub(super) struct Outcome {
     pub(super) nodes: Vec<NodeRun>,
     pub(super) kills: Vec<Kill>,
     pub(super) pauses: Vec<Pause>,
+    /// `--restart-db-at`, as it happened.
+    pub(super) restart: Option<DbRestartRun>,
+    /// `--effects pg`: the application's tables at the end, and the stock
+    /// they started with.
+    pub(super) effects: Option<Effects>,
+    pub(super) stock_initial: u64,
+    /// `--effects pg`: a read of the tables failed.
+    pub(super) effects_error: Option<String>,
     /// Lines outside the protocol and answers nobody asked for.
     pub(super) strays: Vec<String>,
     pub(super) stray_count: u64,
@@ -357,6 +389,7 @@ enum Action {
     Kill(usize),
     Pause(usize),
     Resume(usize),
+    RestartDb,
 }
 
 /// Runs the cluster simulation; `Ok(true)` if every invariant held.
@@ -380,18 +413,31 @@ pub(super) fn run(config: &Config) -> Result<bool, Error> {
     // Declared before the nodes: dropped after them, so the schema goes
     // once no node uses it.
     let mut db = Database::create(&cluster.dsn, &schema, shards)?;
+    let app_schema = format!("{schema}_app");
+    if cluster.effects_pg {
+        db.with_app_schema(&app_schema);
+    }
     let clock = NodeClock {
         origin_ms: wall_now_ms(),
         speed,
     };
     let names: Vec<String> = (1..=cluster.nodes).map(|k| format!("simN-{k}")).collect();
-    let common = node_args(&cluster.dsn, &schema, shards, clock);
+    let mut common = node_args(&cluster.dsn, &schema, shards, clock);
+    if cluster.effects_pg {
+        common.extend([
+            "--orders".to_string(),
+            "--app-schema".to_string(),
+            app_schema,
+            "--stock".to_string(),
+            config.stock.to_string(),
+        ]);
+    }
     let nodes = Nodes::spawn(&exe, &common, &names).map_err(Error::Run)?;
     let mut run = Driver::new(config, &sale, nodes, clock, shard_map, schema);
     run.await_ready()?;
     run.note_shards_at_open(&mut db)?;
     run.drive(&sale, config, &mut db)?;
-    let outcome = run.finish(&mut db, started);
+    let outcome = run.finish(&mut db, started, config.stock);
     let invariants = cluster_checks::run(&outcome);
     let report = cluster_report::Report::new(config, &outcome, invariants);
     if config.json {
@@ -471,6 +517,13 @@ struct Driver {
     /// `pause_node` from the configuration, 0-based: (node, at, for).
     planned_pauses: Vec<(usize, u64, u64)>,
     pauses: Vec<Pause>,
+    /// `--effects pg`.
+    effects_pg: bool,
+    /// `--restart-db-at`: (at, command).
+    restart: Option<(u64, String)>,
+    restart_run: Option<DbRestartRun>,
+    /// The thread running the restart command: its exit status.
+    restart_thread: Option<std::thread::JoinHandle<Result<std::process::ExitStatus, String>>>,
 }
 
 impl Driver {
@@ -498,16 +551,24 @@ impl Driver {
                 stderr_tail: None,
             })
             .collect();
+        let effects_pg = config.cluster.as_ref().is_some_and(|c| c.effects_pg);
         let orders = sale
             .plans
             .iter()
-            .map(|_| Order {
+            .enumerate()
+            .map(|(order, plan)| Order {
                 deadline_ms: 0,
                 sched: Sched::NotSent,
                 sched_node: usize::MAX,
                 cancel: CancelState::NoPayment,
                 cancel_node: usize::MAX,
                 deliveries: Vec::new(),
+                qty: plan.qty,
+                payload: if effects_pg {
+                    plan.qty.to_string()
+                } else {
+                    Order::payload_of(order)
+                },
             })
             .collect();
         let planned_kills = config
@@ -555,6 +616,14 @@ impl Driver {
             planned_kills,
             planned_pauses,
             pauses: Vec::new(),
+            effects_pg,
+            restart: config
+                .cluster
+                .as_ref()
+                .and_then(|c| c.restart.clone())
+                .map(|r| (r.at_ms, r.command)),
+            restart_run: None,
+            restart_thread: None,
         }
     }
 
@@ -678,10 +747,10 @@ impl Driver {
     }
 
     /// Sends `line` to a random node that takes it; the node, or `None`.
-    fn send_somewhere(&mut self, command: &Command) -> Option<usize> {
+    fn send_somewhere(&mut self, line: &str) -> Option<usize> {
         loop {
             let node = self.pick_node()?;
-            if self.nodes.send(node, command) {
+            if self.nodes.send_line(node, line) {
                 self.runs[node].sent += 1;
                 self.outstanding += 1;
                 if self.first_send_wall_ms == 0 {
@@ -693,13 +762,21 @@ impl Driver {
     }
 
     fn schedule(&mut self, order: usize) {
-        let deadline_ms = self.orders[order].deadline_ms;
-        let command = Command::Schedule {
-            id: Order::id_of(order),
-            deadline_ms,
-            payload: Order::payload_of(order).to_string(),
+        let o = &self.orders[order];
+        let id = Order::id_of(order);
+        // `--effects pg`: the order row, its stock and its deadline in one
+        // transaction (`duewheel node --orders`).
+        let line = if self.effects_pg {
+            format!("o {id} {} {}", o.deadline_ms, o.qty)
+        } else {
+            Command::Schedule {
+                id,
+                deadline_ms: o.deadline_ms,
+                payload: o.payload.clone(),
+            }
+            .to_string()
         };
-        if let Some(node) = self.send_somewhere(&command) {
+        if let Some(node) = self.send_somewhere(&line) {
             let o = &mut self.orders[order];
             o.sched = Sched::Pending;
             o.sched_node = node;
@@ -717,10 +794,15 @@ impl Driver {
     }
 
     fn cancel(&mut self, order: usize) {
-        let command = Command::Cancel {
-            id: Order::id_of(order),
+        let id = Order::id_of(order);
+        // `--effects pg`: the payment cancels the deadline in its own
+        // transaction; `fired` means the expiry won and it was refunded.
+        let line = if self.effects_pg {
+            format!("p {id}")
+        } else {
+            Command::Cancel { id }.to_string()
         };
-        match self.send_somewhere(&command) {
+        match self.send_somewhere(&line) {
             Some(node) => {
                 let o = &mut self.orders[order];
                 o.cancel = CancelState::Pending;
@@ -784,6 +866,52 @@ impl Driver {
             done: false,
         });
         Ok(())
+    }
+
+    /// Starts the restart command in a thread of its own (the nodes go on
+    /// meanwhile, and so does the sale).
+    fn restart_db(&mut self, at_sale_ms: u64) {
+        let Some((_, command)) = self.restart.clone() else {
+            return;
+        };
+        self.restart_run = Some(DbRestartRun {
+            at_sale_ms,
+            at_wall_ms: wall_now_ms(),
+            took_ms: None,
+            end: String::from("running"),
+        });
+        self.restart_thread = Some(std::thread::spawn(move || {
+            std::process::Command::new("sh")
+                .args(["-c", &command])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .map_err(|e| format!("cannot run the restart command: {e}"))
+        }));
+    }
+
+    /// Notes the restart's end once its command exited.
+    fn poll_restart(&mut self) {
+        if !self
+            .restart_thread
+            .as_ref()
+            .is_some_and(std::thread::JoinHandle::is_finished)
+        {
+            return;
+        }
+        let Some(thread) = self.restart_thread.take() else {
+            return;
+        };
+        let end = match thread.join() {
+            Ok(Ok(status)) if status.success() => String::from("exit 0"),
+            Ok(Ok(status)) => format!("{status}"),
+            Ok(Err(e)) => e,
+            Err(_) => String::from("the restart thread panicked"),
+        };
+        if let Some(run) = &mut self.restart_run {
+            run.took_ms = Some(wall_now_ms().saturating_sub(run.at_wall_ms));
+            run.end = end;
+        }
     }
 
     /// SIGCONTs the node of planned pause `k`.
@@ -1042,6 +1170,9 @@ impl Driver {
         for (k, &(_, at_ms)) in self.planned_kills.iter().enumerate() {
             actions.push((at_ms, Action::Kill(k)));
         }
+        if let Some((at_ms, _)) = &self.restart {
+            actions.push((*at_ms, Action::RestartDb));
+        }
         for (k, &(_, at_ms, for_ms)) in self.planned_pauses.iter().enumerate() {
             actions.push((at_ms, Action::Pause(k)));
             actions.push((at_ms + for_ms, Action::Resume(k)));
@@ -1070,6 +1201,7 @@ impl Driver {
                     }
                     Action::Pause(k) => self.pause(k, db)?,
                     Action::Resume(k) => self.resume(k)?,
+                    Action::RestartDb => self.restart_db(now_sale),
                 }
                 next += 1;
             }
@@ -1096,6 +1228,7 @@ impl Driver {
                 }
             }
 
+            self.poll_restart();
             if next < actions.len() {
                 continue;
             }
@@ -1103,6 +1236,7 @@ impl Driver {
                 last_scan = Instant::now();
                 let complete = self.outstanding == 0
                     && self.watches.iter().all(|w| w.done)
+                    && self.restart_thread.is_none()
                     && self.clock.now_ms() >= end_ms
                     && self.missing_deliveries() == 0;
                 match (complete, complete_at) {
@@ -1125,7 +1259,28 @@ impl Driver {
 
     /// Collects the survivors' stats, shuts them down, and reads what is
     /// left in the database.
-    fn finish(mut self, db: &mut Database, started: Instant) -> Outcome {
+    fn finish(mut self, db: &mut Database, started: Instant, stock: u64) -> Outcome {
+        // A restart still running (the drain timed out first) ends first.
+        if let Some(thread) = &self.restart_thread {
+            while !thread.is_finished() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            self.poll_restart();
+        }
+        // The expiries of orders whose answer was lost (committed all the
+        // same) may still be in their transactions: give them a moment.
+        let (effects, effects_error) = if self.effects_pg {
+            let until = Instant::now() + EFFECTS_SETTLE;
+            while Instant::now() < until && db.open_orders().is_ok_and(|n| n > 0) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            match db.effects() {
+                Ok(e) => (Some(e), None),
+                Err(e) => (None, Some(e)),
+            }
+        } else {
+            (None, None)
+        };
         let up: Vec<usize> = (0..self.nodes.len())
             .filter(|&k| self.nodes.is_up(k))
             .collect();
@@ -1220,6 +1375,10 @@ impl Driver {
             nodes: self.runs,
             kills: self.kills,
             pauses: self.pauses,
+            restart: self.restart_run,
+            effects,
+            effects_error,
+            stock_initial: stock,
             strays: self.strays,
             stray_count: self.stray_count,
             leftover,

@@ -33,13 +33,29 @@
 //! Answers lost to a killed node (and `indoubt` ones) leave the order
 //! unknown: it is excluded from the first three checks and counted in
 //! their detail.
+//!
+//! With `--effects pg` the EFFECTS are judged too, from the application's
+//! tables read at the end (the database is the truth, whatever answers
+//! were lost): no order cancelled twice, no stock released twice (the
+//! stock equals the initial stock less the quantity of the orders not
+//! cancelled), no paid order cancelled, no unpaid order left uncancelled,
+//! no order without its deadline (nor a deadline without its order), and
+//! every order answered `ok` stored, none definitely refused stored.
 
 use super::checks::{Check, Verdict};
 use super::cluster::{CancelState, ErrKind, LEASE_TTL_MS, Order, Outcome, Sched};
 use super::driver::group_digits;
 
-/// Runs every check.
+/// Runs every check (with `--effects pg`, the effects' too).
 pub(super) fn run(outcome: &Outcome) -> Vec<Check> {
+    let mut checks = deliveries(outcome);
+    if outcome.effects.is_some() || outcome.effects_error.is_some() {
+        checks.extend(effects(outcome));
+    }
+    checks
+}
+
+fn deliveries(outcome: &Outcome) -> Vec<Check> {
     vec![
         acked_delivered(outcome),
         never_early(outcome),
@@ -127,7 +143,7 @@ fn never_early(outcome: &Outcome) -> Check {
     );
     let mut deliveries = 0u64;
     for (order, o) in outcome.orders.iter().enumerate() {
-        let payload = Order::payload_of(order);
+        let payload = &o.payload;
         for d in &o.deliveries {
             deliveries += 1;
             let ev = &d.ev;
@@ -140,7 +156,7 @@ fn never_early(outcome: &Outcome) -> Check {
                     outcome.nodes[d.node].name
                 )
             });
-            v.expect(ev.deadline_ms == o.deadline_ms && ev.payload == payload, || {
+            v.expect(ev.deadline_ms == o.deadline_ms && ev.payload == *payload, || {
                 format!(
                     "order {order}: delivered with deadline {} and payload {:?}, scheduled with \
                      {} and {payload:?}",
@@ -465,4 +481,174 @@ fn paused_nodes_fenced(outcome: &Outcome) -> Check {
     } else {
         parts.join("; ")
     })
+}
+
+/// The `--effects pg` checks, on the tables read at the end.
+fn effects(outcome: &Outcome) -> Vec<Check> {
+    let empty = Default::default();
+    let e = outcome.effects.as_ref().unwrap_or(&empty);
+    let mut read = Verdict::new(
+        "effects_read",
+        "the application's tables could be read at the end",
+    );
+    read.expect(outcome.effects_error.is_none(), || {
+        outcome.effects_error.clone().unwrap_or_default()
+    });
+    let read = read.done(format!(
+        "{} orders in the table",
+        group_digits(e.orders.len() as u64)
+    ));
+
+    let mut twice = Verdict::new(
+        "cancelled_at_most_once",
+        "no order cancelled twice (each `cancel` effect is one expiry handled)",
+    );
+    let mut cancels = 0u64;
+    for (id, row) in &e.orders {
+        cancels += row.cancels;
+        twice.expect(row.cancels <= 1, || {
+            format!("order id {id}: {} cancel effects", row.cancels)
+        });
+    }
+    twice.expect(e.orphan_cancels == 0, || {
+        format!("{} cancel effects of ids with no order", e.orphan_cancels)
+    });
+    let twice = twice.done(format!(
+        "{} cancel effects, at most one an order",
+        group_digits(cancels)
+    ));
+
+    let mut stock = Verdict::new(
+        "stock_released_once",
+        "no stock released twice: the stock left is the initial stock less the units of the \
+         orders not cancelled",
+    );
+    let held: i64 = e
+        .orders
+        .values()
+        .filter(|r| r.status != "cancelled")
+        .map(|r| r.qty)
+        .sum();
+    let expected = outcome.stock_initial as i64 - held;
+    stock.expect(
+        outcome.effects_error.is_some() || e.stock_available == expected,
+        || {
+            format!(
+                "stock {} at the end, expected {} ({} initially, {held} held by orders not \
+             cancelled): {} units released {}",
+                e.stock_available,
+                expected,
+                outcome.stock_initial,
+                (e.stock_available - expected).abs(),
+                if e.stock_available > expected {
+                    "too many (twice?)"
+                } else {
+                    "too few (never?)"
+                }
+            )
+        },
+    );
+    let stock = stock.done(format!(
+        "stock {} = {} initially - {held} units of orders not cancelled",
+        e.stock_available, outcome.stock_initial
+    ));
+
+    let mut paid = Verdict::new(
+        "paid_never_cancelled",
+        "no paid order cancelled; every payment answered `cancelled` (paid) left its order paid",
+    );
+    let mut paid_n = 0u64;
+    for (id, row) in &e.orders {
+        if row.status == "paid" {
+            paid_n += 1;
+            paid.expect(row.cancels == 0, || {
+                format!("order id {id}: paid, yet {} cancel effects", row.cancels)
+            });
+        }
+    }
+    for (order, o) in outcome.orders.iter().enumerate() {
+        if o.cancel != CancelState::Cancelled {
+            continue;
+        }
+        let id = Order::id_of(order);
+        let status = e.orders.get(&id).map(|r| r.status.as_str());
+        paid.expect(status == Some("paid"), || {
+            format!("order id {id}: its payment answered paid, yet the order is {status:?}")
+        });
+    }
+    let paid = paid.done(format!(
+        "{} orders paid, none cancelled",
+        group_digits(paid_n)
+    ));
+
+    let mut unpaid = Verdict::new(
+        "unpaid_cancelled",
+        "every order not paid was cancelled exactly once by its expiry (no order left open)",
+    );
+    let (mut cancelled, mut open) = (0u64, 0u64);
+    for (id, row) in &e.orders {
+        if row.status == "paid" {
+            continue;
+        }
+        cancelled += u64::from(row.status == "cancelled");
+        open += u64::from(row.status == "open");
+        unpaid.expect(row.status == "cancelled" && row.cancels == 1, || {
+            format!(
+                "order id {id}: {}, {} cancel effects, timer row {:?}",
+                row.status, row.cancels, row.timer_state
+            )
+        });
+    }
+    let unpaid = unpaid.done(format!(
+        "{} unpaid orders cancelled, {} left open",
+        group_digits(cancelled),
+        group_digits(open)
+    ));
+
+    let mut deadline = Verdict::new(
+        "every_order_has_its_deadline",
+        "no order without its deadline, no deadline without its order; every order answered \
+         `ok` is stored, none definitely refused is",
+    );
+    for (id, row) in &e.orders {
+        deadline.expect(row.status != "open" || row.timer_state.is_some(), || {
+            format!("order id {id}: open, and no timer row")
+        });
+    }
+    deadline.expect(e.deadlines_without_order == 0, || {
+        format!(
+            "{} timer rows of ids with no order row",
+            e.deadlines_without_order
+        )
+    });
+    let (mut acked, mut refused) = (0u64, 0u64);
+    if outcome.effects.is_some() {
+        for (order, o) in outcome.orders.iter().enumerate() {
+            let id = Order::id_of(order);
+            let stored = e.orders.contains_key(&id);
+            match o.sched {
+                Sched::Ok => {
+                    acked += 1;
+                    deadline.expect(stored, || {
+                        format!("order id {id}: answered `ok`, not in the orders table")
+                    });
+                }
+                Sched::Refused(ErrKind::InDoubt) => {}
+                Sched::Refused(kind) => {
+                    refused += 1;
+                    deadline.expect(!stored, || {
+                        format!("order id {id}: refused ({kind:?}), yet in the orders table")
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+    let deadline = deadline.done(format!(
+        "{} orders acked, all stored; {} refused, none stored; {} timer rows without an order",
+        group_digits(acked),
+        group_digits(refused),
+        group_digits(e.deadlines_without_order)
+    ));
+    vec![read, twice, stock, paid, unpaid, deadline]
 }

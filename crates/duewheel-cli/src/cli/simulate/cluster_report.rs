@@ -9,8 +9,8 @@
 use super::args::{Config, show_ms};
 use super::checks::Check;
 use super::cluster::{
-    CancelState, ErrKind, GRACE_MS, Handover, Kill, LEASE_TTL_MS, NodeRun, Order, Outcome, Pause,
-    RENEW_MS, SWEEP_MS, Sched,
+    CancelState, DbRestartRun, ErrKind, GRACE_MS, Handover, Kill, LEASE_TTL_MS, NodeRun, Order,
+    Outcome, Pause, RENEW_MS, SWEEP_MS, Sched,
 };
 use super::cluster_checks::{DuplicateCause, duplicate_cause};
 use super::cluster_db::Leftover;
@@ -36,6 +36,10 @@ pub(super) struct Report {
     pub(super) performance: Performance,
     pub(super) kills: Vec<Kill>,
     pub(super) pauses: Vec<Pause>,
+    /// `--restart-db-at`, as it happened.
+    pub(super) restart: Option<DbRestartRun>,
+    /// `--effects pg`: the effects, counted from the tables at the end.
+    pub(super) effects: Option<EffectCounts>,
     /// Every duplicate delivery, by cause.
     pub(super) duplicates: Duplicates,
     /// The first orders delivered more than once, each delivery with its
@@ -59,6 +63,33 @@ pub(super) struct Duplicates {
     pub(super) same_claim: u64,
     /// Neither: an invariant failure.
     pub(super) unexplained: u64,
+}
+
+/// The effects of `--effects pg`, read from the application's tables at
+/// the end (what happened, whatever answers were lost).
+#[derive(Debug, Default, serde::Serialize)]
+pub(super) struct EffectCounts {
+    pub(super) orders: u64,
+    pub(super) paid: u64,
+    pub(super) cancelled: u64,
+    pub(super) open: u64,
+    /// `cancel` effects (each released its order's stock).
+    pub(super) cancel_effects: u64,
+    /// Orders with more than one `cancel` effect.
+    pub(super) cancelled_twice: u64,
+    /// Paid orders with a `cancel` effect.
+    pub(super) paid_cancelled: u64,
+    /// Orders not paid and not cancelled exactly once.
+    pub(super) unpaid_not_cancelled: u64,
+    /// Open orders with no timer row, and timer rows with no order.
+    pub(super) without_deadline: u64,
+    pub(super) deadlines_without_order: u64,
+    /// `refund` effects: payments that lost to the expiry.
+    pub(super) refunds: u64,
+    pub(super) stock_initial: u64,
+    pub(super) stock_available: i64,
+    /// The initial stock less the units of the orders not cancelled.
+    pub(super) stock_expected: i64,
 }
 
 /// How the run was set up.
@@ -277,6 +308,35 @@ impl Report {
             performance,
             kills: outcome.kills.clone(),
             pauses: outcome.pauses.clone(),
+            restart: outcome.restart.clone(),
+            effects: outcome.effects.as_ref().map(|e| {
+                let mut c = EffectCounts {
+                    orders: e.orders.len() as u64,
+                    refunds: e.refunds,
+                    deadlines_without_order: e.deadlines_without_order,
+                    stock_initial: outcome.stock_initial,
+                    stock_available: e.stock_available,
+                    stock_expected: outcome.stock_initial as i64,
+                    ..EffectCounts::default()
+                };
+                for row in e.orders.values() {
+                    let paid = row.status == "paid";
+                    c.paid += u64::from(paid);
+                    c.cancelled += u64::from(row.status == "cancelled");
+                    c.open += u64::from(row.status == "open");
+                    c.cancel_effects += row.cancels;
+                    c.cancelled_twice += u64::from(row.cancels > 1);
+                    c.paid_cancelled += u64::from(paid && row.cancels > 0);
+                    c.unpaid_not_cancelled +=
+                        u64::from(!paid && !(row.status == "cancelled" && row.cancels == 1));
+                    c.without_deadline +=
+                        u64::from(row.status == "open" && row.timer_state.is_none());
+                    if row.status != "cancelled" {
+                        c.stock_expected -= row.qty;
+                    }
+                }
+                c
+            }),
             duplicates,
             duplicate_examples,
             nodes: outcome.nodes.clone(),
@@ -363,12 +423,61 @@ impl Report {
         for pause in &self.pauses {
             write_pause(&mut out, pause);
         }
+        if let Some(r) = &self.restart {
+            let _ = writeln!(
+                out,
+                "  restarted the database at {} into the sale: {} in {}",
+                show_ms(r.at_sale_ms),
+                r.end,
+                r.took_ms
+                    .map_or("(still running)".to_string(), |ms| format!("{ms} ms real"))
+            );
+        }
         self.write_duplicates(&mut out);
         if !self.duplicate_examples.is_empty() {
             let _ = writeln!(out, "  duplicates, e.g.:");
             for example in &self.duplicate_examples {
                 let _ = writeln!(out, "    - {example}");
             }
+        }
+        if let Some(e) = &self.effects {
+            let _ = writeln!(
+                out,
+                "\neffects (read from the PostgreSQL tables at the end)"
+            );
+            let _ = writeln!(
+                out,
+                "  orders               {:>11}  ({} paid, {} cancelled by their expiry, {} open)",
+                n(e.orders),
+                n(e.paid),
+                n(e.cancelled),
+                n(e.open)
+            );
+            let _ = writeln!(
+                out,
+                "  cancel effects       {:>11}  ({} orders cancelled twice, {} paid orders \
+                 cancelled, {} unpaid orders not cancelled exactly once)",
+                n(e.cancel_effects),
+                n(e.cancelled_twice),
+                n(e.paid_cancelled),
+                n(e.unpaid_not_cancelled)
+            );
+            let _ = writeln!(
+                out,
+                "  stock                {:>11}  (expected {}: {} initially less the units of the \
+                 orders not cancelled; a double release would show above it)",
+                e.stock_available,
+                e.stock_expected,
+                n(e.stock_initial)
+            );
+            let _ = writeln!(
+                out,
+                "  refunds              {:>11}  (payments that lost to the expiry); {} open orders \
+                 without a deadline, {} deadlines without an order",
+                n(e.refunds),
+                n(e.without_deadline),
+                n(e.deadlines_without_order)
+            );
         }
         let _ = writeln!(out, "\ninvariants");
         for check in &self.invariants {
