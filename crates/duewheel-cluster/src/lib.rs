@@ -70,6 +70,7 @@ mod node;
 pub mod schema;
 mod shard_map;
 mod store;
+mod txn;
 // Not every level has a call site here.
 #[allow(unused_macros)]
 mod trace;
@@ -81,8 +82,10 @@ pub use error::{
 };
 pub use lease::{Acquire, Lease, MAX_LEASE_TTL, MAX_OWNER_BYTES};
 pub use node::{Node, NodeConfig, NodeError, NodeScheduler, NodeStats};
+pub use node::{SubscribeTxError, TxConsumeError, TxConsumer};
 pub use schema::SCHEMA_VERSION;
 pub use shard_map::{DEFAULT_SHARDS, InvalidShardCount, MAX_SHARDS, ShardMap};
 pub use store::{
     Cancel, Inserted, Load, MAX_BATCH, MAX_PAYLOAD_BYTES, NewTimer, PgStore, RowState, StoredTimer,
 };
+pub use txn::{TxCancelError, TxScheduleError, TxTimers};

@@ -10,6 +10,8 @@
 //! |---|---|
 //! | `s <id> <deadline_ms> <payload>` | schedule; the payload is one word |
 //! | `c <id>` | cancel |
+//! | `o <id> <deadline_ms> <qty>` | `--orders` only: create order `id` (reserving `qty` of the stock) and schedule its deadline, in one transaction |
+//! | `p <id>` | `--orders` only: pay order `id`: cancel its deadline in the payment's transaction |
 //! | `stats` | print one `stats` line |
 //! | `quit` | stop (EOF means the same) |
 //!
@@ -20,7 +22,7 @@
 //! | `ready <node-id>` | the node runs and takes commands |
 //! | `ok <id>` | the schedule is committed |
 //! | `err <id\|-> <kind> <message>` | the schedule was not accepted (`-`: the line had no usable id) |
-//! | `cancelled <id>`, `fired <id>`, `notfound <id>` | the cancel's answer |
+//! | `cancelled <id>`, `fired <id>`, `notfound <id>` | the cancel's answer; to a `p`: paid, refunded (the expiry won), no such order |
 //! | `cerr <id\|-> <kind> <message>` | the cancel got no answer |
 //! | `ev <id> <attempt> <fired_at_ms> <deadline_ms> <epoch> <payload>` | a delivery |
 //! | `stats k=v ...` | the node's counters |
@@ -71,6 +73,26 @@ pub enum Command {
         /// The timer's id.
         id: u64,
     },
+    /// `o <id> <deadline_ms> <qty>` (`duewheel node --orders`): the order
+    /// row, its stock reservation and its deadline in one transaction.
+    /// Answered `ok <id>` or `err <id> <kind> ...` (`soldout`,
+    /// `duplicate`, ...).
+    Order {
+        /// The order's id (also its timer's).
+        id: u64,
+        /// When the unpaid order expires, UTC milliseconds (the node's
+        /// clock).
+        deadline_ms: u64,
+        /// Units of stock it reserves.
+        qty: u32,
+    },
+    /// `p <id>` (`duewheel node --orders`): the payment; it cancels the
+    /// deadline in its transaction. Answered `cancelled <id>` (paid),
+    /// `fired <id>` (the expiry won: refunded), `notfound <id>` or `cerr`.
+    Pay {
+        /// The order's id.
+        id: u64,
+    },
     /// `stats`.
     Stats,
     /// `quit`.
@@ -86,6 +108,12 @@ impl fmt::Display for Command {
                 payload,
             } => write!(f, "s {id} {deadline_ms} {payload}"),
             Self::Cancel { id } => write!(f, "c {id}"),
+            Self::Order {
+                id,
+                deadline_ms,
+                qty,
+            } => write!(f, "o {id} {deadline_ms} {qty}"),
+            Self::Pay { id } => write!(f, "p {id}"),
             Self::Stats => f.write_str("stats"),
             Self::Quit => f.write_str("quit"),
         }
@@ -108,6 +136,16 @@ impl FromStr for Command {
                 id: number(id, "the id")?,
             }),
             ["c", ..] => bad("a cancel is `c <id>`"),
+            ["o", id, deadline_ms, qty] => Ok(Self::Order {
+                id: number(id, "the id")?,
+                deadline_ms: number(deadline_ms, "the deadline")?,
+                qty: number(qty, "the quantity")?,
+            }),
+            ["o", ..] => bad("an order is `o <id> <deadline_ms> <qty>`"),
+            ["p", id] => Ok(Self::Pay {
+                id: number(id, "the id")?,
+            }),
+            ["p", ..] => bad("a payment is `p <id>`"),
             ["stats"] => Ok(Self::Stats),
             ["quit"] => Ok(Self::Quit),
             _ => bad(format!("unknown command: {}", line.trim())),
@@ -121,7 +159,7 @@ impl Command {
     pub fn id_of(line: &str) -> Option<u64> {
         let mut fields = line.split_whitespace();
         match fields.next() {
-            Some("s" | "c") => fields.next()?.parse().ok(),
+            Some("s" | "c" | "o" | "p") => fields.next()?.parse().ok(),
             _ => None,
         }
     }
@@ -365,6 +403,12 @@ mod tests {
                 payload: "p".into(),
             },
             Command::Cancel { id: 7 },
+            Command::Order {
+                id: 8,
+                deadline_ms: 9,
+                qty: 3,
+            },
+            Command::Pay { id: 8 },
             Command::Stats,
             Command::Quit,
         ];
@@ -390,6 +434,10 @@ mod tests {
             "c 1 2",
             "stat",
             "s 1 2 p q",
+            "o 1 2",
+            "o 1 2 x",
+            "p",
+            "p 1 2",
         ] {
             assert!(bad.parse::<Command>().is_err(), "{bad:?}");
         }

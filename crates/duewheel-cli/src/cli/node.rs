@@ -10,6 +10,9 @@
 //! acknowledged, so every acked delivery is on stdout even if the process
 //! is killed right after (a pipe keeps what was written).
 
+#[path = "node_orders.rs"]
+mod orders;
+
 use clap::Args as ClapArgs;
 use crossbeam_channel::{Receiver, Sender};
 use duewheel::{Cancel, CancelError, Clock, Deadline, ScheduleError};
@@ -77,6 +80,8 @@ pub(crate) struct Args {
     /// Fast-forwarded clock: how many times faster than the wall clock.
     #[arg(long, requires = "clock_origin_ms")]
     clock_speed: Option<f64>,
+    #[command(flatten)]
+    orders: orders::Args,
 }
 
 /// Why the node could not run: exit 2 (configuration) or 3 (database).
@@ -170,6 +175,9 @@ pub(crate) fn run(args: Args) -> Result<(), Error> {
         }
     })?;
     let out: Out = Arc::new(Mutex::new(BufWriter::new(std::io::stdout())));
+    if args.orders.orders {
+        return orders::run(node, &args, &out);
+    }
     write_line(&out, &Line::Ready(args.node_id.clone()));
 
     let scheduler = node.scheduler();
@@ -250,6 +258,9 @@ fn read_commands(node: &duewheel_cluster::Node<String>, work: &Sender<Work>, out
                 Ok(Command::Cancel { id }) => cancels.push(id),
                 Ok(Command::Stats) => write_line(out, &stats_line(&node.stats())),
                 Ok(Command::Quit) => break,
+                Ok(c @ (Command::Order { .. } | Command::Pay { .. })) => {
+                    orders::refuse(out, &c);
+                }
                 Err(e) => {
                     let id = Command::id_of(&line);
                     let (kind, message) = ("invalid".to_string(), Line::one_line(&e.0));

@@ -38,9 +38,11 @@ mod gate;
 mod keeper;
 mod pager;
 mod sql;
+mod tx_consumer;
 mod writer;
 
 pub use error::NodeError;
+pub use tx_consumer::{SubscribeTxError, TxConsumeError, TxConsumer};
 
 use super::config::StoreConfig;
 use super::shard_map::ShardMap;
@@ -529,6 +531,22 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
     /// each event once handled; an unacked one is redelivered.
     pub fn subscribe(&self, group: &str) -> Result<Consumer<u64, P>, SubscribeError> {
         self.scheduler.subscribe(group)
+    }
+
+    /// A consumer of `group` whose handler runs in a transaction that also
+    /// ends each delivered timer's row, fenced: each expiry's effect
+    /// commits exactly once (see [`TxConsumer`]). The group must be the
+    /// node's only one. It opens its own connection to the node's database.
+    pub fn subscribe_tx(&self, group: &str) -> Result<TxConsumer<P>, SubscribeTxError> {
+        if self.shared.config.groups.iter().any(|g| g != group) {
+            return Err(SubscribeTxError::NotSoleGroup);
+        }
+        let consumer = self.scheduler.subscribe(group)?;
+        TxConsumer::new(
+            consumer,
+            self.shared.clone(),
+            self.shared.config.store.clone(),
+        )
     }
 
     /// The shards this node owns now, with their epochs, by shard.
