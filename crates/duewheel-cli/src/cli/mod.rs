@@ -31,7 +31,7 @@ enum Command {
     Simulate(Box<simulate::Args>),
     /// Run one cluster node on a shared PostgreSQL database, driven over
     /// stdin/stdout (see docs/SCALE_OUT.md).
-    Node(node::Args),
+    Node(Box<node::Args>),
 }
 
 /// Parses the command line, runs the command and returns its exit code.
@@ -40,7 +40,7 @@ pub(crate) fn run() -> ExitCode {
     // `--help` and `--version`).
     let cli = Cli::parse();
     match cli.command {
-        Command::Node(args) => match node::run(args) {
+        Command::Node(args) => match node::run(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(node::Error::Usage(message)) => {
                 eprintln!("error: {message}");

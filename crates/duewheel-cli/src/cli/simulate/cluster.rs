@@ -747,10 +747,10 @@ impl Driver {
     }
 
     /// Sends `line` to a random node that takes it; the node, or `None`.
-    fn send_somewhere(&mut self, line: &str) -> Option<usize> {
+    fn send_somewhere(&mut self, command: &Command) -> Option<usize> {
         loop {
             let node = self.pick_node()?;
-            if self.nodes.send_line(node, line) {
+            if self.nodes.send(node, command) {
                 self.runs[node].sent += 1;
                 self.outstanding += 1;
                 if self.first_send_wall_ms == 0 {
@@ -766,17 +766,20 @@ impl Driver {
         let id = Order::id_of(order);
         // `--effects pg`: the order row, its stock and its deadline in one
         // transaction (`duewheel node --orders`).
-        let line = if self.effects_pg {
-            format!("o {id} {} {}", o.deadline_ms, o.qty)
+        let command = if self.effects_pg {
+            Command::Order {
+                id,
+                deadline_ms: o.deadline_ms,
+                qty: o.qty,
+            }
         } else {
             Command::Schedule {
                 id,
                 deadline_ms: o.deadline_ms,
                 payload: o.payload.clone(),
             }
-            .to_string()
         };
-        if let Some(node) = self.send_somewhere(&line) {
+        if let Some(node) = self.send_somewhere(&command) {
             let o = &mut self.orders[order];
             o.sched = Sched::Pending;
             o.sched_node = node;
@@ -797,12 +800,12 @@ impl Driver {
         let id = Order::id_of(order);
         // `--effects pg`: the payment cancels the deadline in its own
         // transaction; `fired` means the expiry won and it was refunded.
-        let line = if self.effects_pg {
-            format!("p {id}")
+        let command = if self.effects_pg {
+            Command::Pay { id }
         } else {
-            Command::Cancel { id }.to_string()
+            Command::Cancel { id }
         };
-        match self.send_somewhere(&line) {
+        match self.send_somewhere(&command) {
             Some(node) => {
                 let o = &mut self.orders[order];
                 o.cancel = CancelState::Pending;

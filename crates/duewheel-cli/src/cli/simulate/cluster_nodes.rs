@@ -132,13 +132,6 @@ impl Nodes {
         p.fate == Fate::Running && p.process.send(command)
     }
 
-    /// Writes one line of text to node `node`, as [`send`](Self::send)
-    /// does a command (`--effects pg`'s `o` and `p` lines).
-    pub(super) fn send_line(&mut self, node: usize, line: &str) -> bool {
-        let p = &mut self.procs[node];
-        p.fate == Fate::Running && p.process.write_text(&format!("{line}\n"))
-    }
-
     /// Flushes every node's buffered commands. A node whose pipe broke
     /// stops taking commands.
     pub(super) fn flush(&mut self) {

@@ -328,7 +328,7 @@ impl Report {
                     c.cancelled_twice += u64::from(row.cancels > 1);
                     c.paid_cancelled += u64::from(paid && row.cancels > 0);
                     c.unpaid_not_cancelled +=
-                        u64::from(!paid && !(row.status == "cancelled" && row.cancels == 1));
+                        u64::from(!(paid || row.status == "cancelled" && row.cancels == 1));
                     c.without_deadline +=
                         u64::from(row.status == "open" && row.timer_state.is_none());
                     if row.status != "cancelled" {
