@@ -54,7 +54,9 @@ const DEFAULT_CLUSTER_SPEED: f64 = 60.0;
     Expiries fire from --window to --sale + --window, densest first: with the \
     defaults from 30m to 40m, so 1@35m lands while they are in flight. It \
     models the payment deadline only (no reminders, re-checks or stock), on \
-    the system clock sped up by --speed.\n\
+    the system clock sped up by --speed; --effects pg adds the orders and the \
+    stock as PostgreSQL tables and judges the effects read from them, and \
+    --restart-db-at restarts the database mid-sale.\n\
     Exit codes: 0 every invariant held, 1 an invariant failed, 2 bad arguments.")]
 pub(crate) struct Args {
     /// Orders arriving during the sale (underscores allowed: 1_000_000)

@@ -138,9 +138,8 @@ impl Database {
         loop {
             match f(&mut self.client) {
                 Ok(v) => return Ok(v),
-                Err(e) if !self.client.is_closed() || std::time::Instant::now() >= until => {
-                    return Err(e);
-                }
+                Err(e) if !(self.client.is_closed() || outage(&e)) => return Err(e),
+                Err(e) if std::time::Instant::now() >= until => return Err(e),
                 Err(_) => {
                     std::thread::sleep(Duration::from_millis(100));
                     if let Ok(client) = self.config.connect(NoTls) {
@@ -335,7 +334,11 @@ impl Database {
                     format!(
                         "row left in shard {shard}: {} (fired_epoch {fired_epoch:?}, attempt \
                          {attempt}); the shard now at epoch {epoch}, owner {owner:?}",
-                        if state == 0 { "pending" } else { "claimed" }
+                        match state {
+                            0 => "pending",
+                            1 => "claimed",
+                            _ => "fired and ended (a tombstone)",
+                        }
                     ),
                 ))
             })
@@ -367,6 +370,14 @@ impl Drop for Database {
             let _ = self.client.batch_execute(&sql);
         }
     }
+}
+
+/// `true` for an error of a server going away or not back yet (no SQL
+/// state: the socket; class 08, connection exception; class 57, operator
+/// intervention, as "the database system is shutting down").
+fn outage(e: &postgres::Error) -> bool {
+    e.code()
+        .is_none_or(|c| c.code().starts_with("08") || c.code().starts_with("57"))
 }
 
 /// A node killed a moment ago may still hold locks until its backend
