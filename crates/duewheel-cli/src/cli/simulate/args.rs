@@ -212,6 +212,11 @@ pub(crate) struct Args {
     /// [default: env DUEWHEEL_PG_RESTART, as scripts/pg-up.sh sets it].
     #[arg(long, value_name = "CMD", requires = "restart_db_at")]
     pg_restart_cmd: Option<String>,
+    /// With --cluster: when an invariant fails, keep the run's schemas
+    /// (timers, shards, and with --effects pg the orders) for a
+    /// post-mortem instead of dropping them.
+    #[arg(long, requires = "cluster")]
+    keep_failed: bool,
 }
 
 /// `--restart-db-at`: when, and how.
@@ -261,6 +266,8 @@ pub(crate) struct Cluster {
     pub(crate) effects_pg: bool,
     /// `--restart-db-at`.
     pub(crate) restart: Option<DbRestart>,
+    /// `--keep-failed`.
+    pub(crate) keep_failed: bool,
 }
 
 /// A validated configuration (see the module invariant). Times are in
@@ -341,6 +348,7 @@ impl Config {
                     args.speed.unwrap_or(DEFAULT_CLUSTER_SPEED),
                 )?;
                 cluster.effects_pg = args.effects.as_deref() == Some("pg");
+                cluster.keep_failed = args.keep_failed;
                 if let Some(at) = args.restart_db_at {
                     let command = match args
                         .pg_restart_cmd
@@ -686,6 +694,7 @@ impl Config {
             pauses,
             effects_pg: false,
             restart: None,
+            keep_failed: false,
         })
     }
 

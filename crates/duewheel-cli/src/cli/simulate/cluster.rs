@@ -458,7 +458,14 @@ pub(super) fn run(config: &Config) -> Result<bool, Error> {
     } else {
         print!("{}", report.to_text());
     }
-    if let Err(e) = db.drop_schema() {
+    if !report.ok && cluster.keep_failed {
+        // For a post-mortem: the rows as the failure left them.
+        eprintln!(
+            "note: an invariant failed; schema {} kept (--keep-failed): drop it with \
+             DROP SCHEMA ... CASCADE",
+            db.keep()
+        );
+    } else if let Err(e) = db.drop_schema() {
         eprintln!("warning: {e}");
     }
     Ok(report.ok)

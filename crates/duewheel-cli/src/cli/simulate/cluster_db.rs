@@ -346,6 +346,15 @@ impl Database {
             .map_err(|e| format!("unexpected row in the timers table: {e}"))
     }
 
+    /// Keeps the schemas (not dropped on drop); their names.
+    pub(super) fn keep(mut self) -> String {
+        self.dropped = true;
+        match &self.app_schema {
+            Some(app) => format!("{} (and {app})", self.schema),
+            None => self.schema.clone(),
+        }
+    }
+
     /// Drops the schema now, reporting a failure (drop does so silently).
     pub(super) fn drop_schema(mut self) -> Result<(), String> {
         self.dropped = true;
