@@ -226,7 +226,7 @@ fn duplicates_are_redeliveries(outcome: &Outcome) -> Check {
         "every duplicate delivery has attempt > 1 (a claimed, unacked row delivered again)",
     );
     let (mut duplicates, mut other_node, mut after_kill) = (0u64, 0u64, 0u64);
-    let (mut by_fault, mut same_claim) = (0u64, 0u64);
+    let (mut by_fault, mut same_claim, mut one_effect) = (0u64, 0u64, 0u64);
     let first_kill_wall_ms = outcome.kills.iter().map(|k| k.at_wall_ms).min();
     for (order, o) in outcome.orders.iter().enumerate() {
         if o.deliveries.len() < 2 {
@@ -239,6 +239,7 @@ fn duplicates_are_redeliveries(outcome: &Outcome) -> Check {
         match cause {
             DuplicateCause::Fault => by_fault += extra,
             DuplicateCause::SameClaim => same_claim += extra,
+            DuplicateCause::OneEffect => one_effect += extra,
             DuplicateCause::Unexplained => {}
         }
         v.expect(cause != DuplicateCause::Unexplained, || {
@@ -278,11 +279,13 @@ fn duplicates_are_redeliveries(outcome: &Outcome) -> Check {
     }
     v.done(format!(
         "{} duplicate deliveries, each with attempt > 1; {} of ids claimed and not acked on a \
-         node killed or paused, {} one node's redelivery of one claim (ack timed out); {} by \
-         another node than the first (takeover), {} after a kill",
+         node killed or paused, {} one node's redelivery of one claim (ack timed out), {} `ev` \
+         lines of orders with one effect in the tables (--effects pg); {} by another node than \
+         the first (takeover), {} after a kill",
         group_digits(duplicates),
         group_digits(by_fault),
         group_digits(same_claim),
+        group_digits(one_effect),
         group_digits(other_node),
         group_digits(after_kill)
     ))
@@ -297,6 +300,10 @@ pub(super) enum DuplicateCause {
     Fault,
     /// One node delivered one claim again (its consumer's ack timed out).
     SameClaim,
+    /// `--effects pg`: more than one `ev` line, one effect in the tables
+    /// (a line printed for an attempt that did not commit); effects, not
+    /// lines, are what this mode judges.
+    OneEffect,
     /// Neither: a failure.
     Unexplained,
 }
@@ -320,8 +327,15 @@ pub(super) fn duplicate_cause(outcome: &Outcome, order: usize) -> DuplicateCause
         .deliveries
         .iter()
         .all(|d| d.node == first.node && (d.ev.epoch == first.ev.epoch || d.ev.epoch == 0));
+    let one_effect = outcome
+        .effects
+        .as_ref()
+        .and_then(|e| e.orders.get(&id))
+        .is_some_and(|r| r.cancels <= 1);
     if one_claim {
         DuplicateCause::SameClaim
+    } else if one_effect {
+        DuplicateCause::OneEffect
     } else {
         DuplicateCause::Unexplained
     }

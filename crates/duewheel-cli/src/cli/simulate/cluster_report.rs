@@ -61,6 +61,8 @@ pub(super) struct Duplicates {
     pub(super) by_fault: u64,
     /// One node delivering one claim again (its ack timed out).
     pub(super) same_claim: u64,
+    /// `--effects pg`: extra `ev` lines of orders with one effect.
+    pub(super) one_effect: u64,
     /// Neither: an invariant failure.
     pub(super) unexplained: u64,
 }
@@ -232,6 +234,7 @@ impl Report {
                 match duplicate_cause(outcome, order) {
                     DuplicateCause::Fault => duplicates.by_fault += extra,
                     DuplicateCause::SameClaim => duplicates.same_claim += extra,
+                    DuplicateCause::OneEffect => duplicates.one_effect += extra,
                     DuplicateCause::Unexplained => duplicates.unexplained += extra,
                 }
                 if duplicate_examples.len() < DUPLICATE_EXAMPLES {
@@ -616,6 +619,14 @@ impl Report {
                 "    - {} delivered again by the same node under the same claim (its consumer's \
                  ack timed out; at-least-once within a node)",
                 group_digits(d.same_claim)
+            );
+        }
+        if d.one_effect > 0 {
+            let _ = writeln!(
+                out,
+                "    - {} `ev` lines of orders whose tables hold one effect (a line printed for a \
+                 transaction that did not commit: the effect happened once)",
+                group_digits(d.one_effect)
             );
         }
         if d.unexplained > 0 {
