@@ -1341,6 +1341,15 @@ impl Driver {
                 run.stderr_tail = Some(self.nodes.stderr_tail(node));
             }
         }
+        // `--effects pg`: the nodes say on stderr which expiry batches did
+        // not commit, and why; kept for a failure's post-mortem.
+        if self.effects_pg {
+            for (node, run) in self.runs.iter_mut().enumerate() {
+                if run.stderr_tail.is_none() {
+                    run.stderr_tail = Some(self.nodes.stderr_tail(node));
+                }
+            }
+        }
         // What they wrote before exiting.
         let until = Instant::now() + Duration::from_secs(5);
         while self.eof.iter().any(|e| !e) && Instant::now() < until {

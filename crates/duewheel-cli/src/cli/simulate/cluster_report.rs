@@ -550,6 +550,16 @@ impl Report {
                 }
             );
         }
+        if !self.ok {
+            for node in &self.nodes {
+                if let Some(tail) = &node.stderr_tail {
+                    let _ = writeln!(out, "  {} stderr (last lines):", node.name);
+                    for line in tail.lines() {
+                        let _ = writeln!(out, "    | {line}");
+                    }
+                }
+            }
+        }
         if let Some(left) = self.leftover {
             let _ = writeln!(
                 out,
