@@ -31,6 +31,9 @@
 //! schema of its own, dropped at the end; every node is killed on the way
 //! out, error or not.
 
+#[path = "cluster_bench/tx.rs"]
+mod tx;
+
 use duewheel_cluster::{NewTimer, StoreConfig};
 use duewheel_testkit::process::{NodeProcess, Stderr};
 use duewheel_testkit::protocol::{Command, Line};
@@ -103,6 +106,26 @@ fn run() -> Result<()> {
     let bench = Bench { dsn, bin };
     let load_before = loadavg();
     let mut rows = Vec::new();
+    if std::env::var_os("BENCH_TX_ONLY").is_some() {
+        let n = env_count("BENCH_TX_TIMERS", timers)?;
+        rows.extend(tx::rows(&bench, n)?);
+        println!(
+            "\ncluster_bench (tx only): load average {load_before} before, {} after; {SHARDS} shards\n",
+            loadavg()
+        );
+        for r in rows {
+            println!(
+                "| {} | {} | {} | {:.2} s | {} | {} |",
+                r.what,
+                r.nodes,
+                r.count,
+                r.time_s,
+                r.rate.map_or("–".into(), |x| format!("{x:.0}")),
+                r.note
+            );
+        }
+        return Ok(());
+    }
 
     let mut schedules_per_s = 0.0;
     for nodes in [1, 3] {
@@ -157,6 +180,7 @@ fn run() -> Result<()> {
             t.kill_to_loaded_s * 1e3
         ),
     });
+    rows.extend(tx::rows(&bench, timers)?);
     let load_after = loadavg();
 
     println!(

@@ -173,10 +173,37 @@ impl TxTimers {
         deadline: impl Into<Deadline>,
         payload: &P,
     ) -> Result<(), TxScheduleError> {
+        let row = self.row(id, deadline.into(), payload)?;
+        let rows = tx.query_typed(&self.insert_sql, &row.params())?;
+        row.inserted(rows.len())
+    }
+
+    /// [`schedule`](Self::schedule) on a `tokio_postgres` client or
+    /// transaction (feature `tokio`).
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub async fn schedule_async<C: tokio_postgres::GenericClient, P: Codec>(
+        &self,
+        tx: &C,
+        id: u64,
+        deadline: impl Into<Deadline>,
+        payload: &P,
+    ) -> Result<(), TxScheduleError> {
+        let row = self.row(id, deadline.into(), payload)?;
+        let rows = tx.query_typed(&self.insert_sql, &row.params()).await?;
+        row.inserted(rows.len())
+    }
+
+    fn row<P: Codec>(
+        &self,
+        id: u64,
+        deadline: Deadline,
+        payload: &P,
+    ) -> Result<InsertRow, TxScheduleError> {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let deadline_ms = deadline.into().to_unix_ms(now_ms);
+        let deadline_ms = deadline.to_unix_ms(now_ms);
         let deadline = i64::try_from(deadline_ms)
             .map_err(|_| TxScheduleError::Invalid("deadline beyond i64::MAX milliseconds"))?;
         let mut bytes = Vec::new();
@@ -186,24 +213,16 @@ impl TxTimers {
                 "payload larger than 1 MiB encoded",
             ));
         }
-        let shard = shard_i32(self.map.shard_of_id(id));
-        let notify = deadline_ms < now_ms.saturating_add(self.notify_within_ms);
-        let rows = tx.query_typed(
-            &self.insert_sql,
-            &[
-                (&shard, Type::INT4),
-                (&(id as i64), Type::INT8),
-                (&deadline, Type::INT8),
-                (&bytes, Type::BYTEA),
-                (&self.channel, Type::TEXT),
-                (&id.to_string(), Type::TEXT),
-                (&notify, Type::BOOL),
-            ],
-        )?;
-        if rows.is_empty() {
-            return Err(TxScheduleError::AlreadyScheduled(id));
-        }
-        Ok(())
+        Ok(InsertRow {
+            shard: shard_i32(self.map.shard_of_id(id)),
+            id,
+            stored_id: id as i64,
+            deadline,
+            bytes,
+            channel: self.channel.clone(),
+            id_text: id.to_string(),
+            notify: deadline_ms < now_ms.saturating_add(self.notify_within_ms),
+        })
     }
 
     /// Cancels `id`'s timer in the caller's transaction, holding its row
@@ -224,23 +243,80 @@ impl TxTimers {
         tx: &mut C,
         id: u64,
     ) -> Result<Cancel<P>, TxCancelError> {
-        let shard = shard_i32(self.map.shard_of_id(id));
+        let (shard, stored_id) = (shard_i32(self.map.shard_of_id(id)), id as i64);
         let row = tx.query_typed_opt(
             &self.cancel_sql,
-            &[(&shard, Type::INT4), (&(id as i64), Type::INT8)],
+            &[(&shard, Type::INT4), (&stored_id, Type::INT8)],
         )?;
-        let Some(row) = row else {
-            return Ok(Cancel::NotFound);
-        };
-        let state: i16 = row.try_get(0)?;
-        let deleted: i64 = row.try_get(2)?;
-        if state != 0 || deleted == 0 {
-            return Ok(Cancel::AlreadyFired);
+        cancelled(row)
+    }
+
+    /// [`cancel`](Self::cancel) on a `tokio_postgres` client or
+    /// transaction (feature `tokio`).
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub async fn cancel_async<C: tokio_postgres::GenericClient, P: Codec>(
+        &self,
+        tx: &C,
+        id: u64,
+    ) -> Result<Cancel<P>, TxCancelError> {
+        let (shard, stored_id) = (shard_i32(self.map.shard_of_id(id)), id as i64);
+        let row = tx
+            .query_typed_opt(
+                &self.cancel_sql,
+                &[(&shard, Type::INT4), (&stored_id, Type::INT8)],
+            )
+            .await?;
+        cancelled(row)
+    }
+}
+
+/// The cancel's answer from the locked row (state, payload, deleted).
+fn cancelled<P: Codec>(row: Option<postgres::Row>) -> Result<Cancel<P>, TxCancelError> {
+    let Some(row) = row else {
+        return Ok(Cancel::NotFound);
+    };
+    let state: i16 = row.try_get(0)?;
+    let deleted: i64 = row.try_get(2)?;
+    if state != 0 || deleted == 0 {
+        return Ok(Cancel::AlreadyFired);
+    }
+    let bytes: Vec<u8> = row.try_get(1)?;
+    P::decode(&bytes)
+        .map(Cancel::Cancelled)
+        .map_err(|e| TxCancelError::Corrupt(e.to_string()))
+}
+
+/// One schedule's parameters, owned so both client kinds can borrow them.
+struct InsertRow {
+    shard: i32,
+    id: u64,
+    stored_id: i64,
+    deadline: i64,
+    bytes: Vec<u8>,
+    channel: String,
+    id_text: String,
+    notify: bool,
+}
+
+impl InsertRow {
+    fn params(&self) -> [(&(dyn postgres::types::ToSql + Sync), Type); 7] {
+        [
+            (&self.shard, Type::INT4),
+            (&self.stored_id, Type::INT8),
+            (&self.deadline, Type::INT8),
+            (&self.bytes, Type::BYTEA),
+            (&self.channel, Type::TEXT),
+            (&self.id_text, Type::TEXT),
+            (&self.notify, Type::BOOL),
+        ]
+    }
+
+    fn inserted(&self, rows: usize) -> Result<(), TxScheduleError> {
+        if rows == 0 {
+            return Err(TxScheduleError::AlreadyScheduled(self.id));
         }
-        let bytes: Vec<u8> = row.try_get(1)?;
-        P::decode(&bytes)
-            .map(Cancel::Cancelled)
-            .map_err(|e| TxCancelError::Corrupt(e.to_string()))
+        Ok(())
     }
 }
 

@@ -388,3 +388,52 @@ fn a_transactional_consumer_needs_the_only_group() {
     let mut c = postgres::Client::connect(&dsn, postgres::NoTls).unwrap();
     let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"));
 }
+
+/// The `tokio_postgres` forms answer as the blocking ones do (feature
+/// `tokio`: `cargo test --release -p duewheel-cluster --features tokio
+/// --test tx_effects`).
+#[cfg(feature = "tokio")]
+#[test]
+fn the_async_forms_schedule_and_cancel_in_a_tokio_postgres_transaction() {
+    let Some(mut fx) = Fixture::new("async") else {
+        return;
+    };
+    let timers = TxTimers::new(&fx.store).unwrap();
+    let dsn = dsn().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (mut client, connection) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let connection = tokio::spawn(connection);
+        let later = Duration::from_secs(3600);
+        let tx = client.transaction().await.unwrap();
+        timers
+            .schedule_async(&tx, 40, later, &"a".to_string())
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        timers
+            .schedule_async(&tx, 41, later, &"b".to_string())
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        assert_eq!(
+            timers.cancel_async::<_, String>(&tx, 40).await.unwrap(),
+            Cancel::NotFound
+        );
+        assert_eq!(
+            timers.cancel_async::<_, String>(&tx, 41).await.unwrap(),
+            Cancel::Cancelled("b".into())
+        );
+        tx.commit().await.unwrap();
+        drop(client);
+        let _ = connection.await;
+    });
+    assert_eq!((fx.state(40), fx.state(41)), (None, None));
+}
