@@ -49,9 +49,14 @@ const DEFAULT_CLUSTER_SPEED: f64 = 60.0;
     --durable DIR keeps the engine's log in DIR (left there after the run); \
     --crash-at kills the engine mid-sale and recovers it from DIR.\n\
     --cluster N runs the sale on N `duewheel node` processes sharing one \
-    PostgreSQL; --kill-node 1@5m kills one \
-    with SIGKILL mid-sale. It models the payment deadline only (no reminders, \
-    re-checks or stock), on the system clock sped up by --speed.\n\
+    PostgreSQL; --kill-node 1@35m kills one with SIGKILL mid-sale, \
+    --pause-node 2@33m stops one with SIGSTOP past its lease and continues it. \
+    Expiries fire from --window to --sale + --window, densest first: with the \
+    defaults from 30m to 40m, so 1@35m lands while they are in flight. It \
+    models the payment deadline only (no reminders, re-checks or stock), on \
+    the system clock sped up by --speed; --effects pg adds the orders and the \
+    stock as PostgreSQL tables and judges the effects read from them, and \
+    --restart-db-at restarts the database mid-sale.\n\
     Exit codes: 0 every invariant held, 1 an invariant failed, 2 bad arguments.")]
 pub(crate) struct Args {
     /// Orders arriving during the sale (underscores allowed: 1_000_000)
@@ -184,6 +189,56 @@ pub(crate) struct Args {
     /// least one node must survive).
     #[arg(long, value_name = "I@T", requires = "cluster", value_parser = parse_kill)]
     kill_node: Vec<KillAt>,
+    /// With --cluster: SIGSTOP node I (1-based) when the sale's clock
+    /// reaches T after the opening, and SIGCONT it D of sale time later,
+    /// e.g. `2@35m+6m` [default D: two leases of real time, so its shards
+    /// are taken over while it sleeps]; repeatable. A node paused is not
+    /// also killed, and at least one node is neither.
+    #[arg(long, value_name = "I@T[+D]", requires = "cluster", value_parser = parse_pause)]
+    pause_node: Vec<PauseAt>,
+    /// With --cluster: where the orders' effects live. `pg`: the orders
+    /// and the stock are PostgreSQL tables; each order is created with its
+    /// deadline in one transaction, each payment cancels the deadline in
+    /// its transaction, and the nodes (`duewheel node --orders`) cancel
+    /// expired orders and release their stock in the transaction that ends
+    /// the timer; the report then counts effects read from the tables.
+    #[arg(long, value_name = "WHERE", requires = "cluster", value_parser = ["pg"])]
+    effects: Option<String>,
+    /// With --cluster: restart the database (with --pg-restart-cmd) when
+    /// the sale's clock reaches T after the opening.
+    #[arg(long, value_name = "T", requires = "cluster", value_parser = parse_duration)]
+    restart_db_at: Option<Duration>,
+    /// The shell command (`sh -c`) that restarts the database
+    /// [default: env DUEWHEEL_PG_RESTART, as scripts/pg-up.sh sets it].
+    #[arg(long, value_name = "CMD", requires = "restart_db_at")]
+    pg_restart_cmd: Option<String>,
+    /// With --cluster: when an invariant fails, keep the run's schemas
+    /// (timers, shards, and with --effects pg the orders) for a
+    /// post-mortem instead of dropping them.
+    #[arg(long, requires = "cluster")]
+    keep_failed: bool,
+}
+
+/// `--restart-db-at`: when, and how.
+#[derive(Clone, Debug, serde::Serialize)]
+pub(crate) struct DbRestart {
+    /// Sale time after the opening.
+    pub(crate) at_ms: u64,
+    /// Run with `sh -c`; not in the report (it may name paths or users).
+    #[serde(skip)]
+    pub(crate) command: String,
+}
+
+/// `--pause-node I@T[+D]`: which node, when, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct PauseAt {
+    /// 1-based, as on the command line.
+    pub(crate) node: u32,
+    /// Sale time after the opening.
+    pub(crate) at_ms: u64,
+    /// Sale time it stays stopped; `None` on the command line without
+    /// `+D`, always `Some` in a [`Cluster`].
+    pub(crate) for_ms: Option<u64>,
 }
 
 /// `--kill-node I@T`: which node, and when.
@@ -205,6 +260,14 @@ pub(crate) struct Cluster {
     pub(crate) dsn: String,
     /// Kills, in sale order.
     pub(crate) kills: Vec<KillAt>,
+    /// Pauses, in sale order, each with its `for_ms`.
+    pub(crate) pauses: Vec<PauseAt>,
+    /// `--effects pg`: orders, stock and effects in PostgreSQL tables.
+    pub(crate) effects_pg: bool,
+    /// `--restart-db-at`.
+    pub(crate) restart: Option<DbRestart>,
+    /// `--keep-failed`.
+    pub(crate) keep_failed: bool,
 }
 
 /// A validated configuration (see the module invariant). Times are in
@@ -276,7 +339,41 @@ impl Config {
         let usage = |message: String| Err(Error::Usage(message));
         let cluster = match args.cluster {
             None => None,
-            Some(nodes) => Some(Self::cluster(nodes, args.pg.take(), &args.kill_node)?),
+            Some(nodes) => {
+                let mut cluster = Self::cluster(
+                    nodes,
+                    args.pg.take(),
+                    &args.kill_node,
+                    &args.pause_node,
+                    args.speed.unwrap_or(DEFAULT_CLUSTER_SPEED),
+                )?;
+                cluster.effects_pg = args.effects.as_deref() == Some("pg");
+                cluster.keep_failed = args.keep_failed;
+                if let Some(at) = args.restart_db_at {
+                    let command = match args
+                        .pg_restart_cmd
+                        .take()
+                        .or_else(|| std::env::var("DUEWHEEL_PG_RESTART").ok())
+                    {
+                        Some(c) if !c.trim().is_empty() => c,
+                        _ => {
+                            return Err(Error::Usage(
+                                "--restart-db-at needs --pg-restart-cmd CMD or \
+                                 DUEWHEEL_PG_RESTART (scripts/pg-up.sh sets it)"
+                                    .into(),
+                            ));
+                        }
+                    };
+                    let at_ms = u64::try_from(at.as_millis()).unwrap_or(u64::MAX);
+                    if at_ms == 0 {
+                        return Err(Error::Usage(
+                            "--restart-db-at must be after the opening".into(),
+                        ));
+                    }
+                    cluster.restart = Some(DbRestart { at_ms, command });
+                }
+                Some(cluster)
+            }
         };
         let max_orders = if cluster.is_some() {
             MAX_CLUSTER_ORDERS
@@ -457,6 +554,23 @@ impl Config {
                     show_ms(last_ms)
                 ));
             }
+            if let Some(restart) = cluster.restart.as_ref().filter(|r| r.at_ms > last_ms) {
+                return usage(format!(
+                    "--restart-db-at {} falls after the run: the last deadline is at {} (sale + \
+                     window)",
+                    show_ms(restart.at_ms),
+                    show_ms(last_ms)
+                ));
+            }
+            if let Some(pause) = cluster.pauses.iter().find(|p| p.at_ms > last_ms) {
+                return usage(format!(
+                    "--pause-node {}@{} falls after the run: the last deadline is at {} (sale + \
+                     window)",
+                    pause.node,
+                    show_ms(pause.at_ms),
+                    show_ms(last_ms)
+                ));
+            }
         }
         Ok(Self {
             orders,
@@ -491,8 +605,16 @@ impl Config {
     }
 
     /// Checks the `--cluster` arguments that stand alone: the node count,
-    /// the DSN (flag or environment), and the kills.
-    fn cluster(nodes: u32, pg: Option<String>, kills: &[KillAt]) -> Result<Cluster, Error> {
+    /// the DSN (flag or environment), the kills and the pauses (whose
+    /// default length, two leases of real time, is converted to sale time
+    /// at `speed`).
+    fn cluster(
+        nodes: u32,
+        pg: Option<String>,
+        kills: &[KillAt],
+        pauses: &[PauseAt],
+        speed: f64,
+    ) -> Result<Cluster, Error> {
         let usage = |message: String| Err(Error::Usage(message));
         let dsn = match pg.or_else(|| std::env::var("DUEWHEEL_PG_DSN").ok()) {
             Some(dsn) if !dsn.trim().is_empty() => dsn,
@@ -528,7 +650,52 @@ impl Config {
                 "--kill-node kills all {nodes} nodes: at least one must survive to take over"
             ));
         }
-        Ok(Cluster { nodes, dsn, kills })
+        let default_pause_ms = (2.0 * super::cluster::LEASE_TTL_MS as f64 * speed).ceil() as u64;
+        let mut pauses: Vec<PauseAt> = pauses
+            .iter()
+            .map(|p| PauseAt {
+                for_ms: Some(p.for_ms.unwrap_or(default_pause_ms)),
+                ..*p
+            })
+            .collect();
+        pauses.sort_by_key(|p| (p.at_ms, p.node));
+        let mut paused = Vec::new();
+        for pause in &pauses {
+            let shown = format!("--pause-node {}@{}", pause.node, show_ms(pause.at_ms));
+            if pause.node > nodes {
+                return usage(format!(
+                    "{shown}: there are only {nodes} nodes (numbered from 1)"
+                ));
+            }
+            if victims.contains(&pause.node) {
+                return usage(format!(
+                    "{shown}: node {} is also killed (pause another node)",
+                    pause.node
+                ));
+            }
+            if paused.contains(&pause.node) {
+                return usage(format!(
+                    "--pause-node: node {} is paused twice (one pause a node)",
+                    pause.node
+                ));
+            }
+            paused.push(pause.node);
+        }
+        if (victims.len() + paused.len()) as u32 >= nodes {
+            return usage(format!(
+                "--kill-node and --pause-node touch all {nodes} nodes: at least one must run \
+                 throughout to take over"
+            ));
+        }
+        Ok(Cluster {
+            nodes,
+            dsn,
+            kills,
+            pauses,
+            effects_pg: false,
+            restart: None,
+            keep_failed: false,
+        })
     }
 
     /// Checks what only the drawn sale tells: a `--crash-at` after the
@@ -648,6 +815,30 @@ fn parse_kill(s: &str) -> Result<KillAt, String> {
         ));
     }
     Ok(KillAt { node, at_ms })
+}
+
+/// `I@T[+D]`: node `I` (1-based) at sale time `T`, for sale time `D`.
+fn parse_pause(s: &str) -> Result<PauseAt, String> {
+    let bad = || {
+        format!("expected NODE@TIME[+DURATION] with NODE from 1, e.g. 2@35m or 2@35m+6m, got {s:?}")
+    };
+    let (at, for_ms) = match s.split_once('+') {
+        None => (s, None),
+        Some((at, d)) => {
+            let d = parse_duration(d).map_err(|e| format!("{e}; {}", bad()))?;
+            let d_ms = u64::try_from(d.as_millis()).map_err(|_| bad())?;
+            if d_ms == 0 {
+                return Err(format!("the pause must last more than 0, got {s:?}"));
+            }
+            (at, Some(d_ms))
+        }
+    };
+    let kill = parse_kill(at).map_err(|e| e.replace("NODE@TIME", "NODE@TIME[+DURATION]"))?;
+    Ok(PauseAt {
+        node: kill.node,
+        at_ms: kill.at_ms,
+        for_ms,
+    })
 }
 
 /// `always` or `every-ms:N`.
@@ -833,6 +1024,30 @@ mod tests {
         assert!(parse_kill("1@").is_err());
         assert!(parse_kill("1@0s").is_err());
         assert!(parse_kill("x@5m").is_err());
+    }
+
+    #[test]
+    fn pauses_name_a_node_a_moment_and_maybe_a_length() {
+        assert_eq!(
+            parse_pause("2@35m"),
+            Ok(PauseAt {
+                node: 2,
+                at_ms: 35 * 60_000,
+                for_ms: None
+            })
+        );
+        assert_eq!(
+            parse_pause("1@90s+6m"),
+            Ok(PauseAt {
+                node: 1,
+                at_ms: 90_000,
+                for_ms: Some(6 * 60_000)
+            })
+        );
+        assert!(parse_pause("1@90s+").is_err());
+        assert!(parse_pause("1@90s+0s").is_err());
+        assert!(parse_pause("0@5m").is_err());
+        assert!(parse_pause("1@0s+5s").is_err());
     }
 
     #[test]

@@ -7,8 +7,39 @@
 //! deadline (`c <id>`) through another random node, often not the owner.
 //! `--kill-node I@T` SIGKILLs node I when the sale's clock reaches T; its
 //! shards are taken over by the survivors once its lease (3 s, real time)
-//! runs out. Every answer and every delivery (`ev`) of every node is
-//! collected, and [`super::cluster_checks`] judges them at the end.
+//! runs out. `--pause-node I@T+D` SIGSTOPs node I at T and SIGCONTs it D
+//! later (by default two leases of real time: its shards are taken over
+//! while it sleeps, and it wakes up fenced). Every answer and every
+//! delivery (`ev`) of every node is collected, and
+//! [`super::cluster_checks`] judges them at the end.
+//!
+//! The sale's timeline: arrivals are front-loaded over `--sale` (most in
+//! its first quarter, see [`super::buyers`]) and each deadline is the
+//! arrival plus `--window`, so the expiries fire from `window` to
+//! `sale + window`, densest at the start. With the defaults (10 minutes,
+//! 30-minute windows) they fire from 30m to 40m, about 88% of them before
+//! 35m: `--kill-node 1@35m` kills a node while expiries are in flight
+//! (hundreds a real second at 60x), and the report says how many rows the
+//! victim held claimed and not acked at that moment.
+//!
+//! Duplicates: for each kill and pause the driver reads, 200 ms after the
+//! signal, the ids of the rows of the node's shards that are claimed and
+//! not acked: the deliveries handed out that no ack ended. Those, and only
+//! those, may be delivered twice because of it (the new owner claims them
+//! again with attempt + 1; a paused node may also print them late after
+//! `CONT`). The checks explain every duplicate by one of them, or by a
+//! redelivery within one node under one claim (its ack timed out).
+//!
+//! `--effects pg`: the nodes run `duewheel node --orders` (an application
+//! schema `<schema>_app` with `orders`, `stock` and `effects` tables); an
+//! order is `o <id> <deadline> <qty>` (the order row, its stock and its
+//! deadline in one transaction) and a payment `p <id>` (the deadline
+//! cancelled in the payment's transaction: `cancelled` = paid, `fired` =
+//! the expiry won, refunded). The nodes' expiry handler cancels the order
+//! and releases its stock, with no idempotency check, in the transaction
+//! that ends the timer row. At the end the driver reads the tables and the
+//! checks judge the effects. `--restart-db-at T` runs the restart command
+//! in a thread at T; the driver's own reads reconnect.
 //!
 //! Time: all nodes run on one fast-forwarded clock
 //! (`--clock-origin-ms`/`--clock-speed`, `--speed` sale seconds per real
@@ -28,11 +59,11 @@
 use super::Error;
 use super::args::Config;
 use super::buyers::{Rng, SALE_OPENS_MS, Sale};
-use super::cluster_db::{Database, Leftover, ShardRow};
+use super::cluster_db::{Database, Effects, Leftover, ShardRow};
 use super::cluster_nodes::{Command, Ev, Fate, Line, Nodes, Received, wall_now_ms};
 use super::{cluster_checks, cluster_report};
 use duewheel_cluster::ShardMap;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 /// The nodes' lease settings: short, so a kill is taken over in seconds.
@@ -52,6 +83,15 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Real time the driver keeps listening once everything expected arrived,
 /// for late duplicates.
 const SETTLE: Duration = Duration::from_millis(500);
+
+/// How long after a kill or a stop the claimed rows are read: statements
+/// the node sent before the signal have reached the database by then.
+const CLAIMS_SETTLE_MS: u64 = 200;
+
+/// `--effects pg`: how long the driver waits, once everything expected
+/// arrived, for the orders still `open` to be expired (those whose answer
+/// was lost but which committed) before it reads the tables.
+const EFFECTS_SETTLE: Duration = Duration::from_secs(15);
 
 /// How often the `shards` table is read while a takeover is awaited.
 const TAKEOVER_POLL: Duration = Duration::from_millis(20);
@@ -173,6 +213,11 @@ pub(super) struct Order {
     pub(super) cancel: CancelState,
     pub(super) cancel_node: usize,
     pub(super) deliveries: Vec<Delivery>,
+    /// Units of stock it reserves (`--effects pg`).
+    pub(super) qty: u32,
+    /// What its deliveries carry: `o<order>`, or with `--effects pg` the
+    /// quantity (the node's order mode schedules that).
+    pub(super) payload: String,
 }
 
 impl Order {
@@ -181,10 +226,43 @@ impl Order {
         order as u64 + 1
     }
 
-    /// The payload it was scheduled with.
+    /// The payload of a plain schedule.
     pub(super) fn payload_of(order: usize) -> String {
         format!("o{order}")
     }
+}
+
+/// What a node held when it stopped serving (killed or paused), and who
+/// took it over.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub(super) struct Handover {
+    /// The shards it owned at that moment.
+    pub(super) shards: Vec<u32>,
+    /// Their epochs then (a later claim has a higher one).
+    #[serde(skip)]
+    pub(super) epochs: BTreeMap<u32, u64>,
+    /// Real ms after the signal at which its last lease expired (by the
+    /// database clock); `None` if it owned nothing.
+    pub(super) lease_expired_after_ms: Option<f64>,
+    /// Real ms after the signal at which every one of its shards had
+    /// another owner; `None` if that never happened.
+    pub(super) taken_after_ms: Option<u64>,
+    /// Who took them: owner → shards.
+    pub(super) taken_by: BTreeMap<String, u32>,
+    /// Rows of its shards claimed and not acked, read 200 ms after the
+    /// signal: the deliveries handed out that no ack ended, which bound the
+    /// duplicates it can cause.
+    pub(super) claimed_unacked: u64,
+    #[serde(skip)]
+    pub(super) claimed_ids: BTreeSet<u64>,
+    /// `ev` lines (of every node) read in the real second before the
+    /// signal: the expiries in flight.
+    pub(super) deliveries_last_second: u64,
+    /// Deliveries beyond the first of the ids in `claimed_ids`: the
+    /// duplicates it explains (at most one per claimed id, since the node
+    /// can deliver a claim once and the next owner claims it once more,
+    /// unless that one dies too).
+    pub(super) duplicates: u64,
 }
 
 /// A kill and its takeover.
@@ -198,22 +276,57 @@ pub(super) struct Kill {
     pub(super) at_sale_ms: u64,
     #[serde(skip)]
     pub(super) at_wall_ms: u64,
-    /// The shards it owned when it died.
-    pub(super) shards: Vec<u32>,
-    /// Real ms after the kill at which its last lease expired (by the
-    /// database clock); `None` if it owned nothing.
-    pub(super) lease_expired_after_ms: Option<f64>,
-    /// Real ms after the kill at which every one of its shards had another
-    /// owner; `None` if that never happened.
-    pub(super) taken_after_ms: Option<u64>,
-    /// Who took them: owner → shards.
-    pub(super) taken_by: BTreeMap<String, u32>,
+    #[serde(flatten)]
+    pub(super) handover: Handover,
     /// Answers it owed when it died (left unknown).
     pub(super) answers_lost: u64,
     /// Orders of its shards delivered again after the kill (attempt > 1).
     pub(super) redelivered: u64,
     /// Orders of its shards delivered by the survivors.
     pub(super) fired_by_survivors: u64,
+}
+
+/// A pause (SIGSTOP, then SIGCONT) and its takeover.
+#[derive(Clone, Debug, serde::Serialize)]
+pub(super) struct Pause {
+    /// Index of the node (0-based).
+    #[serde(skip)]
+    pub(super) node: usize,
+    pub(super) name: String,
+    /// Sale time after the opening at which it was stopped.
+    pub(super) at_sale_ms: u64,
+    /// Sale time it was to stay stopped (`+D`).
+    pub(super) for_sale_ms: u64,
+    /// The same in real time.
+    pub(super) for_wall_ms: u64,
+    #[serde(skip)]
+    pub(super) at_wall_ms: u64,
+    /// Real ms after the stop at which it was continued; `None` if the run
+    /// ended first.
+    pub(super) resumed_after_ms: Option<u64>,
+    #[serde(flatten)]
+    pub(super) handover: Handover,
+    /// Its deliveries after `CONT` under the epoch of a shard it had lost:
+    /// rows claimed before the pause, printed late (a node that checks its
+    /// lease before delivering prints none).
+    pub(super) late_deliveries: u64,
+    /// Of those, ids it had NOT claimed before the pause: a claim under a
+    /// lost lease (must be 0).
+    pub(super) stale_claims: u64,
+}
+
+/// The database restart (`--restart-db-at`) as it happened.
+#[derive(Clone, Debug, serde::Serialize)]
+pub(super) struct DbRestartRun {
+    /// Sale time after the opening at which the command started.
+    pub(super) at_sale_ms: u64,
+    #[serde(skip)]
+    pub(super) at_wall_ms: u64,
+    /// Real ms the command took (the server down and up again); `None`
+    /// while it runs.
+    pub(super) took_ms: Option<u64>,
+    /// `exit 0`, or what went wrong.
+    pub(super) end: String,
 }
 
 /// One node as the run saw it.
@@ -231,6 +344,8 @@ pub(super) struct NodeRun {
     pub(super) end: String,
     /// Killed by `--kill-node`.
     pub(super) killed: bool,
+    /// Stopped and continued by `--pause-node`.
+    pub(super) paused: bool,
     /// Died or exited without being told to (or failed to exit).
     pub(super) unexpected_end: bool,
     /// Its last stderr lines, when it ended unexpectedly.
@@ -245,6 +360,15 @@ pub(super) struct Outcome {
     pub(super) open_ms: u64,
     pub(super) nodes: Vec<NodeRun>,
     pub(super) kills: Vec<Kill>,
+    pub(super) pauses: Vec<Pause>,
+    /// `--restart-db-at`, as it happened.
+    pub(super) restart: Option<DbRestartRun>,
+    /// `--effects pg`: the application's tables at the end, and the stock
+    /// they started with.
+    pub(super) effects: Option<Effects>,
+    pub(super) stock_initial: u64,
+    /// `--effects pg`: a read of the tables failed.
+    pub(super) effects_error: Option<String>,
     /// Lines outside the protocol and answers nobody asked for.
     pub(super) strays: Vec<String>,
     pub(super) stray_count: u64,
@@ -270,10 +394,13 @@ pub(super) struct Outcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Action {
     // Declared in the order that same-moment actions run: an order is
-    // placed before it is paid, and a kill comes last.
+    // placed before it is paid, and the faults come last.
     Schedule(u32),
     Pay(u32),
     Kill(usize),
+    Pause(usize),
+    Resume(usize),
+    RestartDb,
 }
 
 /// Runs the cluster simulation; `Ok(true)` if every invariant held.
@@ -297,18 +424,31 @@ pub(super) fn run(config: &Config) -> Result<bool, Error> {
     // Declared before the nodes: dropped after them, so the schema goes
     // once no node uses it.
     let mut db = Database::create(&cluster.dsn, &schema, shards)?;
+    let app_schema = format!("{schema}_app");
+    if cluster.effects_pg {
+        db.with_app_schema(&app_schema);
+    }
     let clock = NodeClock {
         origin_ms: wall_now_ms(),
         speed,
     };
     let names: Vec<String> = (1..=cluster.nodes).map(|k| format!("simN-{k}")).collect();
-    let common = node_args(&cluster.dsn, &schema, shards, clock);
+    let mut common = node_args(&cluster.dsn, &schema, shards, clock);
+    if cluster.effects_pg {
+        common.extend([
+            "--orders".to_string(),
+            "--app-schema".to_string(),
+            app_schema,
+            "--stock".to_string(),
+            config.stock.to_string(),
+        ]);
+    }
     let nodes = Nodes::spawn(&exe, &common, &names).map_err(Error::Run)?;
     let mut run = Driver::new(config, &sale, nodes, clock, shard_map, schema);
     run.await_ready()?;
     run.note_shards_at_open(&mut db)?;
     run.drive(&sale, config, &mut db)?;
-    let outcome = run.finish(&mut db, started);
+    let outcome = run.finish(&mut db, started, config.stock);
     let invariants = cluster_checks::run(&outcome);
     let report = cluster_report::Report::new(config, &outcome, invariants);
     if config.json {
@@ -318,7 +458,14 @@ pub(super) fn run(config: &Config) -> Result<bool, Error> {
     } else {
         print!("{}", report.to_text());
     }
-    if let Err(e) = db.drop_schema() {
+    if !report.ok && cluster.keep_failed {
+        // For a post-mortem: the rows as the failure left them.
+        eprintln!(
+            "note: an invariant failed; schema {} kept (--keep-failed): drop it with \
+             DROP SCHEMA ... CASCADE",
+            db.keep()
+        );
+    } else if let Err(e) = db.drop_schema() {
         eprintln!("warning: {e}");
     }
     Ok(report.ok)
@@ -342,9 +489,19 @@ fn node_args(dsn: &str, schema: &str, shards: u32, clock: NodeClock) -> Vec<Stri
     .collect()
 }
 
-/// A kill whose takeover is awaited.
+/// A kill or a pause.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Kill(usize),
+    Pause(usize),
+}
+
+/// A fault whose claimed rows are to be read and whose takeover is
+/// awaited.
 struct Watch {
-    kill: usize,
+    fault: Fault,
+    /// The claimed rows were read.
+    claims_read: bool,
     done: bool,
 }
 
@@ -375,6 +532,16 @@ struct Driver {
     quitting: bool,
     /// `kill_node` from the configuration, 0-based.
     planned_kills: Vec<(usize, u64)>,
+    /// `pause_node` from the configuration, 0-based: (node, at, for).
+    planned_pauses: Vec<(usize, u64, u64)>,
+    pauses: Vec<Pause>,
+    /// `--effects pg`.
+    effects_pg: bool,
+    /// `--restart-db-at`: (at, command).
+    restart: Option<(u64, String)>,
+    restart_run: Option<DbRestartRun>,
+    /// The thread running the restart command: its exit status.
+    restart_thread: Option<std::thread::JoinHandle<Result<std::process::ExitStatus, String>>>,
 }
 
 impl Driver {
@@ -397,20 +564,29 @@ impl Driver {
                 stats: BTreeMap::new(),
                 end: String::from("running"),
                 killed: false,
+                paused: false,
                 unexpected_end: false,
                 stderr_tail: None,
             })
             .collect();
+        let effects_pg = config.cluster.as_ref().is_some_and(|c| c.effects_pg);
         let orders = sale
             .plans
             .iter()
-            .map(|_| Order {
+            .enumerate()
+            .map(|(order, plan)| Order {
                 deadline_ms: 0,
                 sched: Sched::NotSent,
                 sched_node: usize::MAX,
                 cancel: CancelState::NoPayment,
                 cancel_node: usize::MAX,
                 deliveries: Vec::new(),
+                qty: plan.qty,
+                payload: if effects_pg {
+                    plan.qty.to_string()
+                } else {
+                    Order::payload_of(order)
+                },
             })
             .collect();
         let planned_kills = config
@@ -420,6 +596,16 @@ impl Driver {
                 c.kills
                     .iter()
                     .map(|k| (k.node as usize - 1, k.at_ms))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let planned_pauses = config
+            .cluster
+            .as_ref()
+            .map(|c| {
+                c.pauses
+                    .iter()
+                    .map(|p| (p.node as usize - 1, p.at_ms, p.for_ms.unwrap_or(0)))
                     .collect()
             })
             .unwrap_or_default();
@@ -446,6 +632,16 @@ impl Driver {
             timed_out: false,
             quitting: false,
             planned_kills,
+            planned_pauses,
+            pauses: Vec::new(),
+            effects_pg,
+            restart: config
+                .cluster
+                .as_ref()
+                .and_then(|c| c.restart.clone())
+                .map(|r| (r.at_ms, r.command)),
+            restart_run: None,
+            restart_thread: None,
         }
     }
 
@@ -584,11 +780,22 @@ impl Driver {
     }
 
     fn schedule(&mut self, order: usize) {
-        let deadline_ms = self.orders[order].deadline_ms;
-        let command = Command::Schedule {
-            id: Order::id_of(order),
-            deadline_ms,
-            payload: Order::payload_of(order).to_string(),
+        let o = &self.orders[order];
+        let id = Order::id_of(order);
+        // `--effects pg`: the order row, its stock and its deadline in one
+        // transaction (`duewheel node --orders`).
+        let command = if self.effects_pg {
+            Command::Order {
+                id,
+                deadline_ms: o.deadline_ms,
+                qty: o.qty,
+            }
+        } else {
+            Command::Schedule {
+                id,
+                deadline_ms: o.deadline_ms,
+                payload: o.payload.clone(),
+            }
         };
         if let Some(node) = self.send_somewhere(&command) {
             let o = &mut self.orders[order];
@@ -608,8 +815,13 @@ impl Driver {
     }
 
     fn cancel(&mut self, order: usize) {
-        let command = Command::Cancel {
-            id: Order::id_of(order),
+        let id = Order::id_of(order);
+        // `--effects pg`: the payment cancels the deadline in its own
+        // transaction; `fired` means the expiry won and it was refunded.
+        let command = if self.effects_pg {
+            Command::Pay { id }
+        } else {
+            Command::Cancel { id }
         };
         match self.send_somewhere(&command) {
             Some(node) => {
@@ -625,8 +837,125 @@ impl Driver {
         self.nodes.flush();
         self.nodes.kill(node).map_err(Error::Run)?;
         let at_wall_ms = wall_now_ms();
+        let handover = self.handover(node, at_wall_ms, db)?;
+        self.runs[node].killed = true;
+        self.runs[node].end = String::from("killed (SIGKILL)");
+        self.kills.push(Kill {
+            node,
+            name: self.nodes.name(node).to_string(),
+            at_sale_ms,
+            at_wall_ms,
+            handover,
+            answers_lost: 0,
+            redelivered: 0,
+            fired_by_survivors: 0,
+        });
+        self.watches.push(Watch {
+            fault: Fault::Kill(self.kills.len() - 1),
+            claims_read: false,
+            done: false,
+        });
+        Ok(())
+    }
+
+    /// SIGSTOPs node `node`; [`Action::Resume`] continues it.
+    fn pause(&mut self, k: usize, db: &mut Database) -> Result<(), Error> {
+        let (node, at_sale_ms, for_sale_ms) = self.planned_pauses[k];
+        // What the driver wrote so far reaches it; what it writes while the
+        // node sleeps waits in the pipe, as a load balancer's requests wait
+        // on a frozen process.
+        self.nodes.flush();
+        self.nodes.signal(node, "STOP").map_err(Error::Run)?;
+        let at_wall_ms = wall_now_ms();
+        let handover = self.handover(node, at_wall_ms, db)?;
+        self.runs[node].paused = true;
+        self.pauses.push(Pause {
+            node,
+            name: self.nodes.name(node).to_string(),
+            at_sale_ms,
+            for_sale_ms,
+            for_wall_ms: (for_sale_ms as f64 / self.clock.speed).round() as u64,
+            at_wall_ms,
+            resumed_after_ms: None,
+            handover,
+            late_deliveries: 0,
+            stale_claims: 0,
+        });
+        self.watches.push(Watch {
+            fault: Fault::Pause(self.pauses.len() - 1),
+            claims_read: false,
+            done: false,
+        });
+        Ok(())
+    }
+
+    /// Starts the restart command in a thread of its own (the nodes go on
+    /// meanwhile, and so does the sale).
+    fn restart_db(&mut self, at_sale_ms: u64) {
+        let Some((_, command)) = self.restart.clone() else {
+            return;
+        };
+        self.restart_run = Some(DbRestartRun {
+            at_sale_ms,
+            at_wall_ms: wall_now_ms(),
+            took_ms: None,
+            end: String::from("running"),
+        });
+        self.restart_thread = Some(std::thread::spawn(move || {
+            std::process::Command::new("sh")
+                .args(["-c", &command])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .map_err(|e| format!("cannot run the restart command: {e}"))
+        }));
+    }
+
+    /// Notes the restart's end once its command exited.
+    fn poll_restart(&mut self) {
+        if !self
+            .restart_thread
+            .as_ref()
+            .is_some_and(std::thread::JoinHandle::is_finished)
+        {
+            return;
+        }
+        let Some(thread) = self.restart_thread.take() else {
+            return;
+        };
+        let end = match thread.join() {
+            Ok(Ok(status)) if status.success() => String::from("exit 0"),
+            Ok(Ok(status)) => format!("{status}"),
+            Ok(Err(e)) => e,
+            Err(_) => String::from("the restart thread panicked"),
+        };
+        if let Some(run) = &mut self.restart_run {
+            run.took_ms = Some(wall_now_ms().saturating_sub(run.at_wall_ms));
+            run.end = end;
+        }
+    }
+
+    /// SIGCONTs the node of planned pause `k`.
+    fn resume(&mut self, k: usize) -> Result<(), Error> {
+        let node = self.planned_pauses[k].0;
+        let Some(pause) = self.pauses.iter_mut().find(|p| p.node == node) else {
+            return Ok(());
+        };
+        self.nodes.signal(node, "CONT").map_err(Error::Run)?;
+        pause.resumed_after_ms = Some(wall_now_ms().saturating_sub(pause.at_wall_ms));
+        Ok(())
+    }
+
+    /// What node `node` holds now that it stopped serving at `at_wall_ms`
+    /// (its claimed rows are read later, see [`CLAIMS_SETTLE_MS`]).
+    fn handover(
+        &mut self,
+        node: usize,
+        at_wall_ms: u64,
+        db: &mut Database,
+    ) -> Result<Handover, Error> {
         let name = self.nodes.name(node).to_string();
-        // Read after the kill: the victim renews no more, so its rows show
+        // Read after the signal: the node renews no more, so its rows show
         // its last lease.
         let rows = db.shards(None).map_err(Error::Run)?;
         let theirs: Vec<&ShardRow> = rows
@@ -639,46 +968,64 @@ impl Driver {
             .fold(None, |max: Option<f64>, left| {
                 Some(max.map_or(left, |m| m.max(left)))
             })
-            .map(|left| left.max(0.0) + (wall_now_ms() - at_wall_ms) as f64);
-        self.runs[node].killed = true;
-        self.runs[node].end = String::from("killed (SIGKILL)");
-        self.kills.push(Kill {
-            node,
-            name,
-            at_sale_ms,
-            at_wall_ms,
+            .map(|left| left.max(0.0) + wall_now_ms().saturating_sub(at_wall_ms) as f64);
+        let since = at_wall_ms.saturating_sub(1_000);
+        let deliveries_last_second = self
+            .orders
+            .iter()
+            .flat_map(|o| &o.deliveries)
+            .filter(|d| d.received_wall_ms >= since)
+            .count() as u64;
+        Ok(Handover {
             shards: theirs.iter().map(|r| r.shard).collect(),
+            epochs: theirs.iter().map(|r| (r.shard, r.epoch)).collect(),
             lease_expired_after_ms,
-            taken_after_ms: None,
-            taken_by: BTreeMap::new(),
-            answers_lost: 0,
-            redelivered: 0,
-            fired_by_survivors: 0,
-        });
-        self.watches.push(Watch {
-            kill: self.kills.len() - 1,
-            done: false,
-        });
-        Ok(())
+            deliveries_last_second,
+            ..Handover::default()
+        })
     }
 
-    /// Looks whether the awaited takeovers happened.
+    /// Reads the claimed rows of the faults that settled, and looks
+    /// whether the awaited takeovers happened. A pause's takeover is
+    /// awaited until a lease after its `CONT` (a pause shorter than a
+    /// lease is not taken over at all).
     fn poll_takeovers(&mut self, db: &mut Database) -> Result<(), Error> {
+        let now = wall_now_ms();
         for w in self.watches.iter_mut().filter(|w| !w.done) {
-            let kill = &mut self.kills[w.kill];
-            if kill.shards.is_empty() {
+            let (name, at_wall_ms, handover, give_up) = match w.fault {
+                Fault::Kill(k) => {
+                    let kill = &mut self.kills[k];
+                    (&kill.name, kill.at_wall_ms, &mut kill.handover, false)
+                }
+                Fault::Pause(k) => {
+                    let pause = &mut self.pauses[k];
+                    let give_up = pause
+                        .resumed_after_ms
+                        .is_some_and(|after| now >= pause.at_wall_ms + after + LEASE_TTL_MS);
+                    (&pause.name, pause.at_wall_ms, &mut pause.handover, give_up)
+                }
+            };
+            if !w.claims_read {
+                if now < at_wall_ms + CLAIMS_SETTLE_MS {
+                    continue;
+                }
+                handover.claimed_ids = db.claimed(&handover.shards).map_err(Error::Run)?;
+                handover.claimed_unacked = handover.claimed_ids.len() as u64;
+                w.claims_read = true;
+            }
+            if handover.shards.is_empty() || give_up {
                 w.done = true;
                 continue;
             }
-            let rows = db.shards(Some(&kill.shards)).map_err(Error::Run)?;
+            let rows = db.shards(Some(&handover.shards)).map_err(Error::Run)?;
             let taken = rows
                 .iter()
-                .all(|r| r.owner.as_deref().is_some_and(|o| o != kill.name));
+                .all(|r| r.owner.as_deref().is_some_and(|o| o != name));
             if taken {
-                kill.taken_after_ms = Some(wall_now_ms().saturating_sub(kill.at_wall_ms));
+                handover.taken_after_ms = Some(wall_now_ms().saturating_sub(at_wall_ms));
                 for r in &rows {
                     if let Some(owner) = &r.owner {
-                        *kill.taken_by.entry(owner.clone()).or_default() += 1;
+                        *handover.taken_by.entry(owner.clone()).or_default() += 1;
                     }
                 }
                 w.done = true;
@@ -844,6 +1191,13 @@ impl Driver {
         for (k, &(_, at_ms)) in self.planned_kills.iter().enumerate() {
             actions.push((at_ms, Action::Kill(k)));
         }
+        if let Some((at_ms, _)) = &self.restart {
+            actions.push((*at_ms, Action::RestartDb));
+        }
+        for (k, &(_, at_ms, for_ms)) in self.planned_pauses.iter().enumerate() {
+            actions.push((at_ms, Action::Pause(k)));
+            actions.push((at_ms + for_ms, Action::Resume(k)));
+        }
         actions.sort_unstable();
         // The last moment anything is due: the last deadline, or a late
         // payment after it (a pending payer's gateway can confirm minutes
@@ -866,6 +1220,9 @@ impl Driver {
                         let (node, at_ms) = self.planned_kills[k];
                         self.kill(node, at_ms, db)?;
                     }
+                    Action::Pause(k) => self.pause(k, db)?,
+                    Action::Resume(k) => self.resume(k)?,
+                    Action::RestartDb => self.restart_db(now_sale),
                 }
                 next += 1;
             }
@@ -892,6 +1249,7 @@ impl Driver {
                 }
             }
 
+            self.poll_restart();
             if next < actions.len() {
                 continue;
             }
@@ -899,8 +1257,13 @@ impl Driver {
                 last_scan = Instant::now();
                 let complete = self.outstanding == 0
                     && self.watches.iter().all(|w| w.done)
+                    && self.restart_thread.is_none()
                     && self.clock.now_ms() >= end_ms
-                    && self.missing_deliveries() == 0;
+                    && (self.missing_deliveries() == 0
+                        // `--effects pg`: an expiry whose commit's answer
+                        // was lost (a restart) committed without its `ev`
+                        // line; the tables say it happened.
+                        || (self.effects_pg && db.open_orders().is_ok_and(|n| n == 0)));
                 match (complete, complete_at) {
                     (true, None) => {
                         complete_at = Some(Instant::now());
@@ -921,7 +1284,28 @@ impl Driver {
 
     /// Collects the survivors' stats, shuts them down, and reads what is
     /// left in the database.
-    fn finish(mut self, db: &mut Database, started: Instant) -> Outcome {
+    fn finish(mut self, db: &mut Database, started: Instant, stock: u64) -> Outcome {
+        // A restart still running (the drain timed out first) ends first.
+        if let Some(thread) = &self.restart_thread {
+            while !thread.is_finished() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            self.poll_restart();
+        }
+        // The expiries of orders whose answer was lost (committed all the
+        // same) may still be in their transactions: give them a moment.
+        let (effects, effects_error) = if self.effects_pg {
+            let until = Instant::now() + EFFECTS_SETTLE;
+            while Instant::now() < until && db.open_orders().is_ok_and(|n| n > 0) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            match db.effects() {
+                Ok(e) => (Some(e), None),
+                Err(e) => (None, Some(e)),
+            }
+        } else {
+            (None, None)
+        };
         let up: Vec<usize> = (0..self.nodes.len())
             .filter(|&k| self.nodes.is_up(k))
             .collect();
@@ -957,6 +1341,15 @@ impl Driver {
                 run.stderr_tail = Some(self.nodes.stderr_tail(node));
             }
         }
+        // `--effects pg`: the nodes say on stderr which expiry batches did
+        // not commit, and why; kept for a failure's post-mortem.
+        if self.effects_pg {
+            for (node, run) in self.runs.iter_mut().enumerate() {
+                if run.stderr_tail.is_none() {
+                    run.stderr_tail = Some(self.nodes.stderr_tail(node));
+                }
+            }
+        }
         // What they wrote before exiting.
         let until = Instant::now() + Duration::from_secs(5);
         while self.eof.iter().any(|e| !e) && Instant::now() < until {
@@ -984,7 +1377,8 @@ impl Driver {
         };
         for kill in &mut self.kills {
             let in_victim_shard = |order: usize| {
-                kill.shards
+                kill.handover
+                    .shards
                     .binary_search(&self.shard_map.shard_of_id(Order::id_of(order)))
                     .is_ok()
             };
@@ -1005,6 +1399,7 @@ impl Driver {
                 }
             }
         }
+        self.explain_duplicates();
         let sale_wall_s =
             (self.done_wall_ms as f64 - self.clock.wall_of(self.open_ms)).max(0.0) / 1e3;
         Outcome {
@@ -1013,6 +1408,11 @@ impl Driver {
             open_ms: self.open_ms,
             nodes: self.runs,
             kills: self.kills,
+            pauses: self.pauses,
+            restart: self.restart_run,
+            effects,
+            effects_error,
+            stock_initial: stock,
             strays: self.strays,
             stray_count: self.stray_count,
             leftover,
@@ -1026,6 +1426,65 @@ impl Driver {
             last_ev_wall_ms: self.last_ev_wall_ms,
             schema: self.schema,
             shard_map: self.shard_map,
+        }
+    }
+}
+
+impl Driver {
+    /// Counts the duplicates each kill and pause explains, and each
+    /// pause's deliveries after `CONT` under an epoch it had lost.
+    fn explain_duplicates(&mut self) {
+        for (order, o) in self.orders.iter().enumerate() {
+            let id = Order::id_of(order);
+            let extra = (o.deliveries.len() as u64).saturating_sub(1);
+            // The first fault (kill or pause) that held the id claimed
+            // explains all its duplicates.
+            let mut faults: Vec<(u64, &mut Handover)> = self
+                .kills
+                .iter_mut()
+                .map(|k| (k.at_wall_ms, &mut k.handover))
+                .chain(
+                    self.pauses
+                        .iter_mut()
+                        .map(|p| (p.at_wall_ms, &mut p.handover)),
+                )
+                .filter(|(_, h)| h.claimed_ids.contains(&id))
+                .collect();
+            faults.sort_by_key(|(at, _)| *at);
+            if let Some((_, h)) = faults.into_iter().next() {
+                h.duplicates += extra;
+            }
+        }
+        for pause in &mut self.pauses {
+            let Some(after) = pause.resumed_after_ms else {
+                continue;
+            };
+            let resumed_wall_ms = pause.at_wall_ms + after;
+            for (order, o) in self.orders.iter().enumerate() {
+                let id = Order::id_of(order);
+                let shard = self.shard_map.shard_of_id(id);
+                // Shards it kept (a pause shorter than its lease) it may
+                // go on delivering under the same epoch.
+                let Some(&lost_epoch) = pause.handover.epochs.get(&shard) else {
+                    continue;
+                };
+                if pause.handover.taken_after_ms.is_none() {
+                    continue;
+                }
+                for d in &o.deliveries {
+                    // Epoch 0: the node no longer knew the claim's epoch
+                    // (its ack ended it first); judged by the id alone.
+                    let stale = d.ev.epoch <= lost_epoch;
+                    if d.node != pause.node || d.received_wall_ms < resumed_wall_ms || !stale {
+                        continue;
+                    }
+                    if pause.handover.claimed_ids.contains(&id) {
+                        pause.late_deliveries += 1;
+                    } else if d.ev.epoch != 0 {
+                        pause.stale_claims += 1;
+                    }
+                }
+            }
         }
     }
 }

@@ -16,23 +16,46 @@
 //! - an order whose cancel answered `cancelled` is never delivered;
 //! - a second delivery of an order has attempt > 1: attempt 1 is delivered
 //!   at most once;
+//! - every duplicate is explained: its id was claimed and not acked on a
+//!   node when that node was killed or paused (read from the table 200 ms
+//!   after the signal), or it was delivered again by the same node under
+//!   the same claim (its ack timed out); anything else fails;
 //! - only timers that may be stored are delivered (not one refused as
 //!   `invalid`, `unavailable` or `shutdown`, which are definitely not);
 //! - every command to a node that stayed up was answered exactly once, and
 //!   every line was in the protocol;
 //! - every node not killed stayed up and exited 0 after `quit`;
-//! - every kill's shards were taken over by the survivors.
+//! - every kill's shards were taken over by the survivors;
+//! - a node paused for two leases or more had its shards taken over while
+//!   it slept, and after `CONT` delivered nothing under a lost epoch that
+//!   it had not claimed before the pause.
 //!
 //! Answers lost to a killed node (and `indoubt` ones) leave the order
 //! unknown: it is excluded from the first three checks and counted in
 //! their detail.
+//!
+//! With `--effects pg` the EFFECTS are judged too, from the application's
+//! tables read at the end (the database is the truth, whatever answers
+//! were lost): no order cancelled twice, no stock released twice (the
+//! stock equals the initial stock less the quantity of the orders not
+//! cancelled), no paid order cancelled, no unpaid order left uncancelled,
+//! no order without its deadline (nor a deadline without its order), and
+//! every order answered `ok` stored, none definitely refused stored.
 
 use super::checks::{Check, Verdict};
-use super::cluster::{CancelState, ErrKind, Order, Outcome, Sched};
+use super::cluster::{CancelState, ErrKind, LEASE_TTL_MS, Order, Outcome, Sched};
 use super::driver::group_digits;
 
-/// Runs every check.
+/// Runs every check (with `--effects pg`, the effects' too).
 pub(super) fn run(outcome: &Outcome) -> Vec<Check> {
+    let mut checks = deliveries(outcome);
+    if outcome.effects.is_some() || outcome.effects_error.is_some() {
+        checks.extend(effects(outcome));
+    }
+    checks
+}
+
+fn deliveries(outcome: &Outcome) -> Vec<Check> {
     vec![
         acked_delivered(outcome),
         never_early(outcome),
@@ -42,6 +65,7 @@ pub(super) fn run(outcome: &Outcome) -> Vec<Check> {
         every_command_answered(outcome),
         nodes_healthy(outcome),
         kills_taken_over(outcome),
+        paused_nodes_fenced(outcome),
     ]
 }
 
@@ -64,6 +88,7 @@ fn acked_delivered(outcome: &Outcome) -> Check {
         "every order acked `ok` and not cancelled expired at least once",
     );
     let (mut expected, mut unknown_sched, mut unknown_cancel) = (0u64, 0u64, 0u64);
+    let mut ev_lost = 0u64;
     for (order, o) in outcome.orders.iter().enumerate() {
         match o.sched {
             Sched::Unknown | Sched::Refused(ErrKind::InDoubt) => unknown_sched += 1,
@@ -81,13 +106,23 @@ fn acked_delivered(outcome: &Outcome) -> Check {
             continue;
         }
         expected += 1;
-        v.expect(!o.deliveries.is_empty(), || {
+        // `--effects pg`: an expiry that committed without its `ev` line
+        // (the commit's answer lost to a restart) shows in the tables.
+        let id = Order::id_of(order);
+        let effect_done = o.deliveries.is_empty()
+            && outcome
+                .effects
+                .as_ref()
+                .and_then(|e| e.orders.get(&id))
+                .is_some_and(|r| r.status == "cancelled" && r.cancels >= 1);
+        ev_lost += u64::from(effect_done);
+        v.expect(!o.deliveries.is_empty() || effect_done, || {
             let id = Order::id_of(order);
             let shard = outcome.shard_map.shard_of_id(id);
             let victim = outcome
                 .kills
                 .iter()
-                .find(|k| k.shards.contains(&shard))
+                .find(|k| k.handover.shards.contains(&shard))
                 .map(|k| format!(" (owned by {} when it was killed)", k.name))
                 .unwrap_or_default();
             let row = outcome
@@ -104,9 +139,18 @@ fn acked_delivered(outcome: &Outcome) -> Check {
         });
     }
     v.done(format!(
-        "{} acked orders without a winning cancel, each delivered; excluded as unknown: {} \
+        "{} acked orders without a winning cancel, each delivered{}; excluded as unknown: {} \
          schedules and {} cancels whose answer was lost to a killed node or in doubt",
         group_digits(expected),
+        if ev_lost > 0 {
+            format!(
+                " ({} without an `ev` line, their expiry committed in the tables: the \
+                 commit's answer was lost)",
+                group_digits(ev_lost)
+            )
+        } else {
+            String::new()
+        },
         group_digits(unknown_sched),
         group_digits(unknown_cancel)
     ))
@@ -119,7 +163,7 @@ fn never_early(outcome: &Outcome) -> Check {
     );
     let mut deliveries = 0u64;
     for (order, o) in outcome.orders.iter().enumerate() {
-        let payload = Order::payload_of(order);
+        let payload = &o.payload;
         for d in &o.deliveries {
             deliveries += 1;
             let ev = &d.ev;
@@ -132,7 +176,7 @@ fn never_early(outcome: &Outcome) -> Check {
                     outcome.nodes[d.node].name
                 )
             });
-            v.expect(ev.deadline_ms == o.deadline_ms && ev.payload == payload, || {
+            v.expect(ev.deadline_ms == o.deadline_ms && ev.payload == *payload, || {
                 format!(
                     "order {order}: delivered with deadline {} and payload {:?}, scheduled with \
                      {} and {payload:?}",
@@ -182,12 +226,37 @@ fn duplicates_are_redeliveries(outcome: &Outcome) -> Check {
         "every duplicate delivery has attempt > 1 (a claimed, unacked row delivered again)",
     );
     let (mut duplicates, mut other_node, mut after_kill) = (0u64, 0u64, 0u64);
+    let (mut by_fault, mut same_claim, mut one_effect) = (0u64, 0u64, 0u64);
     let first_kill_wall_ms = outcome.kills.iter().map(|k| k.at_wall_ms).min();
     for (order, o) in outcome.orders.iter().enumerate() {
         if o.deliveries.len() < 2 {
             continue;
         }
-        duplicates += o.deliveries.len() as u64 - 1;
+        let extra = o.deliveries.len() as u64 - 1;
+        duplicates += extra;
+        let id = Order::id_of(order);
+        let cause = duplicate_cause(outcome, order);
+        match cause {
+            DuplicateCause::Fault => by_fault += extra,
+            DuplicateCause::SameClaim => same_claim += extra,
+            DuplicateCause::OneEffect => one_effect += extra,
+            DuplicateCause::Unexplained => {}
+        }
+        v.expect(cause != DuplicateCause::Unexplained, || {
+            format!(
+                "order {order} (id {id}): delivered {} times, by {}; not claimed on a killed or \
+                 paused node at that moment, and not one node's redelivery of one claim",
+                o.deliveries.len(),
+                o.deliveries
+                    .iter()
+                    .map(|d| format!(
+                        "{} (attempt {}, epoch {})",
+                        outcome.nodes[d.node].name, d.ev.attempt, d.ev.epoch
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        });
         let firsts = o.deliveries.iter().filter(|d| d.ev.attempt <= 1).count();
         v.expect(firsts <= 1, || {
             let seen: Vec<String> = o
@@ -209,12 +278,67 @@ fn duplicates_are_redeliveries(outcome: &Outcome) -> Check {
         }
     }
     v.done(format!(
-        "{} duplicate deliveries, each with attempt > 1; {} by another node than the first \
-         (takeover), {} after a kill",
+        "{} duplicate deliveries, each with attempt > 1; {} of ids claimed and not acked on a \
+         node killed or paused, {} one node's redelivery of one claim (ack timed out), {} `ev` \
+         lines of orders with one effect in the tables (--effects pg); {} by another node than \
+         the first (takeover), {} after a kill",
         group_digits(duplicates),
+        group_digits(by_fault),
+        group_digits(same_claim),
+        group_digits(one_effect),
         group_digits(other_node),
         group_digits(after_kill)
     ))
+}
+
+/// Why an order was delivered more than once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum DuplicateCause {
+    /// Its row was claimed and not acked on a node when that node was
+    /// killed or paused: the next owner claimed it again, or the paused
+    /// node printed it late.
+    Fault,
+    /// One node delivered one claim again (its consumer's ack timed out).
+    SameClaim,
+    /// `--effects pg`: more than one `ev` line, one effect in the tables
+    /// (a line printed for an attempt that did not commit); effects, not
+    /// lines, are what this mode judges.
+    OneEffect,
+    /// Neither: a failure.
+    Unexplained,
+}
+
+/// Why order `order` (delivered more than once) was.
+pub(super) fn duplicate_cause(outcome: &Outcome, order: usize) -> DuplicateCause {
+    let o = &outcome.orders[order];
+    let id = Order::id_of(order);
+    let held = outcome
+        .kills
+        .iter()
+        .map(|k| &k.handover)
+        .chain(outcome.pauses.iter().map(|p| &p.handover))
+        .any(|h| h.claimed_ids.contains(&id));
+    if held {
+        return DuplicateCause::Fault;
+    }
+    let first = &o.deliveries[0];
+    // Epoch 0: the node no longer knew the claim (its ack ended it first).
+    let one_claim = o
+        .deliveries
+        .iter()
+        .all(|d| d.node == first.node && (d.ev.epoch == first.ev.epoch || d.ev.epoch == 0));
+    let one_effect = outcome
+        .effects
+        .as_ref()
+        .and_then(|e| e.orders.get(&id))
+        .is_some_and(|r| r.cancels <= 1);
+    if one_claim {
+        DuplicateCause::SameClaim
+    } else if one_effect {
+        DuplicateCause::OneEffect
+    } else {
+        DuplicateCause::Unexplained
+    }
 }
 
 fn only_stored_delivered(outcome: &Outcome) -> Check {
@@ -318,19 +442,20 @@ fn kills_taken_over(outcome: &Outcome) -> Check {
     let mut parts = Vec::new();
     for kill in &outcome.kills {
         v.expect(
-            kill.shards.is_empty() || kill.taken_after_ms.is_some(),
+            kill.handover.shards.is_empty() || kill.handover.taken_after_ms.is_some(),
             || {
                 format!(
                     "{}: {} shards, not all taken over by the end",
                     kill.name,
-                    kill.shards.len()
+                    kill.handover.shards.len()
                 )
             },
         );
-        parts.push(match kill.taken_after_ms {
-            Some(ms) => format!("{}: {} shards in {ms} ms", kill.name, kill.shards.len()),
-            None if kill.shards.is_empty() => format!("{}: owned no shard", kill.name),
-            None => format!("{}: {} shards, never", kill.name, kill.shards.len()),
+        let n = kill.handover.shards.len();
+        parts.push(match kill.handover.taken_after_ms {
+            Some(ms) => format!("{}: {n} shards in {ms} ms", kill.name),
+            None if n == 0 => format!("{}: owned no shard", kill.name),
+            None => format!("{}: {n} shards, never", kill.name),
         });
     }
     v.done(if parts.is_empty() {
@@ -338,4 +463,226 @@ fn kills_taken_over(outcome: &Outcome) -> Check {
     } else {
         parts.join("; ")
     })
+}
+
+fn paused_nodes_fenced(outcome: &Outcome) -> Check {
+    let mut v = Verdict::new(
+        "paused_nodes_fenced",
+        "a node paused for two leases or more lost its shards while it slept, and after `CONT` \
+         delivered under a lost epoch only rows it had claimed before the pause",
+    );
+    let mut parts = Vec::new();
+    for pause in &outcome.pauses {
+        let h = &pause.handover;
+        let long = pause.for_wall_ms >= 2 * LEASE_TTL_MS;
+        let taken_asleep = match (h.taken_after_ms, pause.resumed_after_ms) {
+            (Some(taken), Some(resumed)) => taken <= resumed,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        v.expect(!long || h.shards.is_empty() || taken_asleep, || {
+            format!(
+                "{}: paused {} ms, yet its {} shards were not all taken over while it slept \
+                 (taken after {:?} ms, resumed after {:?} ms)",
+                pause.name,
+                pause.for_wall_ms,
+                h.shards.len(),
+                h.taken_after_ms,
+                pause.resumed_after_ms
+            )
+        });
+        v.expect(pause.stale_claims == 0, || {
+            format!(
+                "{}: {} deliveries after `CONT` under a lost epoch of rows it had not claimed \
+                 before the pause",
+                pause.name, pause.stale_claims
+            )
+        });
+        parts.push(format!(
+            "{}: {} shards{}, {} late deliveries of rows claimed before the pause, {} stale claims",
+            pause.name,
+            h.shards.len(),
+            match h.taken_after_ms {
+                Some(ms) => format!(" taken in {ms} ms"),
+                None => " not taken".into(),
+            },
+            pause.late_deliveries,
+            pause.stale_claims
+        ));
+    }
+    v.done(if parts.is_empty() {
+        "no --pause-node".into()
+    } else {
+        parts.join("; ")
+    })
+}
+
+/// The `--effects pg` checks, on the tables read at the end.
+fn effects(outcome: &Outcome) -> Vec<Check> {
+    let empty = Default::default();
+    let e = outcome.effects.as_ref().unwrap_or(&empty);
+    let mut read = Verdict::new(
+        "effects_read",
+        "the application's tables could be read at the end",
+    );
+    read.expect(outcome.effects_error.is_none(), || {
+        outcome.effects_error.clone().unwrap_or_default()
+    });
+    let read = read.done(format!(
+        "{} orders in the table",
+        group_digits(e.orders.len() as u64)
+    ));
+
+    let mut twice = Verdict::new(
+        "cancelled_at_most_once",
+        "no order cancelled twice (each `cancel` effect is one expiry handled)",
+    );
+    let mut cancels = 0u64;
+    for (id, row) in &e.orders {
+        cancels += row.cancels;
+        twice.expect(row.cancels <= 1, || {
+            format!("order id {id}: {} cancel effects", row.cancels)
+        });
+    }
+    twice.expect(e.orphan_cancels == 0, || {
+        format!("{} cancel effects of ids with no order", e.orphan_cancels)
+    });
+    let twice = twice.done(format!(
+        "{} cancel effects, at most one an order",
+        group_digits(cancels)
+    ));
+
+    let mut stock = Verdict::new(
+        "stock_released_once",
+        "no stock released twice: the stock left is the initial stock less the units of the \
+         orders not cancelled",
+    );
+    let held: i64 = e
+        .orders
+        .values()
+        .filter(|r| r.status != "cancelled")
+        .map(|r| r.qty)
+        .sum();
+    let expected = outcome.stock_initial as i64 - held;
+    stock.expect(
+        outcome.effects_error.is_some() || e.stock_available == expected,
+        || {
+            format!(
+                "stock {} at the end, expected {} ({} initially, {held} held by orders not \
+             cancelled): {} units released {}",
+                e.stock_available,
+                expected,
+                outcome.stock_initial,
+                (e.stock_available - expected).abs(),
+                if e.stock_available > expected {
+                    "too many (twice?)"
+                } else {
+                    "too few (never?)"
+                }
+            )
+        },
+    );
+    let stock = stock.done(format!(
+        "stock {} = {} initially - {held} units of orders not cancelled",
+        e.stock_available, outcome.stock_initial
+    ));
+
+    let mut paid = Verdict::new(
+        "paid_never_cancelled",
+        "no paid order cancelled; every payment answered `cancelled` (paid) left its order paid",
+    );
+    let mut paid_n = 0u64;
+    for (id, row) in &e.orders {
+        if row.status == "paid" {
+            paid_n += 1;
+            paid.expect(row.cancels == 0, || {
+                format!("order id {id}: paid, yet {} cancel effects", row.cancels)
+            });
+        }
+    }
+    for (order, o) in outcome.orders.iter().enumerate() {
+        if o.cancel != CancelState::Cancelled {
+            continue;
+        }
+        let id = Order::id_of(order);
+        let status = e.orders.get(&id).map(|r| r.status.as_str());
+        paid.expect(status == Some("paid"), || {
+            format!("order id {id}: its payment answered paid, yet the order is {status:?}")
+        });
+    }
+    let paid = paid.done(format!(
+        "{} orders paid, none cancelled",
+        group_digits(paid_n)
+    ));
+
+    let mut unpaid = Verdict::new(
+        "unpaid_cancelled",
+        "every order not paid was cancelled exactly once by its expiry (no order left open)",
+    );
+    let (mut cancelled, mut open) = (0u64, 0u64);
+    for (id, row) in &e.orders {
+        if row.status == "paid" {
+            continue;
+        }
+        cancelled += u64::from(row.status == "cancelled");
+        open += u64::from(row.status == "open");
+        unpaid.expect(row.status == "cancelled" && row.cancels == 1, || {
+            format!(
+                "order id {id}: {}, {} cancel effects, timer row {:?}",
+                row.status, row.cancels, row.timer_state
+            )
+        });
+    }
+    let unpaid = unpaid.done(format!(
+        "{} unpaid orders cancelled, {} left open",
+        group_digits(cancelled),
+        group_digits(open)
+    ));
+
+    let mut deadline = Verdict::new(
+        "every_order_has_its_deadline",
+        "no order without its deadline, no deadline without its order; every order answered \
+         `ok` is stored, none definitely refused is",
+    );
+    for (id, row) in &e.orders {
+        deadline.expect(row.status != "open" || row.timer_state.is_some(), || {
+            format!("order id {id}: open, and no timer row")
+        });
+    }
+    deadline.expect(e.deadlines_without_order == 0, || {
+        format!(
+            "{} timer rows of ids with no order row",
+            e.deadlines_without_order
+        )
+    });
+    let (mut acked, mut refused) = (0u64, 0u64);
+    if outcome.effects.is_some() {
+        for (order, o) in outcome.orders.iter().enumerate() {
+            let id = Order::id_of(order);
+            let stored = e.orders.contains_key(&id);
+            match o.sched {
+                Sched::Ok => {
+                    acked += 1;
+                    deadline.expect(stored, || {
+                        format!("order id {id}: answered `ok`, not in the orders table")
+                    });
+                }
+                Sched::Refused(ErrKind::InDoubt) => {}
+                Sched::Refused(kind) => {
+                    refused += 1;
+                    deadline.expect(!stored, || {
+                        format!("order id {id}: refused ({kind:?}), yet in the orders table")
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+    let deadline = deadline.done(format!(
+        "{} orders acked, all stored; {} refused, none stored; {} timer rows without an order",
+        group_digits(acked),
+        group_digits(refused),
+        group_digits(e.deadlines_without_order)
+    ));
+    vec![read, twice, stock, paid, unpaid, deadline]
 }

@@ -8,7 +8,8 @@
 //!
 //! Invariant: every child spawned here is killed (SIGKILL) and reaped when
 //! the [`Nodes`] is dropped, unless it already exited, whichever way the
-//! driver leaves (an error, an early return, a panic): no node outlives
+//! driver leaves (an error, an early return, a panic; SIGKILL ends a
+//! stopped node too): no node outlives
 //! the simulation and goes on holding leases in the database (each
 //! `NodeProcess` does so on drop).
 //!
@@ -149,6 +150,32 @@ impl Nodes {
             .map_err(|e| format!("cannot kill node {}: {e}", p.process.name()))?;
         p.fate = Fate::Killed;
         Ok(())
+    }
+
+    /// Sends `signal` (`STOP` or `CONT`) to node `node` with kill(1), as
+    /// the process tests do (no libc call in this binary). A stopped node keeps its pipes: what the
+    /// driver writes meanwhile waits in them, and it answers on `CONT`.
+    pub(super) fn signal(&mut self, node: usize, signal: &str) -> Result<(), String> {
+        let p = &self.procs[node];
+        if p.fate != Fate::Running {
+            return Err(format!(
+                "cannot signal node {}: it is not running",
+                p.process.name()
+            ));
+        }
+        let pid = p.process.pid();
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .map_err(|e| format!("cannot run kill(1) for node {}: {e}", p.process.name()))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "kill -{signal} {pid} (node {}): {status}",
+                p.process.name()
+            ))
+        }
     }
 
     /// Stops sending to node `node` (its stdout closed unasked).

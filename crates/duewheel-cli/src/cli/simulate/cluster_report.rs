@@ -9,9 +9,10 @@
 use super::args::{Config, show_ms};
 use super::checks::Check;
 use super::cluster::{
-    CancelState, ErrKind, GRACE_MS, Kill, LEASE_TTL_MS, NodeRun, Order, Outcome, RENEW_MS,
-    SWEEP_MS, Sched,
+    CancelState, DbRestartRun, ErrKind, GRACE_MS, Handover, Kill, LEASE_TTL_MS, NodeRun, Order,
+    Outcome, Pause, RENEW_MS, SWEEP_MS, Sched,
 };
+use super::cluster_checks::{DuplicateCause, duplicate_cause};
 use super::cluster_db::Leftover;
 use super::driver::group_digits;
 use super::report::rate;
@@ -34,12 +35,63 @@ pub(super) struct Report {
     pub(super) lateness: Lateness,
     pub(super) performance: Performance,
     pub(super) kills: Vec<Kill>,
+    pub(super) pauses: Vec<Pause>,
+    /// `--restart-db-at`, as it happened.
+    pub(super) restart: Option<DbRestartRun>,
+    /// `--effects pg`: the effects, counted from the tables at the end.
+    pub(super) effects: Option<EffectCounts>,
+    /// Every duplicate delivery, by cause.
+    pub(super) duplicates: Duplicates,
     /// The first orders delivered more than once, each delivery with its
     /// node, attempt and epoch: what explains a duplicate.
     pub(super) duplicate_examples: Vec<String>,
     pub(super) nodes: Vec<NodeRun>,
     /// Rows in the `timers` table after every node quit.
     pub(super) leftover: Option<Leftover>,
+}
+
+/// The duplicate deliveries by cause (see
+/// [`super::cluster_checks::DuplicateCause`]); each kill's and pause's own
+/// share, with its bound, is in `kills` and `pauses`.
+#[derive(Debug, Default, serde::Serialize)]
+pub(super) struct Duplicates {
+    /// Deliveries beyond the first of their order.
+    pub(super) total: u64,
+    /// Of ids claimed and not acked on a node killed or paused.
+    pub(super) by_fault: u64,
+    /// One node delivering one claim again (its ack timed out).
+    pub(super) same_claim: u64,
+    /// `--effects pg`: extra `ev` lines of orders with one effect.
+    pub(super) one_effect: u64,
+    /// Neither: an invariant failure.
+    pub(super) unexplained: u64,
+}
+
+/// The effects of `--effects pg`, read from the application's tables at
+/// the end (what happened, whatever answers were lost).
+#[derive(Debug, Default, serde::Serialize)]
+pub(super) struct EffectCounts {
+    pub(super) orders: u64,
+    pub(super) paid: u64,
+    pub(super) cancelled: u64,
+    pub(super) open: u64,
+    /// `cancel` effects (each released its order's stock).
+    pub(super) cancel_effects: u64,
+    /// Orders with more than one `cancel` effect.
+    pub(super) cancelled_twice: u64,
+    /// Paid orders with a `cancel` effect.
+    pub(super) paid_cancelled: u64,
+    /// Orders not paid and not cancelled exactly once.
+    pub(super) unpaid_not_cancelled: u64,
+    /// Open orders with no timer row, and timer rows with no order.
+    pub(super) without_deadline: u64,
+    pub(super) deadlines_without_order: u64,
+    /// `refund` effects: payments that lost to the expiry.
+    pub(super) refunds: u64,
+    pub(super) stock_initial: u64,
+    pub(super) stock_available: i64,
+    /// The initial stock less the units of the orders not cancelled.
+    pub(super) stock_expected: i64,
 }
 
 /// How the run was set up.
@@ -148,6 +200,7 @@ impl Report {
         };
         let (mut sale_late, mut real_late) = (Vec::new(), Vec::new());
         let mut duplicate_examples = Vec::new();
+        let mut duplicates = Duplicates::default();
         for (order, o) in outcome.orders.iter().enumerate() {
             match o.sched {
                 Sched::Ok => s.scheduled_ok += 1,
@@ -176,6 +229,14 @@ impl Report {
                     .push(first.received_wall_ms as f64 - outcome.clock.wall_of(o.deadline_ms));
             }
             if o.deliveries.len() > 1 {
+                let extra = o.deliveries.len() as u64 - 1;
+                duplicates.total += extra;
+                match duplicate_cause(outcome, order) {
+                    DuplicateCause::Fault => duplicates.by_fault += extra,
+                    DuplicateCause::SameClaim => duplicates.same_claim += extra,
+                    DuplicateCause::OneEffect => duplicates.one_effect += extra,
+                    DuplicateCause::Unexplained => duplicates.unexplained += extra,
+                }
                 if duplicate_examples.len() < DUPLICATE_EXAMPLES {
                     let seen: Vec<String> = o
                         .deliveries
@@ -249,6 +310,37 @@ impl Report {
             },
             performance,
             kills: outcome.kills.clone(),
+            pauses: outcome.pauses.clone(),
+            restart: outcome.restart.clone(),
+            effects: outcome.effects.as_ref().map(|e| {
+                let mut c = EffectCounts {
+                    orders: e.orders.len() as u64,
+                    refunds: e.refunds,
+                    deadlines_without_order: e.deadlines_without_order,
+                    stock_initial: outcome.stock_initial,
+                    stock_available: e.stock_available,
+                    stock_expected: outcome.stock_initial as i64,
+                    ..EffectCounts::default()
+                };
+                for row in e.orders.values() {
+                    let paid = row.status == "paid";
+                    c.paid += u64::from(paid);
+                    c.cancelled += u64::from(row.status == "cancelled");
+                    c.open += u64::from(row.status == "open");
+                    c.cancel_effects += row.cancels;
+                    c.cancelled_twice += u64::from(row.cancels > 1);
+                    c.paid_cancelled += u64::from(paid && row.cancels > 0);
+                    c.unpaid_not_cancelled +=
+                        u64::from(!(paid || row.status == "cancelled" && row.cancels == 1));
+                    c.without_deadline +=
+                        u64::from(row.status == "open" && row.timer_state.is_none());
+                    if row.status != "cancelled" {
+                        c.stock_expected -= row.qty;
+                    }
+                }
+                c
+            }),
+            duplicates,
             duplicate_examples,
             nodes: outcome.nodes.clone(),
             leftover: outcome.leftover,
@@ -331,11 +423,64 @@ impl Report {
         for kill in &self.kills {
             write_kill(&mut out, kill);
         }
+        for pause in &self.pauses {
+            write_pause(&mut out, pause);
+        }
+        if let Some(r) = &self.restart {
+            let _ = writeln!(
+                out,
+                "  restarted the database at {} into the sale: {} in {}",
+                show_ms(r.at_sale_ms),
+                r.end,
+                r.took_ms
+                    .map_or("(still running)".to_string(), |ms| format!("{ms} ms real"))
+            );
+        }
+        self.write_duplicates(&mut out);
         if !self.duplicate_examples.is_empty() {
             let _ = writeln!(out, "  duplicates, e.g.:");
             for example in &self.duplicate_examples {
                 let _ = writeln!(out, "    - {example}");
             }
+        }
+        if let Some(e) = &self.effects {
+            let _ = writeln!(
+                out,
+                "\neffects (read from the PostgreSQL tables at the end)"
+            );
+            let _ = writeln!(
+                out,
+                "  orders               {:>11}  ({} paid, {} cancelled by their expiry, {} open)",
+                n(e.orders),
+                n(e.paid),
+                n(e.cancelled),
+                n(e.open)
+            );
+            let _ = writeln!(
+                out,
+                "  cancel effects       {:>11}  ({} orders cancelled twice, {} paid orders \
+                 cancelled, {} unpaid orders not cancelled exactly once)",
+                n(e.cancel_effects),
+                n(e.cancelled_twice),
+                n(e.paid_cancelled),
+                n(e.unpaid_not_cancelled)
+            );
+            let _ = writeln!(
+                out,
+                "  stock                {:>11}  (expected {}: {} initially less the units of the \
+                 orders not cancelled; a double release would show above it)",
+                e.stock_available,
+                e.stock_expected,
+                n(e.stock_initial)
+            );
+            let _ = writeln!(
+                out,
+                "  refunds              {:>11}  (payments that lost to the expiry); {} open orders \
+                 without a deadline, {} deadlines without an order",
+                n(e.refunds),
+                n(e.without_deadline),
+                n(e.deadlines_without_order)
+            );
         }
         let _ = writeln!(out, "\ninvariants");
         for check in &self.invariants {
@@ -405,6 +550,16 @@ impl Report {
                 }
             );
         }
+        if !self.ok {
+            for node in &self.nodes {
+                if let Some(tail) = &node.stderr_tail {
+                    let _ = writeln!(out, "  {} stderr (last lines):", node.name);
+                    for line in tail.lines() {
+                        let _ = writeln!(out, "    | {line}");
+                    }
+                }
+            }
+        }
         if let Some(left) = self.leftover {
             let _ = writeln!(
                 out,
@@ -426,36 +581,140 @@ impl Report {
     }
 }
 
-fn write_kill(out: &mut String, kill: &Kill) {
-    let taken = match (kill.taken_after_ms, kill.shards.is_empty()) {
+impl Report {
+    /// The duplicates in words: each explained by a kill, a pause or a
+    /// node's own redelivery, with the bound a kill or pause puts on them.
+    fn write_duplicates(&self, out: &mut String) {
+        let d = &self.duplicates;
+        if d.total == 0 {
+            let _ = writeln!(
+                out,
+                "  duplicates           none: every order delivered at most once"
+            );
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "  duplicates           {} deliveries beyond the first of their order:",
+            group_digits(d.total)
+        );
+        for kill in &self.kills {
+            let h = &kill.handover;
+            let _ = writeln!(
+                out,
+                "    - {} after {}'s kill: of the {} rows it had claimed and not acked when it \
+                 died (delivered, or about to be, with no ack), which the new owners claimed \
+                 again and delivered with attempt > 1",
+                group_digits(h.duplicates),
+                kill.name,
+                group_digits(h.claimed_unacked)
+            );
+        }
+        for pause in &self.pauses {
+            let h = &pause.handover;
+            let _ = writeln!(
+                out,
+                "    - {} around {}'s pause: of the {} rows it had claimed and not acked when it \
+                 stopped, delivered again by the new owners of its shards or printed late by it \
+                 after SIGCONT ({} late prints)",
+                group_digits(h.duplicates),
+                pause.name,
+                group_digits(h.claimed_unacked),
+                group_digits(pause.late_deliveries)
+            );
+        }
+        if d.same_claim > 0 {
+            let _ = writeln!(
+                out,
+                "    - {} delivered again by the same node under the same claim (its consumer's \
+                 ack timed out; at-least-once within a node)",
+                group_digits(d.same_claim)
+            );
+        }
+        if d.one_effect > 0 {
+            let _ = writeln!(
+                out,
+                "    - {} `ev` lines of orders whose tables hold one effect (a line printed for a \
+                 transaction that did not commit: the effect happened once)",
+                group_digits(d.one_effect)
+            );
+        }
+        if d.unexplained > 0 {
+            let _ = writeln!(
+                out,
+                "    - {} UNEXPLAINED: not claimed on a killed or paused node, not one node's \
+                 redelivery (see duplicates_are_redeliveries)",
+                group_digits(d.unexplained)
+            );
+        }
+    }
+}
+
+/// How `h`'s shards were taken over, in words (`what`: "the kill").
+fn taken_words(h: &Handover, what: &str) -> String {
+    match (h.taken_after_ms, h.shards.is_empty()) {
         (_, true) => "it owned no shard".to_string(),
         (Some(ms), false) => {
-            let after_lease = kill
+            let after_lease = h
                 .lease_expired_after_ms
                 .map(|lease| format!(", {:.0} ms after its lease expired", ms as f64 - lease))
                 .unwrap_or_default();
-            let by = kill
+            let by = h
                 .taken_by
                 .iter()
                 .map(|(owner, k)| format!("{k} by {owner}"))
                 .collect::<Vec<_>>()
                 .join(", ");
             format!(
-                "its {} shards taken {ms} ms after the kill{after_lease} ({by})",
-                kill.shards.len()
+                "its {} shards taken {ms} ms after {what}{after_lease} ({by})",
+                h.shards.len()
             )
         }
-        (None, false) => format!("its {} shards NOT taken over", kill.shards.len()),
-    };
+        (None, false) => format!("its {} shards NOT taken over", h.shards.len()),
+    }
+}
+
+fn write_kill(out: &mut String, kill: &Kill) {
+    let h = &kill.handover;
     let _ = writeln!(
         out,
-        "  killed {} (SIGKILL) at {} into the sale: {taken}; {} answers lost; {} of its \
-         timers redelivered (attempt > 1), {} fired by the survivors",
+        "  killed {} (SIGKILL) at {} into the sale, {} deliveries in the second before (expiries \
+         in flight), {} rows of its shards claimed and not acked: {}; {} answers lost; {} of \
+         its timers redelivered (attempt > 1), {} fired by the survivors",
         kill.name,
         show_ms(kill.at_sale_ms),
+        group_digits(h.deliveries_last_second),
+        group_digits(h.claimed_unacked),
+        taken_words(h, "the kill"),
         group_digits(kill.answers_lost),
         group_digits(kill.redelivered),
         group_digits(kill.fired_by_survivors)
+    );
+}
+
+fn write_pause(out: &mut String, pause: &Pause) {
+    let h = &pause.handover;
+    let resumed = match pause.resumed_after_ms {
+        Some(ms) => format!("continued (SIGCONT) {ms} ms after the stop"),
+        None => "never continued (the run ended first)".into(),
+    };
+    let _ = writeln!(
+        out,
+        "  paused {} (SIGSTOP) at {} into the sale for {} ({} ms real; leases {} ms), {} \
+         deliveries in the second before, {} rows of its shards claimed and not acked: {}; {}; \
+         {} late deliveries by it after that of rows claimed before the pause, {} of rows it \
+         had not claimed under a lost epoch",
+        pause.name,
+        show_ms(pause.at_sale_ms),
+        show_ms(pause.for_sale_ms),
+        pause.for_wall_ms,
+        LEASE_TTL_MS,
+        group_digits(h.deliveries_last_second),
+        group_digits(h.claimed_unacked),
+        taken_words(h, "the stop"),
+        resumed,
+        group_digits(pause.late_deliveries),
+        group_digits(pause.stale_claims)
     );
 }
 
