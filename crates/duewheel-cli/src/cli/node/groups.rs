@@ -120,6 +120,7 @@ impl Groups {
         node: &NodeCell,
         names: &[String],
         taken: Option<&'static str>,
+        forget_after: Duration,
     ) -> Result<Self, String> {
         let stop_waiting = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
@@ -134,7 +135,16 @@ impl Groups {
                 (node.scheduler.clone(), stop_waiting.clone(), stop.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("duewheel-group-{name}"))
-                .spawn(move || run(consumer, &rx, &scheduler, &stop_waiting, &stop))
+                .spawn(move || {
+                    run(
+                        consumer,
+                        &rx,
+                        &scheduler,
+                        &stop_waiting,
+                        &stop,
+                        forget_after,
+                    )
+                })
                 .map_err(|e| format!("group {name}: {e}"))?;
             pumps.insert(
                 name.clone(),
@@ -232,8 +242,17 @@ fn run(
     scheduler: &NodeScheduler<String>,
     stop_waiting: &AtomicBool,
     stop: &AtomicBool,
+    forget_after: Duration,
 ) {
     let mut in_flight: FxHashMap<(u64, u64), Event<u64, String>> = FxHashMap::default();
+    // Handed-out deliveries in the order they went out, and the newest
+    // token of each (id, kind): an entry no client acks leaves when the
+    // engine redelivers its timer (a newer token supersedes it) or, if it
+    // never does (its shard moved to another node), after `forget_after`
+    // (twice the ack timeout). Without this the table grew by every
+    // delivery a client dropped.
+    let mut handed: VecDeque<(Instant, u64, u64, EventKind)> = VecDeque::new();
+    let mut newest: FxHashMap<(u64, EventKind), u64> = FxHashMap::default();
     let mut pulls: VecDeque<(usize, Instant, oneshot::Sender<Vec<EventJson>>)> = VecDeque::new();
     while !stop.load(Ordering::SeqCst) {
         // Requests first, so acks never wait behind a long-poll.
@@ -258,6 +277,16 @@ fn run(
             }
         }
         let now = Instant::now();
+        while let Some(&(at, id, token, kind)) = handed.front() {
+            if now.duration_since(at) < forget_after {
+                break;
+            }
+            handed.pop_front();
+            in_flight.remove(&(id, token));
+            if newest.get(&(id, kind)) == Some(&token) {
+                newest.remove(&(id, kind));
+            }
+        }
         let stopping = stop_waiting.load(Ordering::SeqCst);
         // Gone clients and spent waits leave the queue, answered empty.
         pulls.retain_mut(|(_, until, reply)| {
@@ -287,6 +316,12 @@ fn run(
         }
         let json: Vec<EventJson> = batch.iter().map(|e| to_json(e, scheduler)).collect();
         for e in batch {
+            if let Some(old) = newest.insert((e.id, e.kind), e.token) {
+                if old != e.token {
+                    in_flight.remove(&(e.id, old));
+                }
+            }
+            handed.push_back((now, e.id, e.token, e.kind));
             in_flight.insert((e.id, e.token), e);
         }
         let (_, _, reply) = pulls.pop_front().expect("front exists");

@@ -118,8 +118,8 @@ pub(super) async fn monitor(app: Arc<App>) {
 }
 
 impl App {
-    /// Ready: not stopping, owns at least one shard, and no database error
-    /// for two renew intervals. Otherwise why not.
+    /// Ready: not stopping, its node id still its own, and no database
+    /// error for two renew intervals. Otherwise why not.
     fn readiness(&self) -> Result<usize, &'static str> {
         if self.node.stopping.load(Ordering::SeqCst) {
             return Err("stopping");
@@ -137,8 +137,12 @@ impl App {
         if recent_error {
             return Err("database errors");
         }
-        if stats.owned == 0 {
-            return Err("owns no shard");
+        // Owning no shard is no reason: any node schedules, cancels and
+        // consumes for any id, and a node may have none to hold (just
+        // started, or more nodes than shards). Shards lost to the database
+        // show as its errors; an id taken over, here.
+        if stats.superseded {
+            return Err("node id taken by another process");
         }
         Ok(stats.owned)
     }
@@ -213,14 +217,6 @@ impl NewTimer {
     fn accept(self, now_ms: u64) -> Result<Accepted, (StatusCode, String)> {
         let deadline_ms = deadline_of(self.deadline_ms, self.delay_ms, now_ms)
             .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
-        if !self.reminders_ms.is_empty() {
-            // TODO(lead): with `features` merged, drop this refusal (see
-            // `schedule_on`).
-            return Err((
-                StatusCode::NOT_IMPLEMENTED,
-                "reminders_ms: cluster nodes do not deliver reminders yet".to_owned(),
-            ));
-        }
         Ok(Accepted {
             id: self.id,
             deadline_ms,
@@ -239,15 +235,14 @@ fn schedule_on(
     scheduler: &NodeScheduler<String>,
     timers: &[Accepted],
 ) -> Vec<Result<(), ScheduleError<String>>> {
-    // TODO(lead): with `features` merged, reminders reach the node by
-    // `scheduler.schedule_batch_with_reminders(timers.iter().map(|t| (t.id,
-    // Deadline::at_unix_ms(t.deadline_ms), &t.reminders[..], t.payload.clone())))`.
-    debug_assert!(timers.iter().all(|t| t.reminders.is_empty()));
-    scheduler.schedule_batch(
-        timers
-            .iter()
-            .map(|t| (t.id, Deadline::at_unix_ms(t.deadline_ms), t.payload.clone())),
-    )
+    scheduler.schedule_batch_with_reminders(timers.iter().map(|t| {
+        (
+            t.id,
+            Deadline::at_unix_ms(t.deadline_ms),
+            &t.reminders[..],
+            t.payload.clone(),
+        )
+    }))
 }
 
 /// A schedule's answer: status, and the outcome word of a batch item.
@@ -409,8 +404,9 @@ async fn reschedule(
         Err(RescheduleError::DeadlineTooFar { .. }) => (StatusCode::BAD_REQUEST, "invalid"),
         Err(RescheduleError::Unsupported) => (StatusCode::NOT_IMPLEMENTED, "unsupported"),
         Err(RescheduleError::ShuttingDown) => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-        // TODO(lead): `features` adds RescheduleError::InDoubt: map it to
-        // 500 "in_doubt" (Unavailable already falls to 503 below).
+        // The move may have committed: the caller reads the timer again
+        // or retries (moving to the same deadline twice is harmless).
+        Err(RescheduleError::InDoubt) => (StatusCode::INTERNAL_SERVER_ERROR, "in_doubt"),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
     };
     let mut body = json!({ "id": id, "deadline_ms": deadline_ms, "outcome": outcome });

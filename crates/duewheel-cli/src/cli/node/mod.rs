@@ -190,8 +190,13 @@ pub(crate) fn run(args: Args) -> Result<(), Error> {
                 max_batch: s.max_batch,
                 max_wait_ms: s.max_wait_ms,
             };
-            let groups = groups::Groups::start(&cell, &http_groups, stdio.then_some("out"))
-                .map_err(Error::Usage)?;
+            let groups = groups::Groups::start(
+                &cell,
+                &http_groups,
+                stdio.then_some("out"),
+                Duration::from_millis(s.ack_timeout_ms).saturating_mul(2),
+            )
+            .map_err(Error::Usage)?;
             let listener = runtime
                 .block_on(tokio::net::TcpListener::bind(addr))
                 .map_err(|e| Error::Usage(format!("--listen {addr}: {e}")))?;
