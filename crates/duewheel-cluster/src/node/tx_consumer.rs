@@ -29,8 +29,12 @@
 //!   acker's later fenced delete then finds a tombstone, not a claimed row,
 //!   and changes nothing.
 //!
-//! Reminders carry no row: they are handed to the handler and acked in
-//! memory after the commit (at-least-once).
+//! Reminders are not ended here: a node delivers each reminder at most
+//! once, by a fenced statement that removes its time from the row before
+//! delivery (see `super::remind`). They are handed to the handler with the
+//! expiries and acked in memory after the commit, so a reminder's effect
+//! commits at most once, never twice; a crash before the commit loses it
+//! (the reminder is not delivered again).
 
 use super::{KeeperMsg, Shared, bump};
 use crate::config::StoreConfig;
