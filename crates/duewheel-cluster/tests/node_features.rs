@@ -163,9 +163,11 @@ fn a_reminder_is_delivered_before_the_deadline_and_never_after_a_cancel() {
     assert_eq!(seen[0].due_ms, deadline_ms - 1000);
     // The reminder did not claim the row: the expiry is its first attempt.
     assert_eq!(seen[1].attempt, 1);
-    eventually(Duration::from_secs(5), "the acked row is gone", || {
-        stored(&dsn, &schema, 1).is_none()
-    });
+    eventually(
+        Duration::from_secs(5),
+        "the acked row is a tombstone",
+        || stored(&dsn, &schema, 1).is_some_and(|r| r.state == 2),
+    );
     // Nothing of the cancelled timer, reminder or expiry, ever came.
     while let Ok(e) = orders.recv_timeout(Duration::from_millis(300)) {
         assert_ne!(e.id, 2, "a cancelled timer delivered {e:?}");
@@ -305,10 +307,11 @@ fn reschedule_moves_the_deadline_later_and_earlier_and_fires_only_at_the_new_one
     assert_eq!((fired[1].0, fired[1].1), (1, new_late));
     assert!(fired.iter().all(|f| f.2 >= f.1 && f.3 == 1), "{fired:?}");
     assert!(orders.recv_timeout(Duration::from_millis(500)).is_err());
-    // Unknown ids, and ids fired and acked, are not found.
+    // An id fired and acked has already fired (its row is a tombstone);
+    // an unknown id is not found.
     assert_eq!(
         s.reschedule(&1, Duration::from_secs(5)),
-        Err(RescheduleError::NotFound)
+        Err(RescheduleError::AlreadyFired)
     );
     assert_eq!(
         s.reschedule(&99, Duration::from_secs(5)),
@@ -339,9 +342,11 @@ fn reschedule_of_a_claimed_timer_answers_already_fired_and_moves_nothing() {
     let row = stored(&dsn, &schema, 5).unwrap();
     assert_eq!((row.state, row.deadline_ms), (1, deadline_ms as i64));
     orders.ack(&e).unwrap();
-    eventually(Duration::from_secs(5), "the acked row is gone", || {
-        stored(&dsn, &schema, 5).is_none()
-    });
+    eventually(
+        Duration::from_secs(5),
+        "the acked row is a tombstone",
+        || stored(&dsn, &schema, 5).is_some_and(|r| r.state == 2),
+    );
     assert!(orders.recv_timeout(Duration::from_millis(300)).is_err());
     drop(orders);
     a.shutdown();
@@ -430,9 +435,11 @@ fn a_snoozed_delivery_is_redelivered_by_the_next_owner_at_the_snoozed_time_not_a
     );
     // Attempts stay monotonic across the snooze and the takeover.
     assert_eq!(again.attempt, 2);
-    eventually(Duration::from_secs(5), "the acked row is gone", || {
-        stored(&dsn, &schema, 3).is_none()
-    });
+    eventually(
+        Duration::from_secs(5),
+        "the acked row is a tombstone",
+        || stored(&dsn, &schema, 3).is_some_and(|r| r.state == 2),
+    );
     drop(on_b);
     b.shutdown();
     drop_schema(&dsn, &schema);
@@ -489,9 +496,11 @@ fn the_async_forms_schedule_reschedule_cancel_snooze_and_ack_through_the_table()
         orders.ack_async(&again).await.unwrap();
     });
     // `ack_async` reached the store: the row is deleted.
-    eventually(Duration::from_secs(5), "the acked row is gone", || {
-        stored(&dsn, &schema, 1).is_none()
-    });
+    eventually(
+        Duration::from_secs(5),
+        "the acked row is a tombstone",
+        || stored(&dsn, &schema, 1).is_some_and(|r| r.state == 2),
+    );
     drop(orders);
     a.shutdown();
     drop_schema(&dsn, &schema);

@@ -1042,8 +1042,9 @@ impl<P: Codec + Clone + Send + 'static> NodeScheduler<P> {
     /// Cancels `id`'s timer, on whatever node it lives. The row decides
     /// between this cancel and the owner's claim, so exactly one wins:
     /// `Cancelled(payload)` (it will never fire), `AlreadyFired` (it was
-    /// claimed: it fired or is firing), or `NotFound` (never scheduled,
-    /// already cancelled, or fired and acked).
+    /// claimed: it fired or is firing, or it fired and was acked within
+    /// [`NodeConfig::tombstone_ttl`]), or `NotFound` (never scheduled,
+    /// already cancelled, or acked longer ago than that).
     pub fn cancel(&self, id: &u64) -> Result<Cancel<P>, CancelError> {
         self.cancel_batch([*id])
             .pop()
@@ -1111,8 +1112,9 @@ impl<P: Codec + Clone + Send + 'static> NodeScheduler<P> {
     /// one statement moves the row's deadline only while it is pending, so
     /// the row decides between this and the owner's claim as for a cancel.
     /// `Ok` (it fires at the new deadline, not at the old), `AlreadyFired`
-    /// (it was claimed: it fired or is firing), `NotFound` (never
-    /// scheduled, cancelled, or fired and acked), `DeadlineTooFar` (beyond
+    /// (it was claimed, or fired and acked within the tombstone ttl),
+    /// `NotFound` (never scheduled, cancelled, or acked longer ago than
+    /// that), `DeadlineTooFar` (beyond
     /// `i64::MAX` ms), `Unavailable` (nothing moved), `InDoubt` (a
     /// connection failed: rescheduling again to the same deadline settles
     /// it) or `ShuttingDown`. Reminders already delivered stay delivered;

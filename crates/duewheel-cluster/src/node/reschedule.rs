@@ -4,7 +4,8 @@
 //!
 //! Invariant: `Ok` only for a row a committed statement moved (or, after a
 //! connection failure, moved again to the same deadline: the move is
-//! idempotent); `AlreadyFired` only for a row found claimed, `NotFound`
+//! idempotent); `AlreadyFired` only for a row found claimed (or ended, a
+//! tombstone), `NotFound`
 //! only for a row found absent, neither after a connection failure
 //! (`InDoubt`: the first try may have moved it before it fired).
 //!
