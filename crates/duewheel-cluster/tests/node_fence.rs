@@ -9,29 +9,15 @@
 use duewheel::{Consumer, Deadline};
 use duewheel_cluster::{Node, NodeConfig, StoreConfig};
 
+use duewheel_testkit::pg::{self, drop_schema, dsn};
+use duewheel_testkit::wait::eventually;
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const SHARDS: u32 = 16;
 
-fn dsn() -> Option<String> {
-    match std::env::var("DUEWHEEL_PG_DSN") {
-        Ok(dsn) if !dsn.trim().is_empty() => Some(dsn),
-        _ => {
-            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-            assert!(!ci, "CI=true but DUEWHEEL_PG_DSN is not set");
-            eprintln!("note: DUEWHEEL_PG_DSN not set; skipping");
-            None
-        }
-    }
-}
-
 fn schema(test: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("nf_{test}_{}_{nanos}", std::process::id())
+    pg::unique_schema(&format!("nf_{test}"))
 }
 
 /// Short leases; an ack timeout far beyond the test, so a node never
@@ -45,21 +31,6 @@ fn config(dsn: &str, schema: &str, name: &str) -> NodeConfig {
         .sweep_every(Duration::from_millis(50))
         .ack_timeout(Duration::from_secs(120))
         .group("orders")
-}
-
-fn drop_schema(dsn: &str, schema: &str) {
-    if let Ok(mut c) = postgres::Client::connect(dsn, postgres::NoTls) {
-        let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"));
-    }
-}
-
-/// Waits until `f` holds, or panics after `within`.
-fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < until, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Every event `consumer` returns within `within` (acked), by id.

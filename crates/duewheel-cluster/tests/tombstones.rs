@@ -9,19 +9,9 @@
 use duewheel::{Cancel, Deadline};
 use duewheel_cluster::{Node, NodeConfig, StoreConfig};
 
+use duewheel_testkit::pg::dsn;
+use duewheel_testkit::wait::eventually;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-fn dsn() -> Option<String> {
-    match std::env::var("DUEWHEEL_PG_DSN") {
-        Ok(dsn) if !dsn.trim().is_empty() => Some(dsn),
-        _ => {
-            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-            assert!(!ci, "CI=true but DUEWHEEL_PG_DSN is not set");
-            eprintln!("note: DUEWHEEL_PG_DSN not set; skipping");
-            None
-        }
-    }
-}
 
 /// A schema of its own, dropped at the end.
 struct Db {
@@ -91,15 +81,6 @@ impl Drop for Db {
                 self.schema
             ));
         }
-    }
-}
-
-/// Waits until `f` holds, or panics after `within`.
-fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < until, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -12,26 +12,11 @@ use duewheel::{Cancel, Deadline};
 use duewheel_cluster::{
     Node, NodeConfig, StoreConfig, SubscribeTxError, TxConsumeError, TxScheduleError, TxTimers,
 };
+use duewheel_testkit::pg::{self, dsn};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-fn dsn() -> Option<String> {
-    match std::env::var("DUEWHEEL_PG_DSN") {
-        Ok(dsn) if !dsn.trim().is_empty() => Some(dsn),
-        _ => {
-            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-            assert!(!ci, "CI=true but DUEWHEEL_PG_DSN is not set");
-            eprintln!("note: DUEWHEEL_PG_DSN not set; skipping");
-            None
-        }
-    }
-}
-
 fn schema(test: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("tx_{test}_{}_{nanos}", std::process::id())
+    pg::unique_schema(&format!("tx_{test}"))
 }
 
 fn now_ms() -> u64 {

@@ -23,3 +23,4 @@ pub mod pg;
 pub mod process;
 pub mod prom_text;
 pub mod protocol;
+pub mod wait;
