@@ -316,10 +316,10 @@ fn run(
         }
         let json: Vec<EventJson> = batch.iter().map(|e| to_json(e, scheduler)).collect();
         for e in batch {
-            if let Some(old) = newest.insert((e.id, e.kind), e.token) {
-                if old != e.token {
-                    in_flight.remove(&(e.id, old));
-                }
+            if let Some(old) = newest.insert((e.id, e.kind), e.token)
+                && old != e.token
+            {
+                in_flight.remove(&(e.id, old));
             }
             handed.push_back((now, e.id, e.token, e.kind));
             in_flight.insert((e.id, e.token), e);

@@ -38,13 +38,13 @@
 
 use super::Error;
 use super::config::Settings as NodeArgs;
-use super::stdio::{Out, push, stats_line, write_line, write_lines};
+use super::stdio::{Out, ev_line, push, stats_line, write_line, write_lines};
 use crossbeam_channel::Receiver;
 use duewheel::{Cancel, Deadline};
 use duewheel_cluster::{
     Node, StoreConfig, TxCancelError, TxConsumeError, TxScheduleError, TxTimers,
 };
-use duewheel_testkit::protocol::{Command, Ev, Line};
+use duewheel_testkit::protocol::{Command, Line};
 use std::io::{BufRead, BufReader};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -167,15 +167,7 @@ pub(super) fn run(node: Node<String>, args: &NodeArgs, out: &Out) -> Result<(), 
                         let ids: Vec<i64> = events.iter().map(|e| e.id as i64).collect();
                         tx.query_one(&expire, &[&ids, &node_id])?;
                         for e in events {
-                            let ev = Ev {
-                                id: e.id,
-                                attempt: e.attempt,
-                                fired_at_ms: e.fired_at_ms,
-                                deadline_ms: e.deadline_ms,
-                                epoch: e.claim,
-                                payload: e.payload.clone(),
-                            };
-                            push(&mut lines, &Line::Ev(ev));
+                            push(&mut lines, &ev_line(e));
                         }
                         Ok::<(), postgres::Error>(())
                     });

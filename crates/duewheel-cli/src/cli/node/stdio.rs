@@ -25,6 +25,19 @@ use std::time::Duration;
 pub(super) type Out = Arc<Mutex<BufWriter<std::io::Stdout>>>;
 
 /// Appends `line` and its newline to `buf`.
+/// An event's `ev` line. The epoch is the event's own: a redelivery queued
+/// before an ack still names the claim it was admitted under.
+pub(super) fn ev_line(e: &duewheel::Event<u64, String>) -> Line {
+    Line::Ev(Ev {
+        id: e.id,
+        attempt: e.attempt,
+        fired_at_ms: e.fired_at_ms,
+        deadline_ms: e.deadline_ms,
+        epoch: e.claim,
+        payload: e.payload.clone(),
+    })
+}
+
 pub(super) fn push(buf: &mut String, line: &Line) {
     let _ = writeln!(buf, "{line}");
 }
@@ -77,17 +90,7 @@ pub(super) fn start(
                 batch.extend(events.drain_ready());
                 let mut lines = String::new();
                 for e in &batch {
-                    let ev = Ev {
-                        id: e.id,
-                        attempt: e.attempt,
-                        fired_at_ms: e.fired_at_ms,
-                        deadline_ms: e.deadline_ms,
-                        // The event's own: a redelivery queued before an
-                        // ack still names the claim it was admitted under.
-                        epoch: e.claim,
-                        payload: e.payload.clone(),
-                    };
-                    push(&mut lines, &Line::Ev(ev));
+                    push(&mut lines, &ev_line(e));
                 }
                 // Written and flushed before the acks (see the module doc).
                 write_lines(&out, &lines);
