@@ -52,6 +52,7 @@ pub(super) fn run<P: Codec + Clone + Send + 'static>(
     let mut next_sweep = Instant::now() + shared.config.sweep_every;
     let mut next_alarm = Instant::now();
     let mut next_reap = Instant::now() + reap_every(shared);
+    let mut retries = Retries::default();
     loop {
         if shared.stopping() {
             return;
@@ -70,8 +71,17 @@ pub(super) fn run<P: Codec + Clone + Send + 'static>(
             .min(next_sweep)
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(20));
-        let mut put = Put { shared, engine };
+        let mut put = Put {
+            shared,
+            engine,
+            busy: Vec::new(),
+        };
+        let retrying = retries.take_due();
         let result = (|| -> Result<(), QueryError> {
+            if !retrying.is_empty() {
+                let ids: Vec<u64> = retrying.iter().map(|&(id, _)| id).collect();
+                fetch_claimed_again(shared, conn, &ids, &mut put)?;
+            }
             // Rows other nodes wrote into our shards, due soon.
             let notified = conn.notified(wait)?;
             if !notified.is_empty() {
@@ -125,6 +135,18 @@ pub(super) fn run<P: Codec + Clone + Send + 'static>(
             }
             Ok(())
         })();
+        // Refused rows come back with their tries; a failed statement
+        // tries its batch again.
+        let tries: rustc_hash::FxHashMap<u64, u32> = retrying.iter().copied().collect();
+        let mut again: Vec<(u64, u32)> = put
+            .busy
+            .iter()
+            .map(|id| (*id, tries.get(id).copied().unwrap_or(0)))
+            .collect();
+        if result.is_err() {
+            again.extend(retrying.iter().copied());
+        }
+        retries.add(again);
         if let Err(e) = result {
             bump(&shared.counters.db_errors, 1);
             crate::trace::warning!(error = e.to_string(), "pager statement failed; retrying");
@@ -173,6 +195,57 @@ fn owned(shared: &Shared) -> Vec<u32> {
 struct Put<'a, P> {
     shared: &'a Shared,
     engine: &'a Scheduler<u64, P>,
+    /// Claimed rows the wheel refused because it still held their id: to
+    /// fetch again later (see [`Retries`]).
+    busy: Vec<u64>,
+}
+
+/// Claimed rows to put in the wheel again, because the wheel still held
+/// their id when they were loaded.
+///
+/// Why: a claim that comes back in doubt, or after the lease lapsed by the
+/// node's clock, drops its events and asks the keeper to take the shard
+/// again; the engine forgets the dropped ids only after the gate returns.
+/// If the new epoch's load put the (claimed) rows in first, the wheel
+/// refused them as already held, then forgot the ids, and nothing would
+/// ever load those rows again while this node keeps the shard: the sweep
+/// reads pending rows only. Seen as "answered ok, never delivered" in the
+/// database-restart test. A row the engine holds legitimately (in flight,
+/// waiting for its acks) is refused again until that delivery ends; once
+/// it is acked, the row is no longer claimed and the fetch finds nothing.
+#[derive(Default)]
+struct Retries {
+    /// (when to try, id, tries so far), oldest first.
+    due: std::collections::VecDeque<(Instant, u64, u32)>,
+}
+
+impl Retries {
+    const EVERY: Duration = Duration::from_millis(250);
+    /// About two minutes of tries: beyond any ack timeout's redelivery.
+    const MOST: u32 = 480;
+
+    fn add(&mut self, ids: impl IntoIterator<Item = (u64, u32)>) {
+        let at = Instant::now() + Self::EVERY;
+        self.due.extend(
+            ids.into_iter()
+                .filter(|&(_, tries)| tries < Self::MOST)
+                .map(|(id, tries)| (at, id, tries)),
+        );
+    }
+
+    /// The ids due for another try, with their tries so far.
+    fn take_due(&mut self) -> Vec<(u64, u32)> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        while let Some(&(at, id, tries)) = self.due.front() {
+            if at > now {
+                break;
+            }
+            self.due.pop_front();
+            out.push((id, tries + 1));
+        }
+        out
+    }
 }
 
 impl<P: Codec + Clone + Send + 'static> Put<'_, P> {
@@ -216,6 +289,9 @@ impl<P: Codec + Clone + Send + 'static> Put<'_, P> {
         {
             Ok(()) => true,
             Err(ScheduleError::AlreadyScheduled(_)) => {
+                if row.claimed {
+                    self.busy.push(row.id);
+                }
                 if move_held {
                     let _ = self.engine.reschedule(&row.id, deadline);
                 }
@@ -253,8 +329,9 @@ fn fetch_claimed_again<P: Codec + Clone + Send + 'static>(
         .collect();
     keys.sort_unstable();
     let (shards, ids): (Vec<i32>, Vec<i64>) = keys.into_iter().unzip();
-    conn.fetch(&shards, &ids, 1, &mut |row| {
+    conn.fetch(&shards, &ids, 1, &mut |mut row| {
         shared.redeliver.lock().insert(row.id);
+        row.claimed = true;
         put.row(row);
     })
 }
