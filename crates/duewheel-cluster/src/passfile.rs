@@ -42,10 +42,15 @@ pub(crate) fn lookup(
         },
     };
     if !is_private(&path) {
-        crate::trace::warning!(
-            path = path.display().to_string(),
-            "password file ignored: group or others may read it (chmod 0600)"
-        );
+        // Once per process: every connection (a node opens several, and
+        // reopens them after a database restart) would say it again.
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            crate::trace::warning!(
+                path = path.display().to_string(),
+                "password file ignored: group or others may read it (chmod 0600)"
+            );
+        }
         return None;
     }
     let text = std::fs::read_to_string(&path).ok()?;
