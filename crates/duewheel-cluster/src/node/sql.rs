@@ -769,7 +769,7 @@ impl NodeDb {
         let from = i64::try_from(from_ms).unwrap_or(i64::MAX);
         let to = i64::try_from(to_ms).unwrap_or(i64::MAX);
         let params: [&dyn ToSql; 3] = [&s, &from, &to];
-        self.stream(StatementKind::Pending, &params, each)
+        stream(&mut self.client, &self.st.load_pending, &params, each)
     }
 
     /// Streams the pending and claimed rows of `shards` due before
@@ -783,7 +783,7 @@ impl NodeDb {
         let s = shards_param(shards);
         let split = i64::try_from(split_ms).unwrap_or(i64::MAX);
         let params: [&dyn ToSql; 2] = [&s, &split];
-        self.stream(StatementKind::First, &params, each)
+        stream(&mut self.client, &self.st.load_first, &params, each)
     }
 
     /// Streams the rest of a takeover's load: the pending rows of `shards`
@@ -799,7 +799,7 @@ impl NodeDb {
         let split = i64::try_from(split_ms).unwrap_or(i64::MAX);
         let to = i64::try_from(to_ms).unwrap_or(i64::MAX);
         let params: [&dyn ToSql; 3] = [&s, &split, &to];
-        self.stream(StatementKind::Rest, &params, each)
+        stream(&mut self.client, &self.st.load_rest, &params, each)
     }
 
     /// The earliest `per_shard` pending rows of each of `shards` due at
@@ -814,7 +814,7 @@ impl NodeDb {
         let s = shards_param(shards);
         let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
         let params: [&dyn ToSql; 3] = [&s, &now, &per_shard];
-        self.stream(StatementKind::Sweep, &params, each)
+        stream(&mut self.client, &self.st.sweep, &params, each)
     }
 
     /// Pending rows of `shards` whose deadline is before `before_ms`.
@@ -875,32 +875,21 @@ impl NodeDb {
         }
         Ok(())
     }
-
-    fn stream(
-        &mut self,
-        kind: StatementKind,
-        params: &[&dyn ToSql],
-        each: &mut dyn FnMut(Loaded),
-    ) -> Result<(), QueryError> {
-        let statement = match kind {
-            StatementKind::Pending => &self.st.load_pending,
-            StatementKind::First => &self.st.load_first,
-            StatementKind::Rest => &self.st.load_rest,
-            StatementKind::Sweep => &self.st.sweep,
-        };
-        let mut rows = self.client.query_raw(statement, params.iter().copied())?;
-        while let Some(row) = rows.next()? {
-            each(loaded(&row)?);
-        }
-        Ok(())
-    }
 }
 
-enum StatementKind {
-    Pending,
-    First,
-    Rest,
-    Sweep,
+/// Runs a row-returning statement, handing each row to `each` as it
+/// arrives (a takeover's load may read millions).
+fn stream(
+    client: &mut Client,
+    statement: &Statement,
+    params: &[&dyn ToSql],
+    each: &mut dyn FnMut(Loaded),
+) -> Result<(), QueryError> {
+    let mut rows = client.query_raw(statement, params.iter().copied())?;
+    while let Some(row) = rows.next()? {
+        each(loaded(&row)?);
+    }
+    Ok(())
 }
 
 fn loaded(row: &Row) -> Result<Loaded, postgres::Error> {
@@ -1179,13 +1168,7 @@ impl NodeDb {
         let s = shards_param(shards);
         let from = i64::try_from(from_ms).unwrap_or(i64::MAX);
         let params: [&dyn ToSql; 2] = [&s, &from];
-        let mut rows = self
-            .client
-            .query_raw(&self.ft.load_reminding, params.iter().copied())?;
-        while let Some(row) = rows.next()? {
-            each(loaded(&row)?);
-        }
-        Ok(())
+        stream(&mut self.client, &self.ft.load_reminding, &params, each)
     }
 }
 
