@@ -46,6 +46,9 @@
 //! ALTER TABLE timers ADD COLUMN reminders_ms bigint[] NOT NULL DEFAULT '{}';
 //!                                      -- reminder times (UTC ms) not yet delivered
 //! ALTER TABLE nodes ADD COLUMN session text;          -- the live process's token
+//!
+//! -- version 4: room in every page for a claim's new row version
+//! ALTER TABLE timers_p0 SET (fillfactor = 50);        -- and so on, to timers_p15
 //! ```
 //!
 //! State 2 is a tombstone: a fired timer whose delivery every group acked.
@@ -77,7 +80,17 @@
 use super::error::{OpenError, QueryError};
 
 /// The newest schema version this build creates and understands.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
+
+/// How full an insert leaves a page of `timers` (migration 4). A claim
+/// changes no indexed column, so its new row version can be a HOT update
+/// (no index entries) when it fits in the same page; with every row of a
+/// page claimed in turn, half the page must stay free for that. Measured
+/// (#16, `cluster_bench`, fires through 3 nodes, alternating builds on a
+/// quiet machine): 64.6k and 68.2k fires/s at 50, against 52.3k and 52.8k
+/// at 100; the claim alone went from ~10.5 to ~7 µs of database time per
+/// row. The price is a table twice the size on disk.
+const TIMER_FILLFACTOR: u32 = 50;
 
 /// Hash partitions of `timers`. Fixed: changing it is a migration.
 const TIMER_PARTITIONS: u32 = 16;
@@ -147,6 +160,13 @@ fn migration(to: i32, shards: u32) -> String {
               ALTER TABLE timers ADD COLUMN reminders_ms bigint[] NOT NULL DEFAULT '{}';
               ALTER TABLE nodes ADD COLUMN session text;"
             .to_owned(),
+        // Room for HOT claims (see `TIMER_FILLFACTOR`). On a migrated
+        // table it applies to pages written from now on; existing pages
+        // change as they are rewritten (`VACUUM FULL`, or as rows come and
+        // go).
+        4 => (0..TIMER_PARTITIONS)
+            .map(|r| format!("ALTER TABLE timers_p{r} SET (fillfactor = {TIMER_FILLFACTOR});\n"))
+            .collect(),
         _ => unreachable!("no migration to version {to}"),
     }
 }

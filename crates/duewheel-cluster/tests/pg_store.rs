@@ -875,6 +875,23 @@ fn a_newer_schema_or_another_shard_count_is_refused_and_an_absent_one_is_created
     assert_eq!(row.get::<_, i32>(0), SCHEMA_VERSION);
     assert_eq!(row.get::<_, i32>(1), 8);
     assert_eq!(row.get::<_, i64>(2), 8);
+    // Version 4: every timer partition leaves half of each page for HOT
+    // claims.
+    let fillfactors: Vec<Option<Vec<String>>> = raw
+        .query(
+            "SELECT c.reloptions FROM pg_catalog.pg_inherits i
+               JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+              WHERE i.inhparent = 'timers'::regclass",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(fillfactors.len(), 16);
+    for options in fillfactors {
+        assert_eq!(options, Some(vec!["fillfactor=50".to_owned()]));
+    }
     drop(db.open()); // current -> nothing to do
 
     match db.config().shards(16).open() {
