@@ -26,7 +26,9 @@
 //! step ([`clock_advanced`]) that finds something due and the lock free.
 //! With [`Hooks`](super::Hooks) (a store that claims before delivery, maybe
 //! over the network) only the dispatcher thread runs rounds; `settle`
-//! watches between them. A
+//! watches between them. A store whose [`pipeline`](super::Hooks::pipeline)
+//! is above 1 has its admits run on claim threads while the dispatcher
+//! fires on (see [`super::pipeline`]). A
 //! clock step runs at most one full delivery and never waits for room; what
 //! it leaves, it leaves to the dispatcher thread, which it unparks. A step
 //! with nothing due reads one atomic and returns: stepping a `ManualClock`
@@ -43,6 +45,7 @@
 
 use super::Inner;
 use super::consumer::{Batch, Group};
+use super::pipeline::{Admitted, Pipeline};
 use super::shard::Fired;
 use crate::sync::Mutex;
 use crate::trace;
@@ -82,7 +85,9 @@ enum Wait {
 /// How a run of rounds ended.
 enum Caught {
     /// Nothing is due at the clock's present and everything fired was
-    /// delivered; the next work is at this tick (`u64::MAX`: none).
+    /// delivered, or is in an admit of the claim pipeline (which unparks
+    /// the dispatcher when it answers); the next work is at this tick
+    /// (`u64::MAX`: none).
     Up(u64),
     /// The budget of full deliveries is spent; more may be due.
     More,
@@ -103,6 +108,16 @@ where
     P: Clone + Send + 'static,
 {
     let _ = inner.dispatcher.set(thread::current());
+    if let Some(hooks) = &inner.hooks {
+        let depth = hooks.pipeline();
+        if depth > 1 {
+            inner.rounds.0.lock().pipeline =
+                Some(Pipeline::start(hooks.clone(), depth, thread::current()));
+        }
+    }
+    // The claim threads end with the pipeline, once every round in it was
+    // delivered (see `catch_up`'s stop).
+    let _stop_claims = StopClaims(&inner);
     let mut last_publish = Instant::now();
     let mut fail_stop_reported = false;
     loop {
@@ -145,6 +160,16 @@ where
                 park(&inner, sleep);
             }
         }
+    }
+}
+
+/// Drops the dispatcher's claim pipeline (its threads end) when the
+/// dispatcher thread does.
+struct StopClaims<'a, K, P>(&'a Inner<K, P>);
+
+impl<K, P> Drop for StopClaims<'_, K, P> {
+    fn drop(&mut self) {
+        drop(self.0.rounds.0.lock().pipeline.take());
     }
 }
 
@@ -202,7 +227,7 @@ fn settle_by_watching<K: Hash + Eq + Clone, P: Clone>(inner: &Inner<K, P>, until
             .shards()
             .filter_map(|s| s.lock().next_tick())
             .any(|tick| tick <= now_tick);
-        if !due && out.fired.is_empty() {
+        if !due && out.fired.is_empty() && out.pipeline.as_ref().is_none_or(Pipeline::is_idle) {
             return true;
         }
         drop(out);
@@ -266,10 +291,13 @@ where
             // group full, kept for it to return), never dropped: by the
             // dispatcher thread, which every other runner leaves it to.
             if matches!(wait, Wait::Forever)
-                && !out.fired.is_empty()
                 && let Some(groups) = inner.registry.snapshot()
             {
-                out.flush(inner, &groups, inner.clock.now_ms(), wait);
+                if out.pipeline.is_some() {
+                    out.flush_pipelined(inner, &groups, true);
+                } else if !out.fired.is_empty() {
+                    out.flush(inner, &groups, inner.clock.now_ms(), wait);
+                }
             }
             return if stopping {
                 Caught::Stopped
@@ -332,6 +360,9 @@ pub(crate) struct Outbox<K, P> {
     /// Whether the dispatcher runs more than `BEHIND_MS` late, so a stall
     /// is reported once, not per batch.
     behind: bool,
+    /// With hooks whose `pipeline()` is above 1: the rounds in admit on
+    /// claim threads (set by the dispatcher thread when it starts).
+    pipeline: Option<Pipeline<K, P>>,
 }
 
 impl<K, P> Outbox<K, P> {
@@ -339,6 +370,7 @@ impl<K, P> Outbox<K, P> {
         Self {
             fired: Vec::new(),
             behind: false,
+            pipeline: None,
         }
     }
 }
@@ -355,6 +387,9 @@ impl<K: Hash + Eq + Clone, P: Clone> Outbox<K, P> {
         now_ms: u64,
         wait: Wait,
     ) -> Option<Caught> {
+        if self.pipeline.is_some() {
+            return self.flush_pipelined(inner, groups, false);
+        }
         if self.fired.is_empty() {
             return None;
         }
@@ -373,12 +408,106 @@ impl<K: Hash + Eq + Clone, P: Clone> Outbox<K, P> {
             // leaves the engine.
             let mut dropped = Vec::new();
             hooks.admit(&mut super::hooks::Round::new(&mut self.fired, &mut dropped));
-            for id in dropped {
-                inner.shard_of(&id).lock().discard(&id);
+            forget(inner, dropped);
+        }
+        let mut fired = std::mem::take(&mut self.fired);
+        let stop = self.hand_over(inner, groups, now_ms, &mut fired);
+        // The emptied vector keeps its capacity for the next round.
+        self.fired = fired;
+        stop
+    }
+
+    /// With the claim pipeline: hands what is fired to a claim thread
+    /// (room permitting, ids in admit held back), and delivers, in the
+    /// order they fired, the rounds whose admit answered. It waits for the
+    /// oldest admit when the pipeline is full (or when room must be freed
+    /// for the next round), and for all of them if `drain`; otherwise it
+    /// returns with rounds still in admit, whose claim threads unpark the
+    /// dispatcher when they answer. `None` unless a delivery found the
+    /// engine stopping.
+    fn flush_pipelined(
+        &mut self,
+        inner: &Inner<K, P>,
+        groups: &[Group<K, P>],
+        drain: bool,
+    ) -> Option<Caught> {
+        let mut pipe = self.pipeline.take()?;
+        let stop = self.pump(&mut pipe, inner, groups, drain);
+        self.pipeline = Some(pipe);
+        stop
+    }
+
+    fn pump(
+        &mut self,
+        pipe: &mut Pipeline<K, P>,
+        inner: &Inner<K, P>,
+        groups: &[Group<K, P>],
+        drain: bool,
+    ) -> Option<Caught> {
+        loop {
+            pipe.hold_back_claiming(&mut self.fired);
+            let mut block = drain;
+            if !self.fired.is_empty() {
+                if pipe.in_flight() >= pipe.depth() {
+                    block = true;
+                } else if fits_with(groups, &self.fired, pipe.held()) {
+                    if let Err(round) = pipe.submit(&mut self.fired) {
+                        // No claim thread runs: admitted here.
+                        self.fired = round;
+                        return self.flush_inline(inner, groups);
+                    }
+                } else if pipe.in_flight() > 0 {
+                    // Delivering the rounds in admit frees their room.
+                    block = true;
+                } else {
+                    // Nothing in flight: wait for room as a lone round
+                    // does (at shutdown it goes on: see `deliver`).
+                    wait_for_room(inner, groups, &counts(groups, &self.fired), Wait::Forever);
+                    if let Err(round) = pipe.submit(&mut self.fired) {
+                        self.fired = round;
+                        return self.flush_inline(inner, groups);
+                    }
+                }
             }
-            if self.fired.is_empty() {
-                return None;
+            block |= pipe.in_flight() >= pipe.depth();
+            match pipe.next(block, &mut self.fired) {
+                Some(Admitted { mut fired, dropped }) => {
+                    forget(inner, dropped);
+                    let now_ms = inner.clock.now_ms();
+                    if let Some(stop) = self.hand_over(inner, groups, now_ms, &mut fired) {
+                        return Some(stop);
+                    }
+                }
+                // Nothing answered yet, or nothing in flight; what an
+                // answer released (held back for an id it had) goes next.
+                None if self.fired.is_empty() => return None,
+                None => {}
             }
+        }
+    }
+
+    /// A round admitted on this thread (the claim threads are gone).
+    fn flush_inline(&mut self, inner: &Inner<K, P>, groups: &[Group<K, P>]) -> Option<Caught> {
+        if let Some(hooks) = &inner.hooks {
+            let mut dropped = Vec::new();
+            hooks.admit(&mut super::hooks::Round::new(&mut self.fired, &mut dropped));
+            forget(inner, dropped);
+        }
+        let mut fired = std::mem::take(&mut self.fired);
+        self.hand_over(inner, groups, inner.clock.now_ms(), &mut fired)
+    }
+
+    /// Records the lateness of an admitted round and delivers it (see
+    /// [`deliver`]); `fired` is left empty.
+    fn hand_over(
+        &mut self,
+        inner: &Inner<K, P>,
+        groups: &[Group<K, P>],
+        now_ms: u64,
+        fired: &mut Vec<Fired<K, P>>,
+    ) -> Option<Caught> {
+        if fired.is_empty() {
+            return None;
         }
         let now_tick = inner.ticks.now_tick(now_ms);
         let mut oldest_ms = u64::MAX;
@@ -387,13 +516,13 @@ impl<K: Hash + Eq + Clone, P: Clone> Outbox<K, P> {
             // every bucket, which costs more than a stepped clock's
             // handful of events.
             let mut lateness = inner.lateness.lock();
-            for (due_tick, _, event) in &self.fired {
+            for (due_tick, _, event) in fired.iter() {
                 let _ = lateness.record(now_tick.saturating_sub(*due_tick));
                 oldest_ms = oldest_ms.min(event.due_ms);
             }
         }
         let late_ms = now_ms.saturating_sub(oldest_ms);
-        trace::trace!(events = self.fired.len(), late_ms, "delivering a batch");
+        trace::trace!(events = fired.len(), late_ms, "delivering a batch");
         if late_ms > BEHIND_MS && !self.behind {
             self.behind = true;
             trace::warning!(
@@ -402,10 +531,27 @@ impl<K: Hash + Eq + Clone, P: Clone> Outbox<K, P> {
             );
         }
         inner.delivering_since_ms.store(oldest_ms, Ordering::SeqCst);
-        let delivered = deliver(inner, groups, &mut self.fired);
+        let delivered = deliver(inner, groups, fired);
         inner.delivering_since_ms.store(u64::MAX, Ordering::SeqCst);
         (!delivered).then_some(Caught::Stopped)
     }
+}
+
+/// The engine forgets the timers of the ids an admit dropped.
+fn forget<K: Hash + Eq + Clone, P: Clone>(inner: &Inner<K, P>, dropped: Vec<K>) {
+    for id in dropped {
+        inner.shard_of(&id).lock().discard(&id);
+    }
+}
+
+/// Whether every group has room for its part of `fired` on top of `held`
+/// events already reserved for rounds in admit: the same rule as for one
+/// delivery of both (see [`Shared::has_room`](super::consumer)).
+fn fits_with<K, P>(groups: &[Group<K, P>], fired: &[Fired<K, P>], held: usize) -> bool {
+    groups
+        .iter()
+        .zip(counts(groups, fired))
+        .all(|(group, count)| count == 0 || group.shared.has_room(count + held))
 }
 
 /// How many of `fired` each group must receive.

@@ -107,10 +107,23 @@ impl<'a, K: Clone, P> Round<'a, K, P> {
 /// ```
 pub trait Hooks<K, P>: Send + Sync {
     /// Keeps in `round` only what may be delivered now. Runs on the
-    /// dispatcher thread with no lock held; it may block on I/O, and must
-    /// give up (dropping everything) once the engine stops.
+    /// dispatcher thread (or a claim thread: see
+    /// [`pipeline`](Self::pipeline)) with no lock held; it may block on
+    /// I/O, and must give up (dropping everything) once the engine stops.
     fn admit(&self, round: &mut Round<'_, K, P>) {
         let _ = round;
+    }
+
+    /// How many rounds' [`admit`](Self::admit)s may run at once: 1 (the
+    /// default) runs each on the dispatcher thread, which waits for it.
+    /// Above 1, admits run on as many claim threads of the engine's, each
+    /// on its own round, while the dispatcher fires the next round: a store
+    /// whose claim waits on a round trip keeps that many in flight. Rounds
+    /// are still delivered in the order they fired, an id is never in two
+    /// admits at once, and room is reserved in every group for every round
+    /// in flight. Read once, when the first round needs it.
+    fn pipeline(&self) -> usize {
+        1
     }
 
     /// Whether `event`, kept by [`admit`](Self::admit) earlier, may still

@@ -53,6 +53,7 @@ mod index;
 mod info;
 mod lifecycle;
 mod options;
+mod pipeline;
 mod recovery;
 mod scheduler;
 mod shard;
