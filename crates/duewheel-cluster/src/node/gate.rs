@@ -6,6 +6,10 @@
 //! once on as many connections (perf, #16: a claim waits mostly on the
 //! database, and the dispatcher waits for the claim). The parts touch
 //! disjoint shard rows and timer rows, so they never wait on each other.
+//! Up to `claim_pipeline` rounds are admitted at once (the engine's claim
+//! pipeline, [`Hooks::pipeline`]), each on a set of connections of its
+//! own; two rounds never hold the same id (the engine's rule), and what
+//! they share (the shard rows' share locks) never blocks either.
 //! Each part's claim stands alone: one that succeeded is final (its rows
 //! are claimed), one refused is retried alone, one in doubt drops only its
 //! own events.
@@ -28,6 +32,7 @@ use duewheel::{Event, EventKind, Hooks, Round};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Connections a round's claim is split over, by shard.
@@ -35,8 +40,11 @@ pub(super) const CLAIM_CONNECTIONS: usize = 2;
 
 pub(super) struct Gate {
     shared: Arc<Shared>,
-    /// One per part of a round (`shard % CLAIM_CONNECTIONS`).
+    /// One set of [`CLAIM_CONNECTIONS`] per round in admit: set `s`, part
+    /// `k` (`shard % CLAIM_CONNECTIONS`) is `dbs[s * CLAIM_CONNECTIONS + k]`.
     dbs: Vec<Mutex<Option<NodeDb>>>,
+    /// Whether each set is in use by an admit.
+    busy: Vec<AtomicBool>,
     /// Ended timers, for the acker to delete.
     acks: Sender<u64>,
     /// Snoozed deliveries, to write back (see `remind`).
@@ -52,14 +60,38 @@ struct Part {
 }
 
 impl Gate {
-    /// `dbs`: the claim connections (at least one; see
-    /// [`CLAIM_CONNECTIONS`]).
-    pub(super) fn new(shared: Arc<Shared>, dbs: Vec<NodeDb>, acks: Sender<u64>) -> Self {
+    /// `dbs`: `sets` sets of [`CLAIM_CONNECTIONS`] claim connections, one
+    /// set per round admitted at once.
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        dbs: Vec<NodeDb>,
+        sets: usize,
+        acks: Sender<u64>,
+    ) -> Self {
+        debug_assert_eq!(dbs.len(), sets * CLAIM_CONNECTIONS);
         Self {
             shared,
             dbs: dbs.into_iter().map(|db| Mutex::new(Some(db))).collect(),
+            busy: (0..sets).map(|_| AtomicBool::new(false)).collect(),
             acks,
             snoozes: super::remind::Snoozes::default(),
+        }
+    }
+
+    /// A free set of claim connections, for one admit. The engine runs at
+    /// most `sets` admits at once, so one is free but for the instant
+    /// another admit takes to let go of its own.
+    fn take_set(&self) -> SetGuard<'_> {
+        loop {
+            for (set, busy) in self.busy.iter().enumerate() {
+                if busy
+                    .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return SetGuard { busy, set };
+                }
+            }
+            std::thread::yield_now();
         }
     }
 
@@ -72,8 +104,8 @@ impl Gate {
         }
     }
 
-    /// Claims one part on connection `k`, reconnecting first if needed
-    /// (until it connects, or the node stops).
+    /// Claims one part on connection `k` (of all the gate's), reconnecting
+    /// first if needed (until it connects, or the node stops).
     fn claim_part(&self, k: usize, part: &Part) -> Outcome {
         let shared = &*self.shared;
         let mut db = self.dbs[k].lock();
@@ -91,6 +123,18 @@ impl Gate {
                 Outcome::InDoubt(e.to_string())
             }
         }
+    }
+}
+
+/// A set of claim connections held by one admit.
+struct SetGuard<'a> {
+    busy: &'a AtomicBool,
+    set: usize,
+}
+
+impl Drop for SetGuard<'_> {
+    fn drop(&mut self) {
+        self.busy.store(false, Ordering::Release);
     }
 }
 
@@ -151,9 +195,11 @@ impl Gate {
 impl<P: Clone> Hooks<u64, P> for Gate {
     fn admit(&self, round: &mut Round<'_, u64, P>) {
         // Reminders never claim (see `remind`); only expiries reach the claim.
-        super::remind::admit(&self.shared, &self.dbs[0], round);
+        let set = self.take_set();
+        let first = set.set * CLAIM_CONNECTIONS;
+        super::remind::admit(&self.shared, &self.dbs[first], round);
         let shared = &*self.shared;
-        let n = self.dbs.len().max(1);
+        let n = CLAIM_CONNECTIONS;
         // Only shards this node holds now; the rest left with their
         // shard (the new owner fires them from its own load).
         let mut parts: Vec<Part> = (0..n).map(|_| Part::default()).collect();
@@ -187,6 +233,7 @@ impl<P: Clone> Hooks<u64, P> for Gate {
             .into_iter()
             .enumerate()
             .filter(|(_, p)| !p.items.is_empty())
+            .map(|(k, p)| (first + k, p))
             .collect();
         while !todo.is_empty() {
             let results: Vec<Outcome> = if todo.len() == 1 {
@@ -302,8 +349,12 @@ impl<P: Clone> Hooks<u64, P> for Gate {
                 false
             }
         });
-        drop((claim_epochs, marked));
+        drop((claim_epochs, marked, set));
         self.fence(round);
+    }
+
+    fn pipeline(&self) -> usize {
+        self.busy.len()
     }
 
     fn deliverable(&self, event: &Event<u64, P>) -> bool {

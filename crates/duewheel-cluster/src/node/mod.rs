@@ -101,6 +101,7 @@ pub struct NodeConfig {
     batch_rows: usize,
     batch_wait: Duration,
     writers: usize,
+    claim_pipeline: usize,
     ack_timeout: Duration,
     op_timeout: Duration,
     channel_capacity: usize,
@@ -147,6 +148,7 @@ impl NodeConfig {
             batch_rows: 1000,
             batch_wait: Duration::from_millis(2),
             writers: 2,
+            claim_pipeline: 2,
             ack_timeout: Duration::from_secs(30),
             op_timeout: Duration::from_secs(5),
             channel_capacity: 65_536,
@@ -195,6 +197,14 @@ impl NodeConfig {
     setter!(
         /// Writer threads (connections) for schedules and cancels.
         writers: usize
+    );
+    setter!(
+        /// Rounds of due timers claimed at once (1..=8; default 2): the
+        /// dispatcher fires and hands out the next round while the claims
+        /// of up to this many wait on the database (see
+        /// [`duewheel::Hooks::pipeline`]). Each takes its own claim
+        /// connections. 1 waits for every claim before firing on.
+        claim_pipeline: usize
     );
     setter!(
         /// How long a delivery waits for its acks before it is redelivered.
@@ -266,6 +276,9 @@ impl NodeConfig {
         }
         if self.writers == 0 || self.writers > 64 {
             return bad("writers must be 1..=64");
+        }
+        if self.claim_pipeline == 0 || self.claim_pipeline > 8 {
+            return bad("claim pipeline must be 1..=8");
         }
         if self.groups.is_empty() {
             return bad("declare at least one consumer group");
@@ -555,7 +568,8 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
         // plans (see `NodeDb::open_for_rows`), the pager does not.
         let pager_db = NodeDb::open(&config.store)?;
         let mut dbs = Vec::new();
-        for _ in 0..config.writers + 1 + gate::CLAIM_CONNECTIONS {
+        let claim_dbs = gate::CLAIM_CONNECTIONS * config.claim_pipeline;
+        for _ in 0..config.writers + 1 + claim_dbs {
             dbs.push(NodeDb::open_for_rows(&config.store)?);
         }
         let (keeper_tx, keeper_rx) = crossbeam_channel::unbounded();
@@ -582,8 +596,13 @@ impl<P: Codec + Clone + Send + Sync + 'static> Node<P> {
             pager: pager_tx,
             refetch: refetch_tx,
         });
-        let gate_dbs = dbs.split_off(dbs.len() - gate::CLAIM_CONNECTIONS);
-        let gate = Arc::new(gate::Gate::new(shared.clone(), gate_dbs, acks_tx.clone()));
+        let gate_dbs = dbs.split_off(dbs.len() - claim_dbs);
+        let gate = Arc::new(gate::Gate::new(
+            shared.clone(),
+            gate_dbs,
+            config.claim_pipeline,
+            acks_tx.clone(),
+        ));
         let mut builder = Engine::<u64, P>::builder()
             .clock(ClockRef(config.clock.clone()))
             .ack_timeout(config.ack_timeout)

@@ -176,6 +176,8 @@ settings! {
     batch_wait_us: u64 = 2_000, "DUEWHEEL_BATCH_WAIT_US";
     /// Writer connections. [default: 2]
     writers: usize = 2, "DUEWHEEL_WRITERS";
+    /// Rounds of due timers claimed at once. [default: 2]
+    claim_pipeline: usize = 2, "DUEWHEEL_CLAIM_PIPELINE";
     /// Redeliver an unacked event after this long, ms. [default: 30_000]
     ack_timeout_ms: u64 = 30_000, "DUEWHEEL_ACK_TIMEOUT_MS";
     /// How long a call retries a broken connection, ms. [default: 5_000]

@@ -135,6 +135,7 @@ pub(crate) fn run(args: Args) -> Result<(), Error> {
         .batch_rows(s.batch_rows)
         .batch_wait(Duration::from_micros(s.batch_wait_us))
         .writers(s.writers)
+        .claim_pipeline(s.claim_pipeline)
         .ack_timeout(ms(s.ack_timeout_ms))
         .op_timeout(ms(s.op_timeout_ms));
     for group in &s.groups {
