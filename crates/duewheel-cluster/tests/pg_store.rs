@@ -720,6 +720,61 @@ fn duplicates_and_unfenced_inserts_and_cancel_outcomes() {
 /// An ack leaves a tombstone (state 2, `ended_at_ms`): invisible to load
 /// and claim, a cancel still learns the timer fired; an insert of the same
 /// id replaces it only with a different timer.
+/// The claim decides on each row's newest version: rows a concurrent
+/// transaction moves later or cancels while the claim waits for their
+/// locks are not claimed (the claim read them as due before that
+/// transaction committed). A claim that checked its conditions on a copy
+/// read before the lock (one variant measured for #16) claims them all.
+#[test]
+fn a_claim_waiting_on_a_reschedule_or_a_cancel_decides_on_the_new_row() {
+    let Some(db) = TestDb::new("claim_wait", 4) else {
+        return;
+    };
+    let shard = 3;
+    let mut store = db.open();
+    let epoch = acquired(store.acquire(shard, "node", TTL).unwrap()).epoch();
+    let timers: Vec<NewTimer> = (1..=30)
+        .map(|id| NewTimer {
+            id,
+            deadline_ms: 10,
+            payload: b"p",
+        })
+        .collect();
+    store.insert(shard, epoch, &timers).unwrap();
+    // Ids 1..=10 move an hour later, 11..=20 are cancelled, in a
+    // transaction left open while the claim runs.
+    let mut raw = db.raw();
+    let mut tx = raw.transaction().unwrap();
+    tx.execute(
+        "UPDATE timers SET deadline_ms = 3600000
+          WHERE shard_id = $1 AND timer_id BETWEEN 1 AND 10",
+        &[&(shard as i32)],
+    )
+    .unwrap();
+    tx.execute(
+        "DELETE FROM timers WHERE shard_id = $1 AND timer_id BETWEEN 11 AND 20",
+        &[&(shard as i32)],
+    )
+    .unwrap();
+    let claimer = std::thread::spawn(move || store.claim_due(shard, epoch, 100, 100).unwrap());
+    // Long enough for the claim to read all 30 as due and wait on the
+    // locks of the first 20.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!claimer.is_finished(), "the claim waits for the row locks");
+    tx.commit().unwrap();
+    let mut claimed: Vec<u64> = claimer.join().unwrap().iter().map(|t| t.id).collect();
+    claimed.sort_unstable();
+    assert_eq!(claimed, (21..=30).collect::<Vec<_>>());
+    let pending: i64 = raw
+        .query_one(
+            "SELECT count(*) FROM timers WHERE shard_id = $1 AND state = 0 AND deadline_ms = 3600000",
+            &[&(shard as i32)],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(pending, 10, "the moved timers stay pending");
+}
+
 #[test]
 fn an_acked_timer_is_a_tombstone_that_cancel_sees_and_a_new_timer_replaces() {
     let Some(db) = TestDb::new("tomb", 4) else {
