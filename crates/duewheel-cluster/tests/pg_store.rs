@@ -733,7 +733,7 @@ fn a_claim_waiting_on_a_reschedule_or_a_cancel_decides_on_the_new_row() {
     let shard = 3;
     let mut store = db.open();
     let epoch = acquired(store.acquire(shard, "node", TTL).unwrap()).epoch();
-    let timers: Vec<NewTimer> = (1..=30)
+    let timers: Vec<NewTimer<'_>> = (1..=30)
         .map(|id| NewTimer {
             id,
             deadline_ms: 10,
