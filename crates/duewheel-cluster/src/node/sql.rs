@@ -95,10 +95,13 @@ pub(crate) struct Statements {
 ///
 /// Every statement here takes its row locks in one global order, shard
 /// rows first and by `shard_id`, then timer rows by `(shard_id, timer_id)`
-/// (the node sorts the arrays it sends, and the locking subqueries sort
-/// before they lock), so two of them never wait on each other in a cycle.
-/// A deadlock that happens anyway (PostgreSQL picks a victim) is refused,
-/// changed nothing, and is retried by the caller (see [`is_transient`]).
+/// (the node sorts the arrays it sends; the locking subqueries sort before
+/// they lock, and the claim's and the ack's `UPDATE`s are driven by a
+/// sorted subquery, which the planner keeps whole, through a nested loop),
+/// so two of them never wait on each other in a cycle. That order is the
+/// plan's, not a promise of SQL: a deadlock that happens anyway
+/// (PostgreSQL picks a victim) is refused, changed nothing, and is retried
+/// by the caller (see [`is_transient`]).
 fn fence(mode: FenceMode) -> String {
     // The pause (tests only) sits between the statement's snapshot and the
     // lock: without the lock, the epoch it reads is the snapshot's.
