@@ -3,7 +3,7 @@
 //! groups in the order they fired, an id is never in two admits at once,
 //! and shutdown loses nothing an admit kept.
 
-use duewheel::{Engine, Hooks, ManualClock, Round};
+use duewheel::{Consumer, Engine, Hooks, ManualClock, Round};
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -120,18 +120,24 @@ fn engine(store: &Arc<Store>, clock: &ManualClock, ack_timeout: Duration) -> Eng
         .unwrap()
 }
 
-#[test]
-fn the_next_round_is_admitted_while_one_waits_and_rounds_arrive_in_firing_order() {
-    let store = Store::new(2);
+/// An engine on `store` with 30 timers a millisecond apart, stepped past
+/// them all: three rounds of 10 (the batch), in deadline order.
+fn thirty_fired(store: &Arc<Store>) -> (Engine<u64, u64>, Consumer<u64, u64>, ManualClock) {
     let clock = ManualClock::new(0);
-    let engine = engine(&store, &clock, Duration::from_secs(60));
-    let mut orders = engine.subscribe("orders").unwrap();
+    let engine = engine(store, &clock, Duration::from_secs(60));
+    let orders = engine.subscribe("orders").unwrap();
     let s = engine.scheduler();
-    // 30 timers a millisecond apart: rounds of 10 (the batch), in order.
     for id in 1..=30 {
         s.schedule(id, Duration::from_millis(100 + id), id).unwrap();
     }
     clock.advance(Duration::from_millis(200));
+    (engine, orders, clock)
+}
+
+#[test]
+fn the_next_round_is_admitted_while_one_waits_and_rounds_arrive_in_firing_order() {
+    let store = Store::new(2);
+    let (_engine, mut orders, _clock) = thirty_fired(&store);
     // Two admits at once: the second round went to its claim while the
     // first waits.
     store.await_state("two admits at once", |st| st.running.len() == 2);
@@ -198,14 +204,8 @@ fn what_an_admit_drops_is_forgotten_and_the_rest_delivered() {
         st.open = true;
         st.drop.extend([3, 15, 27]);
     });
-    let clock = ManualClock::new(0);
-    let engine = engine(&store, &clock, Duration::from_secs(60));
-    let mut orders = engine.subscribe("orders").unwrap();
+    let (engine, mut orders, clock) = thirty_fired(&store);
     let s = engine.scheduler();
-    for id in 1..=30 {
-        s.schedule(id, Duration::from_millis(100 + id), id).unwrap();
-    }
-    clock.advance(Duration::from_millis(200));
     let mut got = Vec::new();
     while got.len() < 27 {
         got.push(orders.recv_timeout(WAIT).unwrap().id);
@@ -231,14 +231,7 @@ fn what_an_admit_drops_is_forgotten_and_the_rest_delivered() {
 #[test]
 fn shutdown_waits_for_the_admits_in_flight_and_loses_nothing() {
     let store = Store::new(2);
-    let clock = ManualClock::new(0);
-    let engine = engine(&store, &clock, Duration::from_secs(60));
-    let mut orders = engine.subscribe("orders").unwrap();
-    let s = engine.scheduler();
-    for id in 1..=30 {
-        s.schedule(id, Duration::from_millis(100 + id), id).unwrap();
-    }
-    clock.advance(Duration::from_millis(200));
+    let (engine, mut orders, _clock) = thirty_fired(&store);
     store.await_state("two admits at once", |st| st.running.len() == 2);
     let stopping = thread::spawn(move || engine.shutdown());
     thread::sleep(Duration::from_millis(100));
