@@ -72,9 +72,20 @@ pub(super) fn run(shared: &Shared, db: NodeDb, rx: &Receiver<KeeperMsg>) {
         let renew = started >= next_renew;
         // A first round only announces the node, so nodes started together
         // see each other before they divide the shards.
+        next_round = started + every;
         match round(shared, &mut db, ttl_ms, grace_ms, renew, rounds > 0) {
-            Ok(()) if renew => next_renew = started + shared.config.renew_every,
-            Ok(()) => {}
+            Ok(takeable_in) => {
+                if renew {
+                    next_renew = started + shared.config.renew_every;
+                }
+                // Short of its share, with another's lease about to become
+                // takeable: the next round comes at that moment (perf,
+                // #16: a dead node's shards were taken up to a whole round
+                // after their lease and grace ran out).
+                if let Some(wait) = takeable_in {
+                    next_round = next_round.min(Instant::now() + wait + TAKE_MARGIN);
+                }
+            }
             Err(e) => {
                 bump(&shared.counters.db_errors, 1);
                 crate::trace::warning!(error = e, "lease round failed");
@@ -82,10 +93,17 @@ pub(super) fn run(shared: &Shared, db: NodeDb, rx: &Receiver<KeeperMsg>) {
             }
         }
         rounds += 1;
-        next_round = started + every;
     }
 }
 
+/// How long after another's lease becomes takeable (by the database's
+/// clock, measured from here) the keeper tries: the round trip that read
+/// the time, and the two clocks' tick.
+const TAKE_MARGIN: Duration = Duration::from_millis(5);
+
+/// One round: heartbeat, renewal (if `renew`), balance (if `balance`).
+/// `Ok(Some(wait))` when this node is short of its share and another
+/// node's lease becomes takeable in `wait` (less than a round from now).
 fn round(
     shared: &Shared,
     db: &mut Option<NodeDb>,
@@ -93,7 +111,7 @@ fn round(
     grace_ms: i64,
     renew: bool,
     balance: bool,
-) -> Result<(), String> {
+) -> Result<Option<Duration>, String> {
     if db.as_ref().is_none_or(NodeDb::is_closed) {
         *db = shared.reconnect(Some(Instant::now() + shared.config.renew_every));
     }
@@ -101,7 +119,7 @@ fn round(
     let me = &shared.node_id;
     if super::session::superseded(conn.client(), me, &shared.session).map_err(|e| e.to_string())? {
         step_down(shared);
-        return Ok(());
+        return Ok(None);
     }
     // Counted as live: nodes heard from within a few balance rounds (or a
     // lease, if shorter). Not a whole lease: an incarnation that died
@@ -125,7 +143,7 @@ fn round(
         }
     }
     if !balance {
-        return Ok(());
+        return Ok(None);
     }
     let shards = shared.map.shards();
     let target = shards.div_ceil(live) as usize;
@@ -140,8 +158,19 @@ fn round(
         if !got.is_empty() {
             crate::trace::info!(shards = got.len(), live, "acquired shards");
         }
+        let short = got.len() < usize::try_from(want).unwrap_or(usize::MAX);
         for (shard, epoch) in got {
             take(shared, shard, epoch, sent);
+        }
+        if short {
+            let every = shared.config.renew_every.min(BALANCE_EVERY);
+            let wait = conn
+                .next_takeable(me, grace_ms)
+                .map_err(|e| e.to_string())?;
+            return Ok(wait
+                .and_then(|ms| u64::try_from(ms).ok())
+                .map(Duration::from_millis)
+                .filter(|&wait| wait < every));
         }
     } else if owned.len() > target {
         let mut surplus = owned;
@@ -154,7 +183,7 @@ fn round(
         bump(&shared.counters.released, surplus.len() as u64);
         crate::trace::info!(shards = surplus.len(), live, "released shards to rebalance");
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Another process took our id (see `session.rs`): forget every shard and

@@ -75,6 +75,7 @@ pub(crate) struct Statements {
     ack: Statement,
     renew: Statement,
     acquire_some: Statement,
+    next_takeable: Statement,
     release: Statement,
     heartbeat: Statement,
     leave: Statement,
@@ -266,6 +267,14 @@ impl Statements {
                        FOR UPDATE SKIP LOCKED) c
                  WHERE s.shard_id = c.shard_id
                  RETURNING s.shard_id, s.epoch",
+            )?,
+            // Milliseconds (database clock) until another owner's
+            // earliest lease is past its grace ($2), so a node short of
+            // its share can be there at that moment rather than at its
+            // next round; NULL if no other node holds a shard.
+            next_takeable: c.prepare(
+                "SELECT (extract(epoch FROM min(lease_expires_at) - now()) * 1000)::bigint + $2
+                 FROM shards WHERE owner IS NOT NULL AND owner <> $1",
             )?,
             release: c.prepare(&format!(
                 "UPDATE shards s SET owner = NULL, epoch = s.epoch + 1,
@@ -670,6 +679,20 @@ impl NodeDb {
                 Ok((shard_of_row(i64::from(s)), epoch_of(e)))
             })
             .collect()
+    }
+
+    /// How long until the earliest lease held by another node is past
+    /// `grace_ms` (database clock; at most 0 if one is already), or `None`
+    /// if no other node holds a shard.
+    pub(super) fn next_takeable(
+        &mut self,
+        owner: &str,
+        grace_ms: i64,
+    ) -> Result<Option<i64>, QueryError> {
+        let row = self
+            .client
+            .query_one(&self.st.next_takeable, &[&owner, &grace_ms])?;
+        Ok(row.try_get(0)?)
     }
 
     /// Takes `shard` again (bumping its epoch) if it is ours, free or
