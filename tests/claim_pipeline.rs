@@ -244,3 +244,39 @@ fn shutdown_waits_for_the_admits_in_flight_and_loses_nothing() {
     let lost: Vec<u64> = (1..=30).filter(|id| !seen.contains(id)).collect();
     assert!(lost.is_empty(), "lost at shutdown: {lost:?}");
 }
+
+#[test]
+fn shutdown_with_a_full_group_hands_back_what_the_admits_kept() {
+    let store = Store::new(2);
+    store.with(|st| st.open = true);
+    let clock = ManualClock::new(0);
+    let engine = Engine::<u64, u64>::builder()
+        .clock(clock.clone())
+        .shards(1)
+        .batch_size(10)
+        .channel_capacity(10)
+        .ack_timeout(Duration::from_secs(60))
+        .group("orders")
+        .hooks(store.clone())
+        .build()
+        .unwrap();
+    let mut orders = engine.subscribe("orders").unwrap();
+    let s = engine.scheduler();
+    for id in 1..=30 {
+        s.schedule(id, Duration::from_millis(100 + id), id).unwrap();
+    }
+    clock.advance(Duration::from_millis(200));
+    // Nobody reads: the group fills and the dispatcher waits for room.
+    store.await_state("every round admitted", |st| {
+        st.rounds.iter().map(Vec::len).sum::<usize>() >= 20
+    });
+    thread::sleep(Duration::from_millis(100));
+    let shutdown = engine.shutdown();
+    let mut seen: Vec<u64> = orders.drain_ready().iter().map(|e| e.id).collect();
+    seen.extend(shutdown.undelivered.iter().map(|(_, e)| e.id));
+    seen.extend(shutdown.pending.iter().map(|p| p.id));
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen, (1..=30).collect::<Vec<_>>(), "nothing lost");
+    assert!(store.with(|st| st.twice.is_empty()));
+}

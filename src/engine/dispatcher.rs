@@ -475,6 +475,18 @@ impl<K: Hash + Eq + Clone, P: Clone> Outbox<K, P> {
                     forget(inner, dropped);
                     let now_ms = inner.clock.now_ms();
                     if let Some(stop) = self.hand_over(inner, groups, now_ms, &mut fired) {
+                        // Shutdown found a group without room: every round
+                        // still in admit, and what was held back, goes the
+                        // same way (handed over or back), none is dropped.
+                        while let Some(Admitted { mut fired, dropped }) =
+                            pipe.next(true, &mut self.fired)
+                        {
+                            forget(inner, dropped);
+                            let _ = self.hand_over(inner, groups, now_ms, &mut fired);
+                        }
+                        if !self.fired.is_empty() {
+                            let _ = self.flush_inline(inner, groups);
+                        }
                         return Some(stop);
                     }
                 }
