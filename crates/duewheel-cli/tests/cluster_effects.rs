@@ -46,33 +46,21 @@ fn expiries_take_effect_exactly_once_through_kills_and_payments() {
     let rounds = env_u64("DUEWHEEL_EFFECTS_ROUNDS", 3);
     let per_round = env_u64("DUEWHEEL_EFFECTS_ORDERS", 60);
     let mut rng = Rng::from_env("DUEWHEEL_CLUSTER_SEED", "cluster_effects");
-    let args: Vec<String> = [
-        "node",
-        "--pg",
-        &db.dsn,
-        "--schema",
-        &db.name,
-        "--shards",
-        "32",
-        "--lease-ttl-ms",
-        "2000",
-        "--renew-ms",
-        "500",
-        "--grace-ms",
-        "0",
-        "--sweep-ms",
-        "100",
-        "--ack-timeout-ms",
-        "3000",
-        "--orders",
-        "--app-schema",
-        &app,
-        "--stock",
-        &STOCK.to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let stock = STOCK.to_string();
+    let args = db.node_args(
+        32,
+        2000,
+        500,
+        &[
+            "--ack-timeout-ms",
+            "3000",
+            "--orders",
+            "--app-schema",
+            &app,
+            "--stock",
+            &stock,
+        ],
+    );
     let cluster = Cluster::new(&bin(), &db.name, &["svc", "x1", "x2"], args);
     for node in 0..cluster.len() {
         cluster.start(node);

@@ -58,28 +58,7 @@ fn ttl() -> Duration {
 
 /// The arguments every node of a test shares (`--node-id` is the slot's).
 fn node_args(db: &TestSchema, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "node",
-        "--pg",
-        &db.dsn,
-        "--schema",
-        &db.name,
-        "--shards",
-        &SHARDS.to_string(),
-        "--lease-ttl-ms",
-        &TTL_MS.to_string(),
-        "--renew-ms",
-        &RENEW_MS.to_string(),
-        "--grace-ms",
-        "0",
-        "--sweep-ms",
-        "100",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
+    db.node_args(SHARDS, TTL_MS, RENEW_MS, extra)
 }
 
 fn payload(id: u64) -> String {

@@ -46,36 +46,23 @@ struct Node {
 
 impl Node {
     fn start(db: &TestSchema, name: &str, extra: &[&str]) -> Self {
-        let mut args: Vec<String> = [
-            "node",
-            "--pg",
-            &db.dsn,
-            "--schema",
-            &db.name,
-            "--shards",
-            &SHARDS.to_string(),
-            "--listen",
-            "127.0.0.1:0",
-            "--group",
-            "billing",
-            "--group",
-            "mail",
-            "--lease-ttl-ms",
-            &TTL_MS.to_string(),
-            "--renew-ms",
-            "300",
-            "--grace-ms",
-            "0",
-            "--sweep-ms",
-            "100",
-            "--max-batch",
-            "50",
-            "--max-body-bytes",
-            "65536",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args = db.node_args(
+            SHARDS,
+            TTL_MS,
+            300,
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--group",
+                "billing",
+                "--group",
+                "mail",
+                "--max-batch",
+                "50",
+                "--max-body-bytes",
+                "65536",
+            ],
+        );
         args.extend(extra.iter().map(|s| s.to_string()));
         let (tx, rx) = mpsc::channel();
         let process = NodeProcess::spawn(

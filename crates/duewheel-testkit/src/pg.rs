@@ -102,6 +102,41 @@ impl TestSchema {
     pub fn client(&self) -> postgres::Client {
         client(&self.dsn, &self.name)
     }
+
+    /// The `duewheel node` arguments a test cluster on this schema shares:
+    /// `shards` shards, leases of `lease_ttl_ms` renewed every `renew_ms`,
+    /// no grace, a 100 ms sweep; then `extra`.
+    pub fn node_args(
+        &self,
+        shards: u32,
+        lease_ttl_ms: u64,
+        renew_ms: u64,
+        extra: &[&str],
+    ) -> Vec<String> {
+        let (shards, ttl, renew) = (
+            shards.to_string(),
+            lease_ttl_ms.to_string(),
+            renew_ms.to_string(),
+        );
+        let common = [
+            "node",
+            "--pg",
+            &self.dsn,
+            "--schema",
+            &self.name,
+            "--shards",
+            &shards,
+            "--lease-ttl-ms",
+            &ttl,
+            "--renew-ms",
+            &renew,
+            "--grace-ms",
+            "0",
+            "--sweep-ms",
+            "100",
+        ];
+        common.iter().chain(extra).map(|s| s.to_string()).collect()
+    }
 }
 
 impl Drop for TestSchema {

@@ -387,6 +387,11 @@ pub(crate) struct NodeDb {
     ft: FeatureStatements,
 }
 
+/// A time or span in milliseconds as a `bigint` parameter (saturating).
+fn ms_param(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
 fn shards_param(shards: &[u32]) -> Vec<i32> {
     shards.iter().map(|&s| shard_param(s)).collect()
 }
@@ -593,7 +598,7 @@ impl NodeDb {
         let (items, redeliver): (Vec<_>, Vec<bool>) = both.into_iter().unzip();
         let (touched, s, e, i) = columns(&items);
         let touched = with_shard(touched, also);
-        let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        let now = ms_param(now_ms);
         let rows = self
             .client
             .query(&self.st.claim, &[&touched, &s, &i, &e, &now, &redeliver])?;
@@ -796,11 +801,14 @@ impl NodeDb {
         to_ms: u64,
         each: &mut dyn FnMut(Loaded),
     ) -> Result<(), QueryError> {
-        let s = shards_param(shards);
-        let from = i64::try_from(from_ms).unwrap_or(i64::MAX);
-        let to = i64::try_from(to_ms).unwrap_or(i64::MAX);
-        let params: [&dyn ToSql; 3] = [&s, &from, &to];
-        stream(&mut self.client, &self.st.load_pending, &params, each)
+        stream_span(
+            &mut self.client,
+            &self.st.load_pending,
+            shards,
+            from_ms,
+            to_ms,
+            each,
+        )
     }
 
     /// Streams the pending and claimed rows of `shards` due before
@@ -812,7 +820,7 @@ impl NodeDb {
         each: &mut dyn FnMut(Loaded),
     ) -> Result<(), QueryError> {
         let s = shards_param(shards);
-        let split = i64::try_from(split_ms).unwrap_or(i64::MAX);
+        let split = ms_param(split_ms);
         let params: [&dyn ToSql; 2] = [&s, &split];
         stream(&mut self.client, &self.st.load_first, &params, each)
     }
@@ -826,11 +834,14 @@ impl NodeDb {
         to_ms: u64,
         each: &mut dyn FnMut(Loaded),
     ) -> Result<(), QueryError> {
-        let s = shards_param(shards);
-        let split = i64::try_from(split_ms).unwrap_or(i64::MAX);
-        let to = i64::try_from(to_ms).unwrap_or(i64::MAX);
-        let params: [&dyn ToSql; 3] = [&s, &split, &to];
-        stream(&mut self.client, &self.st.load_rest, &params, each)
+        stream_span(
+            &mut self.client,
+            &self.st.load_rest,
+            shards,
+            split_ms,
+            to_ms,
+            each,
+        )
     }
 
     /// The earliest `per_shard` pending rows of each of `shards` due at
@@ -843,7 +854,7 @@ impl NodeDb {
         each: &mut dyn FnMut(Loaded),
     ) -> Result<(), QueryError> {
         let s = shards_param(shards);
-        let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        let now = ms_param(now_ms);
         let params: [&dyn ToSql; 3] = [&s, &now, &per_shard];
         stream(&mut self.client, &self.st.sweep, &params, each)
     }
@@ -851,7 +862,7 @@ impl NodeDb {
     /// Pending rows of `shards` whose deadline is before `before_ms`.
     pub(super) fn overdue(&mut self, shards: &[u32], before_ms: u64) -> Result<u64, QueryError> {
         let s = shards_param(shards);
-        let before = i64::try_from(before_ms).unwrap_or(i64::MAX);
+        let before = ms_param(before_ms);
         let row = self.client.query_one(&self.st.overdue, &[&s, &before])?;
         Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0))
     }
@@ -921,6 +932,22 @@ fn stream(
         each(loaded(&row)?);
     }
     Ok(())
+}
+
+/// [`stream`] of a statement over `shards` and two times (ms): the
+/// parameters every deadline-range load takes.
+fn stream_span(
+    client: &mut Client,
+    statement: &Statement,
+    shards: &[u32],
+    a_ms: u64,
+    b_ms: u64,
+    each: &mut dyn FnMut(Loaded),
+) -> Result<(), QueryError> {
+    let s = shards_param(shards);
+    let (a, b) = (ms_param(a_ms), ms_param(b_ms));
+    let params: [&dyn ToSql; 3] = [&s, &a, &b];
+    stream(client, statement, &params, each)
 }
 
 fn loaded(row: &Row) -> Result<Loaded, postgres::Error> {
@@ -1113,7 +1140,7 @@ impl NodeDb {
         now_ms: u64,
     ) -> Result<(Vec<u64>, Fence), QueryError> {
         let (touched, s, e, i) = columns(items);
-        let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        let now = ms_param(now_ms);
         let rows = self
             .client
             .query(&self.ft.remind, &[&touched, &s, &i, &e, &now])?;
@@ -1151,7 +1178,7 @@ impl NodeDb {
                 &(id as i64),
                 &epoch_param(epoch),
                 &i32::try_from(attempt).unwrap_or(i32::MAX),
-                &i64::try_from(until_ms).unwrap_or(i64::MAX),
+                &ms_param(until_ms),
             ],
         )?;
         let current: Option<i64> = row.try_get(0)?;
@@ -1197,7 +1224,7 @@ impl NodeDb {
         each: &mut dyn FnMut(Loaded),
     ) -> Result<(), QueryError> {
         let s = shards_param(shards);
-        let from = i64::try_from(from_ms).unwrap_or(i64::MAX);
+        let from = ms_param(from_ms);
         let params: [&dyn ToSql; 2] = [&s, &from];
         stream(&mut self.client, &self.ft.load_reminding, &params, each)
     }
